@@ -1,0 +1,51 @@
+# VixenBliss developer commands. `make demo` and `make test` are the two that matter.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS := services,gpu,s3local,modal,test
+# On CPU machines the CPU build of torch lies in /opt/wheels; pip finds it there when asked for torch==2.13.0.
+FIND_LINKS := $(shell [ -d /opt/wheels ] && echo --find-links /opt/wheels)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: install test lint typecheck unit demo up down bench bench-tiny tiny-model clean asyncapi
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(FIND_LINKS) "torch==2.13.0"
+	$(BIN)/pip install -q $(FIND_LINKS) -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+# The whole suite: lint, types, then unit, integration, fault, e2e and the tiny benchmark test.
+test: install
+	scripts/ensure-services.sh
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+tiny-model: install
+	$(BIN)/python -m gpu.tiny model --out .cache/tiny-sdxl
+
+bench: install
+	$(BIN)/python -m gpu.bench
+
+bench-tiny: install
+	$(BIN)/python -m gpu.bench --tiny
+
+clean:
+	rm -rf .run out .cache .pytest_cache .mypy_cache .ruff_cache

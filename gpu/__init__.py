@@ -1,0 +1,1 @@
+"""The GPU worker: SDXL with a per-request LoRA, served locally, on Modal, and benchmarked."""

@@ -1,0 +1,207 @@
+"""The engine: one SDXL pipeline, one LoRA slot, one request at a time, base weights untouched after each."""
+
+import base64
+import gc
+import io
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+from contracts.errors import WorkerErrorCode
+from contracts.worker import ModelInfo, Timings, WorkerError, WorkerRequest, WorkerSuccess
+from gpu.errors import WorkerFailure, lora_load_failed
+from gpu.lora.cache import LoraTensors
+from gpu.lora.compat import COMPONENTS, check_compatible
+from gpu.lora.store import FetchedLora, LoraStore
+
+ADAPTER = "request_lora"
+
+
+class _DeadlineExceeded(Exception):
+    """Raised from the step callback when the request's time budget is spent."""
+
+
+@dataclass
+class _Clock:
+    """Accumulates the timings of one request."""
+
+    started: float = field(default_factory=time.perf_counter)
+    timings: Timings = field(default_factory=Timings)
+
+    def ms_since(self, mark: float) -> float:
+        return round((time.perf_counter() - mark) * 1000, 3)
+
+
+class SdxlLoraEngine:
+    """Owns the pipeline and the LoRA lifecycle. `generate` never raises: it returns success or error."""
+
+    def __init__(
+        self,
+        pipeline: StableDiffusionXLPipeline,
+        store: LoraStore,
+        base_model: str,
+        default_timeout_seconds: float = 300.0,
+        full_gc_every: int = 16,
+    ) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.base_model = base_model
+        self.default_timeout_seconds = default_timeout_seconds
+        self.full_gc_every = full_gc_every
+        self.requests_served = 0
+        # Set when an adapter could not be removed: the weights can no longer be trusted.
+        self.poisoned: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.pipeline.device)
+
+    def to(self, device: torch.device | str) -> None:
+        """Move the pipeline (Modal: CPU load before the snapshot, GPU after restore)."""
+        self.pipeline.to(device)
+
+    def validate_lora(self, tensors: LoraTensors) -> None:
+        check_compatible(self.pipeline, tensors)
+
+    def generate(self, request: WorkerRequest) -> WorkerSuccess | WorkerError:
+        with self._lock:
+            try:
+                return self._generate(request)
+            except WorkerFailure as failure:
+                return failure.to_error(request.request_id)
+            finally:
+                self.requests_served += 1
+
+    def _generate(self, request: WorkerRequest) -> WorkerSuccess:
+        if self.poisoned:
+            raise WorkerFailure(
+                WorkerErrorCode.MODEL_LOAD_FAILED, "worker retired: base weights may be altered", reason=self.poisoned
+            )
+        clock = _Clock()
+        deadline = time.monotonic() + (request.timeout_seconds or self.default_timeout_seconds)
+        fetched: FetchedLora | None = None
+        if request.lora_url:
+            mark = time.perf_counter()
+            fetched = self.store.get(request.lora_url, request.lora_sha256, self.validate_lora, deadline)
+            clock.timings.download_ms = round(fetched.download_ms, 3)
+            clock.timings.lora_source = fetched.source
+            clock.timings.load_ms = self.ms_minus(clock.ms_since(mark), fetched.download_ms)
+        try:
+            if fetched is not None:
+                mark = time.perf_counter()
+                self._attach(fetched.tensors, request.lora_scale)
+                clock.timings.load_ms = round(clock.timings.load_ms + clock.ms_since(mark), 3)
+            png = self._run_pipeline(request, deadline, clock)
+        finally:
+            if fetched is not None:
+                mark = time.perf_counter()
+                self._detach()
+                clock.timings.restore_ms = clock.ms_since(mark)
+        clock.timings.total_ms = clock.ms_since(clock.started)
+        return WorkerSuccess(
+            image_base64=base64.b64encode(png).decode("ascii"),
+            generation_time_seconds=round(time.perf_counter() - clock.started, 4),
+            model_info=ModelInfo(
+                base_model=self.base_model,
+                lora_applied=fetched is not None,
+                lora_scale=request.lora_scale if fetched is not None else 0.0,
+            ),
+            request_id=request.request_id,
+            lora_sha256=fetched.sha256 if fetched else None,
+            seed=request.seed,
+            timings=clock.timings,
+        )
+
+    @staticmethod
+    def ms_minus(total_ms: float, part_ms: float) -> float:
+        return round(max(total_ms - part_ms, 0.0), 3)
+
+    def _attach(self, tensors: LoraTensors, scale: float) -> None:
+        try:
+            # A shallow copy: diffusers pops keys from the dict it is given, and the cache keeps ours.
+            self.pipeline.load_lora_weights(dict(tensors), adapter_name=ADAPTER, low_cpu_mem_usage=True)
+        except Exception as exc:  # size mismatches, unsupported layers: diffusers raises several types
+            raise lora_load_failed("LoRA could not be loaded into SDXL", reason=str(exc)[:300]) from None
+        attached = self.pipeline.get_list_adapters()
+        if not any(ADAPTER in names for names in attached.values()):
+            # Some foreign formats only log a warning and attach nothing: that is a failure, not a no-op.
+            raise lora_load_failed("LoRA attached to no layer of SDXL")
+        self.pipeline.set_adapters([ADAPTER], adapter_weights=[scale])
+
+    def _detach(self) -> None:
+        """Remove every LoRA layer, so the modules (and weights) are the base ones again."""
+        try:
+            self.pipeline.unload_lora_weights()
+        except Exception as exc:  # should never happen; if it does, this worker must not serve again
+            self.poisoned = f"unload failed: {type(exc).__name__}"
+        leftover = sum(
+            isinstance(module, BaseTunerLayer)
+            for name in COMPONENTS
+            for module in getattr(self.pipeline, name).modules()
+        )
+        if leftover:
+            self.poisoned = f"{leftover} LoRA layers left after unload"
+        # Memory creeps over many load/unload cycles otherwise (diffusers #8532, peft #1639). A full
+        # collection costs about 200 ms, so it runs every few requests rather than on each.
+        if self.full_gc_every and (self.requests_served + 1) % self.full_gc_every == 0:
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _run_pipeline(self, request: WorkerRequest, deadline: float, clock: _Clock) -> bytes:
+        if time.monotonic() > deadline:
+            raise WorkerFailure(WorkerErrorCode.TIMEOUT, "time budget spent before generation started")
+        last_step_end = [time.perf_counter()]
+
+        def on_step_end(
+            pipe: StableDiffusionXLPipeline, step: int, timestep: int, kwargs: dict[str, object]
+        ) -> dict[str, object]:
+            last_step_end[0] = time.perf_counter()
+            if time.monotonic() > deadline:
+                raise _DeadlineExceeded
+            return kwargs
+
+        # A CPU generator gives the same noise for the same seed on any device.
+        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        mark = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                result = self.pipeline(
+                    prompt=request.prompt,
+                    # SDXL uses zeros for an absent negative prompt; "" would encode the empty string instead.
+                    negative_prompt=request.negative_prompt or None,
+                    width=request.width,
+                    height=request.height,
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.cfg,
+                    generator=generator,
+                    callback_on_step_end=on_step_end,
+                    output_type="pil",
+                )
+        except _DeadlineExceeded:
+            raise WorkerFailure(
+                WorkerErrorCode.TIMEOUT,
+                "generation ran past the request's time budget",
+                timeout_seconds=request.timeout_seconds or self.default_timeout_seconds,
+            ) from None
+        except torch.cuda.OutOfMemoryError:
+            raise WorkerFailure(
+                WorkerErrorCode.CUDA_OOM, "GPU out of memory", width=request.width, height=request.height
+            ) from None
+        except Exception as exc:  # anything else inside diffusers/torch is a generation failure
+            raise WorkerFailure(
+                WorkerErrorCode.GENERATION_FAILED,
+                "generation failed inside the pipeline",
+                reason=f"{type(exc).__name__}: {str(exc)[:300]}",
+            ) from None
+        clock.timings.denoise_ms = round((last_step_end[0] - mark) * 1000, 3)
+        image = result.images[0]
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        clock.timings.decode_encode_ms = clock.ms_since(last_step_end[0])
+        return buffer.getvalue()

@@ -1,0 +1,1 @@
+"""LoRA files: download under a policy, parse safely, check against SDXL, cache."""

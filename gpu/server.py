@@ -1,0 +1,152 @@
+"""Local HTTP app serving the worker contract: POST /generate, POST /jobs, GET /jobs/{id}, GET /healthz."""
+
+import argparse
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from contracts.errors import WORKER_ERROR_HTTP_STATUS, WorkerErrorCode
+from contracts.worker import JobStatus, JobSubmitted, WorkerError, WorkerRequest, WorkerSuccess
+from gpu.engine import SdxlLoraEngine
+from gpu.errors import WorkerFailure
+from gpu.jobs import JobQueue, Outcome
+from gpu.settings import WorkerSettings
+
+log = logging.getLogger("gpu.server")
+
+
+class LocalWorkerSettings(WorkerSettings):
+    """The local server's defaults: loopback http allowed, tiny model built on first use."""
+
+    mode: Any = Field(default="local", alias="WORKER_MODE")
+    build_tiny_model: bool = Field(default=True, alias="WORKER_BUILD_TINY_MODEL")
+
+
+def outcome_response(outcome: Outcome) -> JSONResponse:
+    if isinstance(outcome, WorkerSuccess):
+        return JSONResponse(outcome.model_dump(mode="json"), status_code=200)
+    return JSONResponse(outcome.model_dump(mode="json"), status_code=WORKER_ERROR_HTTP_STATUS[outcome.error_code])
+
+
+class WorkerState:
+    """The engine once loaded, or why it could not be; the job queue over it."""
+
+    def __init__(self) -> None:
+        self.engine: SdxlLoraEngine | None = None
+        self.load_error: WorkerFailure | None = None
+        self.jobs = JobQueue(self.run)
+
+    def run(self, request: WorkerRequest) -> Outcome:
+        if self.engine is None:
+            failure = self.load_error or WorkerFailure(WorkerErrorCode.MODEL_LOAD_FAILED, "model is still loading")
+            return failure.to_error(request.request_id)
+        return self.engine.generate(request)
+
+
+def create_app(settings: WorkerSettings, load_engine: Callable[[], SdxlLoraEngine]) -> FastAPI:
+    """Build the app; the engine is loaded in a thread at start-up, not at import."""
+    state = WorkerState()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            state.engine = await asyncio.to_thread(load_engine)
+            log.info("worker ready: base model %s on %s", state.engine.base_model, state.engine.device)
+        except WorkerFailure as failure:
+            state.load_error = failure
+            log.error("model load failed: %s %s", failure.message, failure.details)
+        yield
+        state.jobs.shutdown()
+
+    app = FastAPI(title="VixenBliss GPU worker (local)", lifespan=lifespan)
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+
+    def require_key(authorization: Annotated[str | None, Header()] = None) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
+            raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+
+    Authorized = Annotated[None, Depends(require_key)]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [
+            {"field": ".".join(str(p) for p in err["loc"] if p != "body"), "reason": err["msg"]} for err in exc.errors()
+        ]
+        body = WorkerError(
+            error="request failed validation", error_code=WorkerErrorCode.INVALID_REQUEST, details={"fields": fields}
+        )
+        return JSONResponse(body.model_dump(mode="json"), status_code=422)
+
+    @app.post("/generate", responses={422: {"model": WorkerError}, 424: {"model": WorkerError}})
+    async def generate(request: WorkerRequest, _: Authorized) -> JSONResponse:
+        return outcome_response(await asyncio.to_thread(state.run, request))
+
+    @app.post("/jobs", status_code=202)
+    async def submit(request: WorkerRequest, _: Authorized) -> JobSubmitted:
+        return JobSubmitted(call_id=state.jobs.submit(request))
+
+    @app.get("/jobs/{call_id}")
+    async def poll(call_id: str, _: Authorized) -> JSONResponse:
+        polled = state.jobs.poll(call_id)
+        if polled is None:
+            raise HTTPException(status_code=404, detail="unknown or expired call_id")
+        status, outcome = polled
+        if outcome is None:
+            return JSONResponse(JobStatus(call_id=call_id, status=status).model_dump(), status_code=202)
+        return outcome_response(outcome)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        engine = state.engine
+        if engine is None:
+            reason = state.load_error.message if state.load_error else "loading"
+            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+        if engine.poisoned:
+            return JSONResponse({"status": "retired", "reason": engine.poisoned}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ok",
+                "base_model": engine.base_model,
+                "device": str(engine.device),
+                "requests_served": engine.requests_served,
+            }
+        )
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gpu.server", description="Serve the worker contract locally.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8003)
+    parser.add_argument("--model-dir", type=Path, default=None, help="overrides MODEL_DIR")
+    args = parser.parse_args(argv)
+
+    import uvicorn
+    from diffusers.utils import logging as diffusers_logging
+
+    from gpu.bootstrap import build_engine
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # diffusers warns on every LoRA without text-encoder keys; the engine checks attachment itself.
+    diffusers_logging.set_verbosity_error()
+    overrides: dict[str, object] = {"MODEL_DIR": args.model_dir} if args.model_dir else {}
+    settings = LocalWorkerSettings(**overrides)  # type: ignore[arg-type]
+    app = create_app(settings, lambda: build_engine(settings))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

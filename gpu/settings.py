@@ -1,0 +1,52 @@
+"""Worker configuration from the environment (MODEL_DIR, WORKER_MODE, LORA_* limits, WORKER_API_KEY)."""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+class WorkerSettings(BaseSettings):
+    """Everything the engine, the LoRA store and the HTTP app need to know."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    model_dir: Path = Field(default=Path(".cache/tiny-sdxl"), alias="MODEL_DIR")
+    # Build the tiny random-weight model into MODEL_DIR when it is missing (dev, demo, tests only).
+    build_tiny_model: bool = Field(default=False, alias="WORKER_BUILD_TINY_MODEL")
+    base_model_name: str | None = Field(default=None, alias="BASE_MODEL_NAME")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", alias="WORKER_DEVICE")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(default="auto", alias="WORKER_DTYPE")
+
+    # local: http allowed to loopback hosts (dev, tests); production: https to allow-listed hosts only.
+    mode: Literal["local", "production"] = Field(default="production", alias="WORKER_MODE")
+    lora_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="LORA_ALLOWED_HOSTS")
+    lora_max_bytes: int = Field(default=512 * MiB, gt=0, alias="LORA_MAX_BYTES")
+    lora_connect_timeout_seconds: float = Field(default=5.0, gt=0, alias="LORA_CONNECT_TIMEOUT_SECONDS")
+    lora_download_timeout_seconds: float = Field(default=60.0, gt=0, alias="LORA_DOWNLOAD_TIMEOUT_SECONDS")
+    lora_cache_dir: Path | None = Field(default=None, alias="LORA_CACHE_DIR")
+    lora_cache_memory_bytes: int = Field(default=2 * GiB, ge=0, alias="LORA_CACHE_MEMORY_BYTES")
+    lora_cache_disk_bytes: int = Field(default=20 * GiB, ge=0, alias="LORA_CACHE_DISK_BYTES")
+
+    full_gc_every: int = Field(default=16, ge=0, alias="WORKER_FULL_GC_EVERY")
+    request_timeout_seconds: float = Field(default=300.0, gt=0, alias="REQUEST_TIMEOUT_SECONDS")
+    api_key: SecretStr | None = Field(default=None, alias="WORKER_API_KEY")
+
+    @field_validator("lora_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        # Comma-separated in the environment: "abc.r2.cloudflarestorage.com,.example.com".
+        if isinstance(value, str):
+            return [host.strip().lower() for host in value.split(",") if host.strip()]
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value

@@ -1,0 +1,1 @@
+"""The platform's services (identity, content, inference gateway) and their shared runtime."""

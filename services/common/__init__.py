@@ -1,0 +1,1 @@
+"""Runtime shared by the services: settings, broker, events, outbox/inbox, database, storage, logging."""

@@ -1,0 +1,97 @@
+"""SQLAlchemy 2 async: engine and session factory from a URL, naming conventions, test databases."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import MetaData, event, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+# The embedded default: a file next to the service's run directory.
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./.run/vixenbliss.db"
+
+# Deterministic constraint names, so migrations can refer to them (fastapi-best-practices).
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def make_metadata(schema: str | None = None) -> MetaData:
+    """A MetaData with the naming convention; each service's `class Base(DeclarativeBase)` uses one."""
+    return MetaData(naming_convention=NAMING_CONVENTION, schema=schema)
+
+
+def is_postgresql(engine_or_url: AsyncEngine | URL | str) -> bool:
+    """Whether the database is PostgreSQL (row locking, ON CONFLICT, schemas)."""
+    if isinstance(engine_or_url, AsyncEngine):
+        return engine_or_url.dialect.name == "postgresql"
+    return make_url(engine_or_url).get_backend_name() == "postgresql"
+
+
+def create_engine(url: str | URL, *, echo: bool = False, **kwargs: Any) -> AsyncEngine:
+    """An async engine: postgresql+asyncpg or sqlite+aiosqlite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_async_engine(parsed, echo=echo, **kwargs)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_async_engine(parsed, echo=echo, **kwargs)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Foreign keys are off by default in SQLite; WAL lets readers run beside the one writer.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded objects usable after commit (no lazy reload in async code)."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def create_all(engine: AsyncEngine, metadata: MetaData) -> None:
+    """Create the tables of `metadata` that do not exist yet (dev, demo and tests; not a migration tool)."""
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+
+
+async def drop_all(engine: AsyncEngine, metadata: MetaData) -> None:
+    """Drop the tables of `metadata`."""
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.drop_all)
+
+
+async def create_test_database(admin_url: str | URL, prefix: str = "vb_test_") -> URL:
+    """Create a uniquely named PostgreSQL database; return its URL (same server and credentials)."""
+    admin = make_url(admin_url)
+    name = f"{prefix}{secrets.token_hex(6)}"
+    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        await engine.dispose()
+    return admin.set(database=name)
+
+
+async def drop_test_database(admin_url: str | URL, database_url: str | URL) -> None:
+    """Drop a database made by create_test_database, closing what still holds it."""
+    name = make_url(database_url).database
+    if not name:
+        raise ValueError("database URL names no database")
+    engine = create_async_engine(make_url(admin_url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await engine.dispose()

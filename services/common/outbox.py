@@ -1,0 +1,194 @@
+"""Transactional outbox: events written with the business change, published later by a relay."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import aio_pika
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import EventEnvelope
+from services.common.events import EncodedEvent, encode_event
+
+log = logging.getLogger(__name__)
+
+
+class ConfirmingPublisher(Protocol):
+    """What the relay needs from a publisher (services.common.broker.Publisher fits)."""
+
+    async def publish_confirmed(self, message: aio_pika.Message, routing_key: str) -> None: ...
+
+
+def make_outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
+    """The outbox table of one service, in that service's metadata."""
+    # SQLite autoincrements only an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+    id_type = BigInteger().with_variant(Integer(), "sqlite")
+    table = Table(
+        name,
+        metadata,
+        Column("id", id_type, primary_key=True, autoincrement=True),
+        Column("event_id", String(128), nullable=False, unique=True),
+        Column("routing_key", String(255), nullable=False),
+        Column("content_type", String(255), nullable=False),
+        Column("body", LargeBinary, nullable=False),
+        Column("headers", JSON, nullable=False, default=dict),
+        Column("traceparent", String(128), nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("sent_at", DateTime(timezone=True), nullable=True),
+        Column("attempts", Integer, nullable=False, default=0),
+        Column("last_error", Text, nullable=True),
+    )
+    # The relay scans only unsent rows, oldest first: a partial index keeps that cheap as rows pile up.
+    Index(
+        f"ix_{name}_unsent",
+        table.c.id,
+        postgresql_where=table.c.sent_at.is_(None),
+        sqlite_where=table.c.sent_at.is_(None),
+    )
+    return table
+
+
+async def add_to_outbox(
+    session: AsyncSession, table: Table, event: EventEnvelope, *, traceparent: str | None = None
+) -> None:
+    """Stage an event in the caller's transaction: it is published only if that transaction commits."""
+    encoded = encode_event(event, traceparent=traceparent)
+    await session.execute(
+        insert(table).values(
+            event_id=encoded.event_id,
+            routing_key=encoded.routing_key,
+            content_type=encoded.content_type,
+            body=encoded.body,
+            headers=encoded.headers,
+            traceparent=traceparent,
+            created_at=datetime.now(UTC),
+            attempts=0,
+        )
+    )
+
+
+class OutboxRelay:
+    """Publishes unsent outbox rows with confirms, in id order, and marks them sent.
+
+    Several relays may run against one PostgreSQL database: rows are locked FOR UPDATE SKIP LOCKED,
+    so each row is published by one relay. On SQLite (one process) rows are read without locks.
+    A crash between the confirm and the commit republishes a row: consumers are idempotent.
+    """
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        table: Table,
+        publisher: ConfirmingPublisher,
+        *,
+        batch_size: int = 100,
+        poll_interval: float = 0.5,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self._sessions = session_factory
+        self._table = table
+        self._publisher = publisher
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._max_backoff = max_backoff
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """Wake the loop now (call after committing an outbox row, for low latency)."""
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Publish one batch; return how many rows were sent. Raises when a publish failed."""
+        table = self._table
+        failure: Exception | None = None
+        sent = 0
+        async with self._sessions() as session, session.begin():
+            query = (
+                select(table).where(table.c.sent_at.is_(None)).order_by(table.c.id).limit(self._batch_size)
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                pass
+            rows = (await session.execute(query)).mappings().all()
+            for row in rows:
+                try:
+                    await self._publisher.publish_confirmed(_message(row), row["routing_key"])
+                except Exception as error:
+                    # Stop at the first failure to keep order; what was confirmed is still marked sent.
+                    failure = error
+                    await session.execute(
+                        update(table)
+                        .where(table.c.id == row["id"])
+                        .values(
+                            attempts=table.c.attempts + 1,
+                            last_error=f"{type(error).__name__}: {error}"[:2000],
+                        )
+                    )
+                    break
+                await session.execute(
+                    update(table)
+                    .where(table.c.id == row["id"])
+                    .values(sent_at=datetime.now(UTC), attempts=table.c.attempts + 1, last_error=None)
+                )
+                sent += 1
+        if failure is not None:
+            raise failure
+        return sent
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set: drain, then wait for notify() or the poll interval; back off on errors."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                sent = await self.run_once()
+                failures = 0
+            except Exception as error:
+                failures += 1
+                delay = min(self._max_backoff, self._poll_interval * 2**failures) * random.uniform(0.5, 1.0)
+                log.warning("outbox relay: publish failed (%s); retrying in %.1fs", error, delay)
+                await _wait_any(stop, None, delay)
+                continue
+            if sent >= self._batch_size:
+                continue  # more may be waiting
+            await _wait_any(stop, self._wake, self._poll_interval)
+            self._wake.clear()
+
+
+def _message(row: Any) -> aio_pika.Message:
+    return EncodedEvent(
+        event_id=row["event_id"],
+        routing_key=row["routing_key"],
+        body=row["body"],
+        content_type=row["content_type"],
+        headers=dict(row["headers"] or {}),
+    ).to_message()
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,247 @@
+"""Object storage over boto3 for R2 or any S3 endpoint; every boto3 call runs off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from services.common.settings import StorageSettings
+
+SHA256_METADATA_KEY = "sha256"
+_CHUNK = 1024 * 1024
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+class ObjectNotFoundError(LookupError):
+    """The key (or the bucket) does not exist."""
+
+
+class ObjectTooLargeError(ValueError):
+    """The object is larger than the caller allowed."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where the bucket is and how to sign for it."""
+
+    endpoint_url: str
+    # Kept out of repr so that neither appears in a log line or a traceback.
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    bucket: str
+    # R2 uses "auto"; moto and AWS need a real region such as us-east-1.
+    region: str = "auto"
+    public_url: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: StorageSettings) -> StorageConfig:
+        """From the R2_* settings."""
+        return cls(
+            endpoint_url=settings.r2_endpoint_url,
+            access_key_id=settings.r2_access_key_id.get_secret_value(),
+            secret_access_key=settings.r2_secret_access_key.get_secret_value(),
+            bucket=settings.r2_bucket_name,
+            region=settings.r2_region,
+            public_url=settings.r2_public_url,
+        )
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What HEAD says about an object (sha256 from our metadata, or computed on request)."""
+
+    key: str
+    size: int
+    sha256: str | None
+    content_type: str | None
+    etag: str | None
+
+
+class ObjectStorage:
+    """One bucket. The boto3 client is built on first use, never at import."""
+
+    def __init__(self, config: StorageConfig) -> None:
+        self.config = config
+        self._client: S3Client | None = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def bucket(self) -> str:
+        """The bucket name."""
+        return self.config.bucket
+
+    def _s3(self) -> S3Client:
+        # boto3 sessions are not thread-safe to build; clients are safe to share once built.
+        with self._client_lock:
+            if self._client is None:
+                self._client = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=self.config.endpoint_url,
+                    aws_access_key_id=self.config.access_key_id,
+                    aws_secret_access_key=self.config.secret_access_key,
+                    region_name=self.config.region,
+                    config=Config(
+                        signature_version="s3v4",
+                        s3={"addressing_style": "path"},
+                        retries={"max_attempts": 3, "mode": "standard"},
+                        connect_timeout=5,
+                        read_timeout=60,
+                    ),
+                )
+            return self._client
+
+    async def presign_get(self, key: str, ttl_seconds: int) -> str:
+        """A URL that downloads `key` until it expires."""
+        return await asyncio.to_thread(
+            self._s3().generate_presigned_url,
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": key},
+            ExpiresIn=ttl_seconds,
+        )
+
+    async def presign_put(self, key: str, ttl_seconds: int, content_type: str | None = None) -> str:
+        """A URL that uploads `key` with PUT until it expires (the client must send `content_type` if set)."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if content_type:
+            params["ContentType"] = content_type
+        return await asyncio.to_thread(
+            self._s3().generate_presigned_url, "put_object", Params=params, ExpiresIn=ttl_seconds
+        )
+
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> ObjectInfo:
+        """Store `data` under `key`, recording its sha256 in the object's metadata."""
+        digest = hashlib.sha256(data).hexdigest()
+        response = await asyncio.to_thread(
+            self._s3().put_object,
+            Bucket=self.bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            Metadata={SHA256_METADATA_KEY: digest},
+        )
+        return ObjectInfo(key, len(data), digest, content_type, response.get("ETag"))
+
+    async def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; ObjectNotFoundError or ObjectTooLargeError (past `max_bytes`)."""
+        return await asyncio.to_thread(self._get_bytes, key, max_bytes)
+
+    def _get_bytes(self, key: str, max_bytes: int | None) -> bytes:
+        try:
+            response = self._s3().get_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            raise _translate(error, key) from error
+        body = response["Body"]
+        try:
+            if max_bytes is not None and response.get("ContentLength", 0) > max_bytes:
+                raise ObjectTooLargeError(f"{key} is larger than {max_bytes} bytes")
+            chunks: list[bytes] = []
+            total = 0
+            for chunk in body.iter_chunks(_CHUNK):
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    raise ObjectTooLargeError(f"{key} is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            body.close()
+
+    async def head(self, key: str, *, compute_sha256: bool = False) -> ObjectInfo:
+        """Size and type of `key`; with compute_sha256 the digest is computed from the bytes (trusted)
+        instead of read from metadata (which an uploader could set to anything)."""
+        return await asyncio.to_thread(self._head, key, compute_sha256)
+
+    def _head(self, key: str, compute_sha256: bool) -> ObjectInfo:
+        try:
+            response = self._s3().head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            raise _translate(error, key) from error
+        sha256 = response.get("Metadata", {}).get(SHA256_METADATA_KEY)
+        if compute_sha256:
+            sha256 = self._sha256(key)
+        return ObjectInfo(
+            key=key,
+            size=int(response.get("ContentLength", 0)),
+            sha256=sha256,
+            content_type=response.get("ContentType"),
+            etag=response.get("ETag"),
+        )
+
+    def _sha256(self, key: str) -> str:
+        try:
+            response = self._s3().get_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            raise _translate(error, key) from error
+        digest = hashlib.sha256()
+        body = response["Body"]
+        try:
+            for chunk in body.iter_chunks(_CHUNK):
+                digest.update(chunk)
+        finally:
+            body.close()
+        return digest.hexdigest()
+
+    async def exists(self, key: str) -> bool:
+        """Whether `key` exists."""
+        try:
+            await self.head(key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    async def delete(self, key: str) -> None:
+        """Delete `key` (no error when absent)."""
+        await asyncio.to_thread(self._s3().delete_object, Bucket=self.bucket, Key=key)
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket when it does not exist (local endpoints; R2 buckets are made beforehand)."""
+        await asyncio.to_thread(self._ensure_bucket)
+
+    def _ensure_bucket(self) -> None:
+        client = self._s3()
+        try:
+            client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as error:
+            if _code(error) not in _NOT_FOUND_CODES:
+                raise
+        if self.config.region in ("us-east-1", "auto"):
+            client.create_bucket(Bucket=self.bucket)
+        else:
+            client.create_bucket(
+                Bucket=self.bucket,
+                CreateBucketConfiguration={"LocationConstraint": self.config.region},  # type: ignore[typeddict-item]
+            )
+
+    def public_url(self, key: str) -> str | None:
+        """The public URL of `key` when the bucket has one (R2_PUBLIC_URL), else None."""
+        if not self.config.public_url:
+            return None
+        return f"{self.config.public_url.rstrip('/')}/{key}"
+
+    async def close(self) -> None:
+        """Release the client's connection pool."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await asyncio.to_thread(client.close)
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _translate(error: ClientError, key: str) -> Exception:
+    if _code(error) in _NOT_FOUND_CODES:
+        return ObjectNotFoundError(key)
+    return error

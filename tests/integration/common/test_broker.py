@@ -1,0 +1,205 @@
+"""Broker plumbing against the real RabbitMQ: topology, confirmed publishing, consumer ack/requeue/DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import aio_pika
+import aio_pika.exceptions
+import pytest
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from contracts.events import GenerationParams, GenerationRequested, GenerationStarted
+from contracts.topology import (
+    CONTENT_GENERATION_RESULTS,
+    GATEWAY_GENERATION_REQUESTED,
+    Topology,
+)
+from services.common.broker import Consumer, PermanentError, Publisher, ReceivedEvent, declare_topology
+from services.common.events import from_message, new_event
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _requested(generation_id: str = "gen-1") -> GenerationRequested:
+    now = datetime.now(UTC)
+    return GenerationRequested(
+        generation_id=generation_id,
+        owner_id="owner-1",
+        avatar_id="avatar-1",
+        params=GenerationParams(prompt="a portrait", width=64, height=64, steps=2),
+        requested_at=now,
+        deadline=now + timedelta(minutes=5),
+    )
+
+
+async def _get(connection: AbstractRobustConnection, queue_name: str, wait: float = 10.0) -> AbstractIncomingMessage:
+    """The next message of a queue (acked), waiting up to `wait` seconds."""
+    channel = await connection.channel()
+    queue = await channel.get_queue(queue_name)
+    async with asyncio.timeout(wait):
+        while True:
+            message = await queue.get(fail=False, no_ack=True)
+            if message is not None:
+                return message
+            await asyncio.sleep(0.05)
+
+
+async def _count(connection: AbstractRobustConnection, queue_name: str) -> int:
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(queue_name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+    finally:
+        await channel.close()
+
+
+async def test_declare_topology_twice_is_harmless(amqp: AbstractRobustConnection, topo: Topology) -> None:
+    channel = await amqp.channel()
+    await declare_topology(channel, topo)
+    assert not channel.is_closed
+    for spec in topo.queues:
+        assert await _count(amqp, spec.name) == 0
+        assert await _count(amqp, spec.dlq_name) == 0
+
+
+async def test_published_event_reaches_its_queue_with_amqp_properties(
+    amqp: AbstractRobustConnection, topo: Topology
+) -> None:
+    publisher = await Publisher.open(amqp, topo.events_exchange)
+    requested = _requested()
+    event = new_event(requested, source="/vixenbliss/content", subject="gen-1", correlation_id="gen-1")
+
+    await publisher.publish_event(event, traceparent=TRACEPARENT)
+
+    message = await _get(amqp, topo.queue(GATEWAY_GENERATION_REQUESTED).name)
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.message_id == event.id
+    assert message.content_type == "application/cloudevents+json"
+    assert message.headers["traceparent"] == TRACEPARENT
+    envelope, payload = from_message(message)
+    assert envelope == event
+    assert payload == requested
+    await publisher.close()
+
+
+async def test_unroutable_publish_raises(amqp: AbstractRobustConnection, topo: Topology) -> None:
+    publisher = await Publisher.open(amqp, topo.events_exchange)
+    message = aio_pika.Message(b"{}", delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+
+    with pytest.raises(aio_pika.exceptions.PublishError):
+        await publisher.publish_confirmed(message, "nobody.listens.here")
+    await publisher.close()
+
+
+async def test_consumer_acks_only_after_the_handler_returns(
+    amqp: AbstractRobustConnection, topo: Topology
+) -> None:
+    queue_name = topo.queue(GATEWAY_GENERATION_REQUESTED).name
+    started, release = asyncio.Event(), asyncio.Event()
+    seen: list[ReceivedEvent] = []
+
+    async def slow_handler(event: ReceivedEvent) -> None:
+        seen.append(event)
+        started.set()
+        await release.wait()
+
+    consumer = Consumer(amqp, queue_name, slow_handler, prefetch=1, requeue_delay=0)
+    await consumer.start()
+    publisher = await Publisher.open(amqp, topo.events_exchange)
+    event = new_event(_requested(), source="/vixenbliss/content", subject="gen-1")
+    await publisher.publish_event(event)
+    await asyncio.wait_for(started.wait(), 10)
+
+    # The handler is still running: stopping now must leave the message unacked, so it comes back.
+    await consumer.stop(drain_timeout=0.1)
+    redelivered = await _get(amqp, queue_name)
+    assert redelivered.message_id == event.id
+    assert redelivered.redelivered
+    release.set()
+    await publisher.close()
+
+
+async def test_handler_success_acks_and_a_transient_failure_is_retried(
+    amqp: AbstractRobustConnection, topo: Topology
+) -> None:
+    queue_name = topo.queue(CONTENT_GENERATION_RESULTS).name
+    attempts: list[ReceivedEvent] = []
+    done = asyncio.Event()
+
+    async def flaky_handler(event: ReceivedEvent) -> None:
+        attempts.append(event)
+        if len(attempts) == 1:
+            raise ConnectionError("database went away")
+        done.set()
+
+    consumer = Consumer(amqp, queue_name, flaky_handler, requeue_delay=0)
+    await consumer.start()
+    publisher = await Publisher.open(amqp, topo.events_exchange)
+    started = GenerationStarted(generation_id="gen-2", attempt=1, worker_mode="sync")
+    await publisher.publish_event(new_event(started, source="/vixenbliss/inference-gateway", subject="gen-2"))
+    await asyncio.wait_for(done.wait(), 10)
+    await consumer.stop()
+
+    assert [a.payload for a in attempts] == [started, started]
+    assert attempts[1].redelivered and attempts[1].delivery_count >= 1
+    assert await _count(amqp, queue_name) == 0
+    assert await _count(amqp, topo.queue(CONTENT_GENERATION_RESULTS).dlq_name) == 0
+    await publisher.close()
+
+
+async def test_a_message_failing_past_the_delivery_limit_lands_in_the_dlq(
+    amqp: AbstractRobustConnection, topo: Topology
+) -> None:
+    spec = topo.queue(GATEWAY_GENERATION_REQUESTED)
+    calls = 0
+
+    async def failing_handler(event: ReceivedEvent) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("worker unavailable")
+
+    consumer = Consumer(amqp, spec.name, failing_handler, requeue_delay=0)
+    await consumer.start()
+    publisher = await Publisher.open(amqp, topo.events_exchange)
+    event = new_event(_requested("gen-3"), source="/vixenbliss/content", subject="gen-3")
+    await publisher.publish_event(event)
+
+    dead = await _get(amqp, spec.dlq_name, wait=20)
+    await consumer.stop()
+    assert dead.message_id == event.id
+    assert dead.headers["x-first-death-reason"] == "delivery_limit"
+    # The first delivery plus `delivery_limit` redeliveries, then the broker dead-letters it.
+    assert calls == spec.delivery_limit + 1
+    assert await _count(amqp, spec.name) == 0
+    await publisher.close()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "permanent"])
+async def test_invalid_or_permanently_failing_message_is_dead_lettered_at_once(
+    amqp: AbstractRobustConnection, topo: Topology, kind: str
+) -> None:
+    spec = topo.queue(GATEWAY_GENERATION_REQUESTED)
+    calls = 0
+
+    async def handler(event: ReceivedEvent) -> None:
+        nonlocal calls
+        calls += 1
+        raise PermanentError("the LoRA is not a LoRA")
+
+    consumer = Consumer(amqp, spec.name, handler, requeue_delay=0)
+    await consumer.start()
+    publisher = await Publisher.open(amqp, topo.events_exchange)
+    if kind == "garbage":
+        message = aio_pika.Message(b"not json", content_type="application/cloudevents+json", message_id="junk")
+        await publisher.publish_confirmed(message, "generation.requested")
+    else:
+        event = new_event(_requested("gen-4"), source="/vixenbliss/content", subject="gen-4")
+        await publisher.publish_event(event)
+
+    dead = await _get(amqp, spec.dlq_name)
+    await consumer.stop()
+    assert dead.headers["x-first-death-reason"] == "rejected"
+    assert calls == (0 if kind == "garbage" else 1)
+    await publisher.close()

@@ -1,0 +1,170 @@
+"""Fixtures for integration tests: real RabbitMQ, PostgreSQL and a moto S3 endpoint, names unique per run.
+
+Service URLs come from TEST_RABBITMQ_URL / TEST_DATABASE_URL. With none given and a Docker engine answering
+(and testcontainers installed), containers are started; otherwise the local services on 127.0.0.1 are used.
+A service that does not answer fails the test with a clear message (TEST_SKIP_UNAVAILABLE=1 skips instead).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+from sqlalchemy.engine import URL
+
+from contracts.topology import Topology, topology
+from services.common.broker import connect, declare_topology, delete_topology
+from services.common.db import create_test_database, drop_test_database
+from services.common.s3_local import LOCAL_REGION, LocalS3Server
+from services.common.storage import ObjectStorage, StorageConfig
+
+LOCAL_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+LOCAL_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+
+
+def _answers(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _require(url: str, default_port: int, what: str) -> None:
+    if _answers(url, default_port):
+        return
+    message = f"{what} does not answer at {urlsplit(url).netloc.rsplit('@', 1)[-1]} (run scripts/ensure-services.sh)"
+    if os.environ.get("TEST_SKIP_UNAVAILABLE") == "1":
+        pytest.skip(message)
+    pytest.fail(message)
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-not-found]  # optional: only with testcontainers
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def _containers() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+def _container_url(stack: ExitStack, kind: str) -> str | None:
+    """Start a container for `kind` when testcontainers and Docker are both available."""
+    try:
+        if kind == "rabbitmq":
+            from testcontainers.rabbitmq import RabbitMqContainer  # type: ignore[import-not-found]
+
+            rabbit: Any = stack.enter_context(RabbitMqContainer("rabbitmq:3.13"))
+            host, port = rabbit.get_container_host_ip(), rabbit.get_exposed_port(5672)
+            return f"amqp://guest:guest@{host}:{port}/"
+        from testcontainers.postgres import PostgresContainer  # type: ignore[import-not-found]
+
+        postgres: Any = stack.enter_context(PostgresContainer("postgres:16"))
+        return str(postgres.get_connection_url(driver="asyncpg"))
+    except ImportError:
+        return None
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(_containers: ExitStack) -> str:
+    url = os.environ.get("TEST_RABBITMQ_URL")
+    if not url and _docker_answers():
+        url = _container_url(_containers, "rabbitmq")
+    url = url or LOCAL_RABBITMQ_URL
+    _require(url, 5672, "RabbitMQ")
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(_containers: ExitStack) -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url and _docker_answers():
+        url = _container_url(_containers, "postgres")
+    url = url or LOCAL_DATABASE_URL
+    _require(url, 5432, "PostgreSQL")
+    return url
+
+
+@pytest.fixture
+def run_prefix() -> str:
+    """A prefix unique to this test, for queue, exchange and bucket names."""
+    return f"t-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+async def amqp(rabbitmq_url: str) -> AsyncIterator[AbstractRobustConnection]:
+    connection = await connect(rabbitmq_url, name="vixenbliss-tests")
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def topo(amqp: AbstractRobustConnection, run_prefix: str) -> AsyncIterator[Topology]:
+    """The platform topology under a unique prefix, declared, and deleted afterwards."""
+    names = topology(prefix=run_prefix)
+    channel = await amqp.channel()
+    await declare_topology(channel, names)
+    try:
+        yield names
+    finally:
+        cleanup = await amqp.channel()
+        await delete_topology(cleanup, names)
+        await cleanup.close()
+        if not channel.is_closed:
+            await channel.close()
+
+
+@pytest.fixture
+async def pg_url(pg_admin_url: str) -> AsyncIterator[URL]:
+    """A fresh PostgreSQL database `vb_test_<random>`, dropped afterwards."""
+    url = await create_test_database(pg_admin_url)
+    try:
+        yield url
+    finally:
+        await drop_test_database(pg_admin_url, url)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free port, for the whole session."""
+    server = LocalS3Server("127.0.0.1", 0).start()
+    try:
+        yield server.endpoint_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def storage(s3_endpoint: str, run_prefix: str) -> AsyncIterator[ObjectStorage]:
+    """A bucket unique to this test on the moto endpoint."""
+    store = ObjectStorage(
+        StorageConfig(
+            endpoint_url=s3_endpoint,
+            access_key_id="test-access-key",
+            secret_access_key="test-secret-key",
+            bucket=f"vb-{run_prefix}",
+            region=LOCAL_REGION,
+        )
+    )
+    await store.ensure_bucket()
+    try:
+        yield store
+    finally:
+        await store.close()
