@@ -18,6 +18,7 @@ from contracts.errors import WORKER_ERROR_HTTP_STATUS, WorkerErrorCode
 from contracts.worker import JobStatus, JobSubmitted, WorkerError, WorkerRequest, WorkerSuccess
 from gpu.engine import SdxlLoraEngine
 from gpu.errors import WorkerFailure
+from gpu.handler import validation_error
 from gpu.jobs import JobQueue, Outcome
 from gpu.settings import WorkerSettings
 
@@ -81,13 +82,7 @@ def create_app(settings: WorkerSettings, load_engine: Callable[[], SdxlLoraEngin
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [
-            {"field": ".".join(str(p) for p in err["loc"] if p != "body"), "reason": err["msg"]} for err in exc.errors()
-        ]
-        body = WorkerError(
-            error="request failed validation", error_code=WorkerErrorCode.INVALID_REQUEST, details={"fields": fields}
-        )
-        return JSONResponse(body.model_dump(mode="json"), status_code=422)
+        return JSONResponse(validation_error(exc.errors()).model_dump(mode="json"), status_code=422)
 
     @app.post("/generate", responses={422: {"model": WorkerError}, 424: {"model": WorkerError}})
     async def generate(request: WorkerRequest, _: Authorized) -> JSONResponse:

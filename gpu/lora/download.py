@@ -12,7 +12,6 @@ from gpu.errors import lora_download_failed
 
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 3
-CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,15 @@ def check_url(url: str, policy: DownloadPolicy) -> str:
     return host
 
 
+def check_redirect(host: str, current: str, location: str, policy: DownloadPolicy) -> str:
+    """The redirect target, if it passes the policy and stays on the same host; else LORA_DOWNLOAD_FAILED."""
+    target = urljoin(current, location)
+    target_host = check_url(target, policy)
+    if target_host != host:
+        raise lora_download_failed("LoRA download redirected to another host", host=host, redirect_host=target_host)
+    return target
+
+
 def download(url: str, policy: DownloadPolicy, deadline: float | None = None) -> bytes:
     """Fetch the whole file, enforcing the cap while streaming; redirects only within the same host."""
     start = time.monotonic()
@@ -87,13 +95,7 @@ def download(url: str, policy: DownloadPolicy, deadline: float | None = None) ->
             try:
                 with client.stream("GET", current, timeout=timeout) as response:
                     if response.status_code in REDIRECT_STATUSES:
-                        target = urljoin(current, response.headers.get("location", ""))
-                        target_host = check_url(target, policy)
-                        if target_host != host:
-                            raise lora_download_failed(
-                                "LoRA download redirected to another host", host=host, redirect_host=target_host
-                            )
-                        current = target
+                        current = check_redirect(host, current, response.headers.get("location", ""), policy)
                         continue
                     return _read_body(response, policy, host, stop_at)
             except httpx.TimeoutException:
@@ -122,7 +124,8 @@ def _read_body(response: httpx.Response, policy: DownloadPolicy, host: str, stop
             "LoRA file is larger than the cap", host=host, bytes=int(declared), max_bytes=policy.max_bytes
         )
     received = bytearray()
-    for chunk in response.iter_raw(CHUNK_BYTES):
+    # No chunk size: httpx would otherwise buffer until it has that much, hiding a trickle from the deadline.
+    for chunk in response.iter_raw():
         received += chunk
         if len(received) > policy.max_bytes:
             raise lora_download_failed(

@@ -28,9 +28,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PUBLISH_TIMEOUT = 10.0
 
 
-async def connect(
-    url: str, *, name: str | None = None, connect_timeout: float = 10.0
-) -> AbstractRobustConnection:
+async def connect(url: str, *, name: str | None = None, connect_timeout: float = 10.0) -> AbstractRobustConnection:
     """A robust connection (reconnects and restores channels, queues and consumers)."""
     properties: dict[str, Any] = {"connection_name": name} if name else {}
     return await aio_pika.connect_robust(url, timeout=connect_timeout, client_properties=properties)
@@ -52,15 +50,22 @@ def queue_arguments(spec: QueueSpec, topo: Topology) -> dict[str, Any]:
 async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
     """Declare exchanges, queues, dead-letter queues and bindings; safe to repeat."""
     events = await channel.declare_exchange(topo.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-    dlx = await channel.declare_exchange(
-        topo.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
-    )
+    dlx = await channel.declare_exchange(topo.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     for spec in topo.queues:
         dlq = await channel.declare_queue(spec.dlq_name, durable=True, arguments={"x-queue-type": "quorum"})
         await dlq.bind(dlx, routing_key=spec.dead_letter_routing_key)
         queue = await channel.declare_queue(spec.name, durable=True, arguments=queue_arguments(spec, topo))
         for key in spec.routing_keys:
             await queue.bind(events, routing_key=key)
+
+
+async def declare_topology_on(connection: AbstractRobustConnection, topo: Topology) -> None:
+    """Declare the topology on a short-lived channel of `connection` (what a service does at start)."""
+    channel = await connection.channel()
+    try:
+        await declare_topology(channel, topo)
+    finally:
+        await channel.close()
 
 
 async def delete_topology(channel: AbstractChannel, topo: Topology) -> None:
@@ -175,12 +180,7 @@ class Consumer:
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop taking messages, let the handlers in flight finish, close the channel."""
-        if (
-            self._queue is not None
-            and self._tag is not None
-            and self._channel
-            and not self._channel.is_closed
-        ):
+        if self._queue is not None and self._tag is not None and self._channel and not self._channel.is_closed:
             await self._queue.cancel(self._tag)
         self._tag = None
         if self._in_flight:
@@ -204,9 +204,7 @@ class Consumer:
         try:
             envelope, payload = from_message(message)
         except InvalidEventError as error:
-            log.warning(
-                "dead-lettering invalid message %s from %s: %s", message.message_id, self._queue_name, error
-            )
+            log.warning("dead-lettering invalid message %s from %s: %s", message.message_id, self._queue_name, error)
             await message.reject(requeue=False)
             return
         received = ReceivedEvent(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
@@ -73,6 +74,8 @@ async def drop_all(engine: AsyncEngine, metadata: MetaData) -> None:
 
 async def create_test_database(admin_url: str | URL, prefix: str = "vb_test_") -> URL:
     """Create a uniquely named PostgreSQL database; return its URL (same server and credentials)."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", prefix):
+        raise ValueError(f"database name prefix must be lowercase letters, digits and _: {prefix!r}")
     admin = make_url(admin_url)
     name = f"{prefix}{secrets.token_hex(6)}"
     engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")

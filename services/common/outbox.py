@@ -123,11 +123,9 @@ class OutboxRelay:
         failure: Exception | None = None
         sent = 0
         async with self._sessions() as session, session.begin():
-            query = (
-                select(table).where(table.c.sent_at.is_(None)).order_by(table.c.id).limit(self._batch_size)
-            )
+            query = select(table).where(table.c.sent_at.is_(None)).order_by(table.c.id).limit(self._batch_size)
             if session.get_bind().dialect.name == "postgresql":
-                pass
+                query = query.with_for_update(skip_locked=True)
             rows = (await session.execute(query)).mappings().all()
             for row in rows:
                 try:

@@ -118,9 +118,7 @@ class ObjectStorage:
             self._s3().generate_presigned_url, "put_object", Params=params, ExpiresIn=ttl_seconds
         )
 
-    async def put_bytes(
-        self, key: str, data: bytes, content_type: str = "application/octet-stream"
-    ) -> ObjectInfo:
+    async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
         """Store `data` under `key`, recording its sha256 in the object's metadata."""
         digest = hashlib.sha256(data).hexdigest()
         response = await asyncio.to_thread(

@@ -7,6 +7,7 @@ A service that does not answer fails the test with a clear message (TEST_SKIP_UN
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
 import socket
@@ -20,7 +21,7 @@ from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy.engine import URL
 
 from contracts.topology import Topology, topology
-from services.common.broker import connect, declare_topology, delete_topology
+from services.common.broker import connect, declare_topology_on, delete_topology
 from services.common.db import create_test_database, drop_test_database
 from services.common.s3_local import LOCAL_REGION, LocalS3Server
 from services.common.storage import ObjectStorage, StorageConfig
@@ -49,8 +50,8 @@ def _require(url: str, default_port: int, what: str) -> None:
 
 def _docker_answers() -> bool:
     try:
-        import docker  # type: ignore[import-not-found]  # optional: only with testcontainers
-
+        # Optional (comes with testcontainers): imported by name so that type checks need no stubs.
+        docker: Any = importlib.import_module("docker")
         docker.from_env(timeout=2).ping()
         return True
     except Exception:
@@ -67,14 +68,12 @@ def _container_url(stack: ExitStack, kind: str) -> str | None:
     """Start a container for `kind` when testcontainers and Docker are both available."""
     try:
         if kind == "rabbitmq":
-            from testcontainers.rabbitmq import RabbitMqContainer  # type: ignore[import-not-found]
-
-            rabbit: Any = stack.enter_context(RabbitMqContainer("rabbitmq:3.13"))
+            rabbitmq_module: Any = importlib.import_module("testcontainers.rabbitmq")
+            rabbit: Any = stack.enter_context(rabbitmq_module.RabbitMqContainer("rabbitmq:3.13"))
             host, port = rabbit.get_container_host_ip(), rabbit.get_exposed_port(5672)
             return f"amqp://guest:guest@{host}:{port}/"
-        from testcontainers.postgres import PostgresContainer  # type: ignore[import-not-found]
-
-        postgres: Any = stack.enter_context(PostgresContainer("postgres:16"))
+        postgres_module: Any = importlib.import_module("testcontainers.postgres")
+        postgres: Any = stack.enter_context(postgres_module.PostgresContainer("postgres:16"))
         return str(postgres.get_connection_url(driver="asyncpg"))
     except ImportError:
         return None
@@ -119,16 +118,13 @@ async def amqp(rabbitmq_url: str) -> AsyncIterator[AbstractRobustConnection]:
 async def topo(amqp: AbstractRobustConnection, run_prefix: str) -> AsyncIterator[Topology]:
     """The platform topology under a unique prefix, declared, and deleted afterwards."""
     names = topology(prefix=run_prefix)
-    channel = await amqp.channel()
-    await declare_topology(channel, names)
+    await declare_topology_on(amqp, names)
     try:
         yield names
     finally:
         cleanup = await amqp.channel()
         await delete_topology(cleanup, names)
         await cleanup.close()
-        if not channel.is_closed:
-            await channel.close()
 
 
 @pytest.fixture

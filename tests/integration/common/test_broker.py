@@ -93,9 +93,7 @@ async def test_unroutable_publish_raises(amqp: AbstractRobustConnection, topo: T
     await publisher.close()
 
 
-async def test_consumer_acks_only_after_the_handler_returns(
-    amqp: AbstractRobustConnection, topo: Topology
-) -> None:
+async def test_consumer_acks_only_after_the_handler_returns(amqp: AbstractRobustConnection, topo: Topology) -> None:
     queue_name = topo.queue(GATEWAY_GENERATION_REQUESTED).name
     started, release = asyncio.Event(), asyncio.Event()
     seen: list[ReceivedEvent] = []

@@ -13,6 +13,7 @@ from sqlalchemy import Table, func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from contracts.envelope import EventEnvelope
 from contracts.events import GenerationStarted
 from contracts.topology import CONTENT_GENERATION_RESULTS, Topology
 from services.common.broker import Publisher
@@ -42,7 +43,7 @@ async def db(pg_url: URL) -> AsyncIterator[Db]:
         await engine.dispose()
 
 
-def _started(generation_id: str):  # type: ignore[no-untyped-def]
+def _started(generation_id: str) -> EventEnvelope:
     payload = GenerationStarted(generation_id=generation_id, attempt=1, worker_mode="sync")
     return new_event(payload, source="/vixenbliss/inference-gateway", subject=generation_id)
 
@@ -73,10 +74,9 @@ async def test_relay_publishes_committed_rows_and_not_rolled_back_ones(
     committed, rolled_back = _started("gen-committed"), _started("gen-rolled-back")
     async with db.sessions() as session, session.begin():
         await add_to_outbox(session, db.outbox, committed, traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01")
-    async with db.sessions() as session:
-        async with session.begin():
-            await add_to_outbox(session, db.outbox, rolled_back)
-            await session.rollback()
+    async with db.sessions() as session, session.begin():
+        await add_to_outbox(session, db.outbox, rolled_back)
+        await session.rollback()
 
     publisher = await Publisher.open(amqp, topo.events_exchange)
     relay = OutboxRelay(db.sessions, db.outbox, publisher)
@@ -125,9 +125,7 @@ async def test_two_relays_at_once_publish_each_row_exactly_once(
     assert all(p.count > 0 for p in publishers), "both relays should have taken part"
     assert sum(p.count for p in publishers) == len(events)
     async with db.sessions() as session:
-        unsent = await session.scalar(
-            select(func.count()).select_from(db.outbox).where(db.outbox.c.sent_at.is_(None))
-        )
+        unsent = await session.scalar(select(func.count()).select_from(db.outbox).where(db.outbox.c.sent_at.is_(None)))
     assert unsent == 0
     for p in publishers:
         await p.inner.close()

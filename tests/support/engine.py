@@ -1,0 +1,46 @@
+"""Helpers to build a real engine over the tiny model and to decode its answers."""
+
+import base64
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from contracts.worker import WorkerError, WorkerRequest, WorkerSuccess
+from gpu.bootstrap import build_engine
+from gpu.engine import SdxlLoraEngine
+from gpu.settings import WorkerSettings
+
+
+def tiny_engine(model_dir: Path, cache_dir: Path | None = None, **overrides: object) -> SdxlLoraEngine:
+    settings = WorkerSettings(
+        MODEL_DIR=model_dir,
+        WORKER_MODE="local",
+        WORKER_DEVICE="cpu",
+        LORA_CACHE_DIR=cache_dir,
+        **overrides,  # type: ignore[arg-type]
+    )
+    return build_engine(settings)
+
+
+def request(**fields: object) -> WorkerRequest:
+    """A small, fast request: 64×64, 3 steps."""
+    base: dict[str, object] = {"prompt": "a portrait of sks person", "width": 64, "height": 64, "steps": 3, "seed": 7}
+    base.update(fields)
+    return WorkerRequest.model_validate(base)
+
+
+def png_of(outcome: WorkerSuccess | WorkerError) -> bytes:
+    assert isinstance(outcome, WorkerSuccess), f"expected success, got {outcome}"
+    return base64.b64decode(outcome.image_base64)
+
+
+def image_size(png: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def error_of(outcome: WorkerSuccess | WorkerError) -> WorkerError:
+    assert isinstance(outcome, WorkerError), "expected an error, got an image"
+    return outcome
