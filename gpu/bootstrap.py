@@ -7,6 +7,7 @@ import torch
 from gpu.engine import SdxlLoraEngine
 from gpu.lora.cache import DiskLoraCache, MemoryLoraCache
 from gpu.lora.download import DownloadPolicy
+from gpu.lora.plan import LoraPlan
 from gpu.lora.store import LoraStore
 from gpu.pipeline_loader import base_model_name, load_pipeline, resolve_device, resolve_dtype
 from gpu.settings import WorkerSettings
@@ -25,7 +26,7 @@ def build_store(settings: WorkerSettings) -> LoraStore:
         if settings.lora_cache_dir is not None
         else None
     )
-    return LoraStore(policy, MemoryLoraCache(settings.lora_cache_memory_bytes), disk)
+    return LoraStore(policy, MemoryLoraCache[LoraPlan](settings.lora_cache_memory_bytes), disk)
 
 
 def build_engine(settings: WorkerSettings, device: torch.device | str | None = None) -> SdxlLoraEngine:
@@ -42,5 +43,5 @@ def build_engine(settings: WorkerSettings, device: torch.device | str | None = N
         build_store(settings),
         base_model=base_model_name(model_dir, settings.base_model_name),
         default_timeout_seconds=settings.request_timeout_seconds,
-        full_gc_every=settings.full_gc_every,
+        pristine_device=settings.lora_pristine_device,
     )

@@ -1,24 +1,25 @@
-"""The engine: one SDXL pipeline, one LoRA slot, one request at a time, base weights untouched after each."""
+"""The engine: one SDXL pipeline, one LoRA slot, one request at a time, base weights bit-identical after each."""
 
 import base64
-import gc
 import io
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 
 import torch
 from diffusers import StableDiffusionXLPipeline
-from peft.tuners.tuners_utils import BaseTunerLayer
 
 from contracts.errors import WorkerErrorCode
 from contracts.worker import ModelInfo, Timings, WorkerError, WorkerRequest, WorkerSuccess
-from gpu.errors import WorkerFailure, lora_load_failed
-from gpu.lora.cache import LoraTensors
-from gpu.lora.compat import COMPONENTS, check_compatible
+from gpu.errors import WorkerFailure
+from gpu.lora.fuser import LoraFuser
+from gpu.lora.parse import LoraTensors
+from gpu.lora.plan import LoraPlan, pinned, plan_lora
 from gpu.lora.store import FetchedLora, LoraStore
 
-ADAPTER = "request_lora"
+
+log = logging.getLogger("gpu.engine")
 
 
 class _DeadlineExceeded(Exception):
@@ -45,13 +46,13 @@ class SdxlLoraEngine:
         store: LoraStore,
         base_model: str,
         default_timeout_seconds: float = 300.0,
-        full_gc_every: int = 16,
+        pristine_device: str = "same",
     ) -> None:
         self.pipeline = pipeline
         self.store = store
         self.base_model = base_model
         self.default_timeout_seconds = default_timeout_seconds
-        self.full_gc_every = full_gc_every
+        self.fuser = LoraFuser(pipeline, pristine_device)
         self.requests_served = 0
         # Set when an adapter could not be removed: the weights can no longer be trusted.
         self.poisoned: str | None = None
@@ -65,8 +66,10 @@ class SdxlLoraEngine:
         """Move the pipeline (Modal: CPU load before the snapshot, GPU after restore)."""
         self.pipeline.to(device)
 
-    def validate_lora(self, tensors: LoraTensors) -> None:
-        check_compatible(self.pipeline, tensors)
+    def plan_lora(self, tensors: LoraTensors) -> LoraPlan:
+        """Check the LoRA against this pipeline; on a GPU host, pin it for fast copies to the device."""
+        plan = plan_lora(self.pipeline, tensors)
+        return pinned(plan) if self.device.type == "cuda" else plan
 
     def generate(self, request: WorkerRequest) -> WorkerSuccess | WorkerError:
         with self._lock:
@@ -74,6 +77,11 @@ class SdxlLoraEngine:
                 return self._generate(request)
             except WorkerFailure as failure:
                 return failure.to_error(request.request_id)
+            except Exception as exc:  # a bug or an unforeseen failure: still an answer in the error shape
+                log.exception("unexpected failure while serving a request")
+                return WorkerFailure(
+                    WorkerErrorCode.GENERATION_FAILED, "unexpected worker failure", reason=type(exc).__name__
+                ).to_error(request.request_id)
             finally:
                 self.requests_served += 1
 
@@ -87,14 +95,14 @@ class SdxlLoraEngine:
         fetched: FetchedLora | None = None
         if request.lora_url:
             mark = time.perf_counter()
-            fetched = self.store.get(request.lora_url, request.lora_sha256, self.validate_lora, deadline)
+            fetched = self.store.get(request.lora_url, request.lora_sha256, self.plan_lora, deadline)
             clock.timings.download_ms = round(fetched.download_ms, 3)
             clock.timings.lora_source = fetched.source
             clock.timings.load_ms = self.ms_minus(clock.ms_since(mark), fetched.download_ms)
         try:
             if fetched is not None:
                 mark = time.perf_counter()
-                self._attach(fetched.tensors, request.lora_scale)
+                self._attach(fetched.plan, request.lora_scale)
                 clock.timings.load_ms = round(clock.timings.load_ms + clock.ms_since(mark), 3)
             png = self._run_pipeline(request, deadline, clock)
         finally:
@@ -121,37 +129,20 @@ class SdxlLoraEngine:
     def ms_minus(total_ms: float, part_ms: float) -> float:
         return round(max(total_ms - part_ms, 0.0), 3)
 
-    def _attach(self, tensors: LoraTensors, scale: float) -> None:
+    def _attach(self, plan: LoraPlan, scale: float) -> None:
         try:
-            # A shallow copy: diffusers pops keys from the dict it is given, and the cache keeps ours.
-            self.pipeline.load_lora_weights(dict(tensors), adapter_name=ADAPTER, low_cpu_mem_usage=True)
-        except Exception as exc:  # size mismatches, unsupported layers: diffusers raises several types
-            raise lora_load_failed("LoRA could not be loaded into SDXL", reason=str(exc)[:300]) from None
-        attached = self.pipeline.get_list_adapters()
-        if not any(ADAPTER in names for names in attached.values()):
-            # Some foreign formats only log a warning and attach nothing: that is a failure, not a no-op.
-            raise lora_load_failed("LoRA attached to no layer of SDXL")
-        self.pipeline.set_adapters([ADAPTER], adapter_weights=[scale])
+            self.fuser.fuse(plan, scale)
+        except torch.cuda.OutOfMemoryError:
+            raise WorkerFailure(WorkerErrorCode.CUDA_OOM, "GPU out of memory while applying the LoRA") from None
 
     def _detach(self) -> None:
-        """Remove every LoRA layer, so the modules (and weights) are the base ones again."""
+        """Restore every layer the LoRA touched from its pristine copy: the base weights are exact again."""
         try:
-            self.pipeline.unload_lora_weights()
+            altered = self.fuser.restore()
         except Exception as exc:  # should never happen; if it does, this worker must not serve again
-            self.poisoned = f"unload failed: {type(exc).__name__}"
-        leftover = sum(
-            isinstance(module, BaseTunerLayer)
-            for name in COMPONENTS
-            for module in getattr(self.pipeline, name).modules()
-        )
-        if leftover:
-            self.poisoned = f"{leftover} LoRA layers left after unload"
-        # Memory creeps over many load/unload cycles otherwise (diffusers #8532, peft #1639). A full
-        # collection costs about 200 ms, so it runs every few requests rather than on each.
-        if self.full_gc_every and (self.requests_served + 1) % self.full_gc_every == 0:
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            altered = [f"restore failed: {type(exc).__name__}"]
+        if altered:
+            self.poisoned = f"{len(altered)} layers differ from the base after restore (first: {altered[0]})"
 
     def _run_pipeline(self, request: WorkerRequest, deadline: float, clock: _Clock) -> bytes:
         if time.monotonic() > deadline:

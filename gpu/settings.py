@@ -32,7 +32,8 @@ class WorkerSettings(BaseSettings):
     lora_cache_memory_bytes: int = Field(default=2 * GiB, ge=0, alias="LORA_CACHE_MEMORY_BYTES")
     lora_cache_disk_bytes: int = Field(default=20 * GiB, ge=0, alias="LORA_CACHE_DISK_BYTES")
 
-    full_gc_every: int = Field(default=16, ge=0, alias="WORKER_FULL_GC_EVERY")
+    # Where the untouched originals of LoRA-touched layers live: beside the weights (fastest) or on the CPU.
+    lora_pristine_device: Literal["same", "cpu"] = Field(default="same", alias="LORA_PRISTINE_DEVICE")
     request_timeout_seconds: float = Field(default=300.0, gt=0, alias="REQUEST_TIMEOUT_SECONDS")
     api_key: SecretStr | None = Field(default=None, alias="WORKER_API_KEY")
 

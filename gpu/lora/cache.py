@@ -5,27 +5,22 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Generic, TypeVar
 
-import torch
-
-LoraTensors = dict[str, torch.Tensor]
-
-
-def tensors_nbytes(tensors: LoraTensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+Value = TypeVar("Value")
 
 
-class MemoryLoraCache:
-    """Parsed, validated LoRAs kept in host memory, least recently used evicted first."""
+class MemoryLoraCache(Generic[Value]):
+    """Prepared LoRAs kept in host memory, least recently used evicted first, within a byte budget."""
 
     def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes
-        # key -> (tensors, sha256 of the file, bytes)
-        self._entries: OrderedDict[str, tuple[LoraTensors, str, int]] = OrderedDict()
+        # key -> (value, sha256 of the file, bytes)
+        self._entries: OrderedDict[str, tuple[Value, str, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> tuple[LoraTensors, str] | None:
+    def get(self, key: str) -> tuple[Value, str] | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -33,15 +28,14 @@ class MemoryLoraCache:
             self._entries.move_to_end(key)
             return entry[0], entry[1]
 
-    def put(self, key: str, tensors: LoraTensors, sha256: str) -> None:
-        size = tensors_nbytes(tensors)
+    def put(self, key: str, value: Value, sha256: str, size: int) -> None:
         if size > self.budget_bytes:
             return
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old[2]
-            self._entries[key] = (tensors, sha256, size)
+            self._entries[key] = (value, sha256, size)
             self._bytes += size
             while self._bytes > self.budget_bytes:
                 _, (_, _, evicted) = self._entries.popitem(last=False)

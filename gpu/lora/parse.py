@@ -10,6 +10,8 @@ from safetensors.torch import load as load_safetensors
 from gpu.errors import lora_load_failed
 
 # Float tensors only: an integer or boolean tensor in a LoRA is a sign of a foreign or hostile file.
+LoraTensors = dict[str, torch.Tensor]
+
 FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 
@@ -59,7 +61,7 @@ def _check_entry(name: str, info: object, payload_len: int) -> None:
         )
 
 
-def parse_lora(data: bytes) -> dict[str, torch.Tensor]:
+def parse_lora(data: bytes) -> LoraTensors:
     """Parse safetensors bytes into CPU tensors; refuse anything else, non-float tensors and NaN/Inf."""
     _check_header(data)
     try:

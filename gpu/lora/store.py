@@ -1,4 +1,4 @@
-"""Get a LoRA's tensors for a request: from memory, from disk, or downloaded, verified and parsed."""
+"""Get a LoRA ready for a request: from memory, from disk, or downloaded, verified, parsed and planned."""
 
 import hashlib
 import time
@@ -7,23 +7,23 @@ from dataclasses import dataclass
 
 from contracts.worker import LoraSource
 from gpu.errors import lora_download_failed
-from gpu.lora.cache import DiskLoraCache, LoraTensors, MemoryLoraCache
+from gpu.lora.cache import DiskLoraCache, MemoryLoraCache
 from gpu.lora.download import DownloadPolicy, check_url, download, url_identity
-from gpu.lora.parse import parse_lora
+from gpu.lora.parse import LoraTensors, parse_lora
+from gpu.lora.plan import LoraPlan
 
-# Checks parsed tensors against the loaded model; raises LORA_LOAD_FAILED when they do not fit.
-Validator = Callable[[LoraTensors], None]
+# Checks parsed tensors against the loaded model and plans them; raises LORA_LOAD_FAILED when they do not fit.
+Planner = Callable[[LoraTensors], LoraPlan]
 
 
 @dataclass(frozen=True)
 class FetchedLora:
-    """A LoRA ready to load, with where it came from and what fetching it cost."""
+    """A LoRA ready to fuse, with where it came from and what fetching it cost."""
 
-    tensors: LoraTensors
-    sha256: str | None
+    plan: LoraPlan
+    sha256: str
     source: LoraSource
     download_ms: float
-    parse_ms: float
 
 
 class LoraStore:
@@ -32,7 +32,7 @@ class LoraStore:
     def __init__(
         self,
         policy: DownloadPolicy,
-        memory: MemoryLoraCache,
+        memory: MemoryLoraCache[LoraPlan],
         disk: DiskLoraCache | None = None,
     ) -> None:
         self.policy = policy
@@ -43,13 +43,13 @@ class LoraStore:
     def cache_key(url: str, sha256: str | None) -> str:
         return f"sha256:{sha256}" if sha256 else url_identity(url)
 
-    def get(self, url: str, sha256: str | None, validate: Validator, deadline: float | None = None) -> FetchedLora:
+    def get(self, url: str, sha256: str | None, plan: Planner, deadline: float | None = None) -> FetchedLora:
         # The policy applies even on a cache hit: a URL we would refuse to fetch is refused, full stop.
         check_url(url, self.policy)
         key = self.cache_key(url, sha256)
         cached = self.memory.get(key)
         if cached is not None:
-            return FetchedLora(cached[0], cached[1], "memory_cache", 0.0, 0.0)
+            return FetchedLora(cached[0], cached[1], "memory_cache", 0.0)
 
         source: LoraSource = "disk_cache"
         download_ms = 0.0
@@ -64,16 +64,12 @@ class LoraStore:
             started = time.perf_counter()
             data = download(url, self.policy, deadline)
             download_ms = (time.perf_counter() - started) * 1000
-            actual = hashlib.sha256(data).hexdigest()
-            if sha256 and actual != sha256:
-                raise lora_download_failed("LoRA sha256 does not match lora_sha256", expected=sha256, actual=actual)
-        started = time.perf_counter()
-        tensors = parse_lora(data)
-        validate(tensors)
-        parse_ms = (time.perf_counter() - started) * 1000
+        digest = hashlib.sha256(data).hexdigest()
+        if sha256 and digest != sha256:
+            raise lora_download_failed("LoRA sha256 does not match lora_sha256", expected=sha256, actual=digest)
+        prepared = plan(parse_lora(data))
         # Only files that parsed and fit the model are cached: a bad file is refused again next time.
         if self.disk is not None and source == "download":
             self.disk.put(key, data)
-        digest = sha256 or hashlib.sha256(data).hexdigest()
-        self.memory.put(key, tensors, digest)
-        return FetchedLora(tensors, digest, source, download_ms, parse_ms)
+        self.memory.put(key, prepared, digest, prepared.nbytes)
+        return FetchedLora(prepared, digest, source, download_ms)

@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     lora.add_argument("--seed", type=int, default=0)
     lora.add_argument("--rank", type=int, default=4)
     lora.add_argument("--kind", choices=["sdxl", "sd15"], default="sdxl")
+    lora.add_argument("--text-encoders", action="store_true", help="also adapt both text encoders")
     args = parser.parse_args(argv)
 
     # Imported here so that `--help` answers without loading torch.
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.rank < 1:
             parser.error("--rank must be at least 1")
-        print(write_lora(args.out, seed=args.seed, rank=args.rank, kind=args.kind, scale=1.0))
+        print(write_lora(args.out, seed=args.seed, rank=args.rank, kind=args.kind, text_encoders=args.text_encoders))
     return 0
 
 

@@ -13,6 +13,7 @@ from gpu.tiny.model import build_tiny_unet
 
 LoraKind = Literal["sdxl", "sd15"]
 ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 # A tiny SD1.5-shaped UNet: attention in the first block and a 32-wide cross-attention, so its LoRA
 # names modules the SDXL UNet lacks and has shapes that do not fit it.
@@ -44,13 +45,37 @@ def lora_state_dict(
     }
 
 
-def write_lora(out_file: Path, seed: int = 0, rank: int = 4, kind: LoraKind = "sdxl", scale: float = 1.0) -> Path:
+def text_encoder_lora_state_dicts(seed: int, rank: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """LoRAs over the attention projections of both tiny text encoders, in diffusers' key format."""
+    from gpu.tiny.model import build_tiny_text_encoders
+
+    layers = []
+    for offset, encoder in enumerate(build_tiny_text_encoders()):
+        torch.manual_seed(seed * 2 + offset)
+        encoder.add_adapter(
+            LoraConfig(r=rank, lora_alpha=rank, target_modules=TEXT_ATTENTION_TARGETS, init_lora_weights=False)
+        )
+        layers.append(convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder)))
+    return layers[0], layers[1]
+
+
+def write_lora(
+    out_file: Path,
+    seed: int = 0,
+    rank: int = 4,
+    kind: LoraKind = "sdxl",
+    scale: float = 1.0,
+    text_encoders: bool = False,
+) -> Path:
     """Write a LoRA as .safetensors in the layout diffusers' save_lora_weights produces."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
     state = lora_state_dict(seed=seed, rank=rank, kind=kind, scale=scale)
+    te1, te2 = text_encoder_lora_state_dicts(seed, rank) if text_encoders else (None, None)
     StableDiffusionXLPipeline.save_lora_weights(
         str(out_file.parent),
         unet_lora_layers=state,
+        text_encoder_lora_layers=te1,
+        text_encoder_2_lora_layers=te2,
         weight_name=out_file.name,
         safe_serialization=True,
     )

@@ -80,16 +80,22 @@ def build_tiny_unet(seed: int = 0) -> UNet2DConditionModel:
     return UNet2DConditionModel(**TINY_UNET_CONFIG)
 
 
-def build_tiny_pipeline(work_dir: Path, seed: int = 0) -> StableDiffusionXLPipeline:
-    """Assemble a tiny SDXL pipeline in memory; its tokenizer files are written under work_dir."""
+def build_tiny_text_encoders(seed: int = 0) -> tuple[CLIPTextModel, CLIPTextModelWithProjection]:
+    """The two tiny CLIP text encoders with seeded random weights."""
     vocab_size = len(byte_level_vocab())
-    unet = build_tiny_unet(seed)
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**TINY_VAE_CONFIG)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(_text_config(vocab_size))
     torch.manual_seed(seed + 3)
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(vocab_size))
+    return text_encoder, text_encoder_2
+
+
+def build_tiny_pipeline(work_dir: Path, seed: int = 0) -> StableDiffusionXLPipeline:
+    """Assemble a tiny SDXL pipeline in memory; its tokenizer files are written under work_dir."""
+    unet = build_tiny_unet(seed)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**TINY_VAE_CONFIG)
+    text_encoder, text_encoder_2 = build_tiny_text_encoders(seed)
     tokenizer = write_tokenizer(work_dir / "tokenizer")
     tokenizer_2 = write_tokenizer(work_dir / "tokenizer_2")
     assert tokenizer.bos_token == BOS and tokenizer.eos_token == EOS

@@ -94,3 +94,42 @@ def test_corrupt_model_weights_are_model_load_failed(tiny_model_dir: Path, tmp_p
         build_engine(WorkerSettings(MODEL_DIR=broken, WORKER_DEVICE="cpu"))
     assert caught.value.code == WorkerErrorCode.MODEL_LOAD_FAILED
     assert "unet" in str(caught.value.details) or "reason" in caught.value.details
+
+
+def test_failure_in_the_middle_of_fusing_restores_what_was_touched(
+    tiny_model_dir: Path, lora_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the 10th layer's delta cannot be applied (a corrupted cached plan)."""
+    from gpu.lora.plan import LayerDelta, LoraPlan
+
+    engine = tiny_engine(tiny_model_dir)
+    before = fingerprint_pipeline(engine.pipeline)
+    real_plan = engine.plan_lora
+
+    def corrupted_plan(tensors: dict[str, torch.Tensor]) -> LoraPlan:
+        plan = real_plan(tensors)
+        bad = plan.deltas[9]
+        broken = LayerDelta(bad.component, bad.module_path, bad.down, bad.up[:1], bad.alpha_scale)
+        return LoraPlan((*plan.deltas[:9], broken, *plan.deltas[10:]))
+
+    monkeypatch.setattr(engine, "plan_lora", corrupted_plan)
+    error = error_of(engine.generate(request(lora_url=lora_url)))
+    assert error.error_code == WorkerErrorCode.GENERATION_FAILED
+    assert fingerprint_pipeline(engine.pipeline) == before
+    assert engine.poisoned is None
+
+
+def test_a_restore_that_fails_retires_the_worker(
+    tiny_model_dir: Path, lora_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: restoring the base weights raises; the worker must stop serving, not serve altered weights."""
+    engine = tiny_engine(tiny_model_dir)
+
+    def broken_restore() -> list[str]:
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(engine.fuser, "restore", broken_restore)
+    engine.generate(request(lora_url=lora_url))
+    assert engine.poisoned is not None
+    error = error_of(engine.generate(request()))
+    assert error.error_code == WorkerErrorCode.MODEL_LOAD_FAILED and "retired" in error.error

@@ -12,27 +12,31 @@ def tensors(n_floats: int) -> dict[str, torch.Tensor]:
     return {"w": torch.zeros(n_floats)}
 
 
+def put(cache: MemoryLoraCache[dict[str, torch.Tensor]], key: str, n_floats: int) -> None:
+    cache.put(key, tensors(n_floats), sha256=key * 64, size=4 * n_floats)
+
+
 def test_memory_cache_evicts_least_recently_used_within_budget() -> None:
-    cache = MemoryLoraCache(budget_bytes=3 * 400)
+    cache: MemoryLoraCache[dict[str, torch.Tensor]] = MemoryLoraCache(budget_bytes=3 * 400)
     for key in "abc":
-        cache.put(key, tensors(100), sha256=key * 64)
+        put(cache, key, 100)
     assert cache.get("a") is not None  # a is now the most recent
-    cache.put("d", tensors(100), sha256="d" * 64)
+    put(cache, "d", 100)
     assert cache.get("b") is None
     assert cache.get("a") is not None and cache.get("c") is not None and cache.get("d") is not None
     assert cache.bytes_used == 3 * 400
 
 
 def test_memory_cache_replacing_a_key_keeps_the_count_right() -> None:
-    cache = MemoryLoraCache(budget_bytes=1000)
-    cache.put("a", tensors(100), sha256="a" * 64)
-    cache.put("a", tensors(50), sha256="a" * 64)
+    cache: MemoryLoraCache[dict[str, torch.Tensor]] = MemoryLoraCache(budget_bytes=1000)
+    put(cache, "a", 100)
+    put(cache, "a", 50)
     assert cache.bytes_used == 200 and len(cache) == 1
 
 
 def test_memory_cache_skips_an_entry_larger_than_the_budget() -> None:
-    cache = MemoryLoraCache(budget_bytes=100)
-    cache.put("big", tensors(1000), sha256="b" * 64)
+    cache: MemoryLoraCache[dict[str, torch.Tensor]] = MemoryLoraCache(budget_bytes=100)
+    put(cache, "big", 1000)
     assert cache.get("big") is None and cache.bytes_used == 0
 
 

@@ -1,0 +1,130 @@
+"""Turn a LoRA state dict into a plan: which SDXL layer gets which low-rank delta, every shape checked."""
+
+import re
+from dataclasses import dataclass
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+from torch import nn
+
+from gpu.errors import lora_load_failed
+from gpu.lora.parse import LoraTensors
+
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+# The down/up (A/B) weight suffixes of the LoRA layouts diffusers reads, after its own conversion.
+_SUFFIX = re.compile(
+    r"\.(?:(?P<down>lora\.down|lora_linear_layer\.down|lora_A|lora_down)"
+    r"|(?P<up>lora\.up|lora_linear_layer\.up|lora_B|lora_up))\.weight$"
+)
+MAX_RANK = 1024
+
+
+@dataclass(frozen=True)
+class LayerDelta:
+    """One layer's low-rank update: weight += scale * alpha_scale * up @ down."""
+
+    component: str
+    module_path: str
+    down: torch.Tensor
+    up: torch.Tensor
+    # alpha / rank when the file gives an alpha (kohya), else 1.0 (diffusers' and peft's default).
+    alpha_scale: float
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    """Every layer delta of one LoRA, ready to fuse into this pipeline's architecture."""
+
+    deltas: tuple[LayerDelta, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(d.down.numel() * d.down.element_size() + d.up.numel() * d.up.element_size() for d in self.deltas)
+
+
+def _io_features(module: nn.Module) -> tuple[int, int] | None:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels, module.out_channels
+    return None
+
+
+def _convert(pipeline: StableDiffusionXLPipeline, tensors: LoraTensors) -> tuple[LoraTensors, dict[str, float]]:
+    """Let diffusers map kohya/A1111 layouts onto its module names; we never let it load the weights."""
+    try:
+        converted, alphas = StableDiffusionXLPipeline.lora_state_dict(dict(tensors), unet_config=pipeline.unet.config)
+    except Exception as exc:  # diffusers raises ValueError/KeyError/RuntimeError on foreign layouts
+        raise lora_load_failed("LoRA layout is not one diffusers can read", reason=str(exc)[:200]) from None
+    merged_alphas = {k: float(v) for k, v in (alphas or {}).items()}
+    for key in [k for k in converted if k.endswith(".alpha")]:
+        merged_alphas[key] = float(converted.pop(key).item())
+    return converted, merged_alphas
+
+
+def plan_lora(pipeline: StableDiffusionXLPipeline, tensors: LoraTensors) -> LoraPlan:
+    """Raise LORA_LOAD_FAILED unless every weight pairs up and fits a Linear/Conv2d layer of this pipeline."""
+    converted, alphas = _convert(pipeline, tensors)
+    halves: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in converted.items():
+        component, _, rest = key.partition(".")
+        match = _SUFFIX.search(rest)
+        if component not in COMPONENTS or match is None:
+            raise lora_load_failed("LoRA key targets nothing in SDXL", key=key[:200])
+        side = "down" if match.group("down") else "up"
+        halves.setdefault((component, rest[: match.start()]), {})[side] = tensor
+    deltas = []
+    for (component, path), pair in sorted(halves.items()):
+        if set(pair) != {"down", "up"}:
+            raise lora_load_failed("LoRA layer has a down or up weight without its pair", layer=f"{component}.{path}")
+        try:
+            module = getattr(pipeline, component).get_submodule(path)
+        except AttributeError:
+            raise lora_load_failed(
+                "LoRA targets a layer SDXL does not have", layer=f"{component}.{path}"[:200]
+            ) from None
+        down, up = pair["down"], pair["up"]
+        _check_shapes(f"{component}.{path}", module, down, up)
+        rank = down.shape[0]
+        alpha = alphas.get(f"{component}.{path}.alpha")
+        deltas.append(LayerDelta(component, path, down, up, alpha / rank if alpha else 1.0))
+    if not deltas:
+        raise lora_load_failed("LoRA file holds no LoRA weights")
+    return LoraPlan(tuple(deltas))
+
+
+def _check_shapes(layer: str, module: nn.Module, down: torch.Tensor, up: torch.Tensor) -> None:
+    features = _io_features(module)
+    if features is None:
+        raise lora_load_failed("LoRA targets a layer that is not Linear or Conv2d", layer=layer[:200])
+    in_features, out_features = features
+    weight: torch.Tensor = module.weight  # type: ignore[assignment]  # Linear/Conv2d, checked above
+    weight_shape = tuple(weight.shape)
+    expected_down_tail = weight_shape[1:] if isinstance(module, nn.Conv2d) else (in_features,)
+    fits = (
+        down.dim() in (2, 4)
+        and up.dim() in (2, 4)
+        and 0 < down.shape[0] <= MAX_RANK
+        and tuple(down.shape[1:]) == expected_down_tail
+        and up.shape[0] == out_features
+        and up.shape[1] == down.shape[0]
+        and all(size == 1 for size in up.shape[2:])
+    )
+    if not fits:
+        raise lora_load_failed(
+            "LoRA weight shapes do not fit the SDXL layer they target",
+            layer=layer[:200],
+            down=list(down.shape),
+            up=list(up.shape),
+            layer_weight=list(weight_shape),
+        )
+
+
+def pinned(plan: LoraPlan) -> LoraPlan:
+    """The same plan with page-locked host tensors, so copies to the GPU run at full speed."""
+    return LoraPlan(
+        tuple(
+            LayerDelta(d.component, d.module_path, d.down.pin_memory(), d.up.pin_memory(), d.alpha_scale)
+            for d in plan.deltas
+        )
+    )

@@ -1,0 +1,65 @@
+"""The Modal app imports without network or credentials, and its class serves the contract locally."""
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.engine import image_size
+
+
+def raw_method(cls: type, name: str) -> Any:
+    # The decorators keep the original function; this calls it as Modal's container would.
+    return cls.__dict__[name]._get_raw_f()
+
+
+def test_modal_app_definition_uses_modal_1x_names() -> None:
+    import modal
+
+    from gpu import modal_app
+
+    assert isinstance(modal_app.app, modal.App)
+    assert modal_app.app.name == "vixenbliss-sdxl-lora"
+    user_cls = modal_app.SdxlLoraWorker._get_user_cls()
+    for name in ("load", "to_gpu", "generate", "generate_sync"):
+        assert name in user_cls.__dict__
+
+
+def test_modal_class_generate_path_runs_the_tiny_model(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, file_server: Any, lora_files: dict[str, Path]
+) -> None:
+    from gpu import modal_app
+
+    monkeypatch.setenv("MODEL_DIR", str(tiny_model_dir))
+    monkeypatch.setenv("WORKER_MODE", "local")
+    monkeypatch.delenv("LORA_CACHE_DIR", raising=False)
+    user_cls = modal_app.SdxlLoraWorker._get_user_cls()
+    worker = user_cls.__new__(user_cls)
+    raw_method(user_cls, "load")(worker)  # before the snapshot: CPU
+    raw_method(user_cls, "to_gpu")(worker)  # after restore: no GPU here, stays on CPU
+
+    url = file_server.add("/a.safetensors", lora_files["a"].read_bytes())
+    payload = {"prompt": "sks", "width": 64, "height": 64, "steps": 2, "lora_url": url}
+    body = raw_method(user_cls, "generate")(worker, payload)
+    assert body["http_status"] == 200 and body["model_info"]["lora_applied"] is True
+    assert image_size(base64.b64decode(body["image_base64"])) == (64, 64)
+
+    invalid = raw_method(user_cls, "generate")(worker, {"prompt": "sks", "width": 63})
+    assert (invalid["http_status"], invalid["error_code"]) == (422, "INVALID_REQUEST")
+
+    response = raw_method(user_cls, "generate_sync")(worker, {**payload, "lora_url": file_server.url("/none")})
+    assert response.status_code == 424 and b"LORA_DOWNLOAD_FAILED" in response.body
+
+
+def test_modal_class_answers_model_load_failed_instead_of_raising(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpu import modal_app
+
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "no-weights"))
+    user_cls = modal_app.SdxlLoraWorker._get_user_cls()
+    worker = user_cls.__new__(user_cls)
+    raw_method(user_cls, "load")(worker)
+    body = raw_method(user_cls, "generate")(worker, {"prompt": "sks"})
+    assert (body["http_status"], body["error_code"]) == (503, "MODEL_LOAD_FAILED")

@@ -1,0 +1,36 @@
+"""Reading events off RabbitMQ queues in tests (basic.get polling, acked on read)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aio_pika.abc import AbstractRobustConnection
+
+from contracts.envelope import EventEnvelope
+from contracts.events import EventPayload
+from services.common.events import from_message
+
+Received = tuple[EventEnvelope, EventPayload]
+
+
+async def drain_events(
+    connection: AbstractRobustConnection, queue_name: str, *, expect: int, wait: float = 10.0, grace: float = 0.3
+) -> list[Received]:
+    """Wait for `expect` events on the queue, then take whatever else arrives within `grace` seconds."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.get_queue(queue_name)
+        received: list[Received] = []
+        async with asyncio.timeout(wait):
+            while len(received) < expect:
+                message = await queue.get(fail=False, no_ack=True)
+                if message is None:
+                    await asyncio.sleep(0.05)
+                    continue
+                received.append(from_message(message))
+        await asyncio.sleep(grace)
+        while (message := await queue.get(fail=False, no_ack=True)) is not None:
+            received.append(from_message(message))
+        return received
+    finally:
+        await channel.close()
