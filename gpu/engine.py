@@ -18,7 +18,6 @@ from gpu.lora.parse import LoraTensors
 from gpu.lora.plan import LoraPlan, pinned, plan_lora
 from gpu.lora.store import FetchedLora, LoraStore
 
-
 log = logging.getLogger("gpu.engine")
 
 

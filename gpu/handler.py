@@ -18,7 +18,10 @@ def validation_error(errors: Sequence[Any]) -> WorkerError:
     """INVALID_REQUEST naming each bad field and why (pydantic's or FastAPI's error list)."""
     fields = [{"field": ".".join(str(p) for p in err["loc"] if p != "body"), "reason": err["msg"]} for err in errors]
     return WorkerError(
-        error="request failed validation", error_code=WorkerErrorCode.INVALID_REQUEST, details={"fields": fields}
+        error="request failed validation",
+        error_code=WorkerErrorCode.INVALID_REQUEST,
+        details={"fields": fields},
+        retryable=False,
     )
 
 

@@ -41,6 +41,18 @@ def table(results: dict[str, Any]) -> str:
         f"first image repeats: {contamination['first_image_repeats_exactly']} | bit-identical | "
         f"{'meets' if identical else 'misses'} |"
     )
+    replaced = results["replaced_strategies"]
+    adapter = replaced["diffusers_adapter_swap_ms"]
+    rows.append(
+        f"| replaced way 1: diffusers adapter load + set + unload per request (ms) | {adapter['p50']} | "
+        f"{adapter['p90']} | — | for comparison |"
+    )
+    residue = replaced["fuse_unfuse_residue"]
+    rows.append(
+        f"| replaced way 2: fuse_lora → unfuse_lora, UNet tensors changed | {residue['changed_tensors']} of "
+        f"{residue['total_tensors']} | max abs diff {residue['max_abs_difference']:.3g} | 0 | for comparison |"
+    )
+    rows.append(f"| pristine copies of LoRA-touched layers (GiB) | {results['pristine_copy_gib']} | | | |")
     peak = results["peak_gpu_memory_gib"]
     rows.append(f"| peak GPU memory (GiB) | {peak if peak is not None else 'n/a (CPU)'} | | | |")
     config = results["config"]

@@ -147,6 +147,15 @@ def run_benchmark(config: BenchConfig, device: torch.device, dtype: torch.dtype)
     last_image = request(urls[0], small=True, steps=config.contamination_steps).image_base64
     fingerprint_after = fingerprint_pipeline(pipeline)
 
+    # The replaced strategies, on the same model, after our own phases (they leave the weights as found).
+    from gpu.bench.compare import diffusers_adapter_swap_ms, fuse_unfuse_residue
+
+    lora_file = disk.get(url_identity(urls[0]))
+    assert lora_file is not None
+    adapter_swaps = diffusers_adapter_swap_ms(pipeline, lora_file, config.runs)
+    residue = fuse_unfuse_residue(pipeline, lora_file)
+    restored_after_comparison = fingerprint_pipeline(pipeline) == fingerprint_before
+
     return {
         "config": asdict(config),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -165,6 +174,12 @@ def run_benchmark(config: BenchConfig, device: torch.device, dtype: torch.dtype)
             "fingerprint_identical": fingerprint_before == fingerprint_after,
             "first_image_repeats_exactly": first_image == last_image,
         },
+        "replaced_strategies": {
+            "diffusers_adapter_swap_ms": summary(adapter_swaps),
+            "fuse_unfuse_residue": residue,
+            "weights_restored_after_comparison": restored_after_comparison,
+        },
+        "pristine_copy_gib": round(engine.fuser.pristine_bytes / 1024**3, 3),
         "peak_gpu_memory_gib": (
             round(torch.cuda.max_memory_allocated(device) / 1024**3, 2) if device.type == "cuda" else None
         ),

@@ -35,14 +35,15 @@ def write_tokenizer(out_dir: Path, max_length: int = 77) -> CLIPTokenizer:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "vocab.json").write_text(json.dumps(byte_level_vocab()), encoding="utf-8")
     (out_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(
-        vocab=byte_level_vocab(),
-        merges=[],
+    # Loading from the two files works on transformers 4.x and 5.x alike (their constructors differ).
+    tokenizer = CLIPTokenizer.from_pretrained(
+        str(out_dir),
         model_max_length=max_length,
         bos_token=BOS,
         eos_token=EOS,
         unk_token=EOS,
         pad_token=EOS,
+        local_files_only=True,
     )
     tokenizer.save_pretrained(str(out_dir))
     return tokenizer
