@@ -8,7 +8,7 @@ EXTRAS := services,gpu,s3local,modal,test
 FIND_LINKS := $(shell [ -d /opt/wheels ] && echo --find-links /opt/wheels)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: install test lint typecheck unit demo up down bench bench-tiny tiny-model clean asyncapi
+.PHONY: install test lint typecheck unit demo up down bench bench-tiny tiny-model clean schemas
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,20 @@ test: install
 
 unit: install
 	$(BIN)/pytest -q tests/unit
+
+# One generation through the whole local stack; stops everything it started.
+demo: install
+	$(BIN)/python scripts/stack.py demo
+
+up: install
+	$(BIN)/python scripts/stack.py up
+
+down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/stack.py down; else echo "nothing to stop"; fi
+
+# Regenerate docs/schemas and docs/asyncapi.yaml from contracts/ (a test fails when they drift).
+schemas: install
+	$(BIN)/python -m contracts.export
 
 tiny-model: install
 	$(BIN)/python -m gpu.tiny model --out .cache/tiny-sdxl

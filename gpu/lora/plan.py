@@ -16,6 +16,8 @@ _SUFFIX = re.compile(
     r"\.(?:(?P<down>lora\.down|lora_linear_layer\.down|lora_A|lora_down)"
     r"|(?P<up>lora\.up|lora_linear_layer\.up|lora_B|lora_up))\.weight$"
 )
+# The older attention-processor layout diffusers still produces from some kohya files.
+_PROCESSOR = re.compile(r"\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<side>down|up)\.weight$")
 MAX_RANK = 1024
 
 
@@ -62,35 +64,62 @@ def _convert(pipeline: StableDiffusionXLPipeline, tensors: LoraTensors) -> tuple
     return converted, merged_alphas
 
 
+def _split(key: str) -> tuple[str, str, str]:
+    """(component, module path, "down" | "up" | "alpha") for a converted key, or LORA_LOAD_FAILED."""
+    component, _, rest = key.partition(".")
+    side = ""
+    if rest.endswith(".alpha"):
+        rest, side = rest.removesuffix(".alpha"), "alpha"
+    processor = _PROCESSOR.search(rest)
+    standard = _SUFFIX.search(rest)
+    if processor:
+        proj = processor.group("proj")
+        path = rest[: processor.start()] + "." + ("to_out.0" if proj == "to_out" else proj)
+        side = side or processor.group("side")
+    elif standard:
+        path = rest[: standard.start()]
+        side = side or ("down" if standard.group("down") else "up")
+    elif side == "alpha":
+        path = rest
+    else:
+        path = ""
+    if component not in COMPONENTS or not path:
+        raise lora_load_failed("LoRA key targets nothing in SDXL", key=key[:200])
+    return component, path, side
+
+
 def plan_lora(pipeline: StableDiffusionXLPipeline, tensors: LoraTensors) -> LoraPlan:
     """Raise LORA_LOAD_FAILED unless every weight pairs up and fits a Linear/Conv2d layer of this pipeline."""
     converted, alphas = _convert(pipeline, tensors)
     halves: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, tensor in converted.items():
-        component, _, rest = key.partition(".")
-        match = _SUFFIX.search(rest)
-        if component not in COMPONENTS or match is None:
-            raise lora_load_failed("LoRA key targets nothing in SDXL", key=key[:200])
-        side = "down" if match.group("down") else "up"
-        halves.setdefault((component, rest[: match.start()]), {})[side] = tensor
+        component, path, side = _split(key)
+        halves.setdefault((component, path), {})[side] = tensor
+    layer_alphas = {_split(key)[:2]: value for key, value in alphas.items()}
     deltas = []
     for (component, path), pair in sorted(halves.items()):
         if set(pair) != {"down", "up"}:
             raise lora_load_failed("LoRA layer has a down or up weight without its pair", layer=f"{component}.{path}")
-        try:
-            module = getattr(pipeline, component).get_submodule(path)
-        except AttributeError:
-            raise lora_load_failed(
-                "LoRA targets a layer SDXL does not have", layer=f"{component}.{path}"[:200]
-            ) from None
+        module, resolved = _resolve(getattr(pipeline, component), component, path)
         down, up = pair["down"], pair["up"]
-        _check_shapes(f"{component}.{path}", module, down, up)
-        rank = down.shape[0]
-        alpha = alphas.get(f"{component}.{path}.alpha")
-        deltas.append(LayerDelta(component, path, down, up, alpha / rank if alpha else 1.0))
+        _check_shapes(f"{component}.{resolved}", module, down, up)
+        alpha = layer_alphas.get((component, path))
+        deltas.append(LayerDelta(component, resolved, down, up, alpha / down.shape[0] if alpha else 1.0))
     if not deltas:
         raise lora_load_failed("LoRA file holds no LoRA weights")
     return LoraPlan(tuple(deltas))
+
+
+def _resolve(encoder: nn.Module, component: str, path: str) -> tuple[nn.Module, str]:
+    """The module a LoRA path names, and its path in this model."""
+    # transformers 5 flattened CLIPTextModel (no `text_model.` level); LoRAs trained before still carry it.
+    if path.startswith("text_model.") and not hasattr(encoder, "text_model"):
+        path = path.removeprefix("text_model.")
+    try:
+        return encoder.get_submodule(path), path
+    except AttributeError:
+        layer = f"{component}.{path}"[:200]
+        raise lora_load_failed("LoRA targets a layer SDXL does not have", layer=layer) from None
 
 
 def _check_shapes(layer: str, module: nn.Module, down: torch.Tensor, up: torch.Tensor) -> None:

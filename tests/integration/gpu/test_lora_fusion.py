@@ -80,3 +80,59 @@ def test_pristine_copies_on_cpu_restore_exactly(tiny_model_dir: Path, te_lora: P
         fuser.restore()
         assert fingerprint_pipeline(pipeline) == before
     assert fuser.pristine_bytes > 0
+
+
+def test_text_encoder_keys_with_the_older_text_model_prefix_still_fit(tiny_model_dir: Path, te_lora: Path) -> None:
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
+    state = load_file(te_lora)
+    # LoRAs trained with transformers 4 name text_encoder layers `text_model.encoder...`; 5.x flattened it.
+    older = {
+        (k.replace("text_encoder.", "text_encoder.text_model.", 1) if k.startswith("text_encoder.") else k): v
+        for k, v in state.items()
+    }
+    assert older != state
+    current = plan_lora(pipeline, state)
+    converted = plan_lora(pipeline, older)
+    assert [(d.component, d.module_path) for d in converted.deltas] == [
+        (d.component, d.module_path) for d in current.deltas
+    ]
+
+
+def kohya_lora(rank: int, alpha: float) -> dict[str, torch.Tensor]:
+    """A kohya-layout LoRA (lora_unet_* keys with .alpha) for the tiny UNet, via diffusers' own converter."""
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from gpu.tiny.model import build_tiny_unet
+
+    unet = build_tiny_unet(0)
+    torch.manual_seed(3)
+    unet.add_adapter(
+        LoraConfig(
+            r=rank, lora_alpha=alpha, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False
+        )
+    )
+    peft_state = {f"unet.{key}": value for key, value in get_peft_model_state_dict(unet).items()}
+    kohya = convert_state_dict_to_kohya(peft_state)
+    # The converter writes alpha = rank; a kohya trainer writes the alpha it trained with.
+    return {k: (torch.tensor(alpha) if k.endswith(".alpha") else v.contiguous()) for k, v in kohya.items()}
+
+
+def test_kohya_layout_with_alpha_matches_diffusers(tiny_model_dir: Path) -> None:
+    state = kohya_lora(rank=4, alpha=2.0)
+    assert any(k.startswith("lora_unet_") for k in state) and any(k.endswith(".alpha") for k in state)
+    reference_pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
+    reference_pipe.set_progress_bar_config(disable=True)
+    reference_pipe.load_lora_weights(dict(state), adapter_name="ref")
+    expected = render(reference_pipe)
+
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
+    pipeline.set_progress_bar_config(disable=True)
+    plan = plan_lora(pipeline, state)
+    assert {d.alpha_scale for d in plan.deltas} == {0.5}
+    fuser = LoraFuser(pipeline)
+    fuser.fuse(plan, 1.0)
+    fused = render(pipeline)
+    fuser.restore()
+    assert np.abs(fused - expected).max() < 1e-4
