@@ -105,6 +105,9 @@ class JsonFormatter(logging.Formatter):
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+NOISY_SIGNING_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore")
+
+
 def setup_logging(
     level: str | int = "INFO", *, json_lines: bool = False, secrets: Iterable[str] = ()
 ) -> RedactionFilter:
@@ -119,4 +122,8 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # At DEBUG, botocore logs the request signature on a line of its own and urllib3 logs full URLs with
+    # their query: no pattern can tell those lines apart from harmless ones, so they never go below INFO.
+    for chatty in NOISY_SIGNING_LOGGERS:
+        logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger(chatty).getEffectiveLevel()))
     return redaction

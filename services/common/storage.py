@@ -155,6 +155,26 @@ class ObjectStorage:
         finally:
             body.close()
 
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Up to `length` bytes of `key` from offset `start` (fewer at the end); ObjectNotFoundError."""
+        if start < 0 or length < 1:
+            raise ValueError("get_range needs start >= 0 and length >= 1")
+        return await asyncio.to_thread(self._get_range, key, start, length)
+
+    def _get_range(self, key: str, start: int, length: int) -> bytes:
+        try:
+            response = self._s3().get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")
+        except ClientError as error:
+            raise _translate(error, key) from error
+        body = response["Body"]
+        try:
+            if response.get("ContentRange"):
+                return bytes(body.read(length))
+            # A server that ignores Range sends the whole object from its start: skip to the offset.
+            return bytes(body.read(start + length))[start:]
+        finally:
+            body.close()
+
     async def head(self, key: str, *, compute_sha256: bool = False) -> ObjectInfo:
         """Size and type of `key`; with compute_sha256 the digest is computed from the bytes (trusted)
         instead of read from metadata (which an uploader could set to anything)."""

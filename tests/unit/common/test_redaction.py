@@ -99,3 +99,17 @@ def test_json_formatter_includes_exception() -> None:
     except ValueError:
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, exc_info=sys.exc_info())
     assert "ValueError: bad" in json.loads(JsonFormatter().format(record))["exception"]
+
+
+def test_debug_logging_never_lets_signing_libraries_below_info() -> None:
+    import logging
+
+    from services.common.logging import NOISY_SIGNING_LOGGERS, setup_logging
+
+    setup_logging("DEBUG")
+    try:
+        for name in NOISY_SIGNING_LOGGERS:
+            assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+        assert logging.getLogger("services").isEnabledFor(logging.DEBUG)
+    finally:
+        setup_logging("INFO")

@@ -1,0 +1,167 @@
+"""The uniform HTTP error shape: domain errors, and handlers that turn every 4xx into that shape."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+INVALID_REQUEST = "INVALID_REQUEST"
+NOT_FOUND = "NOT_FOUND"
+CONFLICT = "CONFLICT"
+UNAUTHORIZED = "UNAUTHORIZED"
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+# Statuses without a code of their own (405, 413, 415, …) are requests the service cannot take as sent.
+_CODE_BY_STATUS: dict[int, str] = {401: UNAUTHORIZED, 404: NOT_FOUND, 409: CONFLICT, 422: INVALID_REQUEST}
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One refused input: the field's dotted path and why."""
+
+    field: str
+    reason: str
+
+
+class FieldErrorBody(BaseModel):
+    """One refused input, as sent."""
+
+    field: str
+    reason: str
+
+
+class ErrorDetails(BaseModel):
+    """What is known about the error beyond its sentence."""
+
+    fields: list[FieldErrorBody] = Field(default_factory=list)
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx (and 5xx) body: a sentence, a stable code, and the refused fields."""
+
+    error: str
+    error_code: str
+    details: ErrorDetails = Field(default_factory=ErrorDetails)
+
+
+class DomainError(Exception):
+    """Base of the errors a use case raises for a request it refuses; each maps to one status and code."""
+
+    status_code: ClassVar[int] = 422
+    error_code: ClassVar[str] = INVALID_REQUEST
+
+    def __init__(self, message: str, *, fields: Sequence[FieldError] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields: tuple[FieldError, ...] = tuple(fields)
+
+
+class InvalidRequestError(DomainError):
+    """The request is well formed but refers to or asks for something that cannot be (422)."""
+
+    status_code = 422
+    error_code = INVALID_REQUEST
+
+
+class NotFoundError(DomainError):
+    """The resource named in the path does not exist (404)."""
+
+    status_code = 404
+    error_code = NOT_FOUND
+
+
+class ConflictError(DomainError):
+    """The resource is not in a state that allows the request (409)."""
+
+    status_code = 409
+    error_code = CONFLICT
+
+
+class UnauthorizedError(DomainError):
+    """The caller is not authenticated (401)."""
+
+    status_code = 401
+    error_code = UNAUTHORIZED
+
+
+def error_body(message: str, error_code: str, fields: Sequence[FieldError] = ()) -> dict[str, Any]:
+    """The JSON body of an error."""
+    return ErrorBody(
+        error=message,
+        error_code=error_code,
+        details=ErrorDetails(fields=[FieldErrorBody(field=f.field, reason=f.reason) for f in fields]),
+    ).model_dump()
+
+
+def validation_fields(errors: Sequence[Any]) -> list[FieldError]:
+    """FieldErrors of a RequestValidationError: the location without its source (body, path, query)."""
+    fields: list[FieldError] = []
+    for item in errors:
+        loc = [str(part) for part in item.get("loc", ())]
+        if item.get("type") == "json_invalid":
+            fields.append(FieldError("body", f"invalid JSON: {item.get('ctx', {}).get('error', 'cannot parse')}"))
+            continue
+        path = loc[1:] if len(loc) > 1 and loc[0] in {"body", "path", "query", "header", "cookie"} else loc
+        fields.append(FieldError(".".join(path) or "body", _reason(item)))
+    return fields
+
+
+def _reason(item: Any) -> str:
+    message = str(item.get("msg", "invalid"))
+    # pydantic prefixes custom validator messages; the reason reads better without it.
+    return message.removeprefix("Value error, ")
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    fields = validation_fields(exc.errors())
+    summary = "; ".join(f"{f.field}: {f.reason}" for f in fields)
+    message = f"invalid request: {summary}" if summary else "invalid request"
+    return JSONResponse(error_body(message[:1000], INVALID_REQUEST, fields), status_code=422)
+
+
+async def _on_domain_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return JSONResponse(error_body(exc.message, exc.error_code, exc.fields), status_code=exc.status_code)
+
+
+async def _on_http_exception(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    if status < 400:
+        return Response(status_code=status, headers=exc.headers)
+    code = _CODE_BY_STATUS.get(status, INVALID_REQUEST if status < 500 else INTERNAL_ERROR)
+    message = exc.detail if isinstance(exc.detail, str) else "request refused"
+    return JSONResponse(error_body(message, code), status_code=status, headers=exc.headers)
+
+
+async def _on_unexpected(_request: Request, exc: Exception) -> Response:
+    # Starlette logs the exception as well; the body says nothing about it (it may hold internals).
+    log.error("unhandled %s while serving a request", type(exc).__name__)
+    return JSONResponse(error_body("internal error", INTERNAL_ERROR), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error response of `app` use the uniform shape."""
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(DomainError, _on_domain_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+# For the OpenAPI document: what each status carries (pass as `responses=` to a router or route).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "not found"},
+    409: {"model": ErrorBody, "description": "conflict"},
+    422: {"model": ErrorBody, "description": "invalid request"},
+}

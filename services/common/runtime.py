@@ -1,0 +1,119 @@
+"""Pieces every service's lifespan assembles: database, broker with its topology, outbox relay, consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aio_pika.abc import AbstractRobustConnection
+from pydantic import Field
+from sqlalchemy import MetaData, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from contracts.topology import Topology, topology
+from services.common.broker import Consumer, Publisher, connect, declare_topology_on
+from services.common.db import create_all, create_engine, create_session_factory
+from services.common.outbox import OutboxRelay
+from services.common.settings import SecretCheckedSettings
+
+log = logging.getLogger(__name__)
+
+
+class TopologySettings(SecretCheckedSettings):
+    """The prefix of every exchange and queue name (empty in production; unique per test run)."""
+
+    topology_prefix: str = Field(
+        default="", validation_alias="VIXEN_TOPOLOGY_PREFIX", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$"
+    )
+
+
+@dataclass(frozen=True)
+class Database:
+    """A service's engine and session factory."""
+
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+
+@dataclass(frozen=True)
+class BrokerRuntime:
+    """A service's broker connection, the declared topology, and a confirming publisher."""
+
+    connection: AbstractRobustConnection
+    topology: Topology
+    publisher: Publisher
+
+
+def prepare_sqlite_file(url: str) -> None:
+    """Create the folder of a SQLite database file (the embedded default lives under .run/)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.asynccontextmanager
+async def open_database(url: str, metadata: MetaData) -> AsyncIterator[Database]:
+    """An engine whose tables exist (create_all), disposed on exit."""
+    prepare_sqlite_file(url)
+    engine = create_engine(url)
+    try:
+        await create_all(engine, metadata)
+        yield Database(engine, create_session_factory(engine))
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def open_broker(url: str, prefix: str, *, service: str) -> AsyncIterator[BrokerRuntime]:
+    """Connect, declare the whole topology (idempotent, so start order does not matter), open a publisher."""
+    names = topology(prefix)
+    connection = await connect(url, name=f"vixenbliss-{service}")
+    try:
+        await declare_topology_on(connection, names)
+        publisher = await Publisher.open(connection, names.events_exchange)
+        try:
+            yield BrokerRuntime(connection, names, publisher)
+        finally:
+            await publisher.close()
+    finally:
+        await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def running_relay(relay: OutboxRelay, *, stop_timeout: float = 15.0) -> AsyncIterator[OutboxRelay]:
+    """Run the relay in the background; on exit let it finish its batch, then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run_forever(stop), name="outbox-relay")
+    task.add_done_callback(_report_crash)
+    try:
+        yield relay
+    finally:
+        stop.set()
+        relay.notify()
+        try:
+            await asyncio.wait_for(task, stop_timeout)
+        except TimeoutError:
+            log.warning("outbox relay did not stop within %.0fs; cancelled", stop_timeout)
+
+
+@contextlib.asynccontextmanager
+async def running_consumers(consumers: Sequence[Consumer]) -> AsyncIterator[None]:
+    """Start each consumer; on exit stop them (handlers in flight finish or their messages come back)."""
+    started: list[Consumer] = []
+    try:
+        for consumer in consumers:
+            await consumer.start()
+            started.append(consumer)
+        yield
+    finally:
+        for consumer in reversed(started):
+            await consumer.stop(drain_timeout=10.0)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("outbox relay stopped: %r", task.exception())

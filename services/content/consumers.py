@@ -1,0 +1,31 @@
+"""Content's event handlers: identity events into the projection, generation results into the rows."""
+
+from __future__ import annotations
+
+from services.common.broker import EventHandler, PermanentError, ReceivedEvent
+from services.content.service import ContentService, UnexpectedEventError
+
+
+def identity_events_handler(service: ContentService) -> EventHandler:
+    """Handles `content.identity-events`: avatar.* and lora.* into the projection."""
+
+    async def handle(event: ReceivedEvent) -> None:
+        try:
+            await service.apply_identity_event(event.envelope, event.payload)
+        except UnexpectedEventError as error:
+            # Retrying cannot help: straight to the dead-letter queue.
+            raise PermanentError(str(error)) from error
+
+    return handle
+
+
+def generation_results_handler(service: ContentService) -> EventHandler:
+    """Handles `content.generation-results`: generation.started/completed/failed into the generation rows."""
+
+    async def handle(event: ReceivedEvent) -> None:
+        try:
+            await service.apply_generation_result(event.envelope, event.payload)
+        except UnexpectedEventError as error:
+            raise PermanentError(str(error)) from error
+
+    return handle

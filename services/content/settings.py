@@ -1,0 +1,34 @@
+"""Content settings: broker, storage, logging, database, generation deadline and image URL lifetime."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.common.runtime import TopologySettings
+from services.common.settings import BrokerSettings, LoggingSettings, StorageSettings, database_url_field
+
+DEFAULT_PORT = 8000
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.run/content.db"
+
+
+class ContentSettings(BrokerSettings, StorageSettings, LoggingSettings, TopologySettings):
+    """Everything the content service reads from the environment."""
+
+    database_url: str = database_url_field("content", DEFAULT_DATABASE_URL)
+    generation_deadline_seconds: int = Field(
+        default=600, ge=1, le=24 * 3600, validation_alias="GENERATION_DEADLINE_SECONDS"
+    )
+    content_image_url_ttl_seconds: int = Field(
+        default=3600, ge=1, le=7 * 24 * 3600, validation_alias="CONTENT_IMAGE_URL_TTL_SECONDS"
+    )
+    # Result events are independent rows: several may be handled at once. Identity events are handled
+    # one at a time so that the projection sees them in order.
+    results_prefetch: int = Field(default=20, ge=1, le=1000, validation_alias="CONTENT_RESULTS_PREFETCH")
+
+    def secret_values(self) -> list[str]:
+        """Values the log redaction must never let through."""
+        return [
+            self.rabbitmq_url.get_secret_value(),
+            self.r2_access_key_id.get_secret_value(),
+            self.r2_secret_access_key.get_secret_value(),
+        ]
