@@ -22,6 +22,7 @@ from services.content.consumers import generation_results_handler, identity_even
 from services.content.models import Base, outbox_table
 from services.content.service import ContentPolicy, ContentService
 from services.content.settings import DEFAULT_PORT, ContentSettings
+from services.content.sweeper import running_sweeper
 
 
 def create_app(settings: ContentSettings) -> FastAPI:
@@ -59,7 +60,11 @@ def create_app(settings: ContentSettings) -> FastAPI:
                         prefetch=settings.results_prefetch,
                     ),
                 ]
-                async with running_relay(relay), running_consumers(consumers):
+                async with (
+                    running_relay(relay),
+                    running_consumers(consumers),
+                    running_sweeper(service, settings.sweep_interval_seconds, settings.sweep_grace_seconds),
+                ):
                     app.state.content_service = service
                     yield
         finally:

@@ -13,6 +13,7 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import EventEnvelope
+from contracts.errors import WorkerErrorCode
 from contracts.events import (
     AvatarEvent,
     EventPayload,
@@ -221,6 +222,21 @@ def apply_result(generation: Generation, payload: EventPayload, event_type: Even
     return True
 
 
+def time_out(generation: Generation, now: datetime) -> bool:
+    """Fail an open generation that outlived its deadline with TIMEOUT; False when it is already terminal."""
+    if GenerationStatus(generation.status) in TERMINAL_STATUSES:
+        return False
+    generation.status = GenerationStatus.FAILED.value
+    generation.error = {
+        "error_code": WorkerErrorCode.TIMEOUT.value,
+        "error": "no result before the generation's deadline",
+        "retryable": True,
+        "details": {"deadline": generation.deadline.isoformat()},
+    }
+    generation.updated_at = now
+    return True
+
+
 class ContentService:
     """Generations and the avatar projection; each change and its events commit together."""
 
@@ -326,6 +342,16 @@ class ContentService:
                 raise UnexpectedEventError(f"{envelope.type} for unknown generation {generation_id}")
             changed = apply_result(generation, payload, event_type, self._clock())
         log.info("generation %s: %s %s", generation_id, envelope.type, "applied" if changed else "changed nothing")
+
+    async def fail_overdue(self, grace_seconds: float, limit: int = 100) -> int:
+        """Fail (TIMEOUT) up to `limit` open generations whose deadline passed more than grace_seconds ago."""
+        now = self._clock()
+        async with self._sessions() as session, session.begin():
+            overdue = await repository.overdue_generations(session, now - timedelta(seconds=grace_seconds), limit)
+            failed = [generation.id for generation in overdue if time_out(generation, now)]
+        for generation_id in failed:
+            log.warning("generation %s failed: no result before its deadline", generation_id)
+        return len(failed)
 
     async def _project_avatar(
         self, session: AsyncSession, payload: AvatarEvent, event_type: EventType, event_time: datetime

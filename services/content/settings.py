@@ -21,6 +21,13 @@ class ContentSettings(BrokerSettings, StorageSettings, LoggingSettings, Topology
     content_image_url_ttl_seconds: int = Field(
         default=3600, ge=1, le=7 * 24 * 3600, validation_alias="CONTENT_IMAGE_URL_TTL_SECONDS"
     )
+    # The sweeper fails generations still open this long after their deadline (the gateway gave up by then).
+    sweep_interval_seconds: float = Field(
+        default=15.0, gt=0, le=3600, validation_alias="GENERATION_SWEEP_INTERVAL_SECONDS"
+    )
+    sweep_grace_seconds: float = Field(
+        default=60.0, ge=0, le=24 * 3600, validation_alias="GENERATION_SWEEP_GRACE_SECONDS"
+    )
     # Result events are independent rows: several may be handled at once. Identity events are handled
     # one at a time so that the projection sees them in order.
     results_prefetch: int = Field(default=20, ge=1, le=1000, validation_alias="CONTENT_RESULTS_PREFETCH")
