@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     from gpu.bootstrap import build_engine
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs every request URL at INFO: for a presigned LoRA URL that is the signature. Never log it.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # diffusers warns on every LoRA without text-encoder keys; the engine checks attachment itself.
     diffusers_logging.set_verbosity_error()
     overrides: dict[str, object] = {"MODEL_DIR": args.model_dir} if args.model_dir else {}

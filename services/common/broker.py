@@ -170,6 +170,11 @@ class Consumer:
         self._tag: ConsumerTag | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
 
+    @property
+    def running(self) -> bool:
+        """Whether the consumer is subscribed on an open channel (what a health check reports)."""
+        return self._tag is not None and self._channel is not None and not self._channel.is_closed
+
     async def start(self) -> None:
         """Open a channel, set the prefetch, and start consuming the (already declared) queue."""
         self._channel = await self._connection.channel()

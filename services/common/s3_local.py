@@ -51,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = parser.parse_args(argv)
 
+    from services.common.logging import setup_logging
+
+    # moto's access log prints each request line, presigned query included: send it through redaction.
+    setup_logging("INFO")
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:

@@ -1,0 +1,1 @@
+"""Developer scripts; stacklib is the local stack launcher's library."""

@@ -1,0 +1,211 @@
+"""What a local stack runs: ports, names, database URLs, and each service's command line and environment."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_BUCKET = "vixenbliss"
+LOCAL_REGION = "us-east-1"
+# moto accepts any credentials; these only have to pass the services' placeholder check.
+LOCAL_ACCESS_KEY = "local-dev-access-key"
+LOCAL_SECRET_KEY = "local-dev-secret-key"  # noqa: S105 - a local endpoint's dummy, not a credential
+
+# Start order; stopped in reverse.
+SERVICE_NAMES = ("s3", "worker", "identity", "content", "gateway")
+PORT_ENV = {
+    "s3": "VIXEN_S3_PORT",
+    "worker": "VIXEN_WORKER_PORT",
+    "identity": "VIXEN_IDENTITY_PORT",
+    "content": "VIXEN_CONTENT_PORT",
+    "gateway": "VIXEN_GATEWAY_PORT",
+}
+DEFAULT_PORTS = {"s3": 9000, "worker": 8003, "identity": 8001, "content": 8000, "gateway": 8002}
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to start one service and how to tell that it is ready."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(repr=False)
+    port: int
+    # GET this path until it answers 200; None: wait until the port accepts connections.
+    health_path: str | None
+    ready_timeout: float
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """One local stack: where it writes, which ports and names it uses, which databases."""
+
+    root: Path = ROOT
+    run_dir: Path = ROOT / ".run"
+    python: str = sys.executable
+    host: str = "127.0.0.1"
+    ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    rabbitmq_url: str = DEFAULT_RABBITMQ_URL
+    topology_prefix: str = ""
+    identity_database_url: str | None = None
+    content_database_url: str | None = None
+    bucket: str = DEFAULT_BUCKET
+    model_dir: Path = ROOT / ".cache" / "tiny-sdxl"
+    gateway_max_attempts: int = 3
+    log_level: str = "INFO"
+    # Extra variables for every service (tests use it for short backoffs, deadlines, ...).
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def state_file(self) -> Path:
+        """Where the PIDs of a running stack are recorded."""
+        return self.run_dir / "stack.json"
+
+    def url(self, service: str) -> str:
+        """http://host:port of a service."""
+        return f"http://{self.host}:{self.ports[service]}"
+
+    def database_url(self, service: str) -> str:
+        """The service's database: the one given, else a SQLite file under the run folder."""
+        given = self.identity_database_url if service == "identity" else self.content_database_url
+        return given or f"sqlite+aiosqlite:///{(self.run_dir / f'{service}.db').resolve()}"
+
+    def uses_sqlite(self, service: str) -> bool:
+        """Whether the service's database is the embedded SQLite default."""
+        return self.database_url(service).startswith("sqlite")
+
+    def with_free_ports(self) -> StackConfig:
+        """The same stack on ports the kernel picks (tests; two stacks side by side)."""
+        from scripts.stacklib.processes import free_port
+
+        return replace(self, ports={name: free_port(self.host) for name in SERVICE_NAMES})
+
+
+def from_environment(env: Mapping[str, str] | None = None, **overrides: object) -> StackConfig:
+    """A config from the environment (RABBITMQ_URL, VIXEN_*_PORT, VIXEN_TOPOLOGY_PREFIX, *_DATABASE_URL)."""
+    env = os.environ if env is None else env
+    ports = dict(DEFAULT_PORTS)
+    for name, variable in PORT_ENV.items():
+        if env.get(variable):
+            ports[name] = int(env[variable])
+    identity_db, content_db = database_urls(env)
+    config = StackConfig(
+        ports=ports,
+        rabbitmq_url=env.get("RABBITMQ_URL") or DEFAULT_RABBITMQ_URL,
+        topology_prefix=env.get("VIXEN_TOPOLOGY_PREFIX", ""),
+        identity_database_url=identity_db,
+        content_database_url=content_db,
+        log_level=env.get("LOG_LEVEL", "INFO"),
+    )
+    return replace(config, **overrides)  # type: ignore[arg-type]
+
+
+def database_urls(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """IDENTITY_/CONTENT_DATABASE_URL; a lone DATABASE_URL is split into `<name>_identity` and `<name>_content`
+    on the same server, because both services have tables of the same names (avatars, outbox)."""
+    identity = env.get("IDENTITY_DATABASE_URL") or None
+    content = env.get("CONTENT_DATABASE_URL") or None
+    shared = env.get("DATABASE_URL") or None
+    if shared and not shared.startswith("sqlite"):
+        identity = identity or with_database_suffix(shared, "_identity")
+        content = content or with_database_suffix(shared, "_content")
+    return identity, content
+
+
+def with_database_suffix(url: str, suffix: str) -> str:
+    """The URL with `suffix` added to its database name."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") or "vixenbliss"
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name + suffix, parts.query, parts.fragment))
+
+
+def service_specs(config: StackConfig) -> dict[str, ServiceSpec]:
+    """Every service of the stack, in start order."""
+    host = config.host
+    python = config.python
+    common = common_env(config)
+
+    def spec(name: str, module: str, env: Mapping[str, str], health: str | None, timeout: float) -> ServiceSpec:
+        port = config.ports[name]
+        argv = (python, "-m", module, "--host", host, "--port", str(port))
+        return ServiceSpec(name, argv, env, port, health, timeout)
+
+    worker_env = {
+        **common,
+        "MODEL_DIR": str(config.model_dir),
+        "WORKER_MODE": "local",
+        # The tiny random-weight model is built on first use (a few seconds, offline).
+        "WORKER_BUILD_TINY_MODEL": "1",
+        "WORKER_DEVICE": common.get("WORKER_DEVICE", "cpu"),
+    }
+    gateway_env = {
+        **common,
+        "LORA_PROVIDER": "modal_sdxl_lora",
+        "MODAL_ENDPOINT_URL": f"{config.url('worker')}/generate",
+        "MODAL_MODE": "sync",
+        "GATEWAY_MAX_ATTEMPTS": str(config.gateway_max_attempts),
+    }
+    worker = spec("worker", "gpu.server", worker_env, "/healthz", 300.0)
+    worker = replace(worker, argv=(*worker.argv, "--model-dir", str(config.model_dir)))
+    return {
+        "s3": spec("s3", "services.common.s3_local", common, None, 60.0),
+        "worker": worker,
+        "identity": spec(
+            "identity",
+            "services.identity",
+            {**common, "IDENTITY_DATABASE_URL": config.database_url("identity")},
+            "/healthz",
+            90.0,
+        ),
+        "content": spec(
+            "content",
+            "services.content",
+            {**common, "CONTENT_DATABASE_URL": config.database_url("content")},
+            "/healthz",
+            90.0,
+        ),
+        "gateway": spec("gateway", "services.inference_gateway", gateway_env, "/healthz", 90.0),
+    }
+
+
+def common_env(config: StackConfig) -> dict[str, str]:
+    """The environment every child gets: this one, minus what would point a service elsewhere, plus the stack's."""
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "RABBITMQ_URL": config.rabbitmq_url,
+            "VIXEN_TOPOLOGY_PREFIX": config.topology_prefix,
+            "R2_ENDPOINT_URL": config.url("s3"),
+            "R2_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
+            "R2_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY,
+            "R2_BUCKET_NAME": config.bucket,
+            "R2_REGION": LOCAL_REGION,
+            "LOG_LEVEL": config.log_level,
+        }
+    )
+    env.update(config.extra_env)
+    return env
+
+
+# Variables of the caller's shell that must not leak into the stack's services.
+_NOT_INHERITED = frozenset(
+    {
+        "DATABASE_URL",
+        "IDENTITY_DATABASE_URL",
+        "CONTENT_DATABASE_URL",
+        "R2_PUBLIC_URL",
+        "MODAL_API_KEY",
+        "MODAL_API_TOKEN",
+        "MODAL_SDXL_LORA_ENDPOINT_ID",
+        "MODAL_SUBMIT_URL",
+        "MODAL_RESULT_URL",
+        "WORKER_API_KEY",
+    }
+)

@@ -1,0 +1,150 @@
+"""Assembly of the gateway: settings → broker, storage, provider client, service, consumer, HTTP app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from aio_pika.abc import AbstractRobustConnection
+from fastapi import FastAPI
+
+from contracts.topology import GATEWAY_GENERATION_REQUESTED, SERVICE_INFERENCE_GATEWAY
+from services.common.broker import Consumer
+from services.common.http_errors import install_error_handlers
+from services.common.logging import setup_logging
+from services.common.runtime import open_broker, running_consumers
+from services.common.settings import load_settings
+from services.common.storage import ObjectStorage, StorageConfig
+from services.inference_gateway.api import router
+from services.inference_gateway.consumers import generation_requested_handler
+from services.inference_gateway.metrics import Metrics
+from services.inference_gateway.provider import ModalWorkerClient, ProviderConfig, auth_headers
+from services.inference_gateway.publisher import BrokerResultPublisher
+from services.inference_gateway.service import GenerationService, RetryPolicy
+from services.inference_gateway.settings import GatewaySettings
+
+log = logging.getLogger("services.inference_gateway")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8002
+
+
+@dataclass
+class GatewayRuntime:
+    """The running parts the routes report on."""
+
+    settings: GatewaySettings
+    connection: AbstractRobustConnection
+    consumer: Consumer
+    metrics: Metrics
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """Healthy while the broker connection is open and the consumer is subscribed."""
+        connected = not self.connection.is_closed
+        consuming = self.consumer.running
+        healthy = connected and consuming
+        return healthy, {
+            "status": "ok" if healthy else "unavailable",
+            "broker": "connected" if connected else "disconnected",
+            "consumer": "running" if consuming else "stopped",
+            "provider": self.settings.lora_provider,
+            "worker_mode": self.settings.modal_mode,
+        }
+
+    def metrics_text(self) -> str:
+        """The counters, Prometheus text."""
+        return self.metrics.render()
+
+
+def provider_config(settings: GatewaySettings) -> ProviderConfig:
+    """Where and how to call the worker, from the MODAL_* settings."""
+    assert settings.modal_endpoint_url is not None  # the settings validator guarantees it
+    return ProviderConfig(
+        mode=settings.modal_mode,
+        generate_url=settings.modal_endpoint_url,
+        submit_url=settings.modal_submit_url,
+        result_url=settings.modal_result_url,
+        poll_seconds=settings.modal_poll_seconds,
+        headers=auth_headers(
+            settings.modal_api_key.get_secret_value() if settings.modal_api_key else None,
+            settings.modal_api_token.get_secret_value() if settings.modal_api_token else None,
+        ),
+    )
+
+
+@asynccontextmanager
+async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRuntime]:
+    """Connect, declare the topology, start consuming; on exit stop consuming (draining) and close it all."""
+    metrics = Metrics()
+    storage = ObjectStorage(StorageConfig.from_settings(settings))
+    # Modal answers a web call longer than 150 s with a 303 to the result: follow it.
+    http = httpx.AsyncClient(follow_redirects=True)
+    try:
+        async with open_broker(
+            settings.rabbitmq_url.get_secret_value(), settings.topology_prefix, service=SERVICE_INFERENCE_GATEWAY
+        ) as broker:
+            service = GenerationService(
+                ModalWorkerClient(http, provider_config(settings)),
+                storage,
+                BrokerResultPublisher(broker.publisher),
+                policy=RetryPolicy(
+                    max_attempts=settings.gateway_max_attempts,
+                    backoff_base_seconds=settings.gateway_backoff_base_seconds,
+                    backoff_max_seconds=settings.gateway_backoff_max_seconds,
+                ),
+                lora_url_ttl_seconds=settings.lora_url_ttl_seconds,
+                worker_timeout_seconds=settings.modal_timeout_seconds,
+                metrics=metrics,
+                secrets=settings.secret_values(),
+            )
+            queue = broker.topology.queue(GATEWAY_GENERATION_REQUESTED).name
+            consumer = Consumer(
+                broker.connection, queue, generation_requested_handler(service), prefetch=settings.gateway_prefetch
+            )
+            async with running_consumers([consumer]):
+                log.info(
+                    "inference gateway consuming %s (provider %s, %s mode, up to %d attempts)",
+                    queue,
+                    settings.lora_provider,
+                    settings.modal_mode,
+                    settings.gateway_max_attempts,
+                )
+                yield GatewayRuntime(settings, broker.connection, consumer, metrics)
+    finally:
+        await http.aclose()
+        await storage.close()
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """The HTTP app; everything is built in its lifespan, nothing at import."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running_gateway(settings) as runtime:
+            app.state.gateway = runtime
+            yield
+
+    app = FastAPI(title="VixenBliss inference gateway", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m services.inference_gateway [--host H] [--port P]`."""
+    parser = argparse.ArgumentParser(prog="python -m services.inference_gateway", description=__doc__)
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    args = parser.parse_args(argv)
+    settings = load_settings(GatewaySettings)
+    setup_logging(settings.log_level, json_lines=settings.log_json, secrets=settings.secret_values())
+
+    import uvicorn
+
+    # log_config=None: uvicorn's loggers go through the root handler and its redaction filter.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+    return 0

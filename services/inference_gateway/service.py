@@ -1,0 +1,324 @@
+"""The gateway's use case: one generation.requested → worker attempts → stored PNG → one result event.
+
+The only module that decides: whether the deadline allows an attempt, which failures are retried, how long
+to wait between attempts, and what the result event says. I/O goes through the ports below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from pydantic import ValidationError
+
+from contracts.errors import WORKER_ERROR_RETRYABLE, GatewayErrorCode, WorkerErrorCode
+from contracts.events import (
+    EventPayload,
+    GenerationCompleted,
+    GenerationFailed,
+    GenerationRequested,
+    GenerationStarted,
+    ImageRef,
+)
+from contracts.worker import WorkerRequest, WorkerSuccess
+from services.inference_gateway import metrics as m
+from services.inference_gateway.errors import ErrorCode, GatewayFailure
+from services.inference_gateway.images import PNG_CONTENT_TYPE, CheckedPng, InvalidImageError, decode_png
+from services.inference_gateway.sanitize import sanitize_details, sanitize_text
+
+log = logging.getLogger(__name__)
+
+OUTPUT_PREFIX = "generations/"
+# The worker gets the time left until the deadline; the HTTP call waits this much longer for its answer.
+RESPONSE_GRACE_SECONDS = 15.0
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class WorkerClient(Protocol):
+    """Runs one attempt on the worker (provider.ModalWorkerClient)."""
+
+    @property
+    def mode(self) -> Literal["sync", "async"]: ...
+
+    async def generate(self, request: WorkerRequest, timeout_seconds: float) -> WorkerSuccess: ...
+
+
+class ObjectStore(Protocol):
+    """The bucket (services.common.storage.ObjectStorage)."""
+
+    async def presign_get(self, key: str, ttl_seconds: int) -> str: ...
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str = ...) -> object: ...
+
+
+class ResultPublisher(Protocol):
+    """Publishes one event and returns once the broker confirmed it."""
+
+    async def publish(self, payload: EventPayload, *, generation_id: str, traceparent: str | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many attempts a generation gets and how long to wait between them."""
+
+    max_attempts: int = 3
+    backoff_base_seconds: float = 1.0
+    backoff_max_seconds: float = 30.0
+
+
+def is_retryable(code: ErrorCode) -> bool:
+    """Whether another attempt can succeed: the worker contract's advice, plus the gateway's transient codes."""
+    if isinstance(code, WorkerErrorCode):
+        return WORKER_ERROR_RETRYABLE[code]
+    return code in (GatewayErrorCode.WORKER_UNAVAILABLE, GatewayErrorCode.STORAGE_FAILED)
+
+
+def backoff_delay(attempt: int, policy: RetryPolicy, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after failed attempt `attempt` (1-based): exponential, half of it jittered."""
+    ceiling = min(policy.backoff_max_seconds, policy.backoff_base_seconds * 2.0 ** (attempt - 1))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+def output_key(generation_id: str) -> str:
+    """Where a generation's PNG is stored: derived from its id, so a repeat overwrites the same object."""
+    name = generation_id if _SAFE_ID.match(generation_id) else hashlib.sha256(generation_id.encode()).hexdigest()
+    return f"{OUTPUT_PREFIX}{name}.png"
+
+
+def worker_request_for(request: GenerationRequested, lora_url: str | None, budget: float) -> WorkerRequest:
+    """The worker contract's body for a generation; INVALID_REQUEST when the event does not fit it."""
+    try:
+        return WorkerRequest(
+            prompt=request.params.prompt,
+            negative_prompt=request.params.negative_prompt,
+            lora_url=lora_url,
+            lora_scale=request.lora.scale if request.lora else 1.0,
+            width=request.params.width,
+            height=request.params.height,
+            steps=request.params.steps,
+            cfg=request.params.cfg,
+            seed=request.params.seed,
+            request_id=request.generation_id,
+            lora_sha256=request.lora.sha256 if request.lora else None,
+            timeout_seconds=min(budget, 3600.0),
+        )
+    except ValidationError as error:
+        fields = sorted({".".join(str(p) for p in e["loc"]) for e in error.errors(include_input=False)})
+        raise GatewayFailure(
+            WorkerErrorCode.INVALID_REQUEST, "the request does not fit the worker contract", {"fields": fields}
+        ) from None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class GenerationService:
+    """Handles generation.requested: attempts on the worker, then stores the PNG and reports the result."""
+
+    def __init__(
+        self,
+        worker: WorkerClient,
+        storage: ObjectStore,
+        events: ResultPublisher,
+        *,
+        policy: RetryPolicy,
+        lora_url_ttl_seconds: int,
+        worker_timeout_seconds: float,
+        metrics: m.Metrics,
+        secrets: Sequence[str] = (),
+        clock: Callable[[], datetime] = _now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._worker = worker
+        self._storage = storage
+        self._events = events
+        self._policy = policy
+        self._lora_url_ttl = lora_url_ttl_seconds
+        self._worker_timeout = worker_timeout_seconds
+        self._metrics = metrics
+        self._secrets = list(secrets)
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand
+
+    async def handle(
+        self, request: GenerationRequested, *, traceparent: str | None = None
+    ) -> GenerationCompleted | GenerationFailed:
+        """Run the generation to a terminal result; returns the event published (completed or failed)."""
+        self._metrics.inc(m.REQUESTS)
+        generation_id = request.generation_id
+        if self._clock() >= request.deadline:
+            failure = GatewayFailure(
+                WorkerErrorCode.TIMEOUT,
+                "the deadline passed before the gateway could start the generation",
+                {"deadline": request.deadline.isoformat(), "worker_called": False},
+            )
+            return await self._fail(request, failure, attempts=1, traceparent=traceparent)
+
+        attempt = 0
+        png: CheckedPng | None = None
+        success: WorkerSuccess | None = None
+        while True:
+            attempt += 1
+            try:
+                if png is None or success is None:
+                    # An image whose upload failed is kept: the next attempt only repeats the upload.
+                    success, png = await self._generate(request, attempt, traceparent)
+                await self._store(generation_id, png)
+            except GatewayFailure as failure:
+                delay = self._retry_delay(failure, attempt, request.deadline)
+                if delay is None:
+                    return await self._fail(request, failure, attempts=attempt, traceparent=traceparent)
+                log.warning(
+                    "generation %s attempt %d failed with %s (%s); retrying in %.2fs",
+                    generation_id,
+                    attempt,
+                    failure.code.value,
+                    sanitize_text(failure.message, self._secrets),
+                    delay,
+                )
+                self._metrics.inc(m.RETRIES)
+                await self._sleep(delay)
+                continue
+            return await self._complete(request, success, png, attempt, traceparent)
+
+    def _retry_delay(self, failure: GatewayFailure, attempt: int, deadline: datetime) -> float | None:
+        """Seconds to wait before the next attempt, or None when this failure is final."""
+        if not is_retryable(failure.code) or attempt >= self._policy.max_attempts:
+            return None
+        delay = backoff_delay(attempt, self._policy, self._rand)
+        left = (deadline - self._clock()).total_seconds()
+        if delay >= left:
+            failure.details.setdefault("stopped_by", "deadline")
+            return None
+        return delay
+
+    async def _generate(
+        self, request: GenerationRequested, attempt: int, traceparent: str | None
+    ) -> tuple[WorkerSuccess, CheckedPng]:
+        generation_id = request.generation_id
+        left = (request.deadline - self._clock()).total_seconds()
+        if left <= 0:
+            raise GatewayFailure(WorkerErrorCode.TIMEOUT, "the deadline passed between attempts", {"attempt": attempt})
+        budget = min(self._worker_timeout, left)
+        lora_url = await self._sign_lora(request)
+        worker_request = worker_request_for(request, lora_url, budget)
+        await self._events.publish(
+            GenerationStarted(generation_id=generation_id, attempt=attempt, worker_mode=self._worker.mode),
+            generation_id=generation_id,
+            traceparent=traceparent,
+        )
+        log.info(
+            "generation %s attempt %d: calling the worker (%s, %dx%d, %d steps, lora %s)",
+            generation_id,
+            attempt,
+            self._worker.mode,
+            request.params.width,
+            request.params.height,
+            request.params.steps,
+            request.lora.object_key if request.lora else "none",
+        )
+        started = time.perf_counter()
+        try:
+            success = await self._worker.generate(worker_request, budget + RESPONSE_GRACE_SECONDS)
+        except GatewayFailure as failure:
+            self._metrics.inc(m.WORKER_CALLS, outcome=failure.code.value)
+            raise
+        finally:
+            self._metrics.inc(m.WORKER_SECONDS, time.perf_counter() - started)
+        self._metrics.inc(m.WORKER_CALLS, outcome="ok")
+        if success.request_id is not None and success.request_id != generation_id:
+            raise GatewayFailure(
+                GatewayErrorCode.INVALID_WORKER_RESPONSE, "worker answered for another request", {"attempt": attempt}
+            )
+        try:
+            png = decode_png(success.image_base64, request.params.width, request.params.height)
+        except InvalidImageError as error:
+            raise GatewayFailure(GatewayErrorCode.INVALID_WORKER_RESPONSE, str(error), error.details) from None
+        return success, png
+
+    async def _sign_lora(self, request: GenerationRequested) -> str | None:
+        """A fresh short-lived URL per attempt (a retry after an expired URL gets a new one)."""
+        if request.lora is None:
+            return None
+        try:
+            return await self._storage.presign_get(request.lora.object_key, self._lora_url_ttl)
+        except Exception as error:
+            details = {"reason": type(error).__name__}
+            raise GatewayFailure(GatewayErrorCode.STORAGE_FAILED, "could not sign the LoRA URL", details) from None
+
+    async def _store(self, generation_id: str, png: CheckedPng) -> None:
+        try:
+            await self._storage.put_bytes(output_key(generation_id), png.data, PNG_CONTENT_TYPE)
+        except Exception as error:
+            raise GatewayFailure(
+                GatewayErrorCode.STORAGE_FAILED,
+                "could not store the image",
+                {"object_key": output_key(generation_id), "reason": type(error).__name__},
+            ) from None
+
+    async def _complete(
+        self,
+        request: GenerationRequested,
+        success: WorkerSuccess,
+        png: CheckedPng,
+        attempts: int,
+        traceparent: str | None,
+    ) -> GenerationCompleted:
+        completed = GenerationCompleted(
+            generation_id=request.generation_id,
+            image=ImageRef(
+                object_key=output_key(request.generation_id),
+                sha256=png.sha256,
+                width=png.width,
+                height=png.height,
+                size_bytes=png.size_bytes,
+                content_type=PNG_CONTENT_TYPE,
+            ),
+            generation_time_seconds=max(success.generation_time_seconds, 0.0),
+            model_info=success.model_info,
+            timings=success.timings,
+            attempts=attempts,
+        )
+        await self._events.publish(completed, generation_id=request.generation_id, traceparent=traceparent)
+        self._metrics.inc(m.COMPLETED)
+        log.info(
+            "generation %s completed after %d attempt(s): %s (%d bytes)",
+            request.generation_id,
+            attempts,
+            completed.image.object_key,
+            png.size_bytes,
+        )
+        return completed
+
+    async def _fail(
+        self, request: GenerationRequested, failure: GatewayFailure, *, attempts: int, traceparent: str | None
+    ) -> GenerationFailed:
+        failed = GenerationFailed(
+            generation_id=request.generation_id,
+            error_code=failure.code.value,
+            error=sanitize_text(failure.message, self._secrets) or failure.code.value,
+            details=sanitize_details(failure.details, self._secrets),
+            retryable=is_retryable(failure.code),
+            attempts=attempts,
+        )
+        await self._events.publish(failed, generation_id=request.generation_id, traceparent=traceparent)
+        self._metrics.inc(m.FAILED, error_code=failed.error_code)
+        log.warning(
+            "generation %s failed after %d attempt(s): %s %s",
+            request.generation_id,
+            attempts,
+            failed.error_code,
+            failed.error,
+        )
+        return failed

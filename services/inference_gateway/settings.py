@@ -1,0 +1,131 @@
+"""Gateway configuration from the seed's environment names (LORA_PROVIDER, MODAL_*, R2_*, GATEWAY_*)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from services.common.runtime import TopologySettings
+from services.common.settings import BrokerSettings, LoggingSettings, StorageSettings
+
+# The local worker (gpu.server) serves the sync contract on /generate and async jobs on /jobs.
+LOCAL_GENERATE_PATH = "/generate"
+# The Modal app's endpoint labels (gpu/modal_app.py): its URLs are https://<workspace>--<label>.modal.run.
+MODAL_GENERATE_LABEL = "sdxl-lora-generate"
+MODAL_SUBMIT_LABEL = "sdxl-lora-submit"
+MODAL_RESULT_LABEL = "sdxl-lora-result"
+CALL_ID_PLACEHOLDER = "{call_id}"
+_ENDPOINT_ID = re.compile(r"^[a-z0-9][a-z0-9-]*--[a-z0-9][a-z0-9-]*$")
+
+
+class GatewaySettings(BrokerSettings, StorageSettings, LoggingSettings, TopologySettings):
+    """Everything the inference gateway reads at start; a bad value stops it with one clear line."""
+
+    lora_provider: Literal["modal_sdxl_lora"] = Field(default="modal_sdxl_lora", validation_alias="LORA_PROVIDER")
+    # The sync generate URL (local worker: http://127.0.0.1:8003/generate).
+    modal_endpoint_url: str | None = Field(default=None, validation_alias="MODAL_ENDPOINT_URL")
+    # `<workspace>--<label>` of the deployed generate endpoint; gives the URL when MODAL_ENDPOINT_URL is unset.
+    modal_sdxl_lora_endpoint_id: str | None = Field(default=None, validation_alias="MODAL_SDXL_LORA_ENDPOINT_ID")
+    # Both set: Modal proxy auth (Modal-Key / Modal-Secret). Only one: sent as a bearer token.
+    modal_api_key: SecretStr | None = Field(default=None, validation_alias="MODAL_API_KEY")
+    modal_api_token: SecretStr | None = Field(default=None, validation_alias="MODAL_API_TOKEN")
+    modal_mode: Literal["sync", "async"] = Field(default="sync", validation_alias="MODAL_MODE")
+    # Async mode: where jobs are submitted (POST) and polled (GET; {call_id} is replaced, else ?call_id=).
+    modal_submit_url: str | None = Field(default=None, validation_alias="MODAL_SUBMIT_URL")
+    modal_result_url: str | None = Field(default=None, validation_alias="MODAL_RESULT_URL")
+    modal_poll_seconds: float = Field(default=2.0, gt=0, le=60, validation_alias="MODAL_POLL_SECONDS")
+    modal_timeout_seconds: float = Field(default=600.0, gt=0, le=3600, validation_alias="MODAL_TIMEOUT_SECONDS")
+
+    lora_url_ttl_seconds: int = Field(default=300, ge=10, le=7 * 24 * 3600, validation_alias="LORA_URL_TTL_SECONDS")
+    gateway_max_attempts: int = Field(default=3, ge=1, le=10, validation_alias="GATEWAY_MAX_ATTEMPTS")
+    # For GPU work the prefetch is the number of concurrent worker calls.
+    gateway_prefetch: int = Field(default=1, ge=1, le=100, validation_alias="GATEWAY_PREFETCH")
+    # Exponential backoff between attempts: base × 2^(attempt-1), capped, half of it random (jitter).
+    gateway_backoff_base_seconds: float = Field(
+        default=1.0, ge=0, le=60, validation_alias="GATEWAY_BACKOFF_BASE_SECONDS"
+    )
+    gateway_backoff_max_seconds: float = Field(
+        default=30.0, ge=0, le=600, validation_alias="GATEWAY_BACKOFF_MAX_SECONDS"
+    )
+
+    @field_validator("modal_api_key", "modal_api_token", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: object) -> object:
+        # An empty optional credential is "not given", not a placeholder to refuse.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("modal_endpoint_url", "modal_submit_url", "modal_result_url", "modal_sdxl_lora_endpoint_id")
+    @classmethod
+    def _blank_means_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @model_validator(mode="after")
+    def _resolve_endpoints(self) -> GatewaySettings:
+        if self.modal_endpoint_url is None and self.modal_sdxl_lora_endpoint_id is not None:
+            self.modal_endpoint_url = url_from_endpoint_id(self.modal_sdxl_lora_endpoint_id)
+        if self.modal_endpoint_url is None:
+            raise ValueError("MODAL_ENDPOINT_URL is not set (nor MODAL_SDXL_LORA_ENDPOINT_ID)")
+        _check_http_url("MODAL_ENDPOINT_URL", self.modal_endpoint_url)
+        if self.modal_mode == "async":
+            derived = derive_async_urls(self.modal_endpoint_url)
+            self.modal_submit_url = self.modal_submit_url or (derived[0] if derived else None)
+            self.modal_result_url = self.modal_result_url or (derived[1] if derived else None)
+            if self.modal_submit_url is None or self.modal_result_url is None:
+                raise ValueError(
+                    "MODAL_MODE=async needs MODAL_SUBMIT_URL and MODAL_RESULT_URL (they cannot be derived from "
+                    "MODAL_ENDPOINT_URL); set them, or use MODAL_MODE=sync"
+                )
+            _check_http_url("MODAL_SUBMIT_URL", self.modal_submit_url)
+            _check_http_url("MODAL_RESULT_URL", self.modal_result_url)
+        if self.gateway_backoff_max_seconds < self.gateway_backoff_base_seconds:
+            raise ValueError("GATEWAY_BACKOFF_MAX_SECONDS must be at least GATEWAY_BACKOFF_BASE_SECONDS")
+        return self
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the log redaction filter."""
+        values = [
+            self.rabbitmq_url.get_secret_value(),
+            self.r2_access_key_id.get_secret_value(),
+            self.r2_secret_access_key.get_secret_value(),
+        ]
+        password = urlsplit(values[0]).password
+        if password:
+            values.append(password)
+        values += [s.get_secret_value() for s in (self.modal_api_key, self.modal_api_token) if s is not None]
+        return values
+
+
+def url_from_endpoint_id(endpoint_id: str) -> str:
+    """`<workspace>--<label>` → https://<workspace>--<label>.modal.run (how Modal names web endpoints)."""
+    if not _ENDPOINT_ID.match(endpoint_id):
+        raise ValueError("MODAL_SDXL_LORA_ENDPOINT_ID must look like <workspace>--<label>")
+    return f"https://{endpoint_id}.modal.run"
+
+
+def derive_async_urls(generate_url: str) -> tuple[str, str] | None:
+    """Submit and result URLs next to a known generate URL: the local worker's or the Modal app's."""
+    parts = urlsplit(generate_url)
+    host = parts.hostname or ""
+    if parts.path.rstrip("/").endswith(LOCAL_GENERATE_PATH):
+        base = parts.path.rstrip("/")[: -len(LOCAL_GENERATE_PATH)]
+        submit = urlunsplit((parts.scheme, parts.netloc, base + "/jobs", "", ""))
+        return submit, urlunsplit((parts.scheme, parts.netloc, base + "/jobs/" + CALL_ID_PLACEHOLDER, "", ""))
+    if host.endswith(".modal.run") and MODAL_GENERATE_LABEL in host:
+        submit_host = parts.netloc.replace(MODAL_GENERATE_LABEL, MODAL_SUBMIT_LABEL)
+        result_host = parts.netloc.replace(MODAL_GENERATE_LABEL, MODAL_RESULT_LABEL)
+        return (
+            urlunsplit((parts.scheme, submit_host, "/", "", "")),
+            urlunsplit((parts.scheme, result_host, "/", "", "")),
+        )
+    return None
+
+
+def _check_http_url(name: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http(s) URL with a host")

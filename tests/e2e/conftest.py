@@ -1,0 +1,80 @@
+"""The whole local stack, started by the launcher's library on free ports, unique databases and names."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from contracts.topology import topology
+from scripts.stacklib.config import LOCAL_ACCESS_KEY, LOCAL_REGION, LOCAL_SECRET_KEY, StackConfig
+from scripts.stacklib.runner import LocalStack
+from services.common.broker import connect, delete_topology
+from services.common.db import create_test_database, drop_test_database
+from services.common.storage import ObjectStorage, StorageConfig
+from tests.integration import conftest as integration
+
+# The integration suite's service fixtures (found by name): real RabbitMQ, PostgreSQL and S3.
+_containers = integration._containers
+amqp = integration.amqp
+pg_admin_url = integration.pg_admin_url
+rabbitmq_url = integration.rabbitmq_url
+
+
+async def _delete_topology(rabbitmq_url: str, prefix: str) -> None:
+    connection = await connect(rabbitmq_url, name="vixenbliss-e2e-cleanup")
+    try:
+        channel = await connection.channel()
+        await delete_topology(channel, topology(prefix))
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    rabbitmq_url: str, pg_admin_url: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalStack]:
+    """S3, worker, identity, content and gateway as processes; two fresh PostgreSQL databases; all removed after."""
+    prefix = f"e2e-{secrets.token_hex(4)}"
+    databases = [asyncio.run(create_test_database(pg_admin_url, prefix="vb_e2e_")) for _ in range(2)]
+    config = StackConfig(
+        run_dir=tmp_path_factory.mktemp("stack"),
+        rabbitmq_url=rabbitmq_url,
+        topology_prefix=prefix,
+        identity_database_url=databases[0].render_as_string(hide_password=False),
+        content_database_url=databases[1].render_as_string(hide_password=False),
+        bucket=f"vb-{prefix}",
+        model_dir=tiny_model_dir,
+        # Short backoffs: a failure must reach content quickly.
+        extra_env={"GATEWAY_BACKOFF_BASE_SECONDS": "0.05", "GATEWAY_BACKOFF_MAX_SECONDS": "0.2"},
+    ).with_free_ports()
+    local = LocalStack(config)
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
+        asyncio.run(_delete_topology(rabbitmq_url, prefix))
+        for url in databases:
+            asyncio.run(drop_test_database(pg_admin_url, url))
+
+
+@pytest.fixture
+async def stack_storage(stack: LocalStack) -> AsyncIterator[ObjectStorage]:
+    """The stack's bucket, read directly (what the services stored)."""
+    store = ObjectStorage(
+        StorageConfig(
+            endpoint_url=stack.config.url("s3"),
+            access_key_id=LOCAL_ACCESS_KEY,
+            secret_access_key=LOCAL_SECRET_KEY,
+            bucket=stack.config.bucket,
+            region=LOCAL_REGION,
+        )
+    )
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -1,0 +1,111 @@
+"""One generation over the real path: identity → content → RabbitMQ → gateway → worker → S3 → content."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from aio_pika.abc import AbstractQueue, AbstractRobustConnection
+
+from contracts.events import EventType, GenerationCompleted
+from contracts.topology import topology
+from scripts.stacklib import flow
+from scripts.stacklib.runner import LocalStack
+from services.common.events import from_message
+from services.common.storage import ObjectStorage
+from tests.support.gateway_fakes import image_size
+from tests.support.safetensors_bytes import safetensors_bytes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def completed_events(stack: LocalStack, amqp: AbstractRobustConnection) -> AsyncIterator[AbstractQueue]:
+    """A test queue bound to generation.completed on this run's exchange (removed with its channel)."""
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(topology(stack.config.topology_prefix).events_exchange)
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(exchange, routing_key=EventType.GENERATION_COMPLETED.value)
+    try:
+        yield queue
+    finally:
+        await channel.close()
+
+
+async def completed_event(queue: AbstractQueue, generation_id: str, wait: float = 30.0) -> GenerationCompleted:
+    async with asyncio.timeout(wait):
+        while True:
+            message = await queue.get(fail=False, no_ack=True)
+            if message is None:
+                await asyncio.sleep(0.05)
+                continue
+            _, payload = from_message(message)
+            if isinstance(payload, GenerationCompleted) and payload.generation_id == generation_id:
+                return payload
+
+
+def avatar_with_lora(stack: LocalStack, client: httpx.Client, lora: bytes) -> str:
+    urls = stack.urls()
+    avatar_id = flow.create_avatar(client, urls["identity"], name="e2e avatar")
+    flow.register_lora(client, urls["identity"], avatar_id, lora)
+    flow.wait_avatar_ready(client, urls["content"], avatar_id)
+    return avatar_id
+
+
+async def test_a_generation_travels_the_whole_path(
+    stack: LocalStack,
+    stack_storage: ObjectStorage,
+    completed_events: AbstractQueue,
+    lora_files: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    content = stack.urls()["content"]
+
+    def drive() -> tuple[flow.Generation, bytes, httpx.Response]:
+        with httpx.Client(timeout=30.0) as client:
+            avatar_id = avatar_with_lora(stack, client, lora_files["a"].read_bytes())
+            accepted = flow.request_generation(client, content, avatar_id, width=64, height=80, steps=2)
+            generation = flow.wait_generation(client, content, str(accepted["id"]), timeout=60.0)
+            assert generation.image_url is not None, generation.body
+            downloaded = flow.download(client, generation.image_url, tmp_path / "image.png")
+            unknown = client.post(
+                f"{content}/api/v1/content/generate",
+                json={"avatar_id": str(uuid.uuid4()), "prompt": "a portrait", "width": 64, "height": 64},
+            )
+        return generation, downloaded, unknown
+
+    generation, downloaded, unknown = await asyncio.to_thread(drive)
+
+    assert generation.status == "completed", generation.body
+    event = await completed_event(completed_events, generation.id)
+    stored = await stack_storage.get_bytes(event.image.object_key)
+    assert image_size(stored) == (64, 80)
+    assert hashlib.sha256(stored).hexdigest() == event.image.sha256
+    assert downloaded == stored
+    assert generation.body["image"]["sha256"] == event.image.sha256
+    assert generation.body["generation_time_seconds"] == pytest.approx(event.generation_time_seconds)
+    assert unknown.status_code == 422, unknown.text
+    assert unknown.json()["error_code"] == "INVALID_REQUEST"
+
+
+async def test_a_lora_object_that_is_not_a_lora_ends_failed_with_lora_load_failed(stack: LocalStack) -> None:
+    content = stack.urls()["content"]
+    # Valid safetensors (identity's header check passes) holding no LoRA weights at all.
+    not_a_lora = safetensors_bytes({"text_model.final_layer_norm.weight": ("F32", [32])})
+
+    def drive() -> flow.Generation:
+        with httpx.Client(timeout=30.0) as client:
+            avatar_id = avatar_with_lora(stack, client, not_a_lora)
+            accepted = flow.request_generation(client, content, avatar_id, width=64, height=64, steps=2)
+            return flow.wait_generation(client, content, str(accepted["id"]), timeout=60.0)
+
+    generation = await asyncio.to_thread(drive)
+
+    assert generation.status == "failed", generation.body
+    assert generation.error_code == "LORA_LOAD_FAILED"
+    assert generation.body["image"] is None

@@ -1,0 +1,12 @@
+"""The integration fixtures (real RabbitMQ, moto S3, unique names per test) for the gateway's fault tests."""
+
+from tests.integration import conftest as integration
+
+# Found by name: the same fixtures as the integration suite, in this folder.
+_containers = integration._containers
+amqp = integration.amqp
+rabbitmq_url = integration.rabbitmq_url
+run_prefix = integration.run_prefix
+s3_endpoint = integration.s3_endpoint
+storage = integration.storage
+topo = integration.topo

@@ -1,0 +1,111 @@
+"""Run the real inference gateway in-process against real services, feed it requests, collect its results."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import httpx
+from aio_pika.abc import AbstractRobustConnection
+
+from contracts.events import EventPayload, GenerationCompleted, GenerationFailed, GenerationRequested
+from contracts.topology import CONTENT_GENERATION_RESULTS, SERVICE_CONTENT, Topology, event_source
+from scripts.stacklib.processes import free_port, start_process, stop, wait_until_ready
+from services.common.broker import Publisher
+from services.common.events import from_message, new_event
+from services.common.storage import ObjectStorage
+from services.inference_gateway.main import create_app
+from services.inference_gateway.settings import GatewaySettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gateway_settings(
+    rabbitmq_url: str, storage: ObjectStorage, topo: Topology, endpoint_url: str, **env: object
+) -> GatewaySettings:
+    """Settings for a gateway on this run's topology and bucket, with short backoffs."""
+    values: dict[str, object] = {
+        "RABBITMQ_URL": rabbitmq_url,
+        "R2_ENDPOINT_URL": storage.config.endpoint_url,
+        "R2_ACCESS_KEY_ID": storage.config.access_key_id,
+        "R2_SECRET_ACCESS_KEY": storage.config.secret_access_key,
+        "R2_BUCKET_NAME": storage.bucket,
+        "R2_REGION": storage.config.region,
+        "MODAL_ENDPOINT_URL": endpoint_url,
+        "VIXEN_TOPOLOGY_PREFIX": topo.prefix,
+        "GATEWAY_BACKOFF_BASE_SECONDS": 0.05,
+        "GATEWAY_BACKOFF_MAX_SECONDS": 0.2,
+        "MODAL_TIMEOUT_SECONDS": 60,
+        **env,
+    }
+    return GatewaySettings(**values)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def gateway_running(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway app with its lifespan running; a client for its HTTP routes."""
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client,
+    ):
+        yield client
+
+
+async def publish_request(connection: AbstractRobustConnection, topo: Topology, request: GenerationRequested) -> None:
+    """Publish generation.requested as content would."""
+    publisher = await Publisher.open(connection, topo.events_exchange)
+    try:
+        event = new_event(
+            request,
+            source=event_source(SERVICE_CONTENT),
+            subject=request.generation_id,
+            correlation_id=request.generation_id,
+        )
+        await publisher.publish_event(event)
+    finally:
+        await publisher.close()
+
+
+async def results_until_terminal(
+    connection: AbstractRobustConnection, topo: Topology, generation_id: str, wait: float = 60.0
+) -> list[EventPayload]:
+    """The result events of one generation, in order, up to and including completed or failed."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.get_queue(topo.queue(CONTENT_GENERATION_RESULTS).name)
+        seen: list[EventPayload] = []
+        async with asyncio.timeout(wait):
+            while True:
+                message = await queue.get(fail=False, no_ack=True)
+                if message is None:
+                    await asyncio.sleep(0.05)
+                    continue
+                _, payload = from_message(message)
+                if getattr(payload, "generation_id", None) != generation_id:
+                    continue
+                seen.append(payload)
+                if isinstance(payload, GenerationCompleted | GenerationFailed):
+                    return seen
+    finally:
+        await channel.close()
+
+
+@contextmanager
+def tiny_worker(model_dir: Path, log_dir: Path) -> Iterator[str]:
+    """The real worker (`python -m gpu.server`) on a free port with the tiny model; its generate URL."""
+    port = free_port()
+    env = {**os.environ, "MODEL_DIR": str(model_dir), "WORKER_MODE": "local", "WORKER_DEVICE": "cpu"}
+    env.pop("WORKER_API_KEY", None)
+    argv = [sys.executable, "-m", "gpu.server", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--model-dir", str(model_dir)]
+    process = start_process("worker", argv, env=env, log_path=log_dir / "worker.log", cwd=ROOT, port=port)
+    try:
+        wait_until_ready(process, host="127.0.0.1", timeout=120.0, health_path="/healthz")
+        yield f"http://127.0.0.1:{port}/generate"
+    finally:
+        stop(process)

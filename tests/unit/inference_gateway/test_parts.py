@@ -1,0 +1,78 @@
+"""Small pure parts of the gateway: sanitizing, PNG checks, metrics text, the HTTP routes."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from services.inference_gateway.api import router
+from services.inference_gateway.images import InvalidImageError, decode_png
+from services.inference_gateway.metrics import COMPLETED, FAILED, Metrics
+from services.inference_gateway.sanitize import sanitize_details, sanitize_text
+from tests.support.gateway_fakes import png_bytes
+
+
+def test_sanitize_strips_queries_tokens_and_bounds_size() -> None:
+    text = "fetch https://acc.r2.cloudflarestorage.com/b/k?X-Amz-Signature=abc&X-Amz-Date=1 failed; Bearer tok123456"
+    assert sanitize_text(text) == "fetch https://acc.r2.cloudflarestorage.com/b/k failed; Bearer [REDACTED]"
+    assert sanitize_text("plain http://h/p?x=1#frag") == "plain http://h/p"
+    assert len(sanitize_text("x" * 5000)) == 500
+    assert sanitize_text("value is my-secret-value", ["my-secret-value"]) == "value is [REDACTED]"
+    details = sanitize_details(
+        {"url": "http://h/p?sig=1", "n": 3, "ok": True, "none": None, "list": ["http://h/q?a=b"] * 50, "o": object()}
+    )
+    assert details["url"] == "http://h/p" and details["n"] == 3 and details["ok"] is True and details["none"] is None
+    assert details["list"] == ["http://h/q"] * 20
+    assert isinstance(details["o"], str)
+
+
+def test_decode_png_accepts_the_requested_size_only() -> None:
+    data = png_bytes(64, 128)
+    checked = decode_png(base64.b64encode(data).decode(), 64, 128)
+    assert checked.data == data and checked.size_bytes == len(data) and len(checked.sha256) == 64
+    with pytest.raises(InvalidImageError, match="size"):
+        decode_png(base64.b64encode(data).decode(), 128, 64)
+    with pytest.raises(InvalidImageError, match="does not decode"):
+        decode_png(base64.b64encode(data[: len(data) // 2]).decode(), 64, 128)
+    with pytest.raises(InvalidImageError, match="empty"):
+        decode_png("", 64, 64)
+
+
+def test_metrics_render_prometheus_text() -> None:
+    metrics = Metrics()
+    metrics.inc(COMPLETED)
+    metrics.inc(FAILED, error_code="LORA_LOAD_FAILED")
+    metrics.inc(FAILED, error_code='we"ird')
+    text = metrics.render()
+    assert "# TYPE vixen_gateway_generations_completed_total counter" in text
+    assert "vixen_gateway_generations_completed_total 1\n" in text
+    assert 'vixen_gateway_generations_failed_total{error_code="LORA_LOAD_FAILED"} 1\n' in text
+    assert 'error_code="we\\"ird"' in text
+    assert "vixen_gateway_requests_total 0\n" in text
+
+
+class StubStatus:
+    def __init__(self, healthy: bool) -> None:
+        self.healthy = healthy
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        return self.healthy, {"status": "ok" if self.healthy else "unavailable"}
+
+    def metrics_text(self) -> str:
+        return "vixen_gateway_requests_total 4\n"
+
+
+@pytest.mark.parametrize(("healthy", "status"), [(True, 200), (False, 503)])
+async def test_routes(healthy: bool, status: int) -> None:
+    app = FastAPI()
+    app.include_router(router)
+    app.state.gateway = StubStatus(healthy)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        health = await client.get("/healthz")
+        metrics = await client.get("/metrics")
+    assert health.status_code == status
+    assert metrics.status_code == 200 and metrics.text == "vixen_gateway_requests_total 4\n"
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")

@@ -1,0 +1,231 @@
+"""The provider client against scripted HTTP answers: status/body → success or error code, sync and async."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from contracts.worker import WorkerRequest
+from services.inference_gateway.errors import GatewayFailure
+from services.inference_gateway.provider import (
+    ModalWorkerClient,
+    ProviderConfig,
+    auth_headers,
+    outcome_of,
+    result_url,
+)
+from tests.support.gateway_fakes import success
+
+OK_BODY = success().model_dump_json().encode()
+REQUEST = WorkerRequest(
+    prompt="a portrait",
+    width=64,
+    height=64,
+    steps=2,
+    lora_url="http://127.0.0.1:9000/b/k?X-Amz-Signature=abc",
+    request_id="gen-1",
+)
+
+
+def code_of(status: int, content: bytes) -> str:
+    with pytest.raises(GatewayFailure) as caught:
+        outcome_of(status, content)
+    return caught.value.code.value
+
+
+def error_body(code: str, **extra: object) -> bytes:
+    return json.dumps({"error": "it broke", "error_code": code, "details": {"k": 1}, **extra}).encode()
+
+
+def test_a_success_body_parses() -> None:
+    assert outcome_of(200, OK_BODY).model_info.base_model == "tiny-sdxl-random"
+
+
+@pytest.mark.parametrize(
+    ("status", "content", "code"),
+    [
+        (422, error_body("LORA_LOAD_FAILED"), "LORA_LOAD_FAILED"),
+        (424, error_body("LORA_DOWNLOAD_FAILED"), "LORA_DOWNLOAD_FAILED"),
+        (503, error_body("CUDA_OOM"), "CUDA_OOM"),
+        (500, error_body("GENERATION_FAILED"), "GENERATION_FAILED"),
+        (504, error_body("TIMEOUT"), "TIMEOUT"),
+        (422, error_body("INVALID_REQUEST"), "INVALID_REQUEST"),
+        (502, b"<html>bad gateway</html>", "WORKER_UNAVAILABLE"),
+        (500, b'{"detail": "Internal Server Error"}', "WORKER_UNAVAILABLE"),
+        (503, error_body("NOT_A_CODE"), "WORKER_UNAVAILABLE"),
+        (429, b"slow down", "WORKER_UNAVAILABLE"),
+        (200, b"not json", "INVALID_WORKER_RESPONSE"),
+        (200, b"[1, 2]", "INVALID_WORKER_RESPONSE"),
+        (200, b'{"image_base64": "x"}', "INVALID_WORKER_RESPONSE"),
+        (401, b'{"detail": "missing or wrong bearer token"}', "INVALID_WORKER_RESPONSE"),
+        (404, b"Not Found", "INVALID_WORKER_RESPONSE"),
+    ],
+)
+def test_answers_map_to_error_codes(status: int, content: bytes, code: str) -> None:
+    assert code_of(status, content) == code
+
+
+def test_a_contract_error_keeps_its_message_and_details() -> None:
+    with pytest.raises(GatewayFailure) as caught:
+        outcome_of(422, error_body("LORA_LOAD_FAILED"))
+    assert caught.value.message == "it broke"
+    assert caught.value.details == {"k": 1, "status": 422}
+
+
+def test_auth_headers() -> None:
+    assert auth_headers("key", "secret") == {"Modal-Key": "key", "Modal-Secret": "secret"}
+    assert auth_headers("key", None) == {"Authorization": "Bearer key"}
+    assert auth_headers(None, "token") == {"Authorization": "Bearer token"}
+    assert auth_headers(None, None) == {}
+
+
+def test_result_url() -> None:
+    assert result_url("http://w/jobs/{call_id}", "fc-1") == "http://w/jobs/fc-1"
+    assert result_url("https://ws--sdxl-lora-result.modal.run/", "fc 1") == (
+        "https://ws--sdxl-lora-result.modal.run/?call_id=fc%201"
+    )
+    assert result_url("https://x/r?a=1", "fc-1") == "https://x/r?a=1&call_id=fc-1"
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def client(handler: Handler, **config: object) -> tuple[ModalWorkerClient, list[float]]:
+    sleeps: list[float] = []
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    settings: dict[str, object] = {"mode": "sync", "generate_url": "http://worker/generate", **config}
+    return ModalWorkerClient(http, ProviderConfig(**settings), sleep=sleep, clock=lambda: now[0]), sleeps  # type: ignore[arg-type]
+
+
+async def test_sync_posts_the_contract_body_with_auth_headers() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=OK_BODY)
+
+    worker, _ = client(handler, headers={"Modal-Key": "k", "Modal-Secret": "s"})
+    result = await worker.generate(REQUEST, 30.0)
+
+    assert result.generation_time_seconds == 0.25
+    (sent,) = seen
+    assert sent.method == "POST" and str(sent.url) == "http://worker/generate"
+    assert sent.headers["Modal-Key"] == "k" and sent.headers["Modal-Secret"] == "s"
+    body = json.loads(sent.content)
+    assert body["lora_url"] == REQUEST.lora_url and body["request_id"] == "gen-1"
+    assert "lora_sha256" not in body  # unset extensions are left out
+
+
+async def test_a_refused_connection_is_worker_unavailable_without_the_url_query() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused to http://worker/generate?token=abc", request=request)
+
+    worker, _ = client(handler)
+    with pytest.raises(GatewayFailure) as caught:
+        await worker.generate(REQUEST, 30.0)
+    assert caught.value.code.value == "WORKER_UNAVAILABLE"
+    assert caught.value.details == {"endpoint": "worker/generate", "reason": "ConnectError"}
+
+
+async def test_a_timeout_is_worker_unavailable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    worker, _ = client(handler)
+    with pytest.raises(GatewayFailure) as caught:
+        await worker.generate(REQUEST, 5.0)
+    assert caught.value.code.value == "WORKER_UNAVAILABLE" and caught.value.details["reason"] == "timeout"
+
+
+def async_config() -> dict[str, object]:
+    return {"mode": "async", "submit_url": "http://worker/jobs", "result_url": "http://worker/jobs/{call_id}"}
+
+
+async def test_async_submits_then_polls_until_done() -> None:
+    polls = [202, 202, 200]
+    seen: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path))
+        if request.method == "POST":
+            return httpx.Response(202, json={"call_id": "fc-1"})
+        status = polls.pop(0)
+        if status == 202:
+            return httpx.Response(202, json={"call_id": "fc-1", "status": "running"})
+        return httpx.Response(200, content=OK_BODY)
+
+    worker, sleeps = client(handler, **async_config(), poll_seconds=0.5)
+    result = await worker.generate(REQUEST, 30.0)
+
+    assert result.model_info.lora_applied
+    assert seen == [("POST", "/jobs")] + [("GET", "/jobs/fc-1")] * 3
+    assert sleeps == [0.5, 0.5, 0.5]
+
+
+async def test_async_maps_a_finished_job_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(202, json={"call_id": "fc-1"})
+        return httpx.Response(422, content=error_body("LORA_LOAD_FAILED"))
+
+    worker, _ = client(handler, **async_config())
+    with pytest.raises(GatewayFailure) as caught:
+        await worker.generate(REQUEST, 30.0)
+    assert caught.value.code.value == "LORA_LOAD_FAILED"
+
+
+async def test_async_submit_refused_with_a_contract_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, content=error_body("INVALID_REQUEST"))
+
+    worker, _ = client(handler, **async_config())
+    with pytest.raises(GatewayFailure) as caught:
+        await worker.generate(REQUEST, 30.0)
+    assert caught.value.code.value == "INVALID_REQUEST"
+
+
+async def test_async_gives_up_at_the_timeout_and_on_a_lost_job() -> None:
+    def pending(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(202, json={"call_id": "fc-1"})
+        return httpx.Response(202, json={"call_id": "fc-1", "status": "pending"})
+
+    worker, sleeps = client(pending, **async_config(), poll_seconds=2.0)
+    with pytest.raises(GatewayFailure) as caught:
+        await worker.generate(REQUEST, 5.0)
+    assert caught.value.code.value == "WORKER_UNAVAILABLE" and caught.value.details["reason"] == "timeout"
+    assert sum(sleeps) == pytest.approx(5.0)
+
+    def lost(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(202, json={"call_id": "fc-1"})
+        return httpx.Response(404, json={"detail": "unknown or expired call_id"})
+
+    worker, _ = client(lost, **async_config())
+    with pytest.raises(GatewayFailure) as caught:
+        await worker.generate(REQUEST, 30.0)
+    assert caught.value.code.value == "WORKER_UNAVAILABLE" and caught.value.details["status"] == 404
+
+
+async def test_async_tolerates_a_transient_poll_failure() -> None:
+    answers: list[Callable[[httpx.Request], httpx.Response]] = [
+        lambda r: httpx.Response(502, text="bad gateway"),
+        lambda r: httpx.Response(200, content=OK_BODY),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(202, json={"call_id": "fc-1"})
+        return answers.pop(0)(request)
+
+    worker, _ = client(handler, **async_config())
+    assert (await worker.generate(REQUEST, 30.0)).generation_time_seconds == 0.25

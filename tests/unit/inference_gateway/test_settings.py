@@ -1,0 +1,126 @@
+"""Gateway settings: seed env names, endpoint resolution, async URLs, auth, refusal of bad values."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from services.common.settings import describe_validation_error
+from services.inference_gateway.main import provider_config
+from services.inference_gateway.settings import GatewaySettings, derive_async_urls
+
+BASE_ENV = {
+    "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672/",
+    "R2_ENDPOINT_URL": "http://127.0.0.1:9000",
+    "R2_ACCESS_KEY_ID": "local-access-key",
+    "R2_SECRET_ACCESS_KEY": "local-secret-key",
+    "R2_BUCKET_NAME": "vixenbliss",
+    "MODAL_ENDPOINT_URL": "http://127.0.0.1:8003/generate",
+}
+OPTIONAL = [
+    "LORA_PROVIDER",
+    "MODAL_SDXL_LORA_ENDPOINT_ID",
+    "MODAL_API_KEY",
+    "MODAL_API_TOKEN",
+    "MODAL_MODE",
+    "MODAL_SUBMIT_URL",
+    "MODAL_RESULT_URL",
+    "MODAL_POLL_SECONDS",
+    "MODAL_TIMEOUT_SECONDS",
+    "LORA_URL_TTL_SECONDS",
+    "GATEWAY_MAX_ATTEMPTS",
+    "GATEWAY_PREFETCH",
+    "VIXEN_TOPOLOGY_PREFIX",
+]
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in OPTIONAL:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in BASE_ENV.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+def error_line(**overrides: object) -> str:
+    with pytest.raises(ValidationError) as caught:
+        GatewaySettings(**overrides)  # type: ignore[arg-type]
+    return describe_validation_error(GatewaySettings, caught.value)
+
+
+def test_defaults(env: pytest.MonkeyPatch) -> None:
+    settings = GatewaySettings()
+    assert settings.lora_provider == "modal_sdxl_lora"
+    assert settings.modal_mode == "sync"
+    assert settings.lora_url_ttl_seconds == 300
+    assert settings.gateway_max_attempts == 3 and settings.gateway_prefetch == 1
+    assert settings.topology_prefix == ""
+    assert provider_config(settings).headers == {}
+
+
+def test_auth_modes(env: pytest.MonkeyPatch) -> None:
+    env.setenv("MODAL_API_KEY", "wk-abc123")
+    assert provider_config(GatewaySettings()).headers == {"Authorization": "Bearer wk-abc123"}
+    env.setenv("MODAL_API_TOKEN", "ws-def456")
+    headers = provider_config(GatewaySettings()).headers
+    assert headers == {"Modal-Key": "wk-abc123", "Modal-Secret": "ws-def456"}
+    assert "ws-def456" not in repr(provider_config(GatewaySettings()))
+    env.setenv("MODAL_API_KEY", "")
+    assert provider_config(GatewaySettings()).headers == {"Authorization": "Bearer ws-def456"}
+
+
+def test_a_placeholder_key_is_refused(env: pytest.MonkeyPatch) -> None:
+    env.setenv("MODAL_API_KEY", "changeme")
+    assert "MODAL_API_KEY" in error_line()
+
+
+def test_the_endpoint_is_required_or_derived_from_the_endpoint_id(env: pytest.MonkeyPatch) -> None:
+    env.delenv("MODAL_ENDPOINT_URL")
+    assert "MODAL_ENDPOINT_URL is not set" in error_line()
+    env.setenv("MODAL_SDXL_LORA_ENDPOINT_ID", "acme--sdxl-lora-generate")
+    assert GatewaySettings().modal_endpoint_url == "https://acme--sdxl-lora-generate.modal.run"
+    env.setenv("MODAL_SDXL_LORA_ENDPOINT_ID", "not an id")
+    assert "<workspace>--<label>" in error_line()
+
+
+def test_async_mode_urls(env: pytest.MonkeyPatch) -> None:
+    env.setenv("MODAL_MODE", "async")
+    settings = GatewaySettings()
+    assert settings.modal_submit_url == "http://127.0.0.1:8003/jobs"
+    assert settings.modal_result_url == "http://127.0.0.1:8003/jobs/{call_id}"
+    env.setenv("MODAL_ENDPOINT_URL", "https://gpu.example.com/run")
+    assert "MODAL_SUBMIT_URL and MODAL_RESULT_URL" in error_line()
+    env.setenv("MODAL_SUBMIT_URL", "https://gpu.example.com/submit")
+    env.setenv("MODAL_RESULT_URL", "https://gpu.example.com/result/{call_id}")
+    assert GatewaySettings().modal_submit_url == "https://gpu.example.com/submit"
+
+
+def test_modal_async_urls_follow_the_app_labels() -> None:
+    assert derive_async_urls("https://acme--sdxl-lora-generate.modal.run") == (
+        "https://acme--sdxl-lora-submit.modal.run/",
+        "https://acme--sdxl-lora-result.modal.run/",
+    )
+    assert derive_async_urls("https://elsewhere.example/x") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MODAL_MODE", "batch"),
+        ("LORA_PROVIDER", "replicate"),
+        ("GATEWAY_MAX_ATTEMPTS", "0"),
+        ("MODAL_ENDPOINT_URL", "ftp://worker/generate"),
+        ("MODAL_TIMEOUT_SECONDS", "-1"),
+    ],
+)
+def test_bad_values_name_the_variable(env: pytest.MonkeyPatch, name: str, value: str) -> None:
+    env.setenv(name, value)
+    assert name in error_line()
+
+
+def test_secret_values_cover_every_secret(env: pytest.MonkeyPatch) -> None:
+    env.setenv("RABBITMQ_URL", "amqp://vixen:rabbit-pw-123@127.0.0.1:5672/")
+    env.setenv("MODAL_API_KEY", "wk-abc123")
+    values = GatewaySettings().secret_values()
+    assert {"rabbit-pw-123", "local-secret-key", "wk-abc123"} <= set(values)

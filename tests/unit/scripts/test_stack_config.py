@@ -1,0 +1,68 @@
+"""The launcher's pure parts: ports and names from the environment, database URLs, commands, health answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from scripts.stacklib.config import DEFAULT_PORTS, StackConfig, database_urls, from_environment, service_specs
+from scripts.stacklib.processes import gave_up
+
+
+def test_defaults_are_the_documented_ports() -> None:
+    config = from_environment({})
+    assert dict(config.ports) == {"s3": 9000, "worker": 8003, "identity": 8001, "content": 8000, "gateway": 8002}
+    assert config.rabbitmq_url == "amqp://guest:guest@127.0.0.1:5672/"
+    assert config.topology_prefix == ""
+    assert config.uses_sqlite("identity") and config.uses_sqlite("content")
+    assert config.database_url("content").endswith("/.run/content.db")
+
+
+def test_environment_overrides_ports_prefix_and_broker() -> None:
+    config = from_environment(
+        {"VIXEN_GATEWAY_PORT": "18002", "VIXEN_TOPOLOGY_PREFIX": "try", "RABBITMQ_URL": "amqp://u:p@h:1/"}
+    )
+    assert config.ports["gateway"] == 18002 and config.ports["content"] == DEFAULT_PORTS["content"]
+    assert config.topology_prefix == "try" and config.rabbitmq_url == "amqp://u:p@h:1/"
+
+
+def test_a_lone_database_url_is_split_per_service() -> None:
+    shared = "postgresql+asyncpg://postgres@127.0.0.1:5432/vixen"
+    assert database_urls({"DATABASE_URL": shared}) == (
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/vixen_identity",
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/vixen_content",
+    )
+    specific = "postgresql+asyncpg://postgres@127.0.0.1:5432/mine"
+    assert database_urls({"DATABASE_URL": shared, "CONTENT_DATABASE_URL": specific})[1] == specific
+    assert database_urls({"DATABASE_URL": "sqlite+aiosqlite:///x.db"}) == (None, None)
+
+
+def test_free_ports_are_distinct() -> None:
+    ports = StackConfig().with_free_ports().ports
+    assert len(set(ports.values())) == len(ports)
+
+
+def test_service_commands_and_environment(tmp_path: Path) -> None:
+    config = StackConfig(run_dir=tmp_path, topology_prefix="p1", bucket="vb-p1", model_dir=tmp_path / "m")
+    specs = service_specs(config)
+    assert list(specs) == ["s3", "worker", "identity", "content", "gateway"]
+    worker = specs["worker"]
+    assert worker.argv[1:3] == ("-m", "gpu.server") and worker.argv[-2:] == ("--model-dir", str(tmp_path / "m"))
+    assert worker.env["WORKER_MODE"] == "local" and worker.health_path == "/healthz"
+    gateway = specs["gateway"]
+    assert gateway.env["MODAL_ENDPOINT_URL"] == "http://127.0.0.1:8003/generate"
+    assert gateway.env["MODAL_MODE"] == "sync" and gateway.env["LORA_PROVIDER"] == "modal_sdxl_lora"
+    for spec in specs.values():
+        assert spec.env["VIXEN_TOPOLOGY_PREFIX"] == "p1"
+        assert spec.env["R2_BUCKET_NAME"] == "vb-p1"
+        assert spec.env["R2_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+        assert "--port" in spec.argv
+    assert specs["identity"].env["IDENTITY_DATABASE_URL"] == f"sqlite+aiosqlite:///{tmp_path}/identity.db"
+    assert specs["s3"].health_path is None
+
+
+def test_a_health_answer_that_gives_up_stops_the_wait() -> None:
+    assert gave_up(httpx.Response(503, json={"status": "unavailable", "reason": "could not load the base model"}))
+    assert not gave_up(httpx.Response(503, json={"status": "unavailable", "reason": "loading"}))
+    assert not gave_up(httpx.Response(503, text="<html>starting</html>"))
