@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
-import uvicorn
 from fastapi import FastAPI
 
 from contracts.topology import CONTENT_GENERATION_RESULTS, CONTENT_IDENTITY_EVENTS, SERVICE_CONTENT
 from services.common.broker import Consumer
+from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
-from services.common.logging import setup_logging
 from services.common.outbox import OutboxRelay
 from services.common.runtime import open_broker, open_database, running_consumers, running_relay
-from services.common.settings import load_settings
 from services.common.storage import ObjectStorage, StorageConfig
 from services.content.api import health_router, router
 from services.content.consumers import generation_results_handler, identity_events_handler
@@ -78,13 +75,12 @@ def create_app(settings: ContentSettings) -> FastAPI:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse --host/--port, load settings (exit 2 on a bad one), set up redacted logging, serve."""
-    parser = argparse.ArgumentParser(prog="python -m services.content", description="VixenBliss content service")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    args = parser.parse_args(argv)
-    settings = load_settings(ContentSettings)
-    setup_logging(settings.log_level, json_lines=settings.log_json, secrets=settings.secret_values())
-    # log_config=None: uvicorn's loggers propagate to the root handler, which redacts.
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
-    return 0
+    """`python -m services.content [--host H] [--port P]`."""
+    return serve(
+        argv,
+        prog="python -m services.content",
+        description="VixenBliss content service",
+        settings_type=ContentSettings,
+        create_app=create_app,
+        default_port=DEFAULT_PORT,
+    )

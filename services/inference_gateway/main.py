@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -14,10 +13,9 @@ from fastapi import FastAPI
 
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, SERVICE_INFERENCE_GATEWAY
 from services.common.broker import Consumer
+from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
-from services.common.logging import setup_logging
 from services.common.runtime import open_broker, running_consumers
-from services.common.settings import load_settings
 from services.common.storage import ObjectStorage, StorageConfig
 from services.inference_gateway.api import router
 from services.inference_gateway.consumers import generation_requested_handler
@@ -29,7 +27,6 @@ from services.inference_gateway.settings import GatewaySettings
 
 log = logging.getLogger("services.inference_gateway")
 
-DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8002
 
 
@@ -136,15 +133,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m services.inference_gateway [--host H] [--port P]`."""
-    parser = argparse.ArgumentParser(prog="python -m services.inference_gateway", description=__doc__)
-    parser.add_argument("--host", default=DEFAULT_HOST)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    args = parser.parse_args(argv)
-    settings = load_settings(GatewaySettings)
-    setup_logging(settings.log_level, json_lines=settings.log_json, secrets=settings.secret_values())
-
-    import uvicorn
-
-    # log_config=None: uvicorn's loggers go through the root handler and its redaction filter.
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
-    return 0
+    return serve(
+        argv,
+        prog="python -m services.inference_gateway",
+        description="VixenBliss inference gateway",
+        settings_type=GatewaySettings,
+        create_app=create_app,
+        default_port=DEFAULT_PORT,
+    )

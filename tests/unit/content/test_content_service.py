@@ -24,12 +24,12 @@ from contracts.events import (
     LoraReady,
 )
 from contracts.worker import ModelInfo
-from services.common.db import create_all, create_engine, create_session_factory
 from services.common.events import new_event, parse_event
 from services.common.http_errors import ConflictError, InvalidRequestError, NotFoundError
 from services.content.models import Base, inbox_table, outbox_table
 from services.content.schemas import GenerateRequest
 from services.content.service import ContentPolicy, ContentService, UnexpectedEventError
+from tests.support.sqlite import sqlite_sessions
 
 SHA = "cd" * 32
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -50,10 +50,8 @@ class FakeImages:
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'content.db'}")
-    await create_all(engine, Base.metadata)
-    yield create_session_factory(engine)
-    await engine.dispose()
+    async with sqlite_sessions(tmp_path / "content.db", Base.metadata) as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.events import AvatarCreated, AvatarUpdated, GenerationFailed, LoraReady
-from services.common.db import create_all, create_engine, create_session_factory
 from services.common.events import new_event
 from services.content.models import Base
 from services.content.schemas import GenerateRequest
 from services.content.service import ContentPolicy, ContentService
 from services.content.sweeper import sweep_forever
+from tests.support.sqlite import sqlite_sessions
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DEADLINE = 600
@@ -41,10 +41,8 @@ class NoImages:
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'content.db'}")
-    await create_all(engine, Base.metadata)
-    yield create_session_factory(engine)
-    await engine.dispose()
+    async with sqlite_sessions(tmp_path / "content.db", Base.metadata) as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.events import AvatarCreated, AvatarUpdated, EventPayload, LoraReady
-from services.common.db import create_all, create_engine, create_session_factory
 from services.common.events import parse_event
 from services.common.http_errors import ConflictError, InvalidRequestError, NotFoundError
 from services.common.storage import ObjectInfo, ObjectNotFoundError
@@ -20,6 +19,7 @@ from services.identity.models import Base, LoraStatus, outbox_table
 from services.identity.schemas import LoraCreate
 from services.identity.service import IdentityService, LoraLimits, lora_object_key
 from tests.support.safetensors_bytes import safetensors_bytes
+from tests.support.sqlite import sqlite_sessions
 
 MAX_BYTES = 64 * 1024
 
@@ -51,10 +51,8 @@ class FakeObjects:
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'identity.db'}")
-    await create_all(engine, Base.metadata)
-    yield create_session_factory(engine)
-    await engine.dispose()
+    async with sqlite_sessions(tmp_path / "identity.db", Base.metadata) as factory:
+        yield factory
 
 
 @pytest.fixture

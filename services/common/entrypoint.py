@@ -1,0 +1,49 @@
+"""The one `main()` every service shares: parse --host/--port, load settings, set up redacted logs, serve."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+from fastapi import FastAPI
+
+from services.common.logging import setup_logging
+from services.common.settings import load_settings
+
+
+class ServiceSettings(Protocol):
+    """What serving needs of a service's settings."""
+
+    log_level: str
+    log_json: bool
+
+    def secret_values(self) -> list[str]: ...
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def serve(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    settings_type: type[SettingsT],
+    create_app: Callable[[SettingsT], FastAPI],
+    default_port: int,
+) -> int:
+    """Run the service until stopped; a bad setting exits 2 with one line naming it."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=default_port)
+    args = parser.parse_args(argv)
+    # A pydantic-settings class that also satisfies ServiceSettings (a TypeVar cannot say both).
+    settings = load_settings(settings_type)  # type: ignore[type-var]
+    setup_logging(settings.log_level, json_lines=settings.log_json, secrets=settings.secret_values())
+
+    import uvicorn
+
+    # log_config=None: uvicorn's loggers propagate to the root handler, which redacts.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+    return 0
