@@ -53,7 +53,7 @@ class SdxlLoraEngine:
         self.default_timeout_seconds = default_timeout_seconds
         self.fuser = LoraFuser(pipeline, pristine_device)
         self.requests_served = 0
-        # Set when an adapter could not be removed: the weights can no longer be trusted.
+        # Set when a restore left the base weights altered: this worker must not serve again.
         self.poisoned: str | None = None
         self._lock = threading.Lock()
 
@@ -97,7 +97,8 @@ class SdxlLoraEngine:
             fetched = self.store.get(request.lora_url, request.lora_sha256, self.plan_lora, deadline)
             clock.timings.download_ms = round(fetched.download_ms, 3)
             clock.timings.lora_source = fetched.source
-            clock.timings.load_ms = self.ms_minus(clock.ms_since(mark), fetched.download_ms)
+            # load_ms counts reading, checking and planning the file (not downloading it), then fusing it.
+            clock.timings.load_ms = round(max(clock.ms_since(mark) - fetched.download_ms, 0.0), 3)
         try:
             if fetched is not None:
                 mark = time.perf_counter()
@@ -123,10 +124,6 @@ class SdxlLoraEngine:
             seed=request.seed,
             timings=clock.timings,
         )
-
-    @staticmethod
-    def ms_minus(total_ms: float, part_ms: float) -> float:
-        return round(max(total_ms - part_ms, 0.0), 3)
 
     def _attach(self, plan: LoraPlan, scale: float) -> None:
         try:
