@@ -46,6 +46,13 @@ image = (
     .add_local_python_source("contracts", "gpu")
 )
 
+# The submit/poll endpoints only enqueue and read results: a small image, so they start in a moment.
+web_image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .pip_install("fastapi[standard]>=0.115")
+    .add_local_python_source("gpu")
+)
+
 # Base weights (put there once, see deploy/modal/README.md) and the shared LoRA disk cache.
 weights_volume = modal.Volume.from_name("vixenbliss-sdxl-weights", create_if_missing=True)
 lora_cache_volume = modal.Volume.from_name("vixenbliss-lora-cache", create_if_missing=True)
@@ -120,7 +127,7 @@ class SdxlLoraWorker:
         return JSONResponse(body, status_code=status)
 
 
-@app.function(image=image, timeout=60)
+@app.function(image=web_image, timeout=60)
 @modal.fastapi_endpoint(method="POST", requires_proxy_auth=True, label="sdxl-lora-submit")
 def submit(payload: dict[str, Any]) -> Any:
     """Async mode: queue the job and answer with its call id at once."""
@@ -130,7 +137,7 @@ def submit(payload: dict[str, Any]) -> Any:
     return JSONResponse({"call_id": call.object_id}, status_code=202)
 
 
-@app.function(image=image, timeout=60)
+@app.function(image=web_image, timeout=60)
 @modal.fastapi_endpoint(method="GET", requires_proxy_auth=True, label="sdxl-lora-result")
 def result(call_id: str) -> Any:
     """Async mode: 202 while pending, then the contract's success or error body with its status."""
