@@ -38,6 +38,8 @@ image = (
             "MODEL_DIR": f"{MODELS_PATH}/sdxl-base-1.0",
             "LORA_CACHE_DIR": LORA_CACHE_PATH,
             "WORKER_MODE": "production",
+            # Explicit: the load runs before the snapshot, on a CPU, where "auto" would pick fp32.
+            "WORKER_DTYPE": "float16",
             # The R2 endpoint host(s), taken from the deploying shell: e.g. <account>.r2.cloudflarestorage.com
             "LORA_ALLOWED_HOSTS": os.environ.get("LORA_ALLOWED_HOSTS", ""),
             "HF_HUB_OFFLINE": "1",
