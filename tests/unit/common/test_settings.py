@@ -12,6 +12,7 @@ from services.common.settings import (
     load_settings,
     placeholder_reason,
 )
+from tests.support.settings_env import settings_env
 
 
 class ContentLikeSettings(BrokerSettings, StorageSettings):
@@ -29,11 +30,7 @@ GOOD_ENV = {
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in [*GOOD_ENV, "R2_PUBLIC_URL", "DATABASE_URL", "CONTENT_DATABASE_URL", "R2_REGION"]:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in GOOD_ENV.items():
-        monkeypatch.setenv(name, value)
-    return monkeypatch
+    return settings_env(monkeypatch, ContentLikeSettings, GOOD_ENV)
 
 
 def test_reads_the_seed_names(env: pytest.MonkeyPatch) -> None:

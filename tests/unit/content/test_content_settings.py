@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.content.settings import ContentSettings
+from tests.support.settings_env import settings_env
 
 ENV = {
     "RABBITMQ_URL": "amqp://vixen:s3cr3t-pw@127.0.0.1:5672/",
@@ -13,16 +14,11 @@ ENV = {
     "R2_SECRET_ACCESS_KEY": "q9w8e7r6t5y4u3i2o1p0",
     "R2_BUCKET_NAME": "vixen-loras",
 }
-OPTIONAL = ["CONTENT_DATABASE_URL", "DATABASE_URL", "GENERATION_DEADLINE_SECONDS", "CONTENT_IMAGE_URL_TTL_SECONDS"]
 
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in OPTIONAL:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in ENV.items():
-        monkeypatch.setenv(name, value)
-    return monkeypatch
+    return settings_env(monkeypatch, ContentSettings, ENV)
 
 
 def test_defaults_are_the_documented_ones(env: pytest.MonkeyPatch) -> None:

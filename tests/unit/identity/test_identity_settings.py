@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.identity.settings import IdentitySettings
+from tests.support.settings_env import settings_env
 
 ENV = {
     "RABBITMQ_URL": "amqp://vixen:s3cr3t-pw@127.0.0.1:5672/",
@@ -13,16 +14,11 @@ ENV = {
     "R2_SECRET_ACCESS_KEY": "q9w8e7r6t5y4u3i2o1p0",
     "R2_BUCKET_NAME": "vixen-loras",
 }
-OPTIONAL = ["IDENTITY_DATABASE_URL", "DATABASE_URL", "LORA_MAX_BYTES", "LORA_UPLOAD_URL_TTL_SECONDS"]
 
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in OPTIONAL:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in ENV.items():
-        monkeypatch.setenv(name, value)
-    return monkeypatch
+    return settings_env(monkeypatch, IdentitySettings, ENV)
 
 
 def test_defaults_are_the_documented_ones(env: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from services.common.settings import describe_validation_error
 from services.inference_gateway.main import provider_config
 from services.inference_gateway.settings import GatewaySettings, derive_async_urls
+from tests.support.settings_env import settings_env
 
 BASE_ENV = {
     "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672/",
@@ -17,30 +18,11 @@ BASE_ENV = {
     "R2_BUCKET_NAME": "vixenbliss",
     "MODAL_ENDPOINT_URL": "http://127.0.0.1:8003/generate",
 }
-OPTIONAL = [
-    "LORA_PROVIDER",
-    "MODAL_SDXL_LORA_ENDPOINT_ID",
-    "MODAL_API_KEY",
-    "MODAL_API_TOKEN",
-    "MODAL_MODE",
-    "MODAL_SUBMIT_URL",
-    "MODAL_RESULT_URL",
-    "MODAL_POLL_SECONDS",
-    "MODAL_TIMEOUT_SECONDS",
-    "LORA_URL_TTL_SECONDS",
-    "GATEWAY_MAX_ATTEMPTS",
-    "GATEWAY_PREFETCH",
-    "VIXEN_TOPOLOGY_PREFIX",
-]
 
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in OPTIONAL:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in BASE_ENV.items():
-        monkeypatch.setenv(name, value)
-    return monkeypatch
+    return settings_env(monkeypatch, GatewaySettings, BASE_ENV)
 
 
 def error_line(**overrides: object) -> str:
