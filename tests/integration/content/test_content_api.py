@@ -16,15 +16,12 @@ from sqlalchemy import select
 from sqlalchemy.engine import URL
 
 from contracts.events import (
-    AvatarCreated,
-    AvatarUpdated,
     EventPayload,
     GenerationCompleted,
     GenerationFailed,
     GenerationRequested,
     GenerationStarted,
     ImageRef,
-    LoraReady,
 )
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, Topology
 from contracts.worker import ModelInfo, Timings
@@ -33,6 +30,7 @@ from services.common.db import create_engine
 from services.common.events import new_event
 from services.common.storage import ObjectStorage
 from services.content.models import inbox_table
+from tests.support.identity_events import ready_avatar_events
 from tests.support.queues import drain_events
 from tests.support.safetensors_bytes import safetensors_bytes
 
@@ -65,21 +63,18 @@ async def _until(client: httpx.AsyncClient, path: str, done: Any, wait: float = 
 
 async def _ready_avatar(content: httpx.AsyncClient, publisher: Publisher, scale: float = 0.9) -> tuple[str, str]:
     """An avatar with a ready LoRA, announced the way identity does, once content has projected it."""
-    avatar_id, lora_id, now = str(uuid.uuid4()), str(uuid.uuid4()), datetime.now(UTC)
-    await _publish(publisher, AvatarCreated(avatar_id=avatar_id, owner_id="o1", name="Vixen"), "identity", now)
-    ready = LoraReady(
-        lora_model_id=lora_id,
-        avatar_id=avatar_id,
-        owner_id="o1",
-        object_key=f"loras/{avatar_id}/{lora_id}.safetensors",
+    avatar_id, lora_id = str(uuid.uuid4()), str(uuid.uuid4())
+    events = ready_avatar_events(
+        avatar_id,
+        lora_id,
+        time=datetime.now(UTC),
+        step=timedelta(milliseconds=1),
+        scale=scale,
         sha256=SHA,
         size_bytes=1234,
-        base_model="sdxl-base-1.0",
-        default_scale=scale,
     )
-    await _publish(publisher, ready, "identity", now + timedelta(milliseconds=1))
-    updated = AvatarUpdated(avatar_id=avatar_id, owner_id="o1", name="Vixen", active_lora_model_id=lora_id)
-    await _publish(publisher, updated, "identity", now + timedelta(milliseconds=1))
+    for payload, time in events:
+        await _publish(publisher, payload, "identity", time)
     await _until(content, f"/api/v1/content/avatars/{avatar_id}", lambda body: body["ready"])
     return avatar_id, lora_id
 

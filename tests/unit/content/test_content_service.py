@@ -15,13 +15,11 @@ from contracts.envelope import EventEnvelope
 from contracts.events import (
     AvatarCreated,
     AvatarDeleted,
-    AvatarUpdated,
     EventPayload,
     GenerationCompleted,
     GenerationRequested,
     GenerationStarted,
     ImageRef,
-    LoraReady,
 )
 from contracts.worker import ModelInfo
 from services.common.events import new_event, parse_event
@@ -29,6 +27,7 @@ from services.common.http_errors import ConflictError, InvalidRequestError, NotF
 from services.content.models import Base, inbox_table, outbox_table
 from services.content.schemas import GenerateRequest
 from services.content.service import ContentPolicy, ContentService, UnexpectedEventError
+from tests.support.identity_events import ready_avatar_events
 from tests.support.sqlite import sqlite_sessions
 
 SHA = "cd" * 32
@@ -70,20 +69,9 @@ def _event(payload: EventPayload, time: datetime = T0) -> EventEnvelope:
 
 async def _known_avatar(service: ContentService, scale: float = 0.6) -> tuple[str, str]:
     avatar_id, lora_id = str(uuid.uuid4()), str(uuid.uuid4())
-    await service.apply_identity_event(*_pair(AvatarCreated(avatar_id=avatar_id, owner_id="o1", name="Vixen")))
-    ready = LoraReady(
-        lora_model_id=lora_id,
-        avatar_id=avatar_id,
-        owner_id="o1",
-        object_key=f"loras/{avatar_id}/{lora_id}.safetensors",
-        sha256=SHA,
-        size_bytes=1000,
-        base_model="sdxl-base-1.0",
-        default_scale=scale,
-    )
-    await service.apply_identity_event(*_pair(ready, T0 + timedelta(seconds=1)))
-    updated = AvatarUpdated(avatar_id=avatar_id, owner_id="o1", name="Vixen", active_lora_model_id=lora_id)
-    await service.apply_identity_event(*_pair(updated, T0 + timedelta(seconds=1)))
+    events = ready_avatar_events(avatar_id, lora_id, time=T0, step=timedelta(seconds=1), scale=scale, sha256=SHA)
+    for payload, time in events:
+        await service.apply_identity_event(*_pair(payload, time))
     return avatar_id, lora_id
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.events import AvatarCreated, AvatarUpdated, GenerationFailed, LoraReady
+from contracts.events import GenerationFailed
 from services.common.events import new_event
 from services.content.models import Base
 from services.content.schemas import GenerateRequest
 from services.content.service import ContentPolicy, ContentService
 from services.content.sweeper import sweep_forever
+from tests.support.identity_events import ready_avatar_events
 from tests.support.sqlite import sqlite_sessions
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -57,23 +58,10 @@ def service(sessions: async_sessionmaker[AsyncSession], clock: Clock) -> Content
 
 async def _generation(service: ContentService) -> uuid.UUID:
     avatar_id, lora_id = str(uuid.uuid4()), str(uuid.uuid4())
-    events = [
-        AvatarCreated(avatar_id=avatar_id, owner_id="o", name="V"),
-        LoraReady(
-            lora_model_id=lora_id,
-            avatar_id=avatar_id,
-            owner_id="o",
-            object_key="loras/x.safetensors",
-            sha256="ab" * 32,
-            size_bytes=10,
-            base_model="sdxl-base-1.0",
-            default_scale=1.0,
-        ),
-        AvatarUpdated(avatar_id=avatar_id, owner_id="o", name="V", active_lora_model_id=lora_id),
-    ]
-    for offset, payload in enumerate(events):
-        envelope = new_event(payload, source="/vixenbliss/identity", subject="s", time=T0 + timedelta(seconds=offset))
-        await service.apply_identity_event(envelope, payload)
+    for payload, time in ready_avatar_events(avatar_id, lora_id, time=T0, step=timedelta(seconds=1)):
+        await service.apply_identity_event(
+            new_event(payload, source="/vixenbliss/identity", subject="s", time=time), payload
+        )
     generation = await service.request_generation(GenerateRequest(avatar_id=uuid.UUID(avatar_id), prompt="p"))
     return generation.id
 
