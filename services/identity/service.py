@@ -13,13 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import EventEnvelope
 from contracts.events import AvatarCreated, AvatarEvent, AvatarUpdated, LoraReady
+from contracts.safetensors_header import HEADER_LENGTH_BYTES, NotSafetensorsError, check_header, header_length
 from contracts.topology import SERVICE_IDENTITY, event_source
 from services.common.events import new_event
 from services.common.http_errors import ConflictError, FieldError, InvalidRequestError, NotFoundError
 from services.common.outbox import add_to_outbox
 from services.common.storage import ObjectInfo, ObjectNotFoundError
 from services.identity import repository
-from services.identity.lora_file import HEADER_LENGTH_BYTES, NotSafetensorsError, check_header, header_length
 from services.identity.models import Avatar, LoraModel, LoraStatus, outbox_table
 from services.identity.schemas import LoraCreate
 

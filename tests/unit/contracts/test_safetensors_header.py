@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from services.identity.lora_file import (
+from contracts.safetensors_header import (
     MAX_HEADER_BYTES,
     NotSafetensorsError,
     check_header,

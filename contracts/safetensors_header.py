@@ -1,21 +1,22 @@
-"""Cheap checks that an uploaded object looks like a safetensors LoRA, from its header alone (no torch)."""
+"""Safetensors header rules every LoRA object must pass: identity at upload, the worker before loading."""
 
 from __future__ import annotations
 
+# stdlib only: contracts imports nothing of the project and no third-party package but pydantic.
 import json
 import math
 from dataclasses import dataclass
 
 # safetensors layout: an 8-byte little-endian header length N, N bytes of JSON, then the tensor data.
 HEADER_LENGTH_BYTES = 8
-# The worker's limits (gpu/lora/parse.py): what it would refuse is refused here, at upload time.
+# One rule set for identity (from a ranged read of the header) and the worker (from the whole file).
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 FLOAT_DTYPE_BYTES: dict[str, int] = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 _NAME_IN_REASON = 80
 
 
 class NotSafetensorsError(ValueError):
-    """The object is not a safetensors file a worker would load; the message says why."""
+    """The object is not a safetensors file the worker would load; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,9 @@ def _tensor_span(name: str, entry: object, data_size: int) -> tuple[int, int]:
 
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_file(data: bytes) -> HeaderSummary:
+    """Both checks over a whole file in memory (the worker's case)."""
+    length = header_length(data[:HEADER_LENGTH_BYTES], len(data))
+    return check_header(data[HEADER_LENGTH_BYTES : HEADER_LENGTH_BYTES + length], len(data))
