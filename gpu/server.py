@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,7 +28,7 @@ log = logging.getLogger("gpu.server")
 class LocalWorkerSettings(WorkerSettings):
     """The local server's defaults: loopback http allowed, tiny model built on first use."""
 
-    mode: Any = Field(default="local", alias="WORKER_MODE")
+    mode: Literal["local", "production"] = Field(default="local", alias="WORKER_MODE")
     build_tiny_model: bool = Field(default=True, alias="WORKER_BUILD_TINY_MODEL")
 
 

@@ -8,7 +8,8 @@ from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load as load_safetensors
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer around it measures the work and not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -19,12 +20,12 @@ def diffusers_adapter_swap_ms(pipeline: StableDiffusionXLPipeline, lora: bytes, 
     device = torch.device(pipeline.device)
     times = []
     for _ in range(runs):
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
         pipeline.load_lora_weights(dict(tensors), adapter_name="compare", low_cpu_mem_usage=True)
         pipeline.set_adapters(["compare"], adapter_weights=[0.9])
         pipeline.unload_lora_weights()
-        _sync(device)
+        synchronize(device)
         times.append((time.perf_counter() - started) * 1000)
     return times
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from contracts.worker import WorkerRequest, WorkerSuccess
+from gpu.bench.compare import diffusers_adapter_swap_ms, fuse_unfuse_residue, synchronize
 from gpu.engine import SdxlLoraEngine
 from gpu.fingerprint import fingerprint_pipeline
 from gpu.lora.cache import DiskLoraCache, MemoryLoraCache
@@ -52,11 +53,6 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"p50": round(percentile(values, 50), 3), "p90": round(percentile(values, 90), 3), "n": len(values)}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _ok(outcome: object) -> WorkerSuccess:
     if not isinstance(outcome, WorkerSuccess):
         raise RuntimeError(f"benchmark request failed: {outcome}")
@@ -85,7 +81,7 @@ def run_benchmark(config: BenchConfig, device: torch.device, dtype: torch.dtype)
 
         pipeline = build_sdxl_random(work, device, dtype)
         base_model = SDXL_BASE_NAME
-    _sync(device)
+    synchronize(device)
     build_seconds = time.perf_counter() - started
 
     lora_dtype = torch.float16 if dtype == torch.float16 else torch.float32
@@ -118,7 +114,7 @@ def run_benchmark(config: BenchConfig, device: torch.device, dtype: torch.dtype)
                 seed=1234,
             )
         )
-        _sync(device)
+        synchronize(device)
         return _ok(outcome)
 
     fingerprint_before = fingerprint_pipeline(pipeline)
@@ -148,8 +144,6 @@ def run_benchmark(config: BenchConfig, device: torch.device, dtype: torch.dtype)
     fingerprint_after = fingerprint_pipeline(pipeline)
 
     # The replaced strategies, on the same model, after our own phases (they leave the weights as found).
-    from gpu.bench.compare import diffusers_adapter_swap_ms, fuse_unfuse_residue
-
     lora_file = disk.get(url_identity(urls[0]))
     assert lora_file is not None
     adapter_swaps = diffusers_adapter_swap_ms(pipeline, lora_file, config.runs)
