@@ -1,6 +1,5 @@
-"""The worker boundary for untyped callers (Modal): dict in, (HTTP status, dict) out, never an exception."""
+"""The worker boundary shared by the local app and Modal: validate, run, and shape the contract's answer."""
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,8 +9,6 @@ from contracts.errors import WORKER_ERROR_HTTP_STATUS, WorkerErrorCode
 from contracts.worker import WorkerError, WorkerRequest, WorkerSuccess
 from gpu.engine import SdxlLoraEngine
 from gpu.errors import WorkerFailure
-
-log = logging.getLogger("gpu.handler")
 
 
 def validation_error(errors: Sequence[Any]) -> WorkerError:
@@ -25,25 +22,29 @@ def validation_error(errors: Sequence[Any]) -> WorkerError:
     )
 
 
+def run_request(
+    engine: SdxlLoraEngine | None, request: WorkerRequest, load_error: WorkerFailure | None = None
+) -> WorkerSuccess | WorkerError:
+    """The engine's answer (it never raises), or MODEL_LOAD_FAILED while no engine is loaded."""
+    if engine is None:
+        failure = load_error or WorkerFailure(WorkerErrorCode.MODEL_LOAD_FAILED, "model is not loaded (yet)")
+        return failure.to_error(request.request_id)
+    return engine.generate(request)
+
+
+def status_and_body(outcome: WorkerSuccess | WorkerError) -> tuple[int, dict[str, Any]]:
+    """The contract's HTTP status and JSON body for an outcome."""
+    if isinstance(outcome, WorkerSuccess):
+        return 200, outcome.model_dump(mode="json")
+    return WORKER_ERROR_HTTP_STATUS[outcome.error_code], outcome.model_dump(mode="json")
+
+
 def handle_payload(
     engine: SdxlLoraEngine | None, payload: Any, load_error: WorkerFailure | None = None
 ) -> tuple[int, dict[str, Any]]:
-    """Validate, generate, and shape the answer; any surprise becomes GENERATION_FAILED, not a raise."""
+    """Validate, generate, and shape the answer: never a raise across the boundary."""
     try:
         request = WorkerRequest.model_validate(payload)
     except ValidationError as exc:
         return 422, validation_error(exc.errors()).model_dump(mode="json")
-    if engine is None:
-        failure = load_error or WorkerFailure(WorkerErrorCode.MODEL_LOAD_FAILED, "model is not loaded")
-        outcome: WorkerSuccess | WorkerError = failure.to_error(request.request_id)
-    else:
-        try:
-            outcome = engine.generate(request)
-        except Exception as exc:  # the engine returns errors; this is the last guard of the boundary
-            log.exception("unexpected failure in the engine")
-            outcome = WorkerFailure(
-                WorkerErrorCode.GENERATION_FAILED, "unexpected worker failure", reason=type(exc).__name__
-            ).to_error(request.request_id)
-    if isinstance(outcome, WorkerSuccess):
-        return 200, outcome.model_dump(mode="json")
-    return WORKER_ERROR_HTTP_STATUS[outcome.error_code], outcome.model_dump(mode="json")
+    return status_and_body(run_request(engine, request, load_error))

@@ -14,11 +14,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from contracts.errors import WORKER_ERROR_HTTP_STATUS, WorkerErrorCode
-from contracts.worker import JobStatus, JobSubmitted, WorkerError, WorkerRequest, WorkerSuccess
+from contracts.worker import JobStatus, JobSubmitted, WorkerError, WorkerRequest
 from gpu.engine import SdxlLoraEngine
 from gpu.errors import WorkerFailure
-from gpu.handler import validation_error
+from gpu.handler import run_request, status_and_body, validation_error
 from gpu.jobs import JobQueue, Outcome
 from gpu.settings import WorkerSettings
 
@@ -33,9 +32,8 @@ class LocalWorkerSettings(WorkerSettings):
 
 
 def outcome_response(outcome: Outcome) -> JSONResponse:
-    if isinstance(outcome, WorkerSuccess):
-        return JSONResponse(outcome.model_dump(mode="json"), status_code=200)
-    return JSONResponse(outcome.model_dump(mode="json"), status_code=WORKER_ERROR_HTTP_STATUS[outcome.error_code])
+    status, body = status_and_body(outcome)
+    return JSONResponse(body, status_code=status)
 
 
 class WorkerState:
@@ -47,10 +45,7 @@ class WorkerState:
         self.jobs = JobQueue(self.run)
 
     def run(self, request: WorkerRequest) -> Outcome:
-        if self.engine is None:
-            failure = self.load_error or WorkerFailure(WorkerErrorCode.MODEL_LOAD_FAILED, "model is still loading")
-            return failure.to_error(request.request_id)
-        return self.engine.generate(request)
+        return run_request(self.engine, request, self.load_error)
 
 
 def create_app(settings: WorkerSettings, load_engine: Callable[[], SdxlLoraEngine]) -> FastAPI:
