@@ -11,8 +11,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 # The embedded default: a file next to the service's run directory.
-DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./.run/vixenbliss.db"
-
 # Deterministic constraint names, so migrations can refer to them (fastapi-best-practices).
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -26,13 +24,6 @@ NAMING_CONVENTION: dict[str, str] = {
 def make_metadata(schema: str | None = None) -> MetaData:
     """A MetaData with the naming convention; each service's `class Base(DeclarativeBase)` uses one."""
     return MetaData(naming_convention=NAMING_CONVENTION, schema=schema)
-
-
-def is_postgresql(engine_or_url: AsyncEngine | URL | str) -> bool:
-    """Whether the database is PostgreSQL (row locking, ON CONFLICT, schemas)."""
-    if isinstance(engine_or_url, AsyncEngine):
-        return engine_or_url.dialect.name == "postgresql"
-    return make_url(engine_or_url).get_backend_name() == "postgresql"
 
 
 def create_engine(url: str | URL, *, echo: bool = False, **kwargs: Any) -> AsyncEngine:
