@@ -48,9 +48,12 @@ up: install
 down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/stack.py down; else echo "nothing to stop"; fi
 
-# Regenerate docs/schemas and docs/asyncapi.yaml from contracts/ (a test fails when they drift).
+# Regenerate what is generated from code and committed (a test fails when any drifts): docs/schemas,
+# docs/asyncapi.yaml, docs/openapi/, and the LoRA layer tables of contracts/lora_targets/.
 schemas: install
 	$(BIN)/python -m contracts.export
+	$(BIN)/python -m services.identity openapi
+	$(BIN)/python -m gpu.lora.targets
 
 tiny-model: install
 	$(BIN)/python -m gpu.tiny model --out .cache/tiny-sdxl

@@ -5,7 +5,8 @@ from __future__ import annotations
 # stdlib only: contracts imports nothing of the project and no third-party package but pydantic.
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 # safetensors layout: an 8-byte little-endian header length N, N bytes of JSON, then the tensor data.
 HEADER_LENGTH_BYTES = 8
@@ -15,16 +16,34 @@ FLOAT_DTYPE_BYTES: dict[str, int] = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 _NAME_IN_REASON = 80
 
 
+# Why a file is refused, finer than the message (identity records it as the LoRA's rejection reason).
+NOT_SAFETENSORS = "not_safetensors"
+TRUNCATED = "truncated"
+UNSUPPORTED_DTYPE = "unsupported_dtype"
+
+
 class NotSafetensorsError(ValueError):
-    """The object is not a safetensors file the worker would load; the message says why."""
+    """The object is not a safetensors file the worker would load; the message says why, `reason` in one word."""
+
+    def __init__(self, message: str, reason: str = NOT_SAFETENSORS) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
 class HeaderSummary:
-    """What the header says: how many tensors, and whether it carries metadata."""
+    """What the header says: every tensor's entry (dtype, shape, data_offsets) and the string metadata."""
 
-    tensor_count: int
-    has_metadata: bool
+    tensors: Mapping[str, Mapping[str, object]]
+    metadata: Mapping[str, str] | None = field(default=None)
+
+    @property
+    def tensor_count(self) -> int:
+        return len(self.tensors)
+
+    @property
+    def has_metadata(self) -> bool:
+        return self.metadata is not None
 
 
 def header_length(prefix: bytes, object_size: int) -> int:
@@ -37,6 +56,7 @@ def header_length(prefix: bytes, object_size: int) -> int:
     if length > MAX_HEADER_BYTES:
         raise NotSafetensorsError(f"header length {length} is over {MAX_HEADER_BYTES} bytes: not safetensors")
     if HEADER_LENGTH_BYTES + length > object_size:
+        # Random bytes and pickles read as such a length as often as a file cut inside its header does.
         raise NotSafetensorsError(f"header length {length} runs past the end of the file: not safetensors")
     return length
 
@@ -63,8 +83,9 @@ def check_header(header: bytes, object_size: int) -> HeaderSummary:
             raise NotSafetensorsError("tensor data has holes or overlaps: not safetensors")
         position = end
     if position != data_size:
-        raise NotSafetensorsError(f"header covers {position} bytes of data but the file has {data_size}")
-    return HeaderSummary(tensor_count=len(spans), has_metadata=metadata is not None)
+        reason = TRUNCATED if position > data_size else NOT_SAFETENSORS
+        raise NotSafetensorsError(f"header covers {position} bytes of data but the file has {data_size}", reason)
+    return HeaderSummary(tensors=parsed, metadata=metadata)
 
 
 def _tensor_span(name: str, entry: object, data_size: int) -> tuple[int, int]:
@@ -73,14 +94,16 @@ def _tensor_span(name: str, entry: object, data_size: int) -> tuple[int, int]:
         raise NotSafetensorsError(f"tensor {label!r}: entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in FLOAT_DTYPE_BYTES:
-        raise NotSafetensorsError(f"tensor {label!r}: dtype {str(dtype)[:16]!r} is not a float type")
+        raise NotSafetensorsError(f"tensor {label!r}: dtype {str(dtype)[:16]!r} is not a float type", UNSUPPORTED_DTYPE)
     if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
         raise NotSafetensorsError(f"tensor {label!r}: shape is malformed")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
         raise NotSafetensorsError(f"tensor {label!r}: data_offsets are malformed")
     begin, end = offsets
-    if not begin <= end <= data_size or end - begin != math.prod(shape) * FLOAT_DTYPE_BYTES[dtype]:
-        raise NotSafetensorsError(f"tensor {label!r}: does not fit the file (truncated or forged header)")
+    if end - begin != math.prod(shape) * FLOAT_DTYPE_BYTES[dtype] or begin > end:
+        raise NotSafetensorsError(f"tensor {label!r}: data_offsets do not match its shape and dtype")
+    if end > data_size:
+        raise NotSafetensorsError(f"tensor {label!r}: runs past the end of the file (truncated)", TRUNCATED)
     return begin, end
 
 

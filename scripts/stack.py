@@ -176,14 +176,16 @@ stack is up (logs: {stack.config.run_dir}/<name>.log; stop it with `python scrip
   content  {content}    identity {identity}    gateway {gateway}/healthz {gateway}/metrics
   worker   {urls["worker"]}/healthz    S3 {urls["s3"]} (bucket {stack.config.bucket})
 
-curl session (needs jq):
-  AVATAR=$(curl -s -X POST {identity}/api/v1/avatars -H 'content-type: application/json' \\
-      -d '{{"owner_id": "'$(python3 -c 'import uuid; print(uuid.uuid4())')'", "name": "demo"}}' | jq -r .id)
+curl session (needs jq; run it from the project root, where .run/auth-dev-secret is):
+  AUTH="authorization: Bearer $(.venv/bin/python -m services.common.auth mint --sub demo-user)"
+  AVATAR=$(curl -s -X POST {identity}/api/v1/avatars -H "$AUTH" -H 'content-type: application/json' \\
+      -d '{{"name": "demo"}}' | jq -r .id)
   .venv/bin/python -m gpu.tiny lora --out /tmp/demo-lora.safetensors --seed 1
-  REG=$(curl -s -X POST {identity}/api/v1/avatars/$AVATAR/loras -H 'content-type: application/json' \\
-      -d '{{"default_scale": 0.8, "trigger_words": ["sks"]}}')
+  SIZE=$(wc -c < /tmp/demo-lora.safetensors | tr -d ' ')
+  REG=$(curl -s -X POST {identity}/api/v1/avatars/$AVATAR/loras -H "$AUTH" -H 'content-type: application/json' \\
+      -d '{{"size_bytes": '$SIZE', "base_model": "tiny-sdxl-random", "default_scale": 0.8, "trigger_words": ["sks"]}}')
   curl -s -X PUT --upload-file /tmp/demo-lora.safetensors "$(echo $REG | jq -r .upload_url)"
-  curl -s -X POST {identity}/api/v1/loras/$(echo $REG | jq -r .lora_id)/complete | jq .status
+  curl -s -X POST {identity}/api/v1/loras/$(echo $REG | jq -r .lora_id)/complete -H "$AUTH" | jq .status
   curl -s {content}/api/v1/content/avatars/$AVATAR | jq .ready
   GEN=$(curl -s -X POST {content}/api/v1/content/generate -H 'content-type: application/json' \\
       -d '{{"avatar_id": "'$AVATAR'", "prompt": "a portrait of sks person", "width": 64, "height": 64, "steps": 4}}' \\

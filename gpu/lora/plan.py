@@ -18,6 +18,9 @@ _SUFFIX = re.compile(
 )
 # The older attention-processor layout diffusers still produces from some kohya files.
 _PROCESSOR = re.compile(r"\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<side>down|up)\.weight$")
+# What diffusers' kohya converter writes for text-encoder attention (its text-encoder loader reads it as q_proj…).
+_TEXT_ATTENTION = re.compile(r"\.self_attn\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<side>down|up)\.weight$")
+_TEXT_PROJECTIONS = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 MAX_RANK = 1024
 
 
@@ -71,8 +74,12 @@ def _split(key: str) -> tuple[str, str, str]:
     if rest.endswith(".alpha"):
         rest, side = rest.removesuffix(".alpha"), "alpha"
     processor = _PROCESSOR.search(rest)
+    text_attention = _TEXT_ATTENTION.search(rest)
     standard = _SUFFIX.search(rest)
-    if processor:
+    if text_attention:
+        path = rest[: text_attention.start()] + ".self_attn." + _TEXT_PROJECTIONS[text_attention.group("proj")]
+        side = side or text_attention.group("side")
+    elif processor:
         proj = processor.group("proj")
         path = rest[: processor.start()] + "." + ("to_out.0" if proj == "to_out" else proj)
         side = side or processor.group("side")
@@ -90,6 +97,10 @@ def _split(key: str) -> tuple[str, str, str]:
 
 def plan_lora(pipeline: StableDiffusionXLPipeline, tensors: LoraTensors) -> LoraPlan:
     """Raise LORA_LOAD_FAILED unless every weight pairs up and fits a Linear/Conv2d layer of this pipeline."""
+    dora = next((key for key in tensors if "dora_scale" in key), None)
+    if dora is not None:
+        # diffusers' converter drops DoRA magnitudes with a warning: applying the rest would not be the trained LoRA.
+        raise lora_load_failed("DoRA LoRAs are not supported", key=dora[:200])
     converted, alphas = _convert(pipeline, tensors)
     halves: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, tensor in converted.items():
@@ -112,14 +123,19 @@ def plan_lora(pipeline: StableDiffusionXLPipeline, tensors: LoraTensors) -> Lora
 
 def _resolve(encoder: nn.Module, component: str, path: str) -> tuple[nn.Module, str]:
     """The module a LoRA path names, and its path in this model."""
-    # transformers 5 flattened CLIPTextModel (no `text_model.` level); LoRAs trained before still carry it.
-    if path.startswith("text_model.") and not hasattr(encoder, "text_model"):
-        path = path.removeprefix("text_model.")
-    try:
-        return encoder.get_submodule(path), path
-    except AttributeError:
-        layer = f"{component}.{path}"[:200]
-        raise lora_load_failed("LoRA targets a layer SDXL does not have", layer=layer) from None
+    candidates = [path]
+    if component != "unet":
+        # transformers 5 flattened CLIPTextModel (no `text_model.` level) but not CLIPTextModelWithProjection,
+        # whose text_projection sits outside it; LoRA files carry the level or not whatever the model does.
+        inner = path.removeprefix("text_model.")
+        candidates += [inner, f"text_model.{inner}"]
+    for candidate in dict.fromkeys(candidates):
+        try:
+            return encoder.get_submodule(candidate), candidate
+        except AttributeError:
+            continue
+    layer = f"{component}.{path}"[:200]
+    raise lora_load_failed("LoRA targets a layer SDXL does not have", layer=layer)
 
 
 def _check_shapes(layer: str, module: nn.Module, down: torch.Tensor, up: torch.Tensor) -> None:

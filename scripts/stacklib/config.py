@@ -17,6 +17,9 @@ LOCAL_REGION = "us-east-1"
 LOCAL_ACCESS_KEY = "local-dev-access-key"
 LOCAL_SECRET_KEY = "local-dev-secret-key"  # noqa: S105 - a local endpoint's dummy, not a credential
 
+# The base models identity accepts LoRAs for: SDXL, and the tiny random SDXL the local worker serves.
+LOCAL_LORA_BASE_MODELS = "sdxl-base-1.0,tiny-sdxl-random"
+
 # Start order; stopped in reverse.
 SERVICE_NAMES = ("s3", "worker", "identity", "content", "gateway")
 PORT_ENV = {
@@ -79,6 +82,13 @@ class StackConfig:
     def uses_sqlite(self, service: str) -> bool:
         """Whether the service's database is the embedded SQLite default."""
         return self.database_url(service).startswith("sqlite")
+
+    def auth_secret(self) -> str:
+        """The HS256 secret the services verify tokens with: AUTH_JWT_SECRET when the shell sets one, else the
+        development secret in the run folder (created on first use; `python -m services.common.auth mint` reads it)."""
+        from services.common.auth import ensure_dev_secret
+
+        return os.environ.get("AUTH_JWT_SECRET") or ensure_dev_secret(self.run_dir)
 
     def with_free_ports(self) -> StackConfig:
         """The same stack on ports the kernel picks (tests; two stacks side by side)."""
@@ -159,7 +169,11 @@ def service_specs(config: StackConfig) -> dict[str, ServiceSpec]:
         "identity": spec(
             "identity",
             "services.identity",
-            {**common, "IDENTITY_DATABASE_URL": config.database_url("identity")},
+            {
+                **common,
+                "IDENTITY_DATABASE_URL": config.database_url("identity"),
+                "LORA_BASE_MODELS": common.get("LORA_BASE_MODELS", LOCAL_LORA_BASE_MODELS),
+            },
             "/healthz",
             90.0,
         ),
@@ -188,6 +202,7 @@ def common_env(config: StackConfig) -> dict[str, str]:
             "R2_BUCKET_NAME": config.bucket,
             "R2_REGION": LOCAL_REGION,
             "LOG_LEVEL": config.log_level,
+            "AUTH_JWT_SECRET": config.auth_secret(),
         }
     )
     env.update(config.extra_env)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,14 +67,16 @@ def run_flow(
     identity, content = urls["identity"], urls["content"]
     phases: dict[str, float] = {}
     tail = stack.tail
+    owner = f"demo-{uuid.uuid4()}"
+    auth = stack.bearer(owner)
     with httpx.Client(timeout=30.0) as client:
         began = time.monotonic()
         with flow.step("create an avatar (identity POST /api/v1/avatars)", "identity", tail):
-            avatar_id = flow.create_avatar(client, identity)
-        say(f"avatar {avatar_id} created")
-        with flow.step("register, upload and complete the LoRA (identity)", "identity", tail):
-            lora = flow.register_lora(client, identity, avatar_id, lora_bytes)
-        say(f"LoRA {lora.lora_id} ready ({len(lora_bytes)} bytes, {lora.object_key})")
+            avatar_id = flow.create_avatar(client, identity, auth)
+        say(f"avatar {avatar_id} created for owner {owner} (a development token signed with .run/auth-dev-secret)")
+        with flow.step("register, upload, verify and complete the LoRA (identity)", "identity", tail):
+            lora = flow.register_lora(client, identity, auth, avatar_id, lora_bytes)
+        say(f"LoRA {lora.lora_id} verified and ready ({len(lora_bytes)} bytes, stored as {lora.object_key})")
         with flow.step("wait until content knows the avatar (GET /api/v1/content/avatars/{id})", "content", tail):
             flow.wait_avatar_ready(client, content, avatar_id)
         phases["avatar_and_lora_s"] = time.monotonic() - began

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,6 +14,10 @@ import httpx
 from scripts.stacklib.runner import StackError
 
 TERMINAL = ("completed", "failed")
+# The base model of the tiny random SDXL the local worker serves (gpu.tiny.model.TINY_BASE_MODEL).
+TINY_BASE_MODEL = "tiny-sdxl-random"
+# An Authorization header: {"Authorization": "Bearer <jwt>"}.
+Headers = dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -82,31 +85,40 @@ def _ok(response: httpx.Response, *statuses: int) -> dict[str, Any]:
     return body
 
 
-def create_avatar(client: httpx.Client, identity: str, name: str = "demo avatar") -> str:
-    """POST /api/v1/avatars → the avatar id."""
-    body = _ok(client.post(f"{identity}/api/v1/avatars", json={"owner_id": str(uuid.uuid4()), "name": name}), 201)
+def create_avatar(client: httpx.Client, identity: str, auth: Headers, name: str = "demo avatar") -> str:
+    """POST /api/v1/avatars as the token's owner → the avatar id."""
+    body = _ok(client.post(f"{identity}/api/v1/avatars", json={"name": name}, headers=auth), 201)
     return str(body["id"])
 
 
-def register_lora(client: httpx.Client, identity: str, avatar_id: str, data: bytes, scale: float = 0.8) -> Lora:
-    """Register a LoRA, PUT its bytes to the presigned URL, and complete it."""
+def register_lora(
+    client: httpx.Client,
+    identity: str,
+    auth: Headers,
+    avatar_id: str,
+    data: bytes,
+    scale: float = 0.8,
+    base_model: str = TINY_BASE_MODEL,
+) -> Lora:
+    """Register a LoRA version, PUT its bytes to the presigned URL, and complete it (verified, immutable)."""
     registered = _ok(
         client.post(
             f"{identity}/api/v1/avatars/{avatar_id}/loras",
-            json={"default_scale": scale, "trigger_words": ["sks"], "size_bytes": len(data)},
+            json={"default_scale": scale, "trigger_words": ["sks"], "size_bytes": len(data), "base_model": base_model},
+            headers=auth,
         ),
         201,
     )
     upload = client.put(str(registered["upload_url"]), content=data)
     if upload.status_code not in (200, 204):
         raise ValueError(f"PUT to the presigned upload URL answered {upload.status_code}")
-    completed = _ok(client.post(f"{identity}/api/v1/loras/{registered['lora_id']}/complete"), 200)
+    completed = _ok(client.post(f"{identity}/api/v1/loras/{registered['lora_id']}/complete", headers=auth), 200)
     if completed.get("status") != "ready":
         raise ValueError(f"LoRA is {completed.get('status')!r} after complete, not 'ready'")
     return Lora(
         lora_id=str(registered["lora_id"]),
         avatar_id=avatar_id,
-        object_key=str(registered["object_key"]),
+        object_key=str(completed["object_key"]),
         sha256=str(completed.get("sha256")),
     )
 

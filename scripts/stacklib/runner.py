@@ -103,6 +103,12 @@ class LocalStack:
         """http://host:port of each service started."""
         return {name: self.config.url(name) for name in self.services}
 
+    def bearer(self, subject: str, *, admin: bool = False) -> dict[str, str]:
+        """An Authorization header for `subject`, signed with the secret this stack's services verify with."""
+        from services.common.auth import mint_token
+
+        return {"Authorization": f"Bearer {mint_token(self.config.auth_secret(), subject, admin=admin)}"}
+
     def tail(self, service: str, lines: int = 20) -> str:
         """The end of a service's log."""
         return log_tail(self.log_path(service), lines)

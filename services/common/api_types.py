@@ -1,10 +1,23 @@
-"""Annotated string types shared by the services' request schemas (what a database cannot store is refused)."""
+"""Annotated types for the services' request schemas: text rules (in the OpenAPI schema too) and strict numbers."""
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
+
+# No C0/C1 control characters (NUL, escape, carriage return, …): a database or a log line would choke on them,
+# and they are never meant in a name. The patterns are the documentation; the validators give the reasons.
+SINGLE_LINE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+# The same, but at least one character that is not a space.
+NON_BLANK_SINGLE_LINE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+# Descriptions may break lines (\n); every other control character is refused.
+MULTILINE_PATTERN = r"^[^\x00-\x09\x0b-\x1f\x7f-\x9f]*$"
+
+_SINGLE_LINE = re.compile(SINGLE_LINE_PATTERN)
+_MULTILINE = re.compile(MULTILINE_PATTERN)
 
 
 def _no_nul(value: str) -> str:
@@ -20,8 +33,49 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _single_line(value: str) -> str:
+    if not _SINGLE_LINE.match(value):
+        raise ValueError("must not contain control characters (line breaks, tabs, escapes)")
+    return value
+
+
+def _multiline(value: str) -> str:
+    if not _MULTILINE.match(value):
+        raise ValueError("must not contain control characters other than line breaks")
+    return value
+
+
+def _nfc(value: str) -> str:
+    # One spelling per text: "é" typed as one code point or as e + accent compares and sorts the same.
+    return unicodedata.normalize("NFC", value)
+
+
 Text = Annotated[str, AfterValidator(_no_nul)]
 """Any text a database can store."""
 
 NonBlankText = Annotated[str, AfterValidator(_no_nul), AfterValidator(_not_blank)]
 """Text with at least one non-space character."""
+
+SingleLineText = Annotated[
+    str, Field(json_schema_extra={"pattern": SINGLE_LINE_PATTERN}), AfterValidator(_single_line), AfterValidator(_nfc)
+]
+"""One line without control characters, NFC-normalised."""
+
+NonBlankSingleLineText = Annotated[
+    str,
+    Field(json_schema_extra={"pattern": NON_BLANK_SINGLE_LINE_PATTERN}),
+    AfterValidator(_single_line),
+    AfterValidator(_not_blank),
+    AfterValidator(_nfc),
+]
+"""One line without control characters and not blank, NFC-normalised (names)."""
+
+MultilineText = Annotated[
+    str, Field(json_schema_extra={"pattern": MULTILINE_PATTERN}), AfterValidator(_multiline), AfterValidator(_nfc)
+]
+"""Text that may break lines but holds no other control character, NFC-normalised (descriptions)."""
+
+# JSON numbers only: pydantic's lax mode would take "0.5" or true for a number, which a typed client never sends.
+StrictFloat = Annotated[float, Field(strict=True)]
+StrictInt = Annotated[int, Field(strict=True)]
+StrictBool = Annotated[bool, Field(strict=True)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,10 +19,17 @@ INVALID_REQUEST = "INVALID_REQUEST"
 NOT_FOUND = "NOT_FOUND"
 CONFLICT = "CONFLICT"
 UNAUTHORIZED = "UNAUTHORIZED"
+FORBIDDEN = "FORBIDDEN"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
 # Statuses without a code of their own (405, 413, 415, …) are requests the service cannot take as sent.
-_CODE_BY_STATUS: dict[int, str] = {401: UNAUTHORIZED, 404: NOT_FOUND, 409: CONFLICT, 422: INVALID_REQUEST}
+_CODE_BY_STATUS: dict[int, str] = {
+    401: UNAUTHORIZED,
+    403: FORBIDDEN,
+    404: NOT_FOUND,
+    409: CONFLICT,
+    422: INVALID_REQUEST,
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,9 @@ class ErrorDetails(BaseModel):
     """What is known about the error beyond its sentence."""
 
     fields: list[FieldErrorBody] = Field(default_factory=list)
+    reason_code: str | None = Field(
+        default=None, description="a finer, stable reason where the error_code has several (e.g. LORA_REJECTED)"
+    )
 
 
 class ErrorBody(BaseModel):
@@ -60,10 +70,20 @@ class DomainError(Exception):
     status_code: ClassVar[int] = 422
     error_code: ClassVar[str] = INVALID_REQUEST
 
-    def __init__(self, message: str, *, fields: Sequence[FieldError] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        fields: Sequence[FieldError] = (),
+        reason_code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.fields: tuple[FieldError, ...] = tuple(fields)
+        self.reason_code = reason_code
+        # Response headers the status calls for (WWW-Authenticate on a 401, Retry-After on a 503).
+        self.headers: dict[str, str] = dict(headers or {})
 
 
 class InvalidRequestError(DomainError):
@@ -94,13 +114,27 @@ class UnauthorizedError(DomainError):
     error_code = UNAUTHORIZED
 
 
-def error_body(message: str, error_code: str, fields: Sequence[FieldError] = ()) -> dict[str, Any]:
-    """The JSON body of an error."""
-    return ErrorBody(
+class ForbiddenError(DomainError):
+    """The caller is authenticated but may not do this (403): an admin route called without the admin role."""
+
+    status_code = 403
+    error_code = FORBIDDEN
+
+
+def error_body(
+    message: str, error_code: str, fields: Sequence[FieldError] = (), reason_code: str | None = None
+) -> dict[str, Any]:
+    """The JSON body of an error (`details.reason_code` only when there is one)."""
+    body = ErrorBody(
         error=message,
         error_code=error_code,
-        details=ErrorDetails(fields=[FieldErrorBody(field=f.field, reason=f.reason) for f in fields]),
+        details=ErrorDetails(
+            fields=[FieldErrorBody(field=f.field, reason=f.reason) for f in fields], reason_code=reason_code
+        ),
     ).model_dump()
+    if reason_code is None:
+        del body["details"]["reason_code"]
+    return body
 
 
 def validation_fields(errors: Sequence[Any]) -> list[FieldError]:
@@ -132,7 +166,11 @@ async def _on_validation_error(_request: Request, exc: Exception) -> Response:
 
 async def _on_domain_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
-    return JSONResponse(error_body(exc.message, exc.error_code, exc.fields), status_code=exc.status_code)
+    return JSONResponse(
+        error_body(exc.message, exc.error_code, exc.fields, exc.reason_code),
+        status_code=exc.status_code,
+        headers=exc.headers or None,
+    )
 
 
 async def _on_http_exception(_request: Request, exc: Exception) -> Response:
@@ -165,3 +203,21 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "conflict"},
     422: {"model": ErrorBody, "description": "invalid request"},
 }
+
+_STATUS_DESCRIPTIONS: dict[int, str] = {
+    401: "missing, malformed, expired or otherwise invalid bearer token (with a WWW-Authenticate challenge)",
+    403: "the token lacks the role this route needs",
+    404: "not found, or not the caller's",
+    409: "the resource is not in a state that allows this",
+    422: "invalid request: details.fields names each refused field and why",
+}
+
+
+def error_responses(*statuses: int, described: Mapping[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for a route's error statuses, each with the uniform body; `described` replaces the
+    generic sentence of a status where the route means something finer."""
+    finer = described or {}
+    return {
+        status: {"model": ErrorBody, "description": finer.get(status, _STATUS_DESCRIPTIONS[status])}
+        for status in statuses
+    }

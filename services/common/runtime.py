@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from contracts.topology import Topology, topology
 from services.common.broker import Consumer, Publisher, connect, declare_topology_on
 from services.common.db import create_all, create_engine, create_session_factory
+from services.common.migrations import MigrationSet, check_at_head, migrate_to_head
 from services.common.outbox import OutboxRelay
 from services.common.settings import SecretCheckedSettings
 
@@ -56,12 +57,30 @@ def prepare_sqlite_file(url: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_database(url: str, metadata: MetaData) -> AsyncIterator[Database]:
-    """An engine whose tables exist (create_all), disposed on exit."""
+async def open_database(
+    url: str, metadata: MetaData, migrations: MigrationSet | None = None, *, migrate: bool = True
+) -> AsyncIterator[Database]:
+    """An engine whose tables are ready, disposed on exit.
+
+    With `migrations`: upgraded to the head revision when `migrate` (the service's `*_MIGRATE_ON_START`),
+    else checked to be at head (DatabaseNotAtHeadError: one line naming the command to run).
+    Without: the missing tables of `metadata` are created (create_all), for services not on migrations yet.
+    """
+    if migrations is not None and migrations.metadata is not metadata:
+        raise ValueError(f"the {migrations.service} migrations build other tables than the metadata given")
     prepare_sqlite_file(url)
     engine = create_engine(url)
     try:
-        await create_all(engine, metadata)
+        if migrations is None:
+            await create_all(engine, metadata)
+        elif migrate:
+            change = await migrate_to_head(engine, migrations)
+            if change.before != change.after:
+                log.info(
+                    "%s database upgraded from %s to %s", migrations.service, change.before or "empty", change.after
+                )
+        else:
+            await check_at_head(engine, migrations)
         yield Database(engine, create_session_factory(engine))
     finally:
         await engine.dispose()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -109,11 +110,19 @@ class ObjectStorage:
             ExpiresIn=ttl_seconds,
         )
 
-    async def presign_put(self, key: str, ttl_seconds: int, content_type: str | None = None) -> str:
-        """A URL that uploads `key` with PUT until it expires (the client must send `content_type` if set)."""
+    async def presign_put(
+        self, key: str, ttl_seconds: int, content_type: str | None = None, content_length: int | None = None
+    ) -> str:
+        """A URL that uploads `key` with PUT until it expires.
+
+        The client must send `content_type` when set; with `content_length` the length is signed into the URL,
+        so an endpoint that checks signatures (R2, S3) refuses a body of any other size.
+        """
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if content_type:
             params["ContentType"] = content_type
+        if content_length is not None:
+            params["ContentLength"] = content_length
         return await asyncio.to_thread(
             self._s3().generate_presigned_url, "put_object", Params=params, ExpiresIn=ttl_seconds
         )
@@ -154,6 +163,41 @@ class ObjectStorage:
             return b"".join(chunks)
         finally:
             body.close()
+
+    async def read_into(self, key: str, sink: Callable[[bytes], None], *, max_bytes: int) -> ObjectInfo:
+        """Read `key` once, start to end, handing each chunk to `sink` (called off the event loop).
+
+        ObjectNotFoundError when absent; ObjectTooLargeError before any byte is read when the object says it
+        is larger than `max_bytes`, or as soon as more arrive. The size returned is what was read.
+        """
+        return await asyncio.to_thread(self._read_into, key, sink, max_bytes)
+
+    def _read_into(self, key: str, sink: Callable[[bytes], None], max_bytes: int) -> ObjectInfo:
+        try:
+            response = self._s3().get_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            raise _translate(error, key) from error
+        body = response["Body"]
+        try:
+            declared = int(response.get("ContentLength", 0))
+            if declared > max_bytes:
+                raise ObjectTooLargeError(f"{key} is {declared} bytes, over {max_bytes}")
+            total = 0
+            for chunk in body.iter_chunks(_CHUNK):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ObjectTooLargeError(f"{key} is over {max_bytes} bytes")
+                sink(chunk)
+        finally:
+            body.close()
+        return ObjectInfo(key, total, None, response.get("ContentType"), response.get("ETag"))
+
+    async def put_file(
+        self, key: str, source: IO[bytes], *, sha256: str, content_type: str = "application/octet-stream"
+    ) -> None:
+        """Store the readable binary `source` under `key` (multipart when large), recording its sha256."""
+        extra = {"ContentType": content_type, "Metadata": {SHA256_METADATA_KEY: sha256}}
+        await asyncio.to_thread(self._s3().upload_fileobj, source, self.bucket, key, ExtraArgs=extra)
 
     async def get_range(self, key: str, start: int, length: int) -> bytes:
         """Up to `length` bytes of `key` from offset `start` (fewer at the end); ObjectNotFoundError."""
@@ -217,6 +261,14 @@ class ObjectStorage:
         except ObjectNotFoundError:
             return False
         return True
+
+    async def keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, in key order (all pages)."""
+        return await asyncio.to_thread(self._keys, prefix)
+
+    def _keys(self, prefix: str) -> list[str]:
+        pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
     async def delete(self, key: str) -> None:
         """Delete `key` (no error when absent)."""

@@ -16,6 +16,7 @@ from services.common.runtime import open_broker, open_database, running_consumer
 from services.common.storage import ObjectStorage, StorageConfig
 from services.content.api import health_router, router
 from services.content.consumers import generation_results_handler, identity_events_handler
+from services.content.migrations import MIGRATIONS
 from services.content.models import Base, outbox_table
 from services.content.service import ContentPolicy, ContentService
 from services.content.settings import DEFAULT_PORT, ContentSettings
@@ -30,7 +31,9 @@ def create_app(settings: ContentSettings) -> FastAPI:
         storage = ObjectStorage(StorageConfig.from_settings(settings))
         try:
             async with (
-                open_database(settings.database_url, Base.metadata) as database,
+                open_database(
+                    settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start
+                ) as database,
                 open_broker(
                     settings.rabbitmq_url.get_secret_value(), settings.topology_prefix, service=SERVICE_CONTENT
                 ) as broker,
@@ -75,11 +78,11 @@ def create_app(settings: ContentSettings) -> FastAPI:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m services.content [--host H] [--port P]`."""
+    """`python -m services.content [--host H] [--port P]` (`migrate` is handled by __main__)."""
     return serve(
         argv,
         prog="python -m services.content",
-        description="VixenBliss content service",
+        description="VixenBliss content service (`python -m services.content migrate`: upgrade its database, exit)",
         settings_type=ContentSettings,
         create_app=create_app,
         default_port=DEFAULT_PORT,

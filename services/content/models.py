@@ -1,4 +1,4 @@
-"""Content tables: the avatar/LoRA projection, generations, outbox and inbox (its own metadata)."""
+"""Content tables (`content_*`): the avatar/LoRA projection, generations, outbox and inbox (its own metadata)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from services.common.sqltypes import UtcDateTime
 
 
 class Base(DeclarativeBase):
-    """Declarative base of the content tables."""
+    """Declarative base of the content tables: all named `content_*` (a database may be shared), built by
+    migrations/."""
 
     metadata = make_metadata()
 
@@ -41,7 +42,7 @@ class LoraState(StrEnum):
 class AvatarProjection(Base):
     """What content knows of an avatar, from identity's events (ids as identity sends them)."""
 
-    __tablename__ = "avatars"
+    __tablename__ = "content_avatars"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     owner_id: Mapped[str] = mapped_column(String(128))
@@ -56,7 +57,7 @@ class AvatarProjection(Base):
 class LoraProjection(Base):
     """What content knows of a LoRA model, from identity's events."""
 
-    __tablename__ = "loras"
+    __tablename__ = "content_loras"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     avatar_id: Mapped[str] = mapped_column(String(128), index=True)
@@ -73,7 +74,7 @@ class LoraProjection(Base):
 class Generation(Base):
     """One requested image and where it stands."""
 
-    __tablename__ = "generations"
+    __tablename__ = "content_generations"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     owner_id: Mapped[str] = mapped_column(String(128))
@@ -96,5 +97,5 @@ class Generation(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
-outbox_table = make_outbox_table(Base.metadata)
-inbox_table = make_inbox_table(Base.metadata)
+outbox_table = make_outbox_table(Base.metadata, "content_outbox")
+inbox_table = make_inbox_table(Base.metadata, "content_inbox")

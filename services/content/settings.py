@@ -1,20 +1,35 @@
-"""Content settings: broker, storage, logging, database, generation deadline and image URL lifetime."""
+"""Content settings: broker, storage, logging, database (and its migration at start), deadlines, URL lifetimes."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
+from services.common.migrations import migrate_on_start_field
 from services.common.runtime import TopologySettings
-from services.common.settings import BrokerSettings, LoggingSettings, StorageSettings, database_url_field
+from services.common.settings import (
+    BrokerSettings,
+    LoggingSettings,
+    SecretCheckedSettings,
+    StorageSettings,
+    database_url_field,
+)
 
 DEFAULT_PORT = 8000
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.run/content.db"
 
 
-class ContentSettings(BrokerSettings, StorageSettings, LoggingSettings, TopologySettings):
-    """Everything the content service reads from the environment."""
+class ContentDatabaseSettings(SecretCheckedSettings):
+    """The database alone: all that `python -m services.content migrate` reads (no broker or storage needed)."""
 
     database_url: str = database_url_field("content", DEFAULT_DATABASE_URL)
+    # CONTENT_MIGRATE_ON_START (else DB_MIGRATE_ON_START): false when a separate step runs `migrate`;
+    # the service then refuses a database that is not at the head revision.
+    migrate_on_start: bool = migrate_on_start_field("content")
+
+
+class ContentSettings(BrokerSettings, StorageSettings, LoggingSettings, TopologySettings, ContentDatabaseSettings):
+    """Everything the content service reads from the environment."""
+
     generation_deadline_seconds: int = Field(
         default=600, ge=1, le=24 * 3600, validation_alias="GENERATION_DEADLINE_SECONDS"
     )

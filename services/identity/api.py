@@ -1,27 +1,49 @@
-"""Identity HTTP routes (thin: parse, call the service, shape the answer)."""
+"""Identity HTTP routes (thin: parse, call the service, shape the answer); every route needs a bearer token."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
-from services.common.http_errors import ERROR_RESPONSES
-from services.identity.models import Avatar, LoraModel
-from services.identity.schemas import AvatarCreate, AvatarOut, LoraCreate, LoraOut, LoraUpload
-from services.identity.service import IdentityService
+from services.common.auth import AdminPrincipal, CurrentPrincipal
+from services.common.http_errors import error_responses
+from services.common.pagination import DEFAULT_PAGE_SIZE, PageCursor, PageLimit, PageOut
+from services.identity.lora_service import LoraService, LoraView
+from services.identity.models import Avatar
+from services.identity.schemas import (
+    AvatarCreate,
+    AvatarOut,
+    AvatarUpdate,
+    LoraCreate,
+    LoraImport,
+    LoraOut,
+    LoraRejectionOut,
+    LoraUpload,
+)
+from services.identity.service import AvatarService
 
-router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
+# Every route needs a token (401) and validates its input (422); each adds what else it can answer.
+router = APIRouter(prefix="/api/v1", responses=error_responses(401, 422))
+admin_router = APIRouter(prefix="/api/v1/admin", responses=error_responses(401, 403, 422))
+NOT_FOUND = error_responses(404)
+NOT_READY = error_responses(404, 409)
 health_router = APIRouter()
 
 
-def get_service(request: Request) -> IdentityService:
-    """The service the lifespan built."""
-    return cast(IdentityService, request.app.state.identity_service)
+def get_avatars(request: Request) -> AvatarService:
+    """The avatar use cases the lifespan built."""
+    return cast(AvatarService, request.app.state.avatar_service)
 
 
-Service = Annotated[IdentityService, Depends(get_service)]
+def get_loras(request: Request) -> LoraService:
+    """The LoRA use cases the lifespan built."""
+    return cast(LoraService, request.app.state.lora_service)
+
+
+Avatars = Annotated[AvatarService, Depends(get_avatars)]
+Loras = Annotated[LoraService, Depends(get_loras)]
 
 
 def avatar_out(avatar: Avatar) -> AvatarOut:
@@ -30,65 +52,157 @@ def avatar_out(avatar: Avatar) -> AvatarOut:
         id=avatar.id,
         owner_id=avatar.owner_id,
         name=avatar.name,
+        description=avatar.description,
         active_lora_id=avatar.active_lora_id,
         created_at=avatar.created_at,
+        updated_at=avatar.updated_at,
     )
 
 
-def lora_out(lora: LoraModel) -> LoraOut:
-    """The API view of a LoRA model."""
+def lora_out(view: LoraView) -> LoraOut:
+    """The API view of a LoRA version."""
+    lora = view.lora
+    rejection = (
+        LoraRejectionOut(reason=lora.rejection_reason, message=lora.rejection_message or "")
+        if lora.rejection_reason
+        else None
+    )
     return LoraOut.model_validate(
         {
             "lora_id": lora.id,
             "avatar_id": lora.avatar_id,
             "status": lora.status,
+            "active": view.active,
             "object_key": lora.object_key,
+            "sha256": lora.sha256,
+            "size_bytes": lora.size_bytes,
             "base_model": lora.base_model,
             "default_scale": lora.default_scale,
             "trigger_words": lora.trigger_words,
-            "size_bytes": lora.size_bytes,
-            "sha256": lora.sha256,
+            "rank": lora.rank,
+            "alpha": lora.alpha,
+            "layer_count": lora.layer_count,
+            "target_modules": lora.target_modules,
+            "components": lora.components,
+            "rejection": rejection,
             "created_at": lora.created_at,
             "ready_at": lora.ready_at,
+            "retired_at": lora.retired_at,
         }
     )
 
 
 @router.post("/avatars", status_code=201)
-async def create_avatar(body: AvatarCreate, service: Service) -> AvatarOut:
-    """Create an avatar (emits avatar.created)."""
-    return avatar_out(await service.create_avatar(body.owner_id, body.name))
+async def create_avatar(body: AvatarCreate, caller: CurrentPrincipal, avatars: Avatars) -> AvatarOut:
+    """Create an avatar owned by the caller (emits avatar.created)."""
+    return avatar_out(await avatars.create(caller.subject, body))
 
 
-@router.get("/avatars/{avatar_id}")
-async def get_avatar(avatar_id: uuid.UUID, service: Service) -> AvatarOut:
-    """One avatar."""
-    return avatar_out(await service.get_avatar(avatar_id))
+@router.get("/avatars")
+async def list_avatars(
+    caller: CurrentPrincipal, avatars: Avatars, limit: PageLimit = DEFAULT_PAGE_SIZE, cursor: PageCursor = None
+) -> PageOut[AvatarOut]:
+    """The caller's avatars, newest first, a page at a time."""
+    page = await avatars.list(caller.subject, limit, cursor)
+    return PageOut[AvatarOut](items=[avatar_out(a) for a in page.items], next_cursor=page.next_cursor)
 
 
-@router.post("/avatars/{avatar_id}/loras", status_code=201)
-async def register_lora(avatar_id: uuid.UUID, service: Service, body: LoraCreate | None = None) -> LoraUpload:
-    """Register a LoRA file and get a presigned PUT URL to upload it to."""
-    registration = await service.register_lora(avatar_id, body or LoraCreate())
+@router.get("/avatars/{avatar_id}", responses=NOT_FOUND)
+async def get_avatar(avatar_id: uuid.UUID, caller: CurrentPrincipal, avatars: Avatars) -> AvatarOut:
+    """One of the caller's avatars."""
+    return avatar_out(await avatars.get(caller.subject, avatar_id))
+
+
+@router.patch(
+    "/avatars/{avatar_id}",
+    responses=error_responses(404, 409, described={409: "the LoRA version to activate is not ready"}),
+)
+async def update_avatar(
+    avatar_id: uuid.UUID, body: AvatarUpdate, caller: CurrentPrincipal, avatars: Avatars
+) -> AvatarOut:
+    """Change the name, description or active LoRA version (emits avatar.updated when something changed)."""
+    return avatar_out(await avatars.update(caller.subject, avatar_id, body))
+
+
+@router.delete("/avatars/{avatar_id}", status_code=204, responses=NOT_FOUND)
+async def delete_avatar(avatar_id: uuid.UUID, caller: CurrentPrincipal, avatars: Avatars) -> Response:
+    """Delete the avatar and retire its LoRA versions (emits avatar.deleted and lora.retired)."""
+    await avatars.delete(caller.subject, avatar_id)
+    return Response(status_code=204)
+
+
+@router.post("/avatars/{avatar_id}/loras", status_code=201, responses=NOT_FOUND)
+async def register_lora(avatar_id: uuid.UUID, body: LoraCreate, caller: CurrentPrincipal, loras: Loras) -> LoraUpload:
+    """Register a LoRA version and get a presigned PUT URL for exactly `size_bytes` bytes."""
+    registration = await loras.register(caller.subject, avatar_id, body)
     return LoraUpload(
         lora_id=registration.lora.id,
         avatar_id=registration.lora.avatar_id,
-        object_key=registration.lora.object_key,
         upload_url=registration.upload_url,
         upload_expires_in=registration.upload_expires_in,
+        size_bytes=body.size_bytes,
     )
 
 
-@router.post("/loras/{lora_id}/complete")
-async def complete_lora(lora_id: uuid.UUID, service: Service) -> LoraOut:
-    """Check the uploaded file and make the LoRA ready and active (emits lora.ready, avatar.updated once)."""
-    return lora_out(await service.complete_lora(lora_id))
+@router.get("/avatars/{avatar_id}/loras", responses=NOT_FOUND)
+async def list_loras(
+    avatar_id: uuid.UUID,
+    caller: CurrentPrincipal,
+    loras: Loras,
+    limit: PageLimit = DEFAULT_PAGE_SIZE,
+    cursor: PageCursor = None,
+) -> PageOut[LoraOut]:
+    """The avatar's LoRA versions, newest first, a page at a time."""
+    page = await loras.list(caller.subject, avatar_id, limit, cursor)
+    return PageOut[LoraOut](items=[lora_out(v) for v in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/loras/{lora_id}")
-async def get_lora(lora_id: uuid.UUID, service: Service) -> LoraOut:
-    """One LoRA model."""
-    return lora_out(await service.get_lora(lora_id))
+@router.post(
+    "/loras/{lora_id}/complete",
+    responses=error_responses(
+        404,
+        409,
+        422,
+        described={
+            409: "nothing was uploaded yet, or the version was retired",
+            422: "LORA_REJECTED: the file is refused; details.reason_code says why (docs/identity.md)",
+        },
+    ),
+)
+async def complete_lora(lora_id: uuid.UUID, caller: CurrentPrincipal, loras: Loras) -> LoraOut:
+    """Verify the uploaded file; ready (emits lora.ready, and avatar.updated when it becomes active), or 422
+    `LORA_REJECTED` with `details.reason_code`."""
+    return lora_out(await loras.complete(caller.subject, lora_id))
+
+
+@router.get("/loras/{lora_id}", responses=NOT_FOUND)
+async def get_lora(lora_id: uuid.UUID, caller: CurrentPrincipal, loras: Loras) -> LoraOut:
+    """One LoRA version of the caller's."""
+    return lora_out(await loras.get(caller.subject, lora_id))
+
+
+@router.post("/loras/{lora_id}/activate", responses=NOT_READY)
+async def activate_lora(lora_id: uuid.UUID, caller: CurrentPrincipal, loras: Loras) -> AvatarOut:
+    """Make a ready version its avatar's active one (emits avatar.updated); answers the avatar."""
+    return avatar_out(await loras.activate(caller.subject, lora_id))
+
+
+@router.post("/loras/{lora_id}/retire", responses=NOT_READY)
+async def retire_lora(lora_id: uuid.UUID, caller: CurrentPrincipal, loras: Loras) -> LoraOut:
+    """Retire a version for good (emits lora.retired; an avatar whose active version it was has none)."""
+    return lora_out(await loras.retire(caller.subject, lora_id))
+
+
+@admin_router.post(
+    "/loras/import",
+    status_code=201,
+    responses=error_responses(
+        404, 422, described={422: "invalid request, no object at object_key, or LORA_REJECTED (details.reason_code)"}
+    ),
+)
+async def import_lora(body: LoraImport, _admin: AdminPrincipal, loras: Loras) -> LoraOut:
+    """Admin: verify an object already in the bucket and add it as a ready version of an avatar."""
+    return lora_out(await loras.import_object(body))
 
 
 @health_router.get("/healthz", include_in_schema=False)

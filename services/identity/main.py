@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 
 from contracts.topology import SERVICE_IDENTITY
+from services.common.auth import TokenVerifier, install_verifier
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.outbox import OutboxRelay
 from services.common.runtime import open_broker, open_database, running_relay
 from services.common.storage import ObjectStorage, StorageConfig
-from services.identity.api import health_router, router
+from services.identity.api import admin_router, health_router, router
+from services.identity.lora_files import LoraFiles
+from services.identity.lora_service import LoraLimits, LoraService
+from services.identity.migrations import MIGRATIONS
 from services.identity.models import Base, outbox_table
-from services.identity.service import IdentityService, LoraLimits
+from services.identity.service import AvatarService
 from services.identity.settings import DEFAULT_PORT, IdentitySettings
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def create_app(settings: IdentitySettings) -> FastAPI:
@@ -27,26 +34,45 @@ def create_app(settings: IdentitySettings) -> FastAPI:
         storage = ObjectStorage(StorageConfig.from_settings(settings))
         try:
             async with (
-                open_database(settings.database_url, Base.metadata) as database,
+                open_database(
+                    settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start
+                ) as database,
                 open_broker(
                     settings.rabbitmq_url.get_secret_value(), settings.topology_prefix, service=SERVICE_IDENTITY
                 ) as broker,
             ):
                 relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)
                 async with running_relay(relay):
-                    app.state.identity_service = IdentityService(
+                    app.state.avatar_service = AvatarService(database.sessions, on_commit=relay.notify)
+                    app.state.lora_service = LoraService(
                         database.sessions,
-                        storage,
-                        LoraLimits(settings.lora_max_bytes, settings.lora_upload_url_ttl_seconds),
+                        LoraFiles(storage, max_bytes=settings.lora_max_bytes),
+                        LoraLimits(
+                            settings.lora_max_bytes, settings.lora_upload_url_ttl_seconds, settings.lora_base_models
+                        ),
                         on_commit=relay.notify,
                     )
                     yield
         finally:
             await storage.close()
 
-    app = FastAPI(title="VixenBliss identity", version="0.1.0", lifespan=lifespan)
+    app = build_app(lifespan)
+    install_verifier(app, TokenVerifier.from_settings(settings))
+    return app
+
+
+def build_app(lifespan: Lifespan | None = None) -> FastAPI:
+    """The routes and error handling without anything started: the app serves them once a lifespan ran, and
+    the OpenAPI document is made from them alone."""
+    app = FastAPI(
+        title="VixenBliss identity",
+        version="0.1.0",
+        description="Avatars and their LoRA versions. Every route takes a bearer JWT whose `sub` is the owner.",
+        lifespan=lifespan,
+    )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(admin_router)
     app.include_router(health_router)
     return app
 

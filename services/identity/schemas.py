@@ -8,69 +8,115 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.events import LoraEvent
+from contracts.events import LoraEvent, ObjectKey
 from contracts.worker import Sha256Hex
-from services.common.api_types import NonBlankText
+from services.common.api_types import MultilineText, NonBlankSingleLineText, StrictBool, StrictFloat, StrictInt
 
 _LORA = LoraEvent.model_fields
 DEFAULT_BASE_MODEL = "sdxl-base-1.0"
 
-TriggerWord = Annotated[NonBlankText, Field(max_length=100)]
+AvatarName = Annotated[NonBlankSingleLineText, Field(min_length=1, max_length=100)]
+AvatarDescription = Annotated[MultilineText, Field(max_length=1000)]
+TriggerWord = Annotated[NonBlankSingleLineText, Field(min_length=1, max_length=100)]
+TriggerWords = Annotated[list[TriggerWord], Field(max_length=50)]
+# The same bounds as the lora.ready event, so that whatever is accepted here can be published.
+DefaultScale = Annotated[StrictFloat, *_LORA["default_scale"].metadata]
+BaseModelName = Annotated[NonBlankSingleLineText, *_LORA["base_model"].metadata]
 
 
-class AvatarCreate(BaseModel):
-    """POST /api/v1/avatars."""
-
+class _Request(BaseModel):
+    # Unknown fields are refused: a typo ("nmae") must not silently do nothing.
     model_config = ConfigDict(extra="forbid")
 
-    owner_id: uuid.UUID
-    name: Annotated[NonBlankText, Field(min_length=1, max_length=100)]
+
+class AvatarCreate(_Request):
+    """POST /api/v1/avatars. The owner is the token's subject, never a field."""
+
+    name: AvatarName
+    description: AvatarDescription | None = None
+
+
+class AvatarUpdate(_Request):
+    """PATCH /api/v1/avatars/{id}: only the fields sent change; `active_lora_id: null` leaves none active."""
+
+    name: AvatarName | None = None
+    description: AvatarDescription | None = None
+    active_lora_id: uuid.UUID | None = Field(default=None, description="a ready LoRA version of this avatar")
 
 
 class AvatarOut(BaseModel):
     """An avatar."""
 
     id: uuid.UUID
-    owner_id: uuid.UUID
+    owner_id: str
     name: str
+    description: str | None
     active_lora_id: uuid.UUID | None
     created_at: datetime
+    updated_at: datetime
 
 
-class LoraCreate(BaseModel):
-    """POST /api/v1/avatars/{avatar_id}/loras: register a LoRA file before uploading it."""
+class LoraCreate(_Request):
+    """POST /api/v1/avatars/{avatar_id}/loras: register a LoRA version before uploading its file."""
 
-    model_config = ConfigDict(extra="forbid")
+    size_bytes: Annotated[StrictInt, Field(ge=1, description="exact size of the file; the upload URL is signed for it")]
+    default_scale: DefaultScale = 1.0
+    trigger_words: TriggerWords = Field(default_factory=list)
+    base_model: BaseModelName = DEFAULT_BASE_MODEL
+    activate: StrictBool = Field(default=True, description="make it the avatar's active version once it is ready")
 
-    # The same bounds as the lora.ready event, so that whatever is accepted here can be published.
-    default_scale: Annotated[float, *_LORA["default_scale"].metadata] = 1.0
-    trigger_words: list[TriggerWord] = Field(default_factory=list, max_length=50)
-    base_model: Annotated[NonBlankText, *_LORA["base_model"].metadata] = DEFAULT_BASE_MODEL
-    size_bytes: int | None = Field(default=None, ge=1, description="declared size; refused over LORA_MAX_BYTES")
+
+class LoraImport(_Request):
+    """POST /api/v1/admin/loras/import: verify an object already in the bucket and make it a LoRA version."""
+
+    avatar_id: uuid.UUID
+    object_key: Annotated[NonBlankSingleLineText, Field(max_length=1024, description="the object to import")]
+    default_scale: DefaultScale = 1.0
+    trigger_words: TriggerWords = Field(default_factory=list)
+    base_model: BaseModelName = DEFAULT_BASE_MODEL
+    activate: StrictBool = True
 
 
 class LoraUpload(BaseModel):
-    """A registered LoRA and where to PUT its bytes (the URL is returned once and never stored)."""
+    """A registered LoRA version and where to PUT its bytes (the URL is returned once and never stored)."""
 
     lora_id: uuid.UUID
     avatar_id: uuid.UUID
     status: Literal["pending_upload"] = "pending_upload"
-    object_key: str
-    upload_url: str
-    upload_expires_in: int
+    upload_url: str = Field(description="PUT the file here, exactly size_bytes bytes, before it expires")
+    upload_method: Literal["PUT"] = "PUT"
+    upload_expires_in: int = Field(description="seconds")
+    size_bytes: int
+
+
+class LoraRejectionOut(BaseModel):
+    """Why verification refused the file."""
+
+    reason: str = Field(description="a stable code, e.g. too_large, not_safetensors, wrong_architecture")
+    message: str
 
 
 class LoraOut(BaseModel):
-    """A LoRA model."""
+    """A LoRA version."""
 
     lora_id: uuid.UUID
     avatar_id: uuid.UUID
-    status: Literal["pending_upload", "ready"]
-    object_key: str
+    status: Literal["pending_upload", "ready", "rejected", "retired"]
+    active: bool = Field(description="whether it is its avatar's active version")
+    object_key: ObjectKey | None = Field(
+        description="the verified, immutable copy (content-addressed); null until ready"
+    )
+    sha256: Sha256Hex | None
+    size_bytes: int | None
     base_model: str
     default_scale: float
     trigger_words: list[str]
-    size_bytes: int | None
-    sha256: Sha256Hex | None
+    rank: int | None
+    alpha: float | None
+    layer_count: int | None
+    target_modules: list[str] | None
+    components: list[str] | None
+    rejection: LoraRejectionOut | None
     created_at: datetime
     ready_at: datetime | None
+    retired_at: datetime | None

@@ -1,25 +1,68 @@
-"""Identity settings: broker, storage, logging, database, and the LoRA upload limits."""
+"""Identity settings: broker, storage, logging, database, auth, and the LoRA upload rules."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Any
 
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from contracts.lora_targets import KNOWN_BASE_MODELS
+from services.common.auth import AuthSettings, auth_secret_values
+from services.common.migrations import migrate_on_start_field
 from services.common.runtime import TopologySettings
-from services.common.settings import BrokerSettings, LoggingSettings, StorageSettings, database_url_field
+from services.common.settings import (
+    BrokerSettings,
+    LoggingSettings,
+    SecretCheckedSettings,
+    StorageSettings,
+    database_url_field,
+)
 
 DEFAULT_PORT = 8001
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.run/identity.db"
+DEFAULT_BASE_MODELS = ("sdxl-base-1.0",)
 MIB = 1024 * 1024
 
 
-class IdentitySettings(BrokerSettings, StorageSettings, LoggingSettings, TopologySettings):
-    """Everything the identity service reads from the environment."""
+class IdentityDatabaseSettings(SecretCheckedSettings):
+    """The database alone: all that `python -m services.identity migrate` reads (no broker, storage or auth)."""
 
     database_url: str = database_url_field("identity", DEFAULT_DATABASE_URL)
+    # IDENTITY_MIGRATE_ON_START (else DB_MIGRATE_ON_START): false when a separate step runs `migrate`;
+    # the service then refuses a database that is not at the head revision.
+    migrate_on_start: bool = migrate_on_start_field("identity")
+
+
+class IdentitySettings(
+    BrokerSettings, StorageSettings, LoggingSettings, TopologySettings, AuthSettings, IdentityDatabaseSettings
+):
+    """Everything the identity service reads from the environment."""
+
     lora_max_bytes: int = Field(default=512 * MIB, ge=1, validation_alias="LORA_MAX_BYTES")
     lora_upload_url_ttl_seconds: int = Field(
         default=900, ge=1, le=7 * 24 * 3600, validation_alias="LORA_UPLOAD_URL_TTL_SECONDS"
     )
+    # The base models LoRAs may be registered for (comma-separated); each needs a table in contracts/lora_targets.
+    lora_base_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_BASE_MODELS, validation_alias="LORA_BASE_MODELS"
+    )
+
+    @field_validator("lora_base_models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("lora_base_models", mode="after")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in value if name not in KNOWN_BASE_MODELS]
+        if unknown or not value:
+            known = ", ".join(sorted(KNOWN_BASE_MODELS))
+            raise ValueError(f"LORA_BASE_MODELS must list base models with a module table ({known})")
+        return value
 
     def secret_values(self) -> list[str]:
         """Values the log redaction must never let through."""
@@ -27,4 +70,5 @@ class IdentitySettings(BrokerSettings, StorageSettings, LoggingSettings, Topolog
             self.rabbitmq_url.get_secret_value(),
             self.r2_access_key_id.get_secret_value(),
             self.r2_secret_access_key.get_secret_value(),
+            *auth_secret_values(self),
         ]

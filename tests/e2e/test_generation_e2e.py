@@ -18,8 +18,8 @@ from scripts.stacklib import flow
 from scripts.stacklib.runner import LocalStack
 from services.common.events import from_message
 from services.common.storage import ObjectStorage
+from tests.support.bad_loras import with_nan
 from tests.support.gateway_fakes import image_size
-from tests.support.safetensors_bytes import safetensors_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +51,9 @@ async def completed_event(queue: AbstractQueue, generation_id: str, wait: float 
 
 def avatar_with_lora(stack: LocalStack, client: httpx.Client, lora: bytes) -> str:
     urls = stack.urls()
-    avatar_id = flow.create_avatar(client, urls["identity"], name="e2e avatar")
-    flow.register_lora(client, urls["identity"], avatar_id, lora)
+    auth = stack.bearer(f"e2e-{uuid.uuid4()}")
+    avatar_id = flow.create_avatar(client, urls["identity"], auth, name="e2e avatar")
+    flow.register_lora(client, urls["identity"], auth, avatar_id, lora)
     flow.wait_avatar_ready(client, urls["content"], avatar_id)
     return avatar_id
 
@@ -93,14 +94,16 @@ async def test_a_generation_travels_the_whole_path(
     assert unknown.json()["error_code"] == "INVALID_REQUEST"
 
 
-async def test_a_lora_object_that_is_not_a_lora_ends_failed_with_lora_load_failed(stack: LocalStack) -> None:
+async def test_a_lora_identity_accepts_but_the_worker_cannot_load_ends_failed_with_lora_load_failed(
+    stack: LocalStack, lora_files: dict[str, Path]
+) -> None:
     content = stack.urls()["content"]
-    # Valid safetensors (identity's header check passes) holding no LoRA weights at all.
-    not_a_lora = safetensors_bytes({"text_model.final_layer_norm.weight": ("F32", [32])})
+    # Identity checks names, shapes and dtypes from the header; only the worker reads the values.
+    poisoned = with_nan(lora_files["a"].read_bytes())
 
     def drive() -> flow.Generation:
         with httpx.Client(timeout=30.0) as client:
-            avatar_id = avatar_with_lora(stack, client, not_a_lora)
+            avatar_id = avatar_with_lora(stack, client, poisoned)
             accepted = flow.request_generation(client, content, avatar_id, width=64, height=64, steps=2)
             return flow.wait_generation(client, content, str(accepted["id"]), timeout=60.0)
 
@@ -109,3 +112,37 @@ async def test_a_lora_object_that_is_not_a_lora_ends_failed_with_lora_load_faile
     assert generation.status == "failed", generation.body
     assert generation.error_code == "LORA_LOAD_FAILED"
     assert generation.body["image"] is None
+
+
+async def test_a_put_to_the_old_upload_url_after_complete_changes_nothing_a_generation_uses(
+    stack: LocalStack, stack_storage: ObjectStorage, lora_files: dict[str, Path]
+) -> None:
+    urls = stack.urls()
+    lora_a, lora_b = lora_files["a"].read_bytes(), lora_files["b"].read_bytes()
+
+    def drive() -> tuple[flow.Lora, int, flow.Generation]:
+        with httpx.Client(timeout=30.0) as client:
+            auth = stack.bearer(f"e2e-{uuid.uuid4()}")
+            avatar_id = flow.create_avatar(client, urls["identity"], auth)
+            registered = client.post(
+                f"{urls['identity']}/api/v1/avatars/{avatar_id}/loras",
+                json={"size_bytes": len(lora_a), "base_model": flow.TINY_BASE_MODEL},
+                headers=auth,
+            ).json()
+            assert client.put(registered["upload_url"], content=lora_a).status_code == 200
+            done = client.post(f"{urls['identity']}/api/v1/loras/{registered['lora_id']}/complete", headers=auth)
+            assert done.status_code == 200, done.text
+            late_put = client.put(registered["upload_url"], content=lora_b).status_code
+            flow.wait_avatar_ready(client, urls["content"], avatar_id)
+            accepted = flow.request_generation(client, urls["content"], avatar_id, width=64, height=64, steps=2)
+            generation = flow.wait_generation(client, urls["content"], str(accepted["id"]), timeout=60.0)
+        lora = flow.Lora(registered["lora_id"], avatar_id, done.json()["object_key"], done.json()["sha256"])
+        return lora, late_put, generation
+
+    lora, late_put, generation = await asyncio.to_thread(drive)
+
+    # moto takes the late PUT (it checks no signature or expiry); R2 would too within the URL's lifetime.
+    assert late_put == 200
+    assert generation.status == "completed", generation.body
+    assert lora.object_key == f"loras/sha256/{hashlib.sha256(lora_a).hexdigest()}.safetensors"
+    assert await stack_storage.get_bytes(lora.object_key) == lora_a

@@ -21,6 +21,7 @@ from services.content.main import create_app as create_content_app
 from services.content.settings import ContentSettings
 from services.identity.main import create_app as create_identity_app
 from services.identity.settings import IdentitySettings
+from tests.support.auth import TEST_JWT_SECRET
 
 # Small enough that a test can upload something over it.
 TEST_LORA_MAX_BYTES = 256 * 1024
@@ -38,6 +39,7 @@ def service_env(rabbitmq_url: str, storage: ObjectStorage, topo: Topology) -> di
         "R2_BUCKET_NAME": config.bucket,
         "R2_REGION": config.region,
         "R2_PUBLIC_URL": None,
+        "AUTH_JWT_SECRET": TEST_JWT_SECRET,
     }
 
 
@@ -73,6 +75,8 @@ def identity_settings(
         **service_env(rabbitmq_url, storage, topo),
         IDENTITY_DATABASE_URL=database_url(identity_pg_url),
         LORA_MAX_BYTES=TEST_LORA_MAX_BYTES,
+        # Full SDXL for header-only files, the tiny model for files the worker can really load.
+        LORA_BASE_MODELS="sdxl-base-1.0,tiny-sdxl-random",
     )
 
 

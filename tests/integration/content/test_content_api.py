@@ -30,9 +30,11 @@ from services.common.db import create_engine
 from services.common.events import new_event
 from services.common.storage import ObjectStorage
 from services.content.models import inbox_table
+from tests.support.auth import bearer, new_owner
+from tests.support.identity_client import complete, uploaded
 from tests.support.identity_events import ready_avatar_events
+from tests.support.lora_headers import lora_file
 from tests.support.queues import drain_events
-from tests.support.safetensors_bytes import safetensors_bytes
 
 SHA = "ef" * 32
 
@@ -93,18 +95,17 @@ async def test_identity_to_content_a_ready_lora_makes_generate_emit_one_request_
     amqp: AbstractRobustConnection,
     topo: Topology,
 ) -> None:
-    owner_id = str(uuid.uuid4())
-    avatar = (await identity.post("/api/v1/avatars", json={"owner_id": owner_id, "name": "Vixen"})).json()
+    owner_id = new_owner()
+    auth = bearer(owner_id)
+    avatar = (await identity.post("/api/v1/avatars", json={"name": "Vixen"}, headers=auth)).json()
     status = await _until(content, f"/api/v1/content/avatars/{avatar['id']}", lambda body: body["known"])
     assert status == {"id": avatar["id"], "known": True, "active_lora_id": None, "ready": False, "deleted": False}
     refused = await content.post("/api/v1/content/generate", json={"avatar_id": avatar["id"], "prompt": "x"})
     assert (refused.status_code, refused.json()["error_code"]) == (409, "CONFLICT")
 
-    data = safetensors_bytes()
-    registration = (await identity.post(f"/api/v1/avatars/{avatar['id']}/loras", json={"default_scale": 0.8})).json()
-    async with httpx.AsyncClient() as s3:
-        assert (await s3.put(registration["upload_url"], content=data)).status_code == 200
-    lora = (await identity.post(f"/api/v1/loras/{registration['lora_id']}/complete")).json()
+    data = lora_file()
+    registration = await uploaded(identity, auth, data, avatar_id=avatar["id"], default_scale=0.8)
+    lora = (await complete(identity, auth, registration["lora_id"])).json()
     status = await _until(content, f"/api/v1/content/avatars/{avatar['id']}", lambda body: body["ready"])
     assert status["active_lora_id"] == lora["lora_id"]
 
@@ -124,7 +125,7 @@ async def test_identity_to_content_a_ready_lora_makes_generate_emit_one_request_
     assert requested.lora is not None
     assert requested.lora.model_dump() == {
         "lora_model_id": lora["lora_id"],
-        "object_key": registration["object_key"],
+        "object_key": lora["object_key"],
         "sha256": hashlib.sha256(data).hexdigest(),
         "scale": 0.8,
     }

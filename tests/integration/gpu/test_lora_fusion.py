@@ -1,11 +1,13 @@
 """Our fuse-and-restore gives the image diffusers' own (unfused, peft) LoRA loading gives, and restores exactly."""
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
+from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 from safetensors.torch import load_file
 
 from gpu.fingerprint import fingerprint_pipeline
@@ -131,6 +133,41 @@ def test_kohya_layout_with_alpha_matches_diffusers(tiny_model_dir: Path) -> None
     pipeline.set_progress_bar_config(disable=True)
     plan = plan_lora(pipeline, state)
     assert {d.alpha_scale for d in plan.deltas} == {0.5}
+    fuser = LoraFuser(pipeline)
+    fuser.fuse(plan, 1.0)
+    fused = render(pipeline)
+    fuser.restore()
+    assert np.abs(fused - expected).max() < 1e-4
+
+
+def test_kohya_text_encoder_layers_with_alpha_match_diffusers(tiny_model_dir: Path, te_lora: Path) -> None:
+    """kohya names text-encoder attention `self_attn_q_proj`; diffusers' converter renames it `to_q_lora`, which
+    must land on q_proj again (as diffusers' own loader puts it), with the alpha applied."""
+    sides = {"down": "lora_A", "up": "lora_B"}
+    peft = {
+        re.sub(r"\.lora(?:_linear_layer)?\.(down|up)\.weight$", lambda m: f".{sides[m[1]]}.weight", key): value
+        for key, value in load_file(te_lora).items()
+    }
+    kohya = {
+        key: (torch.tensor(2.0) if key.endswith(".alpha") else value.contiguous())
+        for key, value in convert_state_dict_to_kohya(peft).items()
+    }
+    assert any(key.startswith("lora_te1_") and "self_attn_q_proj" in key for key in kohya)
+    reference_pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
+    reference_pipe.set_progress_bar_config(disable=True)
+    reference_pipe.load_lora_weights(dict(kohya), adapter_name="ref")
+    expected = render(reference_pipe)
+
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
+    pipeline.set_progress_bar_config(disable=True)
+    plan = plan_lora(pipeline, kohya)
+    assert {d.component for d in plan.deltas} == {"unet", "text_encoder", "text_encoder_2"}
+    assert {d.module_path.rsplit(".", 1)[-1] for d in plan.deltas if d.component != "unet"} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+    }
     fuser = LoraFuser(pipeline)
     fuser.fuse(plan, 1.0)
     fused = render(pipeline)

@@ -66,8 +66,8 @@ F32_4 = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
         ({"t": {**F32_4, "dtype": "I32"}}, bytes(16), "not a float type"),
         ({"t": {**F32_4, "shape": [-4]}}, bytes(16), "shape"),
         ({"t": {**F32_4, "data_offsets": [0]}}, bytes(16), "data_offsets"),
-        ({"t": F32_4}, bytes(8), "does not fit"),
-        ({"t": {**F32_4, "shape": [5]}}, bytes(16), "does not fit"),
+        ({"t": F32_4}, bytes(8), "past the end of the file"),
+        ({"t": {**F32_4, "shape": [5]}}, bytes(16), "do not match its shape"),
         ({"t": F32_4}, bytes(20), "header covers 16 bytes"),
         ({"t": F32_4, "u": F32_4}, bytes(32), "holes or overlaps"),
     ],
@@ -75,6 +75,31 @@ F32_4 = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
 def test_a_header_that_does_not_describe_the_data_is_refused(header: object, data: bytes, reason: str) -> None:
     with pytest.raises(NotSafetensorsError, match=reason):
         _check(with_header(header, data))
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (with_header({"t": F32_4}, bytes(8)), "truncated"),
+        (safetensors_bytes()[:-3], "truncated"),
+        (struct.pack("<Q", 1000) + b"{}", "not_safetensors"),
+        (with_header({"t": {**F32_4, "dtype": "I32"}}, bytes(16)), "unsupported_dtype"),
+        (with_header({"t": F32_4}, bytes(20)), "not_safetensors"),
+        (b"\x80\x04\x95" + bytes(200), "not_safetensors"),
+    ],
+)
+def test_each_refusal_says_why_in_one_word(data: bytes, reason: str) -> None:
+    with pytest.raises(NotSafetensorsError) as caught:
+        _check(data)
+    assert caught.value.reason == reason
+
+
+def test_the_summary_holds_each_tensor_entry_and_the_metadata() -> None:
+    data = safetensors_bytes({"a": ("F16", [2, 3])}, metadata={"ss_network_dim": "2"})
+    length = header_length(data[:8], len(data))
+    summary = check_header(data[8 : 8 + length], len(data))
+    assert summary.tensors == {"a": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12]}}
+    assert summary.metadata == {"ss_network_dim": "2"}
 
 
 def test_a_header_that_is_not_json_is_refused() -> None:

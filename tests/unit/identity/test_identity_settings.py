@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from services.identity.settings import IdentitySettings
 from tests.support.settings_env import settings_env
@@ -13,6 +14,7 @@ ENV = {
     "R2_ACCESS_KEY_ID": "AKIAEXAMPLEKEY",
     "R2_SECRET_ACCESS_KEY": "q9w8e7r6t5y4u3i2o1p0",
     "R2_BUCKET_NAME": "vixen-loras",
+    "AUTH_JWT_SECRET": "an-hs256-secret-of-at-least-32-bytes-0123",
 }
 
 
@@ -27,6 +29,7 @@ def test_defaults_are_the_documented_ones(env: pytest.MonkeyPatch) -> None:
     assert settings.database_url == "sqlite+aiosqlite:///.run/identity.db"
     assert settings.lora_max_bytes == 512 * 1024 * 1024
     assert settings.lora_upload_url_ttl_seconds == 900
+    assert settings.lora_base_models == ("sdxl-base-1.0",)
 
 
 def test_limits_and_database_come_from_their_variables(env: pytest.MonkeyPatch) -> None:
@@ -43,7 +46,27 @@ def test_limits_and_database_come_from_their_variables(env: pytest.MonkeyPatch) 
     )
 
 
-def test_the_secrets_to_redact_include_the_broker_url_and_the_storage_keys(env: pytest.MonkeyPatch) -> None:
+def test_the_secrets_to_redact_include_the_broker_url_the_storage_keys_and_the_token_secret(
+    env: pytest.MonkeyPatch,
+) -> None:
     secrets = IdentitySettings().secret_values()
 
-    assert {ENV["RABBITMQ_URL"], ENV["R2_ACCESS_KEY_ID"], ENV["R2_SECRET_ACCESS_KEY"]} <= set(secrets)
+    assert {ENV["RABBITMQ_URL"], ENV["R2_ACCESS_KEY_ID"], ENV["R2_SECRET_ACCESS_KEY"], ENV["AUTH_JWT_SECRET"]} <= set(
+        secrets
+    )
+
+
+def test_base_models_are_a_comma_separated_list_of_those_with_a_target_table(env: pytest.MonkeyPatch) -> None:
+    env.setenv("LORA_BASE_MODELS", "sdxl-base-1.0, tiny-sdxl-random")
+    assert IdentitySettings().lora_base_models == ("sdxl-base-1.0", "tiny-sdxl-random")
+
+    env.setenv("LORA_BASE_MODELS", "sdxl-base-1.0,flux-dev")
+    with pytest.raises(ValidationError, match="LORA_BASE_MODELS"):
+        IdentitySettings()
+
+
+def test_without_a_token_secret_or_jwks_url_the_service_does_not_start(env: pytest.MonkeyPatch) -> None:
+    env.delenv("AUTH_JWT_SECRET")
+
+    with pytest.raises(ValidationError, match="AUTH_JWT_SECRET"):
+        IdentitySettings()

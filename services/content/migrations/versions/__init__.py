@@ -1,0 +1,1 @@
+"""Content's revisions, one module each, named `<revision>_<slug>.py`."""

@@ -1,0 +1,337 @@
+"""Identity use cases for LoRA versions: register, complete (verify), import, list, activate, retire."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.events import AvatarUpdated, LoraReady, LoraRetired
+from contracts.lora_targets import TargetTable, load_target_table
+from services.common.http_errors import ConflictError, DomainError, FieldError, InvalidRequestError, NotFoundError
+from services.common.outbox import add_to_outbox
+from services.common.pagination import Cursor, Page, page_of
+from services.common.storage import ObjectNotFoundError
+from services.identity import repository
+from services.identity.events import avatar_event, lora_event
+from services.identity.lora_files import LoraFiles, StoredLora, upload_key
+from services.identity.models import Avatar, LoraModel, LoraStatus, outbox_table
+from services.identity.schemas import LoraCreate, LoraImport
+from services.identity.service import Clock, avatar_not_found, check_activatable, utc_now
+from services.identity.verification import RejectedFileError
+
+log = logging.getLogger(__name__)
+
+LORA_REJECTED = "LORA_REJECTED"
+
+
+class LoraRejectedError(DomainError):
+    """The uploaded file is not a LoRA the platform will use (422, with a stable reason code)."""
+
+    status_code = 422
+    error_code = LORA_REJECTED
+
+
+@dataclass(frozen=True)
+class LoraLimits:
+    """LORA_MAX_BYTES, LORA_UPLOAD_URL_TTL_SECONDS and LORA_BASE_MODELS."""
+
+    max_bytes: int
+    upload_url_ttl_seconds: int
+    base_models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LoraView:
+    """A LoRA version and whether it is its avatar's active one."""
+
+    lora: LoraModel
+    active: bool
+
+
+@dataclass(frozen=True)
+class LoraRegistration:
+    """A registered version and its one-time upload URL (returned to the caller, never stored)."""
+
+    lora: LoraModel
+    upload_url: str
+    upload_expires_in: int
+
+
+def lora_not_found() -> NotFoundError:
+    """The one answer for a version that does not exist or whose avatar is someone else's or deleted."""
+    return NotFoundError("unknown LoRA")
+
+
+def rejected(reason: str, message: str) -> LoraRejectedError:
+    """The 422 of a refused file: the code in details.reason_code, the sentence in the field `file`."""
+    return LoraRejectedError(f"LoRA rejected: {message}", fields=[FieldError("file", message)], reason_code=reason)
+
+
+def ready_values(stored: StoredLora, now: datetime) -> dict[str, object]:
+    """The columns a verified file sets on its version."""
+    verified, summary = stored.verified, stored.verified.summary
+    return {
+        "object_key": stored.object_key,
+        "sha256": verified.sha256,
+        "size_bytes": verified.size_bytes,
+        "rank": summary.rank,
+        "alpha": summary.alpha,
+        "layer_count": summary.layer_count,
+        "target_modules": list(summary.target_modules),
+        "components": list(summary.components),
+        "ready_at": now,
+        "updated_at": now,
+    }
+
+
+def check_declared_size(size_bytes: int, max_bytes: int) -> None:
+    """Refuse a declared size over the cap before any upload URL is handed out."""
+    if size_bytes > max_bytes:
+        reason = f"{size_bytes} bytes is over the limit of {max_bytes} bytes"
+        raise InvalidRequestError(f"LoRA file too large: {reason}", fields=[FieldError("size_bytes", reason)])
+
+
+class LoraService:
+    """An avatar's LoRA versions; every change and its events commit together (outbox)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        files: LoraFiles,
+        limits: LoraLimits,
+        *,
+        on_commit: Callable[[], None] = lambda: None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._sessions = sessions
+        self._files = files
+        self._limits = limits
+        self._on_commit = on_commit
+        self._clock = clock
+
+    def target_table(self, base_model: str, field: str = "base_model") -> TargetTable:
+        """The module table files for `base_model` are checked against; 422 for a base model not accepted here."""
+        if base_model not in self._limits.base_models:
+            reason = f"unknown base model; accepted: {', '.join(self._limits.base_models)}"
+            raise InvalidRequestError(reason, fields=[FieldError(field, reason)])
+        return load_target_table(base_model)
+
+    async def register(self, owner_id: str, avatar_id: uuid.UUID, request: LoraCreate) -> LoraRegistration:
+        """Record a pending version of the caller's avatar and sign a PUT URL for exactly its declared size."""
+        check_declared_size(request.size_bytes, self._limits.max_bytes)
+        self.target_table(request.base_model)
+        lora_id, now = uuid.uuid4(), self._clock()
+        async with self._sessions() as session, session.begin():
+            if await repository.get_owned_avatar(session, owner_id, avatar_id) is None:
+                raise avatar_not_found()
+            lora = LoraModel(
+                id=lora_id,
+                avatar_id=avatar_id,
+                owner_id=owner_id,
+                status=LoraStatus.PENDING_UPLOAD.value,
+                upload_key=upload_key(avatar_id, lora_id),
+                base_model=request.base_model,
+                default_scale=request.default_scale,
+                trigger_words=list(request.trigger_words),
+                activate_when_ready=request.activate,
+                declared_size_bytes=request.size_bytes,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(lora)
+        ttl = self._limits.upload_url_ttl_seconds
+        upload_url = await self._files.presign_upload(lora.upload_key, ttl, request.size_bytes)
+        log.info("LoRA %s registered for avatar %s; awaiting upload", lora.id, avatar_id)
+        return LoraRegistration(lora=lora, upload_url=upload_url, upload_expires_in=ttl)
+
+    async def get(self, owner_id: str, lora_id: uuid.UUID) -> LoraView:
+        """The caller's version; NotFoundError otherwise."""
+        async with self._sessions() as session:
+            lora = await repository.get_owned_lora(session, owner_id, lora_id)
+            if lora is None:
+                raise lora_not_found()
+            return await self._view(session, lora)
+
+    async def list(self, owner_id: str, avatar_id: uuid.UUID, limit: int, cursor: str | None) -> Page[LoraView]:
+        """One page of the avatar's versions, newest first."""
+        after = Cursor.decode(cursor) if cursor else None
+        async with self._sessions() as session:
+            avatar = await repository.get_owned_avatar(session, owner_id, avatar_id)
+            if avatar is None:
+                raise avatar_not_found()
+            rows = await repository.list_avatar_loras(session, avatar_id, after, limit)
+        page = page_of(rows, limit)
+        return Page([LoraView(lora, lora.id == avatar.active_lora_id) for lora in page.items], page.next_cursor)
+
+    async def complete(self, owner_id: str, lora_id: uuid.UUID) -> LoraView:
+        """Verify the uploaded file and make the version ready (and active when asked); announce it.
+
+        Idempotent: a ready version is returned as is, a rejected one is refused again with its reason.
+        """
+        async with self._sessions() as session:
+            lora = await repository.get_owned_lora(session, owner_id, lora_id)
+            if lora is None:
+                raise lora_not_found()
+            if lora.status == LoraStatus.READY.value:
+                return await self._view(session, lora)
+        if lora.status == LoraStatus.REJECTED.value:
+            raise rejected(lora.rejection_reason or "rejected", lora.rejection_message or "the file was rejected")
+        if lora.status != LoraStatus.PENDING_UPLOAD.value:
+            raise ConflictError(f"the LoRA version is {lora.status}")
+        table = load_target_table(lora.base_model)
+        try:
+            stored = await self._files.verify_and_store(lora.upload_key, table, declared_size=lora.declared_size_bytes)
+        except ObjectNotFoundError:
+            reason = "nothing was uploaded yet: PUT the file to the upload URL first"
+            raise ConflictError("object not uploaded", fields=[FieldError("file", reason)]) from None
+        except RejectedFileError as error:
+            if not await self._reject(lora, error):
+                # Another complete settled the version first: answer with what it decided.
+                return await self.complete(owner_id, lora_id)
+            raise rejected(error.reason, error.message) from None
+        view = await self._make_ready(lora, stored)
+        if view is None:
+            return await self.complete(owner_id, lora_id)
+        await self._discard(lora.upload_key)
+        return view
+
+    async def import_object(self, request: LoraImport) -> LoraView:
+        """Admin: verify an object already in the bucket and add it as a ready version of any live avatar.
+
+        The source object is left in place; nothing is recorded when it is refused.
+        """
+        table = self.target_table(request.base_model)
+        async with self._sessions() as session:
+            avatar = await repository.get_live_avatar(session, request.avatar_id)
+        if avatar is None:
+            raise avatar_not_found()
+        try:
+            stored = await self._files.verify_and_store(request.object_key, table, declared_size=None)
+        except ObjectNotFoundError:
+            reason = "no object at this key"
+            raise InvalidRequestError(reason, fields=[FieldError("object_key", reason)]) from None
+        except RejectedFileError as error:
+            raise rejected(error.reason, error.message) from None
+        now = self._clock()
+        lora = LoraModel(
+            id=uuid.uuid4(),
+            avatar_id=avatar.id,
+            owner_id=avatar.owner_id,
+            status=LoraStatus.READY.value,
+            upload_key=request.object_key,
+            base_model=request.base_model,
+            default_scale=request.default_scale,
+            trigger_words=list(request.trigger_words),
+            activate_when_ready=request.activate,
+            created_at=now,
+            **ready_values(stored, now),
+        )
+        async with self._sessions() as session, session.begin():
+            session.add(lora)
+            await session.flush()
+            view = await self._announce_ready(session, lora, now)
+        self._on_commit()
+        log.info("LoRA %s imported from the bucket for avatar %s", lora.id, avatar.id)
+        return view
+
+    async def activate(self, owner_id: str, lora_id: uuid.UUID) -> Avatar:
+        """Make a ready version its avatar's active one (avatar.updated when it changes)."""
+        async with self._sessions() as session, session.begin():
+            lora = await repository.get_owned_lora(session, owner_id, lora_id)
+            if lora is None:
+                raise lora_not_found()
+            avatar = await repository.get_owned_avatar(session, owner_id, lora.avatar_id, for_update=True)
+            if avatar is None:
+                raise lora_not_found()
+            check_activatable(lora, avatar.id, field="lora_id")
+            changed = avatar.active_lora_id != lora.id
+            if changed:
+                avatar.active_lora_id, avatar.updated_at = lora.id, self._clock()
+                await add_to_outbox(session, outbox_table, avatar_event(AvatarUpdated, avatar, str(lora.id)))
+        if changed:
+            self._on_commit()
+            log.info("LoRA %s active for avatar %s", lora.id, avatar.id)
+        return avatar
+
+    async def retire(self, owner_id: str, lora_id: uuid.UUID) -> LoraView:
+        """Retire a pending or ready version (lora.retired when it was ready); its avatar then has none active."""
+        now = self._clock()
+        async with self._sessions() as session, session.begin():
+            lora = await repository.get_owned_lora(session, owner_id, lora_id, for_update=True)
+            if lora is None:
+                raise lora_not_found()
+            if lora.status == LoraStatus.RETIRED.value:
+                return await self._view(session, lora)
+            if lora.status == LoraStatus.REJECTED.value:
+                raise ConflictError("a rejected LoRA version cannot be retired; it is never used")
+            was_ready = lora.status == LoraStatus.READY.value
+            lora.status, lora.retired_at, lora.updated_at = LoraStatus.RETIRED.value, now, now
+            if was_ready:
+                await add_to_outbox(session, outbox_table, lora_event(LoraRetired, lora))
+            avatar = await repository.get_owned_avatar(session, owner_id, lora.avatar_id, for_update=True)
+            if avatar is not None and avatar.active_lora_id == lora.id:
+                avatar.active_lora_id, avatar.updated_at = None, now
+                await add_to_outbox(session, outbox_table, avatar_event(AvatarUpdated, avatar, str(lora.id)))
+        self._on_commit()
+        log.info("LoRA %s retired", lora.id)
+        return LoraView(lora, False)
+
+    async def _make_ready(self, lora: LoraModel, stored: StoredLora) -> LoraView | None:
+        """Record the verified file and announce it; None when another call settled the version first."""
+        now = self._clock()
+        async with self._sessions() as session, session.begin():
+            won = await repository.move_lora(
+                session, lora.id, LoraStatus.PENDING_UPLOAD, LoraStatus.READY, **ready_values(stored, now)
+            )
+            ready = await repository.get_lora(session, lora.id)
+            if not won or ready is None:
+                return None
+            view = await self._announce_ready(session, ready, now)
+        self._on_commit()
+        log.info("LoRA %s ready (%d bytes) at %s", ready.id, stored.verified.size_bytes, ready.object_key)
+        return view
+
+    async def _announce_ready(self, session: AsyncSession, ready: LoraModel, now: datetime) -> LoraView:
+        """lora.ready, and the avatar pointed at the version (avatar.updated) when it asked to be activated."""
+        await add_to_outbox(session, outbox_table, lora_event(LoraReady, ready))
+        avatar = await repository.get_live_avatar(session, ready.avatar_id, for_update=True)
+        if avatar is not None and ready.activate_when_ready:
+            avatar.active_lora_id, avatar.updated_at = ready.id, now
+            await add_to_outbox(session, outbox_table, avatar_event(AvatarUpdated, avatar, str(ready.id)))
+        return LoraView(ready, avatar is not None and avatar.active_lora_id == ready.id)
+
+    async def _reject(self, lora: LoraModel, error: RejectedFileError) -> bool:
+        """Record why the file was refused and delete the upload (nothing is announced); False when another call
+        settled the version first."""
+        now = self._clock()
+        async with self._sessions() as session, session.begin():
+            won = await repository.move_lora(
+                session,
+                lora.id,
+                LoraStatus.PENDING_UPLOAD,
+                LoraStatus.REJECTED,
+                rejection_reason=error.reason,
+                rejection_message=error.message,
+                updated_at=now,
+            )
+        if won:
+            log.info("LoRA %s rejected: %s", lora.id, error.reason)
+            await self._discard(lora.upload_key)
+        return won
+
+    async def _discard(self, key: str) -> None:
+        # Best effort: a leftover upload object is never used (nothing points at it) and a lifecycle rule on
+        # uploads/ can expire it; failing the request over it would only make the client retry.
+        try:
+            await self._files.discard(key)
+        except Exception as error:
+            log.warning("could not delete the upload object of a completed LoRA: %s", type(error).__name__)
+
+    async def _view(self, session: AsyncSession, lora: LoraModel) -> LoraView:
+        avatar = await repository.get_live_avatar(session, lora.avatar_id)
+        return LoraView(lora, avatar is not None and avatar.active_lora_id == lora.id)

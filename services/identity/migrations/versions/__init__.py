@@ -1,0 +1,1 @@
+"""Identity's revisions, one module each, named `<revision>_<slug>.py`."""

@@ -1,0 +1,126 @@
+"""Identity's migrations: exactly the models' tables (PostgreSQL, SQLite), reversible, and beside content's in one
+database without mixing their avatars or outboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+from sqlalchemy import inspect
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.events import AvatarCreated
+from services.common.db import create_engine, create_session_factory, create_test_database, drop_test_database
+from services.common.events import new_event
+from services.common.migrations import downgrade, head_revision, migrate_to_head, schema_differences
+from services.common.outbox import OutboxRelay, add_to_outbox
+from services.content.migrations import MIGRATIONS as CONTENT_MIGRATIONS
+from services.content.models import Base as ContentBase
+from services.content.models import outbox_table as content_outbox
+from services.identity.migrations import MIGRATIONS
+from services.identity.models import Base
+from services.identity.models import outbox_table as identity_outbox
+from tests.support.service_fixtures import database_url
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """An engine on an empty database: a fresh PostgreSQL one, or a SQLite file."""
+    if request.param == "sqlite":
+        created = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'identity.db'}")
+        try:
+            yield created
+        finally:
+            await created.dispose()
+        return
+    admin_url: str = request.getfixturevalue("pg_admin_url")
+    url = await create_test_database(admin_url)
+    created = create_engine(url)
+    try:
+        yield created
+    finally:
+        await created.dispose()
+        await drop_test_database(admin_url, url)
+
+
+def _table_names(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names())
+
+
+async def test_upgrade_builds_exactly_the_models_tables_and_downgrade_removes_them(engine: AsyncEngine) -> None:
+    head = head_revision(MIGRATIONS)
+
+    change = await migrate_to_head(engine, MIGRATIONS)
+
+    assert (change.before, change.after) == (None, head)
+    async with engine.connect() as connection:
+        # The drift check: fails when a model changes without a migration.
+        assert await connection.run_sync(schema_differences, MIGRATIONS) == []
+        assert await connection.run_sync(_table_names) == {*Base.metadata.tables, "identity_alembic_version"}
+    assert (await downgrade(engine, MIGRATIONS, "base")).after is None
+    async with engine.connect() as connection:
+        assert await connection.run_sync(_table_names) == {"identity_alembic_version"}
+
+
+class RecordingPublisher:
+    """Records what a relay publishes, and publishes nothing (the relay's choice of rows is under test)."""
+
+    def __init__(self) -> None:
+        self.published: list[str | None] = []
+
+    async def publish_confirmed(self, message: aio_pika.Message, routing_key: str) -> None:
+        self.published.append(message.message_id)
+
+
+async def test_identity_and_content_share_one_database_and_each_relay_publishes_only_its_own_rows(
+    pg_url: URL,
+) -> None:
+    engine = create_engine(pg_url)
+    try:
+        await asyncio.gather(migrate_to_head(engine, MIGRATIONS), migrate_to_head(engine, CONTENT_MIGRATIONS))
+        sessions = create_session_factory(engine)
+        event = new_event(
+            AvatarCreated(avatar_id="a", owner_id="o", name="V"), source="/vixenbliss/identity", subject="a"
+        )
+        async with sessions() as session, session.begin():
+            await add_to_outbox(session, identity_outbox, event)
+
+        content_relay, identity_relay = RecordingPublisher(), RecordingPublisher()
+        assert await OutboxRelay(sessions, content_outbox, content_relay).run_once() == 0
+        assert await OutboxRelay(sessions, identity_outbox, identity_relay).run_once() == 1
+
+        assert (content_relay.published, identity_relay.published) == ([], [event.id])
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(_table_names)
+            assert {*Base.metadata.tables, *ContentBase.metadata.tables} <= tables
+            assert await connection.run_sync(schema_differences, MIGRATIONS) == []
+            assert await connection.run_sync(schema_differences, CONTENT_MIGRATIONS) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_the_migrate_command_needs_only_the_database_url(pg_url: URL) -> None:
+    # An explicit environment without broker, storage or auth variables: migrating needs none of them.
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "IDENTITY_DATABASE_URL": database_url(pg_url)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.identity",
+        "migrate",
+        cwd=REPO_ROOT,
+        env=environment,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 0, stderr.decode()
+    assert stdout.decode().strip() == f"identity database upgraded from empty to {head_revision(MIGRATIONS)} (head)"

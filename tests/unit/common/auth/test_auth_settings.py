@@ -1,0 +1,91 @@
+"""AuthSettings: a key source is required, short or placeholder secrets and plain-http JWKS are refused."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from services.common.auth import AuthSettings, auth_secret_values
+from services.common.settings import load_settings
+from tests.support.auth_tokens import HS_SECRET
+from tests.support.settings_env import settings_env
+
+
+def test_neither_secret_nor_jwks_stops_the_service_with_one_line_naming_both(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings_env(monkeypatch, AuthSettings, {})
+
+    with pytest.raises(SystemExit) as stopped:
+        load_settings(AuthSettings)
+
+    assert stopped.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line
+    assert "AUTH_JWT_SECRET" in line and "AUTH_JWKS_URL" in line
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings_env(monkeypatch, AuthSettings, {"AUTH_JWT_SECRET": HS_SECRET})
+
+    settings = AuthSettings()
+
+    assert settings.auth_jwt_secret is not None and settings.auth_jwks_url is None
+    assert (settings.auth_audience, settings.auth_issuer) == (None, None)
+    assert settings.auth_leeway_seconds == 30
+    assert settings.auth_roles_claim == "roles"
+    assert (settings.auth_jwks_cache_seconds, settings.auth_jwks_min_refresh_seconds) == (600, 30)
+    assert auth_secret_values(settings) == [HS_SECRET]
+    assert HS_SECRET not in repr(settings)
+
+
+def test_a_secret_shorter_than_32_bytes_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = "Zq7-short-but-not-a-placeholder"
+    settings_env(monkeypatch, AuthSettings, {"AUTH_JWT_SECRET": short})
+
+    with pytest.raises(SystemExit):
+        load_settings(AuthSettings)
+
+    line = capsys.readouterr().err
+    assert "AUTH_JWT_SECRET is shorter than 32 bytes" in line
+    assert short not in line
+
+
+@pytest.mark.parametrize("value", ["changeme", "your-jwt-secret-goes-here-please-0123456789"])
+def test_a_placeholder_secret_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    settings_env(monkeypatch, AuthSettings, {"AUTH_JWT_SECRET": value})
+
+    with pytest.raises(ValidationError, match="AUTH_JWT_SECRET"):
+        AuthSettings()
+
+
+def test_jwks_only_is_enough_and_empty_values_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings_env(
+        monkeypatch,
+        AuthSettings,
+        {"AUTH_JWT_SECRET": "", "AUTH_JWKS_URL": "https://idp.example.com/.well-known/jwks.json", "AUTH_AUDIENCE": ""},
+    )
+
+    settings = AuthSettings()
+
+    assert settings.auth_jwt_secret is None and settings.auth_audience is None
+    assert auth_secret_values(settings) == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://idp.example.com/jwks.json", "ftp://127.0.0.1/jwks.json", "https:///jwks.json", "jwks.json"]
+)
+def test_a_jwks_url_must_be_https_beyond_loopback(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    settings_env(monkeypatch, AuthSettings, {"AUTH_JWKS_URL": url})
+
+    with pytest.raises(ValidationError, match="AUTH_JWKS_URL"):
+        AuthSettings()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "127.0.0.53"])
+def test_plain_http_is_allowed_for_a_loopback_jwks(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    settings_env(monkeypatch, AuthSettings, {"AUTH_JWKS_URL": f"http://{host}:8080/jwks.json"})
+
+    assert AuthSettings().auth_jwks_url == f"http://{host}:8080/jwks.json"
