@@ -7,7 +7,6 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -117,22 +116,12 @@ def from_environment(env: Mapping[str, str] | None = None, **overrides: object) 
 
 
 def database_urls(env: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """IDENTITY_/CONTENT_DATABASE_URL; a lone DATABASE_URL is split into `<name>_identity` and `<name>_content`
-    on the same server, because both services have tables of the same names (avatars, outbox)."""
-    identity = env.get("IDENTITY_DATABASE_URL") or None
-    content = env.get("CONTENT_DATABASE_URL") or None
+    """IDENTITY_/CONTENT_DATABASE_URL, else a shared PostgreSQL DATABASE_URL for both (every table carries its
+    service's prefix, so they never mix); a SQLite DATABASE_URL is ignored: each service keeps its own file."""
     shared = env.get("DATABASE_URL") or None
-    if shared and not shared.startswith("sqlite"):
-        identity = identity or with_database_suffix(shared, "_identity")
-        content = content or with_database_suffix(shared, "_content")
-    return identity, content
-
-
-def with_database_suffix(url: str, suffix: str) -> str:
-    """The URL with `suffix` added to its database name."""
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/") or "vixenbliss"
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name + suffix, parts.query, parts.fragment))
+    if shared and shared.startswith("sqlite"):
+        shared = None
+    return env.get("IDENTITY_DATABASE_URL") or shared, env.get("CONTENT_DATABASE_URL") or shared
 
 
 def service_specs(config: StackConfig) -> dict[str, ServiceSpec]:

@@ -6,7 +6,7 @@ import re
 import unicodedata
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 # No C0/C1 control characters (NUL, escape, carriage return, …): a database or a log line would choke on them,
 # and they are never meant in a name. The patterns are the documentation; the validators give the reasons.
@@ -75,7 +75,17 @@ MultilineText = Annotated[
 ]
 """Text that may break lines but holds no other control character, NFC-normalised (descriptions)."""
 
+
+def _integral_float_as_int(value: object) -> object:
+    # JSON Schema counts 1.0 as an integer; strictness is about "1" and true, not about how a client prints 1.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 # JSON numbers only: pydantic's lax mode would take "0.5" or true for a number, which a typed client never sends.
 StrictFloat = Annotated[float, Field(strict=True)]
-StrictInt = Annotated[int, Field(strict=True)]
 StrictBool = Annotated[bool, Field(strict=True)]
+INTEGRAL_FLOAT_AS_INT = BeforeValidator(_integral_float_as_int)
+"""Use as `Annotated[int, Field(strict=True, ge=…), INTEGRAL_FLOAT_AS_INT]`: after the Field, so that its bounds
+still reach the JSON schema as minimum/maximum (pydantic cannot push them through a validator placed before)."""

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -173,14 +174,37 @@ async def _on_domain_error(_request: Request, exc: Exception) -> Response:
     )
 
 
-async def _on_http_exception(_request: Request, exc: Exception) -> Response:
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     if status < 400:
         return Response(status_code=status, headers=exc.headers)
+    if status == 400:
+        # FastAPI's only 400: a body it could not even decode (not UTF-8). Bad input is a 422 here, always.
+        reason = "the body is not JSON (UTF-8)"
+        return JSONResponse(
+            error_body(f"invalid request: {reason}", INVALID_REQUEST, [FieldError("body", reason)]), 422
+        )
+    headers = dict(exc.headers or {})
+    if status == 405:
+        # FastAPI registers one route per method, so Starlette's Allow names only the first route of the path.
+        headers["Allow"] = ", ".join(allowed_methods(request))
     code = _CODE_BY_STATUS.get(status, INVALID_REQUEST if status < 500 else INTERNAL_ERROR)
     message = exc.detail if isinstance(exc.detail, str) else "request refused"
-    return JSONResponse(error_body(message, code), status_code=status, headers=exc.headers)
+    return JSONResponse(error_body(message, code), status_code=status, headers=headers or None)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app fully matches at the request's path (asked route by route, so
+    included routers answer for their own routes)."""
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in request.app.routes)
+    ]
 
 
 async def _on_unexpected(_request: Request, exc: Exception) -> Response:

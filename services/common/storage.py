@@ -145,24 +145,9 @@ class ObjectStorage:
         return await asyncio.to_thread(self._get_bytes, key, max_bytes)
 
     def _get_bytes(self, key: str, max_bytes: int | None) -> bytes:
-        try:
-            response = self._s3().get_object(Bucket=self.bucket, Key=key)
-        except ClientError as error:
-            raise _translate(error, key) from error
-        body = response["Body"]
-        try:
-            if max_bytes is not None and response.get("ContentLength", 0) > max_bytes:
-                raise ObjectTooLargeError(f"{key} is larger than {max_bytes} bytes")
-            chunks: list[bytes] = []
-            total = 0
-            for chunk in body.iter_chunks(_CHUNK):
-                total += len(chunk)
-                if max_bytes is not None and total > max_bytes:
-                    raise ObjectTooLargeError(f"{key} is larger than {max_bytes} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            body.close()
+        chunks: list[bytes] = []
+        self._read_into(key, chunks.append, max_bytes)
+        return b"".join(chunks)
 
     async def read_into(self, key: str, sink: Callable[[bytes], None], *, max_bytes: int) -> ObjectInfo:
         """Read `key` once, start to end, handing each chunk to `sink` (called off the event loop).
@@ -172,7 +157,7 @@ class ObjectStorage:
         """
         return await asyncio.to_thread(self._read_into, key, sink, max_bytes)
 
-    def _read_into(self, key: str, sink: Callable[[bytes], None], max_bytes: int) -> ObjectInfo:
+    def _read_into(self, key: str, sink: Callable[[bytes], None], max_bytes: int | None) -> ObjectInfo:
         try:
             response = self._s3().get_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
@@ -180,12 +165,12 @@ class ObjectStorage:
         body = response["Body"]
         try:
             declared = int(response.get("ContentLength", 0))
-            if declared > max_bytes:
+            if max_bytes is not None and declared > max_bytes:
                 raise ObjectTooLargeError(f"{key} is {declared} bytes, over {max_bytes}")
             total = 0
             for chunk in body.iter_chunks(_CHUNK):
                 total += len(chunk)
-                if total > max_bytes:
+                if max_bytes is not None and total > max_bytes:
                     raise ObjectTooLargeError(f"{key} is over {max_bytes} bytes")
                 sink(chunk)
         finally:

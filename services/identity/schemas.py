@@ -10,7 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.events import LoraEvent, ObjectKey
 from contracts.worker import Sha256Hex
-from services.common.api_types import MultilineText, NonBlankSingleLineText, StrictBool, StrictFloat, StrictInt
+from services.common.api_types import (
+    INTEGRAL_FLOAT_AS_INT,
+    MultilineText,
+    NonBlankSingleLineText,
+    StrictBool,
+    StrictFloat,
+)
 
 _LORA = LoraEvent.model_fields
 DEFAULT_BASE_MODEL = "sdxl-base-1.0"
@@ -59,7 +65,11 @@ class AvatarOut(BaseModel):
 class LoraCreate(_Request):
     """POST /api/v1/avatars/{avatar_id}/loras: register a LoRA version before uploading its file."""
 
-    size_bytes: Annotated[StrictInt, Field(ge=1, description="exact size of the file; the upload URL is signed for it")]
+    size_bytes: Annotated[
+        int,
+        Field(strict=True, ge=1, description="exact size of the file; the upload URL is signed for it"),
+        INTEGRAL_FLOAT_AS_INT,
+    ]
     default_scale: DefaultScale = 1.0
     trigger_words: TriggerWords = Field(default_factory=list)
     base_model: BaseModelName = DEFAULT_BASE_MODEL

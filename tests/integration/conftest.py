@@ -13,16 +13,18 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.topology import Topology, topology
 from services.common.broker import connect, declare_topology_on, delete_topology
-from services.common.db import create_test_database, drop_test_database
+from services.common.db import create_engine, create_test_database, drop_test_database
 from services.common.s3_local import LOCAL_REGION, LocalS3Server
 from services.common.storage import ObjectStorage, StorageConfig
 
@@ -135,6 +137,27 @@ async def pg_url(pg_admin_url: str) -> AsyncIterator[URL]:
         yield url
     finally:
         await drop_test_database(pg_admin_url, url)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """An engine on an empty database: a fresh PostgreSQL one, or a SQLite file (each test runs on both)."""
+    if request.param == "sqlite":
+        created = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
+        try:
+            yield created
+        finally:
+            await created.dispose()
+        return
+    # Asked for here, not as an argument, so that the SQLite runs need no PostgreSQL.
+    admin_url: str = request.getfixturevalue("pg_admin_url")
+    url = await create_test_database(admin_url)
+    created = create_engine(url)
+    try:
+        yield created
+    finally:
+        await created.dispose()
+        await drop_test_database(admin_url, url)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
@@ -20,8 +19,6 @@ from services.common.db import (
     create_all,
     create_engine,
     create_session_factory,
-    create_test_database,
-    drop_test_database,
     make_metadata,
 )
 from services.common.events import new_event
@@ -47,27 +44,6 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 HEAD = head_revision(MIGRATIONS)
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    """An engine on an empty database: a fresh PostgreSQL one, or a SQLite file."""
-    if request.param == "sqlite":
-        created = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'content.db'}")
-        try:
-            yield created
-        finally:
-            await created.dispose()
-        return
-    # Asked for here, not as an argument, so that the SQLite runs need no PostgreSQL.
-    admin_url: str = request.getfixturevalue("pg_admin_url")
-    url = await create_test_database(admin_url)
-    created = create_engine(url)
-    try:
-        yield created
-    finally:
-        await created.dispose()
-        await drop_test_database(admin_url, url)
-
-
 def _table_names(connection: Connection) -> set[str]:
     return set(inspect(connection).get_table_names())
 
@@ -80,33 +56,33 @@ def _unsent_index_sql(connection: Connection) -> str:
     return str(connection.execute(text(query)).scalar_one())
 
 
-async def test_upgrade_to_head_builds_exactly_the_models_tables(engine: AsyncEngine) -> None:
-    change = await migrate_to_head(engine, MIGRATIONS)
+async def test_upgrade_to_head_builds_exactly_the_models_tables(empty_engine: AsyncEngine) -> None:
+    change = await migrate_to_head(empty_engine, MIGRATIONS)
 
     assert (change.before, change.after) == (None, HEAD)
-    async with engine.connect() as connection:
+    async with empty_engine.connect() as connection:
         # The drift check: fails when a model changes without a migration.
         assert await connection.run_sync(schema_differences, MIGRATIONS) == []
         assert await connection.run_sync(_table_names) == {*Base.metadata.tables, "content_alembic_version"}
         assert "sent_at IS NULL" in await connection.run_sync(_unsent_index_sql)
 
 
-async def test_downgrade_to_base_leaves_only_the_version_table(engine: AsyncEngine) -> None:
-    await migrate_to_head(engine, MIGRATIONS)
+async def test_downgrade_to_base_leaves_only_the_version_table(empty_engine: AsyncEngine) -> None:
+    await migrate_to_head(empty_engine, MIGRATIONS)
 
-    change = await downgrade(engine, MIGRATIONS, "base")
+    change = await downgrade(empty_engine, MIGRATIONS, "base")
 
     assert (change.before, change.after) == (HEAD, None)
-    async with engine.connect() as connection:
+    async with empty_engine.connect() as connection:
         assert await connection.run_sync(_table_names) == {"content_alembic_version"}
     # And back up again: the downgrade dropped everything the upgrade creates.
-    assert (await migrate_to_head(engine, MIGRATIONS)).after == HEAD
+    assert (await migrate_to_head(empty_engine, MIGRATIONS)).after == HEAD
 
 
-async def test_a_second_upgrade_changes_nothing(engine: AsyncEngine) -> None:
-    await migrate_to_head(engine, MIGRATIONS)
+async def test_a_second_upgrade_changes_nothing(empty_engine: AsyncEngine) -> None:
+    await migrate_to_head(empty_engine, MIGRATIONS)
 
-    change = await migrate_to_head(engine, MIGRATIONS)
+    change = await migrate_to_head(empty_engine, MIGRATIONS)
 
     assert (change.before, change.after) == (HEAD, HEAD)
 

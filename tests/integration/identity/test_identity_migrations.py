@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
-import pytest
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.events import AvatarCreated
-from services.common.db import create_engine, create_session_factory, create_test_database, drop_test_database
+from services.common.db import create_engine, create_session_factory
 from services.common.events import new_event
 from services.common.migrations import downgrade, head_revision, migrate_to_head, schema_differences
 from services.common.outbox import OutboxRelay, add_to_outbox
@@ -31,42 +29,22 @@ from tests.support.service_fixtures import database_url
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    """An engine on an empty database: a fresh PostgreSQL one, or a SQLite file."""
-    if request.param == "sqlite":
-        created = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'identity.db'}")
-        try:
-            yield created
-        finally:
-            await created.dispose()
-        return
-    admin_url: str = request.getfixturevalue("pg_admin_url")
-    url = await create_test_database(admin_url)
-    created = create_engine(url)
-    try:
-        yield created
-    finally:
-        await created.dispose()
-        await drop_test_database(admin_url, url)
-
-
 def _table_names(connection: Connection) -> set[str]:
     return set(inspect(connection).get_table_names())
 
 
-async def test_upgrade_builds_exactly_the_models_tables_and_downgrade_removes_them(engine: AsyncEngine) -> None:
+async def test_upgrade_builds_exactly_the_models_tables_and_downgrade_removes_them(empty_engine: AsyncEngine) -> None:
     head = head_revision(MIGRATIONS)
 
-    change = await migrate_to_head(engine, MIGRATIONS)
+    change = await migrate_to_head(empty_engine, MIGRATIONS)
 
     assert (change.before, change.after) == (None, head)
-    async with engine.connect() as connection:
+    async with empty_engine.connect() as connection:
         # The drift check: fails when a model changes without a migration.
         assert await connection.run_sync(schema_differences, MIGRATIONS) == []
         assert await connection.run_sync(_table_names) == {*Base.metadata.tables, "identity_alembic_version"}
-    assert (await downgrade(engine, MIGRATIONS, "base")).after is None
-    async with engine.connect() as connection:
+    assert (await downgrade(empty_engine, MIGRATIONS, "base")).after is None
+    async with empty_engine.connect() as connection:
         assert await connection.run_sync(_table_names) == {"identity_alembic_version"}
 
 

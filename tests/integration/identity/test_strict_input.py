@@ -20,7 +20,7 @@ def auth() -> dict[str, str]:
     ("body", "field"),
     [
         ({"size_bytes": "100"}, "size_bytes"),
-        ({"size_bytes": 100.0}, "size_bytes"),
+        ({"size_bytes": 100.5}, "size_bytes"),
         ({"size_bytes": True}, "size_bytes"),
         ({"size_bytes": 100, "default_scale": "0.5"}, "default_scale"),
         ({"size_bytes": 100, "default_scale": True}, "default_scale"),
@@ -84,6 +84,7 @@ async def test_a_description_may_break_lines_but_not_hold_other_control_characte
         (b"name=V", "application/x-www-form-urlencoded"),
         (b'["V"]', "application/json"),
         (b"\xff\xfe{}", "application/json"),
+        (b"\xc3\x28\x14z\x04\x1eUxv", "application/json"),
         (b"", "application/json"),
     ],
 )
@@ -107,3 +108,32 @@ async def test_an_id_that_is_not_a_uuid_is_a_422_naming_it(
 
     assert response.status_code == 422
     assert response.json()["details"]["fields"][0]["field"] in {"avatar_id", "lora_id"}
+
+
+async def test_an_integral_number_written_with_a_fraction_is_still_an_integer(
+    identity: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    avatar = await new_avatar(identity, auth)
+
+    response = await identity.post(f"/api/v1/avatars/{avatar['id']}/loras", json={"size_bytes": 100.0}, headers=auth)
+
+    # JSON Schema counts 100.0 as an integer; only the fraction, strings and booleans are refused.
+    assert response.status_code == 201
+    assert response.json()["size_bytes"] == 100
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/api/v1/avatars", "GET, POST"),
+        ("OPTIONS", "/api/v1/avatars/00000000-0000-0000-0000-000000000000", "DELETE, GET, PATCH"),
+    ],
+)
+async def test_a_method_a_path_does_not_serve_is_a_405_listing_every_method_it_does(
+    identity: httpx.AsyncClient, auth: dict[str, str], method: str, path: str, allowed: str
+) -> None:
+    response = await identity.request(method, path, headers=auth)
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json()["error_code"] == "INVALID_REQUEST"

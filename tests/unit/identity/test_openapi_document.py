@@ -46,3 +46,10 @@ def test_text_rules_are_in_the_schema_for_clients_to_see() -> None:
     assert name["pattern"].startswith("^[^\\x00-\\x1f")
     assert schemas["AvatarCreate"]["additionalProperties"] is False
     assert schemas["LoraCreate"]["required"] == ["size_bytes"]
+
+
+def test_every_bound_reaches_the_schema_as_json_schema_keywords() -> None:
+    # A validator placed before a Field's bounds makes pydantic write them as "ge"/"le", which no client reads.
+    text = COMMITTED.read_text(encoding="utf-8")
+    for keyword in ('"ge"', '"le"', '"gt"', '"lt"'):
+        assert keyword not in text

@@ -27,12 +27,9 @@ def test_environment_overrides_ports_prefix_and_broker() -> None:
     assert config.topology_prefix == "try" and config.rabbitmq_url == "amqp://u:p@h:1/"
 
 
-def test_a_lone_database_url_is_split_per_service() -> None:
+def test_a_lone_postgresql_database_url_is_shared_by_both_services() -> None:
     shared = "postgresql+asyncpg://postgres@127.0.0.1:5432/vixen"
-    assert database_urls({"DATABASE_URL": shared}) == (
-        "postgresql+asyncpg://postgres@127.0.0.1:5432/vixen_identity",
-        "postgresql+asyncpg://postgres@127.0.0.1:5432/vixen_content",
-    )
+    assert database_urls({"DATABASE_URL": shared}) == (shared, shared)
     specific = "postgresql+asyncpg://postgres@127.0.0.1:5432/mine"
     assert database_urls({"DATABASE_URL": shared, "CONTENT_DATABASE_URL": specific})[1] == specific
     assert database_urls({"DATABASE_URL": "sqlite+aiosqlite:///x.db"}) == (None, None)
