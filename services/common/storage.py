@@ -184,60 +184,23 @@ class ObjectStorage:
         extra = {"ContentType": content_type, "Metadata": {SHA256_METADATA_KEY: sha256}}
         await asyncio.to_thread(self._s3().upload_fileobj, source, self.bucket, key, ExtraArgs=extra)
 
-    async def get_range(self, key: str, start: int, length: int) -> bytes:
-        """Up to `length` bytes of `key` from offset `start` (fewer at the end); ObjectNotFoundError."""
-        if start < 0 or length < 1:
-            raise ValueError("get_range needs start >= 0 and length >= 1")
-        return await asyncio.to_thread(self._get_range, key, start, length)
+    async def head(self, key: str) -> ObjectInfo:
+        """Size and type of `key`, and the sha256 recorded in its metadata by put_bytes/put_file (an uploader
+        could set that to anything: verify a client's upload from its bytes, as identity does)."""
+        return await asyncio.to_thread(self._head, key)
 
-    def _get_range(self, key: str, start: int, length: int) -> bytes:
-        try:
-            response = self._s3().get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")
-        except ClientError as error:
-            raise _translate(error, key) from error
-        body = response["Body"]
-        try:
-            if response.get("ContentRange"):
-                return bytes(body.read(length))
-            # A server that ignores Range sends the whole object from its start: skip to the offset.
-            return bytes(body.read(start + length))[start:]
-        finally:
-            body.close()
-
-    async def head(self, key: str, *, compute_sha256: bool = False) -> ObjectInfo:
-        """Size and type of `key`; with compute_sha256 the digest is computed from the bytes (trusted)
-        instead of read from metadata (which an uploader could set to anything)."""
-        return await asyncio.to_thread(self._head, key, compute_sha256)
-
-    def _head(self, key: str, compute_sha256: bool) -> ObjectInfo:
+    def _head(self, key: str) -> ObjectInfo:
         try:
             response = self._s3().head_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
             raise _translate(error, key) from error
-        sha256 = response.get("Metadata", {}).get(SHA256_METADATA_KEY)
-        if compute_sha256:
-            sha256 = self._sha256(key)
         return ObjectInfo(
             key=key,
             size=int(response.get("ContentLength", 0)),
-            sha256=sha256,
+            sha256=response.get("Metadata", {}).get(SHA256_METADATA_KEY),
             content_type=response.get("ContentType"),
             etag=response.get("ETag"),
         )
-
-    def _sha256(self, key: str) -> str:
-        try:
-            response = self._s3().get_object(Bucket=self.bucket, Key=key)
-        except ClientError as error:
-            raise _translate(error, key) from error
-        digest = hashlib.sha256()
-        body = response["Body"]
-        try:
-            for chunk in body.iter_chunks(_CHUNK):
-                digest.update(chunk)
-        finally:
-            body.close()
-        return digest.hexdigest()
 
     async def exists(self, key: str) -> bool:
         """Whether `key` exists."""

@@ -25,17 +25,21 @@ async def test_presigned_put_then_get_round_trips_bytes(storage: ObjectStorage) 
     assert "X-Amz-Signature=" in get_url and "X-Amz-Expires=60" in get_url
 
 
-async def test_head_computes_sha256_of_an_uploaded_object(storage: ObjectStorage) -> None:
-    data = b"lora bytes" * 1000
-    put_url = await storage.presign_put("uploads/x.bin", ttl_seconds=60)
+async def test_an_uploaded_object_carries_no_digest_and_reads_back_in_one_pass(storage: ObjectStorage) -> None:
+    data = b"lora bytes" * 300_000
+    put_url = await storage.presign_put("uploads/x.bin", ttl_seconds=60, content_length=len(data))
     async with httpx.AsyncClient() as client:
         assert (await client.put(put_url, content=data)).status_code == 200
+    chunks: list[bytes] = []
 
-    without = await storage.head("uploads/x.bin")
-    computed = await storage.head("uploads/x.bin", compute_sha256=True)
+    head = await storage.head("uploads/x.bin")
+    read = await storage.read_into("uploads/x.bin", chunks.append, max_bytes=len(data))
 
-    assert without.size == len(data) and without.sha256 is None  # a browser upload carries no digest
-    assert computed.sha256 == hashlib.sha256(data).hexdigest()
+    assert head.size == len(data) and head.sha256 is None  # a browser upload carries no digest
+    assert read.size == len(data) and len(chunks) > 1
+    assert b"".join(chunks) == data
+    with pytest.raises(ObjectTooLargeError):
+        await storage.read_into("uploads/x.bin", chunks.append, max_bytes=len(data) - 1)
 
 
 async def test_put_get_and_head_use_the_recorded_sha256(storage: ObjectStorage) -> None:
