@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from urllib.parse import parse_qs, urlsplit
@@ -180,3 +181,18 @@ async def test_the_presigned_upload_url_never_reaches_the_logs(
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.split(".")[0] not in outside)
     assert registration["upload_url"] not in logged
     assert "X-Amz-Signature" not in logged
+
+
+async def test_two_concurrent_completes_settle_on_one_version_and_one_announcement(
+    identity: httpx.AsyncClient, auth: dict[str, str], amqp: AbstractRobustConnection, topo: Topology
+) -> None:
+    registration = await uploaded(identity, auth, lora_file())
+
+    first, second = await asyncio.gather(
+        complete(identity, auth, registration["lora_id"]), complete(identity, auth, registration["lora_id"])
+    )
+
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    events = await drain_events(amqp, topo.queue(CONTENT_IDENTITY_EVENTS).name, expect=3, grace=0.5)
+    assert [type(payload) for _, payload in events] == [AvatarCreated, LoraReady, AvatarUpdated]
