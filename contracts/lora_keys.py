@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from contracts.lora_layouts import foreign_adapter, is_kohya_name, module_path, read_key
 from contracts.lora_targets import TargetTable
 
-# The worker's limit (gpu/lora/plan.py MAX_RANK).
+# The largest rank accepted, by identity at upload and by the worker (gpu/lora/plan.py) at load.
 MAX_RANK = 1024
 _NAME_IN_MESSAGE = 120
 

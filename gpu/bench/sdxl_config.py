@@ -49,7 +49,7 @@ SDXL_VAE_CONFIG: dict[str, object] = {
 CLIP_VOCAB = 49408
 
 
-def _clip_l() -> CLIPTextConfig:
+def clip_l_config() -> CLIPTextConfig:
     """text_encoder: CLIP ViT-L/14's text tower."""
     return CLIPTextConfig(
         vocab_size=CLIP_VOCAB,
@@ -66,7 +66,7 @@ def _clip_l() -> CLIPTextConfig:
     )
 
 
-def _clip_bigg() -> CLIPTextConfig:
+def clip_bigg_config() -> CLIPTextConfig:
     """text_encoder_2: OpenCLIP ViT-bigG/14's text tower, with projection."""
     return CLIPTextConfig(
         vocab_size=CLIP_VOCAB,
@@ -90,8 +90,8 @@ def build_sdxl_random(work_dir: Path, device: torch.device, dtype: torch.dtype) 
     with device:
         unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).to(dtype)
         vae = AutoencoderKL(**SDXL_VAE_CONFIG).to(dtype)
-        text_encoder = CLIPTextModel(_clip_l()).to(dtype)
-        text_encoder_2 = CLIPTextModelWithProjection(_clip_bigg()).to(dtype)
+        text_encoder = CLIPTextModel(clip_l_config()).to(dtype)
+        text_encoder_2 = CLIPTextModelWithProjection(clip_bigg_config()).to(dtype)
     pipeline = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -7,6 +7,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from torch import nn
 
+from contracts.lora_keys import MAX_RANK
 from gpu.errors import lora_load_failed
 from gpu.lora.parse import LoraTensors
 
@@ -21,7 +22,6 @@ _PROCESSOR = re.compile(r"\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P
 # What diffusers' kohya converter writes for text-encoder attention (its text-encoder loader reads it as q_proj…).
 _TEXT_ATTENTION = re.compile(r"\.self_attn\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<side>down|up)\.weight$")
 _TEXT_PROJECTIONS = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
-MAX_RANK = 1024
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 import contracts.lora_targets
-from gpu.bench.sdxl_config import SDXL_UNET_CONFIG, _clip_bigg, _clip_l
+from gpu.bench.sdxl_config import SDXL_UNET_CONFIG, clip_bigg_config, clip_l_config
 from gpu.tiny.model import TINY_BASE_MODEL, build_tiny_text_encoders, build_tiny_unet
 
 SDXL_BASE_MODEL = "sdxl-base-1.0"
@@ -30,8 +30,8 @@ class Table(TypedDict):
 def _sdxl() -> dict[str, nn.Module]:
     return {
         "unet": UNet2DConditionModel(**SDXL_UNET_CONFIG),
-        "text_encoder": CLIPTextModel(_clip_l()),
-        "text_encoder_2": CLIPTextModelWithProjection(_clip_bigg()),
+        "text_encoder": CLIPTextModel(clip_l_config()),
+        "text_encoder_2": CLIPTextModelWithProjection(clip_bigg_config()),
     }
 
 

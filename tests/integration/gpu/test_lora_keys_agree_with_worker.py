@@ -19,7 +19,6 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
-import gpu.lora.plan
 from contracts.lora_keys import MAX_RANK, LoraRejectedError, LoraRejectReason, check_lora_layers, check_lora_tensors
 from contracts.lora_targets import TargetTable, load_target_table
 from contracts.safetensors_header import HEADER_LENGTH_BYTES, header_length
@@ -185,7 +184,6 @@ def test_a_whole_kohya_sgm_file_over_the_full_sdxl_unet_maps_every_key_alike(sdx
 
 def test_wrong_shapes_and_ranks_are_refused_by_both(sdxl: Sdxl) -> None:
     pipeline, table = sdxl
-    assert MAX_RANK == gpu.lora.plan.MAX_RANK
     for component, layer_shapes in table.components.items():
         for path, weight in layer_shapes.items():
             wider = (weight[0], weight[1] + 1, *weight[2:])  # an SD1.5-like input width
