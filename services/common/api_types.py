@@ -56,11 +56,6 @@ Text = Annotated[str, AfterValidator(_no_nul)]
 NonBlankText = Annotated[str, AfterValidator(_no_nul), AfterValidator(_not_blank)]
 """Text with at least one non-space character."""
 
-SingleLineText = Annotated[
-    str, Field(json_schema_extra={"pattern": SINGLE_LINE_PATTERN}), AfterValidator(_single_line), AfterValidator(_nfc)
-]
-"""One line without control characters, NFC-normalised."""
-
 NonBlankSingleLineText = Annotated[
     str,
     Field(json_schema_extra={"pattern": NON_BLANK_SINGLE_LINE_PATTERN}),

@@ -221,13 +221,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _on_unexpected)
 
 
-# For the OpenAPI document: what each status carries (pass as `responses=` to a router or route).
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "not found"},
-    409: {"model": ErrorBody, "description": "conflict"},
-    422: {"model": ErrorBody, "description": "invalid request"},
-}
-
 _STATUS_DESCRIPTIONS: dict[int, str] = {
     401: "missing, malformed, expired or otherwise invalid bearer token (with a WWW-Authenticate challenge)",
     403: "the token lacks the role this route needs",
@@ -245,3 +238,7 @@ def error_responses(*statuses: int, described: Mapping[int, str] | None = None) 
         status: {"model": ErrorBody, "description": finer.get(status, _STATUS_DESCRIPTIONS[status])}
         for status in statuses
     }
+
+
+# The errors of a route that takes input and names a resource (content's routes pass it as `responses=`).
+ERROR_RESPONSES = error_responses(404, 409, 422)

@@ -10,18 +10,25 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.events import AvatarUpdated, LoraReady, LoraRetired
+from contracts.events import LoraReady
 from contracts.lora_targets import TargetTable, load_target_table
 from services.common.http_errors import ConflictError, DomainError, FieldError, InvalidRequestError, NotFoundError
 from services.common.outbox import add_to_outbox
 from services.common.pagination import Cursor, Page, page_of
 from services.common.storage import ObjectNotFoundError
 from services.identity import repository
-from services.identity.events import avatar_event, lora_event
+from services.identity.events import lora_event
 from services.identity.lora_files import LoraFiles, StoredLora, upload_key
 from services.identity.models import Avatar, LoraModel, LoraStatus, outbox_table
 from services.identity.schemas import LoraCreate, LoraImport
-from services.identity.service import Clock, avatar_not_found, check_activatable, utc_now
+from services.identity.service import (
+    Clock,
+    avatar_not_found,
+    check_activatable,
+    point_avatar_at,
+    retire_version,
+    utc_now,
+)
 from services.identity.verification import RejectedFileError
 
 log = logging.getLogger(__name__)
@@ -251,8 +258,7 @@ class LoraService:
             check_activatable(lora, avatar.id, field="lora_id")
             changed = avatar.active_lora_id != lora.id
             if changed:
-                avatar.active_lora_id, avatar.updated_at = lora.id, self._clock()
-                await add_to_outbox(session, outbox_table, avatar_event(AvatarUpdated, avatar, str(lora.id)))
+                await point_avatar_at(session, avatar, lora.id, self._clock(), str(lora.id))
         if changed:
             self._on_commit()
             log.info("LoRA %s active for avatar %s", lora.id, avatar.id)
@@ -269,14 +275,10 @@ class LoraService:
                 return await self._view(session, lora)
             if lora.status == LoraStatus.REJECTED.value:
                 raise ConflictError("a rejected LoRA version cannot be retired; it is never used")
-            was_ready = lora.status == LoraStatus.READY.value
-            lora.status, lora.retired_at, lora.updated_at = LoraStatus.RETIRED.value, now, now
-            if was_ready:
-                await add_to_outbox(session, outbox_table, lora_event(LoraRetired, lora))
+            await retire_version(session, lora, now)
             avatar = await repository.get_owned_avatar(session, owner_id, lora.avatar_id, for_update=True)
             if avatar is not None and avatar.active_lora_id == lora.id:
-                avatar.active_lora_id, avatar.updated_at = None, now
-                await add_to_outbox(session, outbox_table, avatar_event(AvatarUpdated, avatar, str(lora.id)))
+                await point_avatar_at(session, avatar, None, now, str(lora.id))
         self._on_commit()
         log.info("LoRA %s retired", lora.id)
         return LoraView(lora, False)
@@ -301,8 +303,7 @@ class LoraService:
         await add_to_outbox(session, outbox_table, lora_event(LoraReady, ready))
         avatar = await repository.get_live_avatar(session, ready.avatar_id, for_update=True)
         if avatar is not None and ready.activate_when_ready:
-            avatar.active_lora_id, avatar.updated_at = ready.id, now
-            await add_to_outbox(session, outbox_table, avatar_event(AvatarUpdated, avatar, str(ready.id)))
+            await point_avatar_at(session, avatar, ready.id, now, str(ready.id))
         return LoraView(ready, avatar is not None and avatar.active_lora_id == ready.id)
 
     async def _reject(self, lora: LoraModel, error: RejectedFileError) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, Select, and_, or_, select, update
@@ -92,19 +91,6 @@ async def move_lora(
     )
     result = cast(CursorResult[Any], await session.execute(statement))
     return result.rowcount == 1
-
-
-async def set_active_lora(
-    session: AsyncSession, avatar_id: uuid.UUID, lora_id: uuid.UUID | None, now: datetime
-) -> None:
-    """Point the avatar at a LoRA version (or at none)."""
-    statement = (
-        update(Avatar)
-        .where(Avatar.id == avatar_id)
-        .values(active_lora_id=lora_id, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    await session.execute(statement)
 
 
 def _keyset(

@@ -44,15 +44,27 @@ def check_activatable(lora: LoraModel | None, avatar_id: uuid.UUID, field: str =
     return lora
 
 
+async def retire_version(session: AsyncSession, lora: LoraModel, now: datetime) -> None:
+    """Retire a pending or ready version; a ready one was announced, so its retirement is too (lora.retired)."""
+    was_ready = lora.status == LoraStatus.READY.value
+    lora.status, lora.retired_at, lora.updated_at = LoraStatus.RETIRED.value, now, now
+    if was_ready:
+        await add_to_outbox(session, outbox_table, lora_event(LoraRetired, lora))
+
+
+async def point_avatar_at(
+    session: AsyncSession, avatar: Avatar, lora_id: uuid.UUID | None, now: datetime, correlation_id: str
+) -> None:
+    """Make `lora_id` (or none) the avatar's active version and announce it (avatar.updated)."""
+    avatar.active_lora_id, avatar.updated_at = lora_id, now
+    await add_to_outbox(session, outbox_table, avatar_event(AvatarUpdated, avatar, correlation_id))
+
+
 async def retire_versions(session: AsyncSession, avatar: Avatar, now: datetime) -> list[LoraModel]:
-    """Retire every pending or ready version of the avatar; the ready ones are announced (lora.retired)."""
-    retired = []
-    for lora in await repository.loras_with_status(session, avatar.id, (LoraStatus.PENDING_UPLOAD, LoraStatus.READY)):
-        was_ready = lora.status == LoraStatus.READY.value
-        lora.status, lora.retired_at, lora.updated_at = LoraStatus.RETIRED.value, now, now
-        if was_ready:
-            await add_to_outbox(session, outbox_table, lora_event(LoraRetired, lora))
-        retired.append(lora)
+    """Retire every pending or ready version of the avatar."""
+    retired = await repository.loras_with_status(session, avatar.id, (LoraStatus.PENDING_UPLOAD, LoraStatus.READY))
+    for lora in retired:
+        await retire_version(session, lora, now)
     return retired
 
 

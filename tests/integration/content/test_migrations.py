@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import aio_pika
 import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import URL, Connection
@@ -37,6 +36,7 @@ from services.content.main import create_app
 from services.content.migrations import MIGRATIONS
 from services.content.models import Base, outbox_table
 from services.content.settings import ContentDatabaseSettings, ContentSettings
+from tests.support.relay_publisher import RecordingPublisher
 from tests.support.service_fixtures import database_url
 from tests.support.settings_env import settings_env
 
@@ -103,16 +103,6 @@ async def test_replicas_upgrading_at_once_take_turns(pg_url: URL) -> None:
             await created.dispose()
 
 
-class RecordingPublisher:
-    """Records what a relay publishes, and publishes nothing."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str | None, str]] = []
-
-    async def publish_confirmed(self, message: aio_pika.Message, routing_key: str) -> None:
-        self.published.append((message.message_id, routing_key))
-
-
 def _started(generation_id: str) -> EventEnvelope:
     return new_event(
         GenerationStarted(generation_id=generation_id, attempt=1, worker_mode="sync"),
@@ -137,7 +127,7 @@ async def test_another_services_tables_share_the_database_without_mixing(pg_url:
         publisher = RecordingPublisher()
         assert await OutboxRelay(sessions, outbox_table, publisher).run_once() == 1
 
-        assert [message_id for message_id, _ in publisher.published] == [ours.id]
+        assert publisher.message_ids == [ours.id]
         async with sessions() as session:
             assert (await session.execute(select(other_outbox.c.sent_at))).scalar_one() is None
         async with engine.connect() as connection:

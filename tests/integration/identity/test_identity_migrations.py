@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-import aio_pika
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,6 +23,7 @@ from services.content.models import outbox_table as content_outbox
 from services.identity.migrations import MIGRATIONS
 from services.identity.models import Base
 from services.identity.models import outbox_table as identity_outbox
+from tests.support.relay_publisher import RecordingPublisher
 from tests.support.service_fixtures import database_url
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -48,16 +48,6 @@ async def test_upgrade_builds_exactly_the_models_tables_and_downgrade_removes_th
         assert await connection.run_sync(_table_names) == {"identity_alembic_version"}
 
 
-class RecordingPublisher:
-    """Records what a relay publishes, and publishes nothing (the relay's choice of rows is under test)."""
-
-    def __init__(self) -> None:
-        self.published: list[str | None] = []
-
-    async def publish_confirmed(self, message: aio_pika.Message, routing_key: str) -> None:
-        self.published.append(message.message_id)
-
-
 async def test_identity_and_content_share_one_database_and_each_relay_publishes_only_its_own_rows(
     pg_url: URL,
 ) -> None:
@@ -75,7 +65,7 @@ async def test_identity_and_content_share_one_database_and_each_relay_publishes_
         assert await OutboxRelay(sessions, content_outbox, content_relay).run_once() == 0
         assert await OutboxRelay(sessions, identity_outbox, identity_relay).run_once() == 1
 
-        assert (content_relay.published, identity_relay.published) == ([], [event.id])
+        assert (content_relay.message_ids, identity_relay.message_ids) == ([], [event.id])
         async with engine.connect() as connection:
             tables = await connection.run_sync(_table_names)
             assert {*Base.metadata.tables, *ContentBase.metadata.tables} <= tables
