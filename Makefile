@@ -53,6 +53,7 @@ down:
 schemas: install
 	$(BIN)/python -m contracts.export
 	$(BIN)/python -m services.identity openapi
+	$(BIN)/python -m services.content openapi
 	$(BIN)/python -m gpu.lora.targets
 
 tiny-model: install

@@ -27,6 +27,7 @@ class EventType(StrEnum):
     GENERATION_STARTED = "generation.started"
     GENERATION_COMPLETED = "generation.completed"
     GENERATION_FAILED = "generation.failed"
+    GENERATION_CANCELED = "generation.canceled"
 
 
 class EventPayload(BaseModel):
@@ -173,6 +174,16 @@ class GenerationFailed(EventPayload):
         return value
 
 
+class GenerationCanceled(EventPayload):
+    """The owner canceled an unfinished generation: its result, if one still comes, is discarded."""
+
+    generation_id: Id
+    owner_id: Id
+    avatar_id: Id
+    canceled_at: AwareDatetime
+    reason: str = Field(default="canceled by its owner", max_length=500)
+
+
 EVENT_PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.AVATAR_CREATED: AvatarCreated,
     EventType.AVATAR_UPDATED: AvatarUpdated,
@@ -183,6 +194,7 @@ EVENT_PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.GENERATION_STARTED: GenerationStarted,
     EventType.GENERATION_COMPLETED: GenerationCompleted,
     EventType.GENERATION_FAILED: GenerationFailed,
+    EventType.GENERATION_CANCELED: GenerationCanceled,
 }
 
 # Each payload class belongs to exactly one type, so a payload says which event it is.

@@ -25,15 +25,19 @@ EVENT_PRODUCERS: dict[EventType, str] = {
     EventType.GENERATION_STARTED: SERVICE_INFERENCE_GATEWAY,
     EventType.GENERATION_COMPLETED: SERVICE_INFERENCE_GATEWAY,
     EventType.GENERATION_FAILED: SERVICE_INFERENCE_GATEWAY,
+    EventType.GENERATION_CANCELED: SERVICE_CONTENT,
 }
 
 # Queue base names: one queue per consumer group, `<service>.<purpose>`.
 GATEWAY_GENERATION_REQUESTED = "inference-gateway.generation-requested"
+GATEWAY_GENERATION_CANCELED = "inference-gateway.generation-canceled"
 CONTENT_GENERATION_RESULTS = "content.generation-results"
 CONTENT_IDENTITY_EVENTS = "content.identity-events"
 
 _BINDINGS: dict[str, tuple[EventType, ...]] = {
     GATEWAY_GENERATION_REQUESTED: (EventType.GENERATION_REQUESTED,),
+    # Its own queue, so a cancel never waits behind requests (prefetch 1) for a consumer slot.
+    GATEWAY_GENERATION_CANCELED: (EventType.GENERATION_CANCELED,),
     CONTENT_GENERATION_RESULTS: (
         EventType.GENERATION_STARTED,
         EventType.GENERATION_COMPLETED,

@@ -186,12 +186,15 @@ curl session (needs jq; run it from the project root, where .run/auth-dev-secret
       -d '{{"size_bytes": '$SIZE', "base_model": "tiny-sdxl-random", "default_scale": 0.8, "trigger_words": ["sks"]}}')
   curl -s -X PUT --upload-file /tmp/demo-lora.safetensors "$(echo $REG | jq -r .upload_url)"
   curl -s -X POST {identity}/api/v1/loras/$(echo $REG | jq -r .lora_id)/complete -H "$AUTH" | jq .status
-  curl -s {content}/api/v1/content/avatars/$AVATAR | jq .ready
-  GEN=$(curl -s -X POST {content}/api/v1/content/generate -H 'content-type: application/json' \\
+  curl -s {content}/api/v1/content/avatars/$AVATAR -H "$AUTH" | jq .ready
+  GEN=$(curl -s -X POST {content}/api/v1/content/generate -H "$AUTH" -H 'content-type: application/json' \\
+      -H "Idempotency-Key: demo-$(date +%s%N)" \\
       -d '{{"avatar_id": "'$AVATAR'", "prompt": "a portrait of sks person", "width": 64, "height": 64, "steps": 4}}' \\
       | jq -r .id)
-  curl -s {content}/api/v1/content/$GEN | jq '{{status, image, error, timings}}'
-  curl -s -o out.png "$(curl -s {content}/api/v1/content/$GEN | jq -r .image.url)"
+  curl -s {content}/api/v1/content/$GEN -H "$AUTH" -H 'Prefer: wait=30' | jq '{{status, image, error, timings}}'
+  curl -sN {content}/api/v1/content/$GEN/events -H "$AUTH"    # Server-Sent Events: queued → running → final
+  curl -s "{content}/api/v1/content?limit=5" -H "$AUTH" | jq '.items[] | {{id, status}}'
+  curl -s -o out.png "$(curl -s {content}/api/v1/content/$GEN -H "$AUTH" | jq -r .image.url)"
 """
 
 

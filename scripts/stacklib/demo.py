@@ -78,22 +78,24 @@ def run_flow(
             lora = flow.register_lora(client, identity, auth, avatar_id, lora_bytes)
         say(f"LoRA {lora.lora_id} verified and ready ({len(lora_bytes)} bytes, stored as {lora.object_key})")
         with flow.step("wait until content knows the avatar (GET /api/v1/content/avatars/{id})", "content", tail):
-            flow.wait_avatar_ready(client, content, avatar_id)
+            flow.wait_avatar_ready(client, content, auth, avatar_id)
         phases["avatar_and_lora_s"] = time.monotonic() - began
 
         began = time.monotonic()
         with flow.step("request a generation (content POST /api/v1/content/generate)", "content", tail):
-            accepted = flow.request_generation(client, content, avatar_id, width=width, height=height, steps=steps)
+            accepted = flow.request_generation(
+                client, content, auth, avatar_id, width=width, height=height, steps=steps
+            )
         generation_id = str(accepted["id"])
         say(f"generation {generation_id} queued ({width}x{height}, {steps} steps, seed {accepted.get('seed')})")
         with flow.step("wait for the generation (content GET /api/v1/content/{id})", "gateway", tail):
-            generation = flow.wait_generation(client, content, generation_id, timeout)
+            generation = flow.wait_generation(client, content, auth, generation_id, timeout)
         phases["generation_s"] = time.monotonic() - began
         if generation.status != "completed":
             error = generation.body.get("error") or {}
             raise StackError(
                 "generation",
-                f"{generation_id} failed with {error.get('error_code')}: {error.get('error')}",
+                f"{generation_id} {generation.status}: {error.get('error_code')}: {error.get('message')}",
                 tail("gateway") + "\n" + tail("worker"),
             )
         with flow.step("download the image (content's image URL)", "s3", tail):
@@ -107,7 +109,7 @@ def run_flow(
         image_path=path,
         width=width,
         height=height,
-        generation_time_seconds=generation.body.get("generation_time_seconds"),
-        worker_timings=generation.body.get("timings"),
+        generation_time_seconds=(generation.body.get("timings") or {}).get("worker_seconds"),
+        worker_timings=generation.body.get("worker_timings"),
         phases=phases,
     )

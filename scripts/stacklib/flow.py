@@ -13,7 +13,7 @@ import httpx
 
 from scripts.stacklib.runner import StackError
 
-TERMINAL = ("completed", "failed")
+TERMINAL = ("completed", "failed", "canceled")
 # The base model of the tiny random SDXL the local worker serves (gpu.tiny.model.TINY_BASE_MODEL).
 TINY_BASE_MODEL = "tiny-sdxl-random"
 # An Authorization header: {"Authorization": "Bearer <jwt>"}.
@@ -123,12 +123,14 @@ def register_lora(
     )
 
 
-def wait_avatar_ready(client: httpx.Client, content: str, avatar_id: str, timeout: float = 30.0) -> None:
+def wait_avatar_ready(
+    client: httpx.Client, content: str, auth: dict[str, str], avatar_id: str, timeout: float = 30.0
+) -> None:
     """Poll content until identity's events made the avatar ready there."""
     deadline = time.monotonic() + timeout
     last = "not known yet"
     while time.monotonic() < deadline:
-        response = client.get(f"{content}/api/v1/content/avatars/{avatar_id}")
+        response = client.get(f"{content}/api/v1/content/avatars/{avatar_id}", headers=auth)
         if response.status_code == 200:
             if response.json().get("ready") is True:
                 return
@@ -142,6 +144,7 @@ def wait_avatar_ready(client: httpx.Client, content: str, avatar_id: str, timeou
 def request_generation(
     client: httpx.Client,
     content: str,
+    auth: dict[str, str],
     avatar_id: str,
     *,
     prompt: str = "a portrait of sks person, studio light",
@@ -150,7 +153,7 @@ def request_generation(
     steps: int = 3,
     seed: int = 42,
 ) -> dict[str, Any]:
-    """POST /api/v1/content/generate; the 202 body {id, status, seed} (HTTPStatusError on a refusal)."""
+    """POST /api/v1/content/generate; the 202 body, the queued generation (HTTPStatusError on a refusal)."""
     body = {
         "avatar_id": avatar_id,
         "prompt": prompt,
@@ -162,19 +165,23 @@ def request_generation(
         "seed": seed,
         "lora_scale": 0.8,
     }
-    return _ok(client.post(f"{content}/api/v1/content/generate", json=body), 202)
+    return _ok(client.post(f"{content}/api/v1/content/generate", json=body, headers=auth), 202)
 
 
-def wait_generation(client: httpx.Client, content: str, generation_id: str, timeout: float = 120.0) -> Generation:
-    """Poll GET /api/v1/content/{id} until it is completed or failed."""
+def wait_generation(
+    client: httpx.Client, content: str, auth: dict[str, str], generation_id: str, timeout: float = 120.0
+) -> Generation:
+    """Wait for GET /api/v1/content/{id} to be final, with `Prefer: wait` (the server holds each answer until the
+    generation finishes or the wait runs out), asking again until `timeout`."""
     deadline = time.monotonic() + timeout
     status = "unknown"
     while time.monotonic() < deadline:
-        body = _ok(client.get(f"{content}/api/v1/content/{generation_id}"), 200)
+        wait = max(1, min(30, int(deadline - time.monotonic())))
+        headers = {**auth, "Prefer": f"wait={wait}"}
+        body = _ok(client.get(f"{content}/api/v1/content/{generation_id}", headers=headers, timeout=wait + 30), 200)
         status = str(body.get("status"))
         if status in TERMINAL:
             return Generation(generation_id, status, body)
-        time.sleep(0.25)
     raise TimeoutError(f"generation {generation_id} still {status!r} after {timeout:.0f}s")
 
 

@@ -70,6 +70,9 @@ MultilineText = Annotated[
 ]
 """Text that may break lines but holds no other control character, NFC-normalised (descriptions)."""
 
+NonBlankMultilineText = Annotated[MultilineText, AfterValidator(_not_blank)]
+"""MultilineText with at least one character that is not a space (prompts)."""
+
 
 def _integral_float_as_int(value: object) -> object:
     # JSON Schema counts 1.0 as an integer; strictness is about "1" and true, not about how a client prints 1.

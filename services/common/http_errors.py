@@ -21,6 +21,7 @@ NOT_FOUND = "NOT_FOUND"
 CONFLICT = "CONFLICT"
 UNAUTHORIZED = "UNAUTHORIZED"
 FORBIDDEN = "FORBIDDEN"
+RATE_LIMITED = "RATE_LIMITED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
 # Statuses without a code of their own (405, 413, 415, …) are requests the service cannot take as sent.
@@ -30,6 +31,7 @@ _CODE_BY_STATUS: dict[int, str] = {
     404: NOT_FOUND,
     409: CONFLICT,
     422: INVALID_REQUEST,
+    429: RATE_LIMITED,
 }
 
 
@@ -120,6 +122,16 @@ class ForbiddenError(DomainError):
 
     status_code = 403
     error_code = FORBIDDEN
+
+
+class TooManyRequestsError(DomainError):
+    """The caller is over a limit (429): `details.reason_code` says which, `Retry-After` says when to try again."""
+
+    status_code = 429
+    error_code = RATE_LIMITED
+
+    def __init__(self, message: str, *, reason_code: str, retry_after_seconds: int) -> None:
+        super().__init__(message, reason_code=reason_code, headers={"Retry-After": str(max(1, retry_after_seconds))})
 
 
 def error_body(
@@ -227,6 +239,7 @@ _STATUS_DESCRIPTIONS: dict[int, str] = {
     404: "not found, or not the caller's",
     409: "the resource is not in a state that allows this",
     422: "invalid request: details.fields names each refused field and why",
+    429: "over a limit: details.reason_code says which one, the Retry-After header (seconds) when to try again",
 }
 
 

@@ -1,39 +1,89 @@
-"""Content HTTP routes (thin: parse, call the service, shape the answer)."""
+"""Content HTTP routes (thin: parse, call the use cases, shape the answer); every route needs the owner's token,
+except the event stream, which also takes a signed link."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 
 from contracts.worker import Timings
-from services.common.http_errors import ERROR_RESPONSES
+from services.common.auth import CurrentPrincipal, authenticate
+from services.common.auth.dependencies import bearer_scheme
+from services.common.changes import ChangeHub
+from services.common.http_errors import UnauthorizedError, error_responses
+from services.common.pagination import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
+from services.common.signed_links import LinkSigner
+from services.content.admission import AdmissionLimits
+from services.content.decisions import StatusStep, seconds_between
+from services.content.generations import GenerationService, GenerationView
 from services.content.models import GenerationStatus
+from services.content.projection import IdentityProjection
 from services.content.schemas import (
     AvatarStatusOut,
     GenerateRequest,
-    GenerationAccepted,
     GenerationErrorOut,
+    GenerationEventOut,
     GenerationOut,
+    GenerationPage,
     GenerationParamsOut,
+    GenerationTimingsOut,
     ImageOut,
+    LimitsOut,
 )
-from services.content.service import ContentService, GenerationView
+from services.content.watching import generation_events, last_event_step, preferred_wait, wait_until_terminal
 
-router = APIRouter(prefix="/api/v1/content", responses=ERROR_RESPONSES)
+PREFIX = "/api/v1/content"
+EVENTS_LINK_PURPOSE = "generation-events"
+router = APIRouter(prefix=PREFIX, responses=error_responses(401, 422))
 health_router = APIRouter()
 
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        description="`wait=N` (N ≤ 60): hold the answer until the generation is final or N seconds passed",
+    ),
+]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="a retried submit with the same key and body returns the same generation (kept 24 h)",
+    ),
+]
 
-def get_service(request: Request) -> ContentService:
-    """The service the lifespan built."""
-    return cast(ContentService, request.app.state.content_service)
+
+@dataclass(frozen=True)
+class ContentApi:
+    """What the routes use, built once by the lifespan (app.state.content)."""
+
+    generations: GenerationService
+    projection: IdentityProjection
+    hub: ChangeHub
+    links: LinkSigner
+    limits: AdmissionLimits
+    max_wait_seconds: float
+    heartbeat_seconds: float
+    stream_link_ttl_seconds: int
 
 
-Service = Annotated[ContentService, Depends(get_service)]
+def get_api(request: Request) -> ContentApi:
+    """The use cases and settings the lifespan built."""
+    return cast(ContentApi, request.app.state.content)
 
 
-def generation_out(view: GenerationView) -> GenerationOut:
+Api = Annotated[ContentApi, Depends(get_api)]
+
+
+def generation_out(view: GenerationView, events_url: str | None = None) -> GenerationOut:
     """The API view of a generation."""
     generation = view.generation
     lora: dict[str, Any] = generation.lora or {}
@@ -44,12 +94,19 @@ def generation_out(view: GenerationView) -> GenerationOut:
         params=GenerationParamsOut(**generation.params, lora_scale=lora.get("scale")),
         seed=generation.seed,
         created_at=generation.created_at,
+        started_at=generation.started_at,
+        finished_at=generation.finished_at,
         updated_at=generation.updated_at,
         attempts=generation.attempts,
+        timings=GenerationTimingsOut(
+            queue_wait_seconds=seconds_between(generation.created_at, generation.started_at),
+            worker_seconds=generation.generation_time_seconds,
+            total_seconds=seconds_between(generation.created_at, generation.finished_at),
+        ),
+        worker_timings=Timings.model_validate(generation.timings) if generation.timings else None,
         image=_image_out(generation.image, view.image_url),
-        error=_error_out(generation.error),
-        generation_time_seconds=generation.generation_time_seconds,
-        timings=Timings.model_validate(generation.timings) if generation.timings else None,
+        error=_error_out(generation.status, generation.error),
+        events_url=events_url,
     )
 
 
@@ -66,23 +123,102 @@ def _image_out(image: dict[str, Any] | None, url: str | None) -> ImageOut | None
     )
 
 
-def _error_out(error: dict[str, Any] | None) -> GenerationErrorOut | None:
-    if error is None:
+def _error_out(status: str, error: dict[str, Any] | None) -> GenerationErrorOut | None:
+    if error is None or status != GenerationStatus.FAILED.value:
         return None
-    return GenerationErrorOut(error_code=error["error_code"], error=error["error"], retryable=error["retryable"])
+    return GenerationErrorOut(error_code=error["error_code"], message=error["error"], retryable=error["retryable"])
 
 
-@router.post("/generate", status_code=202)
-async def generate(body: GenerateRequest, service: Service) -> GenerationAccepted:
-    """Queue a generation for an avatar with a ready LoRA (emits generation.requested)."""
-    generation = await service.request_generation(body)
-    return GenerationAccepted(id=generation.id, seed=generation.seed)
+def _events_url(api: ContentApi, generation_id: uuid.UUID) -> str:
+    link = api.links.sign(EVENTS_LINK_PURPOSE, str(generation_id), api.stream_link_ttl_seconds)
+    return f"{PREFIX}/{generation_id}/events?{link.query()}"
 
 
-@router.get("/avatars/{avatar_id}")
-async def avatar_status(avatar_id: uuid.UUID, service: Service) -> AvatarStatusOut:
-    """Whether content has seen the avatar (identity's events) and can generate for it."""
-    status = await service.avatar_status(avatar_id)
+async def _answer(
+    api: ContentApi, view: GenerationView, owner_id: str, prefer: str | None, response: Response
+) -> GenerationOut:
+    """The generation, after waiting as `Prefer: wait=N` asks (the preference applied is said in the answer)."""
+    wait = preferred_wait(prefer, api.max_wait_seconds)
+    if wait is not None:
+        generation_id = view.generation.id
+        view = await wait_until_terminal(
+            api.hub, str(generation_id), lambda: api.generations.get(owner_id, generation_id), wait
+        )
+        response.headers["Preference-Applied"] = f"wait={wait}"
+        response.headers["Vary"] = "Prefer"
+    return generation_out(view, _events_url(api, view.generation.id))
+
+
+@router.post(
+    "/generate",
+    status_code=202,
+    responses=error_responses(
+        404,
+        409,
+        429,
+        described={
+            404: "the avatar is unknown, someone else's, or deleted (details.fields names avatar_id)",
+            409: "the avatar has no ready LoRA yet",
+        },
+    ),
+)
+async def generate(
+    body: GenerateRequest,
+    principal: CurrentPrincipal,
+    api: Api,
+    response: Response,
+    prefer: PreferHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> GenerationOut:
+    """Queue a generation of the caller's avatar (emits generation.requested); 202 with the generation.
+
+    With `Idempotency-Key`, a retry with the same key and body answers the earlier generation
+    (`Idempotent-Replayed: true`); with `Prefer: wait=N`, the answer waits for the image up to N seconds."""
+    submitted = await api.generations.submit(principal.subject, body, idempotency_key)
+    response.headers["Location"] = f"{PREFIX}/{submitted.view.generation.id}"
+    if submitted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return await _answer(api, submitted.view, principal.subject, prefer, response)
+
+
+@router.get("/limits")
+async def limits(principal: CurrentPrincipal, api: Api) -> LimitsOut:
+    """This deployment's bounds on a submit (sizes, steps, the cost budget) and the per-owner limits."""
+    del principal  # any authenticated caller may read them
+    limits = api.limits
+    return LimitsOut(
+        min_side=limits.min_side,
+        max_side=limits.max_side,
+        max_steps=limits.max_steps,
+        max_pixel_steps=limits.max_pixel_steps,
+        cfg_range=(0.0, 30.0),
+        lora_scale_range=(0.0, 2.0),
+        max_prompt_length=2000,
+        max_in_flight=limits.max_in_flight,
+        submit_rate_per_minute=limits.rate_per_minute,
+        submit_burst=limits.burst,
+        max_wait_seconds=api.max_wait_seconds,
+    )
+
+
+@router.get("")
+async def list_generations(
+    principal: CurrentPrincipal,
+    api: Api,
+    avatar_id: Annotated[uuid.UUID | None, Query(description="only this avatar's")] = None,
+    status: Annotated[GenerationStatus | None, Query(description="only generations in this status")] = None,
+    limit: PageLimit = DEFAULT_PAGE_SIZE,
+    cursor: PageCursor = None,
+) -> GenerationPage:
+    """The caller's generations, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    page = await api.generations.list(principal.subject, limit=limit, cursor=cursor, avatar_id=avatar_id, status=status)
+    return GenerationPage(items=[generation_out(view) for view in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/avatars/{avatar_id}", responses=error_responses(404))
+async def avatar_status(avatar_id: uuid.UUID, principal: CurrentPrincipal, api: Api) -> AvatarStatusOut:
+    """Whether content has seen the caller's avatar (identity's events) and can generate for it."""
+    status = await api.projection.avatar_status(principal.subject, avatar_id)
     return AvatarStatusOut(
         id=status.avatar.id,
         active_lora_id=status.avatar.active_lora_id,
@@ -91,10 +227,82 @@ async def avatar_status(avatar_id: uuid.UUID, service: Service) -> AvatarStatusO
     )
 
 
-@router.get("/{generation_id}")
-async def get_generation(generation_id: uuid.UUID, service: Service) -> GenerationOut:
-    """A generation's status, and its image URL once completed."""
-    return generation_out(await service.get_generation(generation_id))
+@router.get("/{generation_id:uuid}", responses=error_responses(404))
+async def get_generation(
+    generation_id: uuid.UUID, principal: CurrentPrincipal, api: Api, response: Response, prefer: PreferHeader = None
+) -> GenerationOut:
+    """A generation's status, parameters, timings, and its image (a fresh URL) or error; `Prefer: wait=N` waits
+    for it to finish."""
+    view = await api.generations.get(principal.subject, generation_id)
+    return await _answer(api, view, principal.subject, prefer, response)
+
+
+@router.post(
+    "/{generation_id:uuid}/cancel",
+    responses=error_responses(404, 409, described={409: "the generation has already finished"}),
+)
+async def cancel_generation(generation_id: uuid.UUID, principal: CurrentPrincipal, api: Api) -> GenerationOut:
+    """End an unfinished generation as `canceled` at once (emits generation.canceled); a result that still comes
+    is discarded and its image deleted."""
+    return generation_out(await api.generations.cancel(principal.subject, generation_id))
+
+
+@router.get(
+    "/{generation_id:uuid}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": GenerationEventOut.model_json_schema()}},
+            "description": "Server-Sent Events: `event: status`, `id:` 1 queued, 2 running, 3 final; "
+            "`data:` a GenerationEvent. Ends after the final status.",
+        },
+        **error_responses(404),
+    },
+)
+async def generation_event_stream(
+    generation_id: uuid.UUID,
+    request: Request,
+    api: Api,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    expires: Annotated[int | None, Query(ge=0, description="from the generation's `events_url`")] = None,
+    signature: Annotated[
+        str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9_-]+$", description="from `events_url`")
+    ] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", max_length=20, description="resume after this event")
+    ] = None,
+) -> StreamingResponse:
+    """The generation's status changes as Server-Sent Events until it is final (a comment every few seconds
+    keeps the connection open). Authenticated by a bearer token, or by the signed `events_url` for EventSource."""
+    owner_id: str | None = None
+    if signature is not None or expires is not None:
+        refusal = api.links.refusal(EVENTS_LINK_PURPOSE, str(generation_id), expires or 0, signature or "")
+        if refusal is not None:
+            raise UnauthorizedError(f"not authenticated: {refusal}")
+    else:
+        owner_id = (await authenticate(request, credentials)).subject
+
+    async def read() -> GenerationView:
+        if owner_id is None:  # the signed link is the proof
+            return await api.generations.get_unchecked(generation_id)
+        return await api.generations.get(owner_id, generation_id)
+
+    await read()  # 404 now, before the stream starts, for a generation that is not the caller's
+
+    def event_data(view: GenerationView, reached: StatusStep) -> str:
+        event = GenerationEventOut(status=reached.status, at=reached.at, generation=generation_out(view))
+        return event.model_dump_json()
+
+    stream = generation_events(
+        api.hub,
+        str(generation_id),
+        read,
+        event_data,
+        after_step=last_event_step(last_event_id),
+        heartbeat_seconds=api.heartbeat_seconds,
+    )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
 @health_router.get("/healthz", include_in_schema=False)

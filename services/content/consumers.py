@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from services.common.broker import EventHandler, PermanentError, ReceivedEvent
-from services.content.service import ContentService, UnexpectedEventError
+from services.content.decisions import UnexpectedEventError
+from services.content.generations import GenerationService
+from services.content.projection import IdentityProjection
 
 
-def identity_events_handler(service: ContentService) -> EventHandler:
+def identity_events_handler(projection: IdentityProjection) -> EventHandler:
     """Handles `content.identity-events`: avatar.* and lora.* into the projection."""
 
     async def handle(event: ReceivedEvent) -> None:
         try:
-            await service.apply_identity_event(event.envelope, event.payload)
+            await projection.apply(event.envelope, event.payload)
         except UnexpectedEventError as error:
             # Retrying cannot help: straight to the dead-letter queue.
             raise PermanentError(str(error)) from error
@@ -19,12 +21,12 @@ def identity_events_handler(service: ContentService) -> EventHandler:
     return handle
 
 
-def generation_results_handler(service: ContentService) -> EventHandler:
+def generation_results_handler(generations: GenerationService) -> EventHandler:
     """Handles `content.generation-results`: generation.started/completed/failed into the generation rows."""
 
     async def handle(event: ReceivedEvent) -> None:
         try:
-            await service.apply_generation_result(event.envelope, event.payload)
+            await generations.apply_result(event.envelope, event.payload)
         except UnexpectedEventError as error:
             raise PermanentError(str(error)) from error
 

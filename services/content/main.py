@@ -3,74 +3,131 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 
 from contracts.topology import CONTENT_GENERATION_RESULTS, CONTENT_IDENTITY_EVENTS, SERVICE_CONTENT
+from services.common.auth import TokenVerifier, install_verifier
 from services.common.broker import Consumer
+from services.common.changes import ChangeFeed, ChangeHub
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.outbox import OutboxRelay
 from services.common.runtime import open_broker, open_database, running_consumers, running_relay
+from services.common.signed_links import LinkSigner
 from services.common.storage import ObjectStorage, StorageConfig
-from services.content.api import health_router, router
+from services.content.admission import AdmissionLimits
+from services.content.api import ContentApi, health_router, router
 from services.content.consumers import generation_results_handler, identity_events_handler
+from services.content.generations import GenerationPolicy, GenerationService
 from services.content.migrations import MIGRATIONS
 from services.content.models import Base, outbox_table
-from services.content.service import ContentPolicy, ContentService
-from services.content.settings import DEFAULT_PORT, ContentSettings
+from services.content.projection import IdentityProjection
+from services.content.settings import DEFAULT_PORT, AdmissionSettings, ContentSettings
 from services.content.sweeper import running_sweeper
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+# NOTIFY channel of generation changes (per database: each service has its own).
+CHANGES_CHANNEL = "content_generation_changes"
+
+
+def admission_limits(settings: AdmissionSettings) -> AdmissionLimits:
+    """The admission rules from the settings."""
+    return AdmissionLimits(
+        min_side=settings.min_side,
+        max_side=settings.max_side,
+        max_steps=settings.max_steps,
+        max_pixel_steps=settings.max_pixel_steps,
+        max_in_flight=settings.max_in_flight_per_owner,
+        rate_per_minute=settings.submit_rate_per_minute,
+        burst=settings.submit_burst,
+        idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+    )
 
 
 def create_app(settings: ContentSettings) -> FastAPI:
-    """The content app; its database, broker, storage, relay and consumers start with the lifespan."""
+    """The content app; its database, broker, storage, relay, consumers, change listener and sweeper start with
+    the lifespan."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         storage = ObjectStorage(StorageConfig.from_settings(settings))
+        hub = ChangeHub()
+        changes = ChangeFeed(hub, CHANGES_CHANNEL)
         try:
             async with (
                 open_database(
                     settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start
                 ) as database,
+                changes.running(database.engine),
                 open_broker(
                     settings.rabbitmq_url.get_secret_value(), settings.topology_prefix, service=SERVICE_CONTENT
                 ) as broker,
             ):
                 relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)
-                service = ContentService(
+                limits = admission_limits(settings)
+                generations = GenerationService(
                     database.sessions,
                     storage,
-                    ContentPolicy(settings.generation_deadline_seconds, settings.content_image_url_ttl_seconds),
+                    GenerationPolicy(settings.generation_deadline_seconds, settings.content_image_url_ttl_seconds),
+                    limits,
+                    changes,
                     on_commit=relay.notify,
                 )
+                projection = IdentityProjection(database.sessions)
                 consumers = [
                     # One at a time: the projection applies identity's events in the order they come.
                     Consumer(
                         broker.connection,
                         broker.topology.queue(CONTENT_IDENTITY_EVENTS).name,
-                        identity_events_handler(service),
+                        identity_events_handler(projection),
                         prefetch=1,
                     ),
                     Consumer(
                         broker.connection,
                         broker.topology.queue(CONTENT_GENERATION_RESULTS).name,
-                        generation_results_handler(service),
+                        generation_results_handler(generations),
                         prefetch=settings.results_prefetch,
                     ),
                 ]
                 async with (
                     running_relay(relay),
                     running_consumers(consumers),
-                    running_sweeper(service, settings.sweep_interval_seconds, settings.sweep_grace_seconds),
+                    running_sweeper(generations, settings.sweep_interval_seconds, settings.sweep_grace_seconds),
                 ):
-                    app.state.content_service = service
+                    app.state.content = ContentApi(
+                        generations=generations,
+                        projection=projection,
+                        hub=hub,
+                        links=LinkSigner.derived(settings.link_secret(), "content-stream-links"),
+                        limits=limits,
+                        max_wait_seconds=settings.max_wait_seconds,
+                        heartbeat_seconds=settings.sse_heartbeat_seconds,
+                        stream_link_ttl_seconds=settings.stream_link_ttl_seconds,
+                    )
                     yield
         finally:
             await storage.close()
 
-    app = FastAPI(title="VixenBliss content", version="0.1.0", lifespan=lifespan)
+    app = build_app(lifespan)
+    install_verifier(app, TokenVerifier.from_settings(settings))
+    return app
+
+
+def build_app(lifespan: Lifespan | None = None) -> FastAPI:
+    """The routes and error handling without anything started: the app serves them once a lifespan ran, and
+    the OpenAPI document is made from them alone."""
+    app = FastAPI(
+        title="VixenBliss content",
+        version="0.2.0",
+        description=(
+            "Generations of the caller's avatars: submit, wait, stream progress, cancel, list. Every route takes a "
+            "bearer JWT whose `sub` is the owner; someone else's avatar or generation answers 404."
+        ),
+        lifespan=lifespan,
+    )
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(health_router)
@@ -78,7 +135,7 @@ def create_app(settings: ContentSettings) -> FastAPI:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m services.content [--host H] [--port P]` (`migrate` is handled by __main__)."""
+    """`python -m services.content [--host H] [--port P]` (`migrate` and `openapi` are handled by __main__)."""
     return serve(
         argv,
         prog="python -m services.content",

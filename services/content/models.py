@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Uuid
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import make_metadata
@@ -24,12 +24,13 @@ class Base(DeclarativeBase):
 
 
 class GenerationStatus(StrEnum):
-    """Where a generation stands; completed and failed are final."""
+    """Where a generation stands; completed, failed and canceled are final."""
 
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELED = "canceled"
 
 
 class LoraState(StrEnum):
@@ -75,6 +76,11 @@ class Generation(Base):
     """One requested image and where it stands."""
 
     __tablename__ = "content_generations"
+    # The owner's list, newest first (keyset on created_at, id), and the count of what is in flight.
+    __table_args__ = (
+        Index("ix_content_generations_owner_created", "owner_id", "created_at", "id"),
+        Index("ix_content_generations_owner_status", "owner_id", "status"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     owner_id: Mapped[str] = mapped_column(String(128))
@@ -88,6 +94,9 @@ class Generation(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     deadline: Mapped[datetime] = mapped_column(UtcDateTime)
+    # When the first generation.started came, and when the generation reached its final status.
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     # Set by generation.completed (ImageRef as JSON: object key, sha256, size, type) ...
     image: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     generation_time_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -95,6 +104,32 @@ class Generation(Base):
     model_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # ... or by generation.failed ({error_code, error, retryable, details}).
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # An image that came after a cancel and is still to be deleted from storage (the sweeper retries).
+    image_purge_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class IdempotencyKey(Base):
+    """A submit made with an Idempotency-Key: a retry with the same key and body gets the same generation."""
+
+    __tablename__ = "content_idempotency_keys"
+
+    owner_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # sha256 of the request as validated (defaults filled in): the same key with another body is refused.
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    generation_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class OwnerQuota(Base):
+    """One row per owner: locked by each submit, so that the rate limit and the in-flight cap hold across
+    replicas; it holds the owner's token bucket."""
+
+    __tablename__ = "content_owner_quotas"
+
+    owner_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    refilled_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 outbox_table = make_outbox_table(Base.metadata, "content_outbox")

@@ -1,9 +1,12 @@
-"""Content settings: broker, storage, logging, database (and its migration at start), deadlines, URL lifetimes."""
+"""Content settings: broker, storage, logging, database, auth, deadlines, URL lifetimes, and admission limits."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any, Self
 
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from services.common.auth import AuthSettings, auth_secret_values
 from services.common.migrations import migrate_on_start_field
 from services.common.runtime import TopologySettings
 from services.common.settings import (
@@ -16,6 +19,12 @@ from services.common.settings import (
 
 DEFAULT_PORT = 8000
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.run/content.db"
+# The worker contract's outer bounds (contracts.worker.WorkerRequest): no setting may admit what the worker refuses.
+WORKER_MIN_SIDE = 64
+WORKER_MAX_SIDE = 2048
+WORKER_MAX_STEPS = 100
+# 1024×1024 at 50 steps: SDXL's usual 1024² at 28–50 steps fits; 2048² at 100 steps (8× that) does not.
+DEFAULT_MAX_PIXEL_STEPS = 1024 * 1024 * 50
 
 
 class ContentDatabaseSettings(SecretCheckedSettings):
@@ -27,7 +36,56 @@ class ContentDatabaseSettings(SecretCheckedSettings):
     migrate_on_start: bool = migrate_on_start_field("content")
 
 
-class ContentSettings(BrokerSettings, StorageSettings, LoggingSettings, TopologySettings, ContentDatabaseSettings):
+class AdmissionSettings(SecretCheckedSettings):
+    """What a submit may ask for and how often: sizes, steps, the cost budget, rate and in-flight limits."""
+
+    min_side: int = Field(
+        default=WORKER_MIN_SIDE,
+        ge=WORKER_MIN_SIDE,
+        le=WORKER_MAX_SIDE,
+        multiple_of=8,
+        validation_alias="CONTENT_MIN_SIDE",
+    )
+    max_side: int = Field(
+        default=WORKER_MAX_SIDE,
+        ge=WORKER_MIN_SIDE,
+        le=WORKER_MAX_SIDE,
+        multiple_of=8,
+        validation_alias="CONTENT_MAX_SIDE",
+    )
+    max_steps: int = Field(default=WORKER_MAX_STEPS, ge=1, le=WORKER_MAX_STEPS, validation_alias="CONTENT_MAX_STEPS")
+    # The cost budget: width × height × steps of one generation.
+    max_pixel_steps: int = Field(
+        default=DEFAULT_MAX_PIXEL_STEPS, ge=WORKER_MIN_SIDE**2, validation_alias="CONTENT_MAX_PIXEL_STEPS"
+    )
+    max_in_flight_per_owner: int = Field(default=8, ge=1, le=10_000, validation_alias="CONTENT_MAX_IN_FLIGHT")
+    # A token bucket per owner: `burst` submits at once, then `rate_per_minute`.
+    submit_rate_per_minute: float = Field(
+        default=30.0, gt=0, le=60_000, validation_alias="CONTENT_SUBMIT_RATE_PER_MINUTE"
+    )
+    submit_burst: int = Field(default=10, ge=1, le=10_000, validation_alias="CONTENT_SUBMIT_BURST")
+    idempotency_ttl_seconds: int = Field(
+        default=24 * 3600, ge=60, le=30 * 24 * 3600, validation_alias="CONTENT_IDEMPOTENCY_TTL_SECONDS"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min_side > self.max_side:
+            raise ValueError("CONTENT_MIN_SIDE is larger than CONTENT_MAX_SIDE")
+        if self.max_pixel_steps < self.min_side * self.min_side:
+            raise ValueError("CONTENT_MAX_PIXEL_STEPS admits no image: it is below CONTENT_MIN_SIDE squared")
+        return self
+
+
+class ContentSettings(
+    BrokerSettings,
+    StorageSettings,
+    LoggingSettings,
+    TopologySettings,
+    AuthSettings,
+    AdmissionSettings,
+    ContentDatabaseSettings,
+):
     """Everything the content service reads from the environment."""
 
     generation_deadline_seconds: int = Field(
@@ -47,10 +105,50 @@ class ContentSettings(BrokerSettings, StorageSettings, LoggingSettings, Topology
     # one at a time so that the projection sees them in order.
     results_prefetch: int = Field(default=20, ge=1, le=1000, validation_alias="CONTENT_RESULTS_PREFETCH")
 
+    # Prefer: wait=N holds a response at most this long; SSE streams send a comment this often.
+    max_wait_seconds: float = Field(default=60.0, ge=0, le=60, validation_alias="CONTENT_MAX_WAIT_SECONDS")
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300, validation_alias="CONTENT_SSE_HEARTBEAT_SECONDS")
+    # Signed event-stream links (for EventSource, which cannot send a token): lifetime, and the key that signs
+    # them (every replica needs the same one). Unset: derived from AUTH_JWT_SECRET.
+    stream_link_ttl_seconds: int = Field(
+        default=600, ge=10, le=24 * 3600, validation_alias="CONTENT_STREAM_LINK_TTL_SECONDS"
+    )
+    stream_link_secret: SecretStr | None = Field(default=None, validation_alias="CONTENT_STREAM_LINK_SECRET")
+
+    @field_validator("stream_link_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("stream_link_secret", mode="after")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("CONTENT_STREAM_LINK_SECRET is shorter than 32 bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _some_link_key(self) -> Self:
+        if self.stream_link_secret is None and self.auth_jwt_secret is None:
+            raise ValueError(
+                "set CONTENT_STREAM_LINK_SECRET: with AUTH_JWKS_URL alone there is no secret to derive it from"
+            )
+        return self
+
+    def link_secret(self) -> str:
+        """The secret the key of signed stream links is derived from."""
+        chosen = self.stream_link_secret or self.auth_jwt_secret
+        assert chosen is not None  # _some_link_key
+        return chosen.get_secret_value()
+
     def secret_values(self) -> list[str]:
         """Values the log redaction must never let through."""
-        return [
+        secrets = [
             self.rabbitmq_url.get_secret_value(),
             self.r2_access_key_id.get_secret_value(),
             self.r2_secret_access_key.get_secret_value(),
+            *auth_secret_values(self),
         ]
+        if self.stream_link_secret is not None:
+            secrets.append(self.stream_link_secret.get_secret_value())
+        return secrets

@@ -1,10 +1,14 @@
-"""Event handler for the gateway's queue: each generation.requested goes to the service."""
+"""Event handlers for the gateway's queues: generation.requested and generation.canceled go to the service."""
 
 from __future__ import annotations
 
-from contracts.events import GenerationRequested
+import logging
+
+from contracts.events import GenerationCanceled, GenerationRequested
 from services.common.broker import EventHandler, PermanentError, ReceivedEvent
 from services.inference_gateway.service import GenerationService
+
+log = logging.getLogger(__name__)
 
 
 def generation_requested_handler(service: GenerationService) -> EventHandler:
@@ -15,5 +19,21 @@ def generation_requested_handler(service: GenerationService) -> EventHandler:
             # Only generation.requested is bound to this queue: anything else is a routing mistake.
             raise PermanentError(f"unexpected {event.envelope.type} on the generation-requested queue")
         await service.handle(event.payload, traceparent=event.traceparent)
+
+    return handle
+
+
+def generation_canceled_handler(service: GenerationService) -> EventHandler:
+    """Records the cancel so that a request for that generation that has not started yet is not run.
+
+    A request already running is not stopped (durable jobs and cancel reaching the worker come later).
+    """
+
+    async def handle(event: ReceivedEvent) -> None:
+        if not isinstance(event.payload, GenerationCanceled):
+            # Only generation.canceled is bound to this queue: anything else is a routing mistake.
+            raise PermanentError(f"unexpected {event.envelope.type} on the generation-canceled queue")
+        service.note_canceled(event.payload.generation_id)
+        log.info("generation %s canceled (%s)", event.payload.generation_id, event.payload.reason)
 
     return handle

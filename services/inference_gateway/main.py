@@ -1,4 +1,4 @@
-"""Assembly of the gateway: settings → broker, storage, provider client, service, consumer, HTTP app."""
+"""Assembly of the gateway: settings → broker, storage, provider client, service, consumers, HTTP app."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import httpx
 from aio_pika.abc import AbstractRobustConnection
 from fastapi import FastAPI
 
-from contracts.topology import GATEWAY_GENERATION_REQUESTED, SERVICE_INFERENCE_GATEWAY
+from contracts.topology import GATEWAY_GENERATION_CANCELED, GATEWAY_GENERATION_REQUESTED, SERVICE_INFERENCE_GATEWAY
 from services.common.broker import Consumer
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.runtime import open_broker, running_consumers
 from services.common.storage import ObjectStorage, StorageConfig
 from services.inference_gateway.api import router
-from services.inference_gateway.consumers import generation_requested_handler
+from services.inference_gateway.consumers import generation_canceled_handler, generation_requested_handler
 from services.inference_gateway.metrics import Metrics
 from services.inference_gateway.provider import ModalWorkerClient, ProviderConfig, auth_headers
 from services.inference_gateway.publisher import BrokerResultPublisher
@@ -36,13 +36,13 @@ class GatewayRuntime:
 
     settings: GatewaySettings
     connection: AbstractRobustConnection
-    consumer: Consumer
+    consumers: tuple[Consumer, ...]
     metrics: Metrics
 
     def health(self) -> tuple[bool, dict[str, object]]:
-        """Healthy while the broker connection is open and the consumer is subscribed."""
+        """Healthy while the broker connection is open and every consumer is subscribed."""
         connected = not self.connection.is_closed
-        consuming = self.consumer.running
+        consuming = all(consumer.running for consumer in self.consumers)
         healthy = connected and consuming
         return healthy, {
             "status": "ok" if healthy else "unavailable",
@@ -99,18 +99,23 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
                 secrets=settings.secret_values(),
             )
             queue = broker.topology.queue(GATEWAY_GENERATION_REQUESTED).name
-            consumer = Consumer(
+            requests = Consumer(
                 broker.connection, queue, generation_requested_handler(service), prefetch=settings.gateway_prefetch
             )
-            async with running_consumers([consumer]):
+            # Its own consumer, started first: a cancel is recorded at once, not after the requests ahead of it.
+            cancel_queue = broker.topology.queue(GATEWAY_GENERATION_CANCELED).name
+            cancels = Consumer(broker.connection, cancel_queue, generation_canceled_handler(service))
+            consumers = (cancels, requests)
+            async with running_consumers(consumers):
                 log.info(
-                    "inference gateway consuming %s (provider %s, %s mode, up to %d attempts)",
+                    "inference gateway consuming %s and %s (provider %s, %s mode, up to %d attempts)",
                     queue,
+                    cancel_queue,
                     settings.lora_provider,
                     settings.modal_mode,
                     settings.gateway_max_attempts,
                 )
-                yield GatewayRuntime(settings, broker.connection, consumer, metrics)
+                yield GatewayRuntime(settings, broker.connection, consumers, metrics)
     finally:
         await http.aclose()
         await storage.close()

@@ -23,7 +23,11 @@ FAILED = CounterSpec("vixen_gateway_generations_failed_total", "generation.faile
 WORKER_CALLS = CounterSpec("vixen_gateway_worker_calls_total", "worker calls, by outcome (ok or the error code)")
 WORKER_SECONDS = CounterSpec("vixen_gateway_worker_call_seconds_total", "seconds spent waiting for the worker")
 RETRIES = CounterSpec("vixen_gateway_retries_total", "attempts started after a retryable failure")
-ALL_COUNTERS = (REQUESTS, COMPLETED, FAILED, WORKER_CALLS, WORKER_SECONDS, RETRIES)
+CANCELS = CounterSpec("vixen_gateway_cancels_total", "generation.canceled events recorded")
+SKIPPED_CANCELED = CounterSpec(
+    "vixen_gateway_requests_skipped_canceled_total", "generation.requested not run: canceled before it started"
+)
+ALL_COUNTERS = (REQUESTS, COMPLETED, FAILED, WORKER_CALLS, WORKER_SECONDS, RETRIES, CANCELS, SKIPPED_CANCELED)
 
 
 class Metrics:

@@ -1,7 +1,8 @@
 """The gateway's use case: one generation.requested → worker attempts → stored PNG → one result event.
 
 The only module that decides: whether the deadline allows an attempt, which failures are retried, how long
-to wait between attempts, and what the result event says. I/O goes through the ports below.
+to wait between attempts, what the result event says, and whether a request was canceled before it started.
+I/O goes through the ports below.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import random
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 OUTPUT_PREFIX = "generations/"
 # The worker gets the time left until the deadline; the HTTP call waits this much longer for its answer.
 RESPONSE_GRACE_SECONDS = 15.0
+# How many recently canceled generation ids the gateway remembers (oldest forgotten first).
+CANCELED_MEMORY = 10_000
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -122,7 +126,13 @@ def _now() -> datetime:
 
 
 class GenerationService:
-    """Handles generation.requested: attempts on the worker, then stores the PNG and reports the result."""
+    """Handles generation.requested: attempts on the worker, then stores the PNG and reports the result.
+
+    It also remembers the ids of the last `canceled_memory` canceled generations (generation.canceled,
+    `note_canceled`) and does not start a request whose id it remembers. That is all cancel does here for
+    now: a request already running is not stopped, and the record lives in this process only, so a cancel
+    seen by another gateway replica is not shared (nor kept across a restart).
+    """
 
     def __init__(
         self,
@@ -138,6 +148,7 @@ class GenerationService:
         clock: Callable[[], datetime] = _now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        canceled_memory: int = CANCELED_MEMORY,
     ) -> None:
         self._worker = worker
         self._storage = storage
@@ -150,13 +161,35 @@ class GenerationService:
         self._clock = clock
         self._sleep = sleep
         self._rand = rand
+        self._canceled: OrderedDict[str, None] = OrderedDict()
+        self._canceled_memory = canceled_memory
+
+    def note_canceled(self, generation_id: str) -> None:
+        """Remember that a generation was canceled, so that its request is not run if it comes later."""
+        self._metrics.inc(m.CANCELS)
+        self._canceled[generation_id] = None
+        self._canceled.move_to_end(generation_id)
+        while len(self._canceled) > self._canceled_memory:
+            self._canceled.popitem(last=False)
+
+    def was_canceled(self, generation_id: str) -> bool:
+        """Whether a cancel for this generation is still remembered."""
+        return generation_id in self._canceled
 
     async def handle(
         self, request: GenerationRequested, *, traceparent: str | None = None
-    ) -> GenerationCompleted | GenerationFailed:
-        """Run the generation to a terminal result; returns the event published (completed or failed)."""
+    ) -> GenerationCompleted | GenerationFailed | None:
+        """Run the generation to a terminal result; returns the event published (completed or failed).
+
+        None when the generation was canceled before it started: the worker is not called and nothing is
+        published (content discards any result of a canceled generation anyway).
+        """
         self._metrics.inc(m.REQUESTS)
         generation_id = request.generation_id
+        if self.was_canceled(generation_id):
+            log.info("generation %s was canceled before it started; not run", generation_id)
+            self._metrics.inc(m.SKIPPED_CANCELED)
+            return None
         if self._clock() >= request.deadline:
             failure = GatewayFailure(
                 WorkerErrorCode.TIMEOUT,

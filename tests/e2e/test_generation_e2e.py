@@ -49,13 +49,14 @@ async def completed_event(queue: AbstractQueue, generation_id: str, wait: float 
                 return payload
 
 
-def avatar_with_lora(stack: LocalStack, client: httpx.Client, lora: bytes) -> str:
+def avatar_with_lora(stack: LocalStack, client: httpx.Client, lora: bytes) -> tuple[str, dict[str, str]]:
+    """A new owner's avatar with a ready LoRA, and the owner's Authorization header."""
     urls = stack.urls()
     auth = stack.bearer(f"e2e-{uuid.uuid4()}")
     avatar_id = flow.create_avatar(client, urls["identity"], auth, name="e2e avatar")
     flow.register_lora(client, urls["identity"], auth, avatar_id, lora)
-    flow.wait_avatar_ready(client, urls["content"], avatar_id)
-    return avatar_id
+    flow.wait_avatar_ready(client, urls["content"], auth, avatar_id)
+    return avatar_id, auth
 
 
 async def test_a_generation_travels_the_whole_path(
@@ -69,14 +70,15 @@ async def test_a_generation_travels_the_whole_path(
 
     def drive() -> tuple[flow.Generation, bytes, httpx.Response]:
         with httpx.Client(timeout=30.0) as client:
-            avatar_id = avatar_with_lora(stack, client, lora_files["a"].read_bytes())
-            accepted = flow.request_generation(client, content, avatar_id, width=64, height=80, steps=2)
-            generation = flow.wait_generation(client, content, str(accepted["id"]), timeout=60.0)
+            avatar_id, auth = avatar_with_lora(stack, client, lora_files["a"].read_bytes())
+            accepted = flow.request_generation(client, content, auth, avatar_id, width=64, height=80, steps=2)
+            generation = flow.wait_generation(client, content, auth, str(accepted["id"]), timeout=60.0)
             assert generation.image_url is not None, generation.body
             downloaded = flow.download(client, generation.image_url, tmp_path / "image.png")
             unknown = client.post(
                 f"{content}/api/v1/content/generate",
                 json={"avatar_id": str(uuid.uuid4()), "prompt": "a portrait", "width": 64, "height": 64},
+                headers=auth,
             )
         return generation, downloaded, unknown
 
@@ -89,9 +91,9 @@ async def test_a_generation_travels_the_whole_path(
     assert hashlib.sha256(stored).hexdigest() == event.image.sha256
     assert downloaded == stored
     assert generation.body["image"]["sha256"] == event.image.sha256
-    assert generation.body["generation_time_seconds"] == pytest.approx(event.generation_time_seconds)
-    assert unknown.status_code == 422, unknown.text
-    assert unknown.json()["error_code"] == "INVALID_REQUEST"
+    assert generation.body["timings"]["worker_seconds"] == pytest.approx(event.generation_time_seconds)
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.json()["details"]["fields"][0]["field"] == "avatar_id"
 
 
 async def test_a_lora_identity_accepts_but_the_worker_cannot_load_ends_failed_with_lora_load_failed(
@@ -103,9 +105,9 @@ async def test_a_lora_identity_accepts_but_the_worker_cannot_load_ends_failed_wi
 
     def drive() -> flow.Generation:
         with httpx.Client(timeout=30.0) as client:
-            avatar_id = avatar_with_lora(stack, client, poisoned)
-            accepted = flow.request_generation(client, content, avatar_id, width=64, height=64, steps=2)
-            return flow.wait_generation(client, content, str(accepted["id"]), timeout=60.0)
+            avatar_id, auth = avatar_with_lora(stack, client, poisoned)
+            accepted = flow.request_generation(client, content, auth, avatar_id, width=64, height=64, steps=2)
+            return flow.wait_generation(client, content, auth, str(accepted["id"]), timeout=60.0)
 
     generation = await asyncio.to_thread(drive)
 
@@ -133,9 +135,9 @@ async def test_a_put_to_the_old_upload_url_after_complete_changes_nothing_a_gene
             done = client.post(f"{urls['identity']}/api/v1/loras/{registered['lora_id']}/complete", headers=auth)
             assert done.status_code == 200, done.text
             late_put = client.put(registered["upload_url"], content=lora_b).status_code
-            flow.wait_avatar_ready(client, urls["content"], avatar_id)
-            accepted = flow.request_generation(client, urls["content"], avatar_id, width=64, height=64, steps=2)
-            generation = flow.wait_generation(client, urls["content"], str(accepted["id"]), timeout=60.0)
+            flow.wait_avatar_ready(client, urls["content"], auth, avatar_id)
+            accepted = flow.request_generation(client, urls["content"], auth, avatar_id, width=64, height=64, steps=2)
+            generation = flow.wait_generation(client, urls["content"], auth, str(accepted["id"]), timeout=60.0)
         lora = flow.Lora(registered["lora_id"], avatar_id, done.json()["object_key"], done.json()["sha256"])
         return lora, late_put, generation
 

@@ -12,7 +12,13 @@ from pathlib import Path
 import httpx
 from aio_pika.abc import AbstractRobustConnection
 
-from contracts.events import EventPayload, GenerationCompleted, GenerationFailed, GenerationRequested
+from contracts.events import (
+    EventPayload,
+    GenerationCanceled,
+    GenerationCompleted,
+    GenerationFailed,
+    GenerationRequested,
+)
 from contracts.topology import CONTENT_GENERATION_RESULTS, SERVICE_CONTENT, Topology, event_source
 from scripts.stacklib.processes import free_port, start_process, stop, wait_until_ready
 from services.common.broker import Publisher
@@ -58,13 +64,21 @@ async def gateway_running(settings: GatewaySettings) -> AsyncIterator[httpx.Asyn
 
 async def publish_request(connection: AbstractRobustConnection, topo: Topology, request: GenerationRequested) -> None:
     """Publish generation.requested as content would."""
+    await _publish_as_content(connection, topo, request, request.generation_id)
+
+
+async def publish_cancel(connection: AbstractRobustConnection, topo: Topology, cancel: GenerationCanceled) -> None:
+    """Publish generation.canceled as content would."""
+    await _publish_as_content(connection, topo, cancel, cancel.generation_id)
+
+
+async def _publish_as_content(
+    connection: AbstractRobustConnection, topo: Topology, payload: EventPayload, generation_id: str
+) -> None:
     publisher = await Publisher.open(connection, topo.events_exchange)
     try:
         event = new_event(
-            request,
-            source=event_source(SERVICE_CONTENT),
-            subject=request.generation_id,
-            correlation_id=request.generation_id,
+            payload, source=event_source(SERVICE_CONTENT), subject=generation_id, correlation_id=generation_id
         )
         await publisher.publish_event(event)
     finally:

@@ -12,6 +12,7 @@ from contracts.events import (
     EVENT_PAYLOADS,
     AvatarCreated,
     EventType,
+    GenerationCanceled,
     GenerationCompleted,
     GenerationFailed,
     GenerationParams,
@@ -108,3 +109,38 @@ def test_generation_completed_round_trips_through_json() -> None:
     )
     assert GenerationCompleted.model_validate_json(completed.model_dump_json()) == completed
     assert completed.image.content_type == "image/png"
+
+
+def _canceled_fields() -> dict[str, object]:
+    return {
+        "generation_id": "g1",
+        "owner_id": "o1",
+        "avatar_id": "a1",
+        "canceled_at": datetime(2030, 1, 1, 12, 0, tzinfo=UTC),
+    }
+
+
+def test_generation_canceled_round_trips_with_its_default_reason() -> None:
+    canceled = GenerationCanceled.model_validate(_canceled_fields())
+    assert canceled.reason == "canceled by its owner"
+    assert canceled.schema_version == 1
+    assert GenerationCanceled.model_validate_json(canceled.model_dump_json()) == canceled
+    assert event_type_of(canceled) is EventType.GENERATION_CANCELED
+    assert EventType.GENERATION_CANCELED.value == "generation.canceled"
+    assert EVENT_PAYLOADS[EventType.GENERATION_CANCELED] is GenerationCanceled
+
+
+@pytest.mark.parametrize("missing", ["generation_id", "owner_id", "avatar_id", "canceled_at"])
+def test_generation_canceled_requires_its_ids_and_time(missing: str) -> None:
+    fields = _canceled_fields()
+    del fields[missing]
+    with pytest.raises(ValidationError, match=missing):
+        GenerationCanceled.model_validate(fields)
+
+
+def test_generation_canceled_bounds_its_reason_and_refuses_naive_times() -> None:
+    assert GenerationCanceled.model_validate({**_canceled_fields(), "reason": "x" * 500}).reason == "x" * 500
+    with pytest.raises(ValidationError, match="at most 500"):
+        GenerationCanceled.model_validate({**_canceled_fields(), "reason": "x" * 501})
+    with pytest.raises(ValidationError, match="timezone"):
+        GenerationCanceled.model_validate({**_canceled_fields(), "canceled_at": datetime(2030, 1, 1, 12, 0)})

@@ -9,7 +9,9 @@ from contracts.topology import (
     CONTENT_GENERATION_RESULTS,
     CONTENT_IDENTITY_EVENTS,
     EVENT_PRODUCERS,
+    GATEWAY_GENERATION_CANCELED,
     GATEWAY_GENERATION_REQUESTED,
+    SERVICE_CONTENT,
     topology,
 )
 
@@ -20,6 +22,7 @@ def test_default_names_match_the_design() -> None:
     assert topo.dead_letter_exchange == "vixen.dlx"
     assert {q.name for q in topo.queues} == {
         "inference-gateway.generation-requested",
+        "inference-gateway.generation-canceled",
         "content.generation-results",
         "content.identity-events",
     }
@@ -46,6 +49,18 @@ def test_every_event_is_consumed_by_some_queue_and_has_a_producer() -> None:
     assert set(EVENT_PRODUCERS) == set(EventType)
     results = topology().queue(CONTENT_GENERATION_RESULTS).routing_keys
     assert set(results) == {"generation.started", "generation.completed", "generation.failed"}
+
+
+def test_generation_canceled_comes_from_content_to_its_own_gateway_queue_only() -> None:
+    assert EVENT_PRODUCERS[EventType.GENERATION_CANCELED] == SERVICE_CONTENT
+    spec = topology(prefix="t-ab12").queue(GATEWAY_GENERATION_CANCELED)
+    assert spec.base_name == "inference-gateway.generation-canceled"
+    assert spec.name == "t-ab12.inference-gateway.generation-canceled"
+    assert spec.routing_keys == ("generation.canceled",)
+    assert spec.dlq_name == "t-ab12.inference-gateway.generation-canceled.dlq"
+    # Bound to that queue alone: the requests queue never sees a cancel, and no other queue does either.
+    bound_to = [q.base_name for q in topology().queues if "generation.canceled" in q.routing_keys]
+    assert bound_to == [GATEWAY_GENERATION_CANCELED]
 
 
 def test_unknown_queue_is_a_key_error() -> None:

@@ -12,7 +12,7 @@ import pytest
 from contracts.errors import GatewayErrorCode, WorkerErrorCode
 from contracts.events import GenerationCompleted, GenerationFailed, GenerationStarted
 from services.inference_gateway.errors import GatewayFailure
-from services.inference_gateway.metrics import COMPLETED, FAILED, RETRIES, Metrics
+from services.inference_gateway.metrics import CANCELS, COMPLETED, FAILED, REQUESTS, RETRIES, SKIPPED_CANCELED, Metrics
 from services.inference_gateway.service import (
     RESPONSE_GRACE_SECONDS,
     GenerationService,
@@ -42,6 +42,7 @@ def build(
     clock: FakeClock | None = None,
     max_attempts: int = 3,
     worker_timeout: float = 600.0,
+    canceled_memory: int = 10_000,
 ) -> tuple[GenerationService, FakeStorage, RecordingPublisher, FakeClock, Metrics]:
     storage = storage or FakeStorage()
     events = events or RecordingPublisher()
@@ -59,6 +60,7 @@ def build(
         clock=clock,
         sleep=clock.sleep,
         rand=lambda: 0.5,
+        canceled_memory=canceled_memory,
     )
     return service, storage, events, clock, metrics
 
@@ -307,6 +309,54 @@ async def test_a_request_the_worker_contract_refuses_is_invalid_request() -> Non
     assert (result.error_code, result.retryable) == ("INVALID_REQUEST", False)
     assert result.details["fields"] == ["prompt"]
     assert types_of(events) == ["GenerationFailed"]
+
+
+async def test_a_request_canceled_before_it_started_is_not_run_and_publishes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = FakeWorker(success())
+    service, storage, events, _, metrics = build(worker)
+    service.note_canceled("gen-canceled")
+
+    with caplog.at_level(logging.INFO, logger="services.inference_gateway.service"):
+        skipped = await service.handle(requested("gen-canceled"))
+    other = await service.handle(requested("gen-other"))
+
+    assert skipped is None
+    assert "generation gen-canceled was canceled before it started; not run" in caplog.text
+    # Only the other generation reached the worker, the bucket and the result events.
+    assert [r.request_id for r in worker.requests] == ["gen-other"]
+    assert storage.presigned == [("loras/avatar-1/lora-1.safetensors", 300)]
+    assert list(storage.objects) == ["generations/gen-other.png"]
+    assert isinstance(other, GenerationCompleted)
+    assert types_of(events) == ["GenerationStarted", "GenerationCompleted"]
+    assert {getattr(e, "generation_id", None) for e in events.events} == {"gen-other"}
+    assert metrics.value(REQUESTS) == 2 and metrics.value(CANCELS) == 1 and metrics.value(SKIPPED_CANCELED) == 1
+
+
+async def test_a_cancel_is_skipped_even_when_its_deadline_has_passed() -> None:
+    clock = FakeClock()
+    service, _, events, _, _ = build(FakeWorker(success()), clock=clock)
+    request = requested("gen-1", deadline_in=timedelta(seconds=30))
+    service.note_canceled("gen-1")
+    clock.now += timedelta(seconds=31)
+
+    assert await service.handle(request) is None
+    assert events.events == []  # no TIMEOUT for a generation its owner canceled
+
+
+async def test_the_canceled_record_is_bounded_and_forgets_the_oldest_first() -> None:
+    worker = FakeWorker(success())
+    service, _, _, _, _ = build(worker, canceled_memory=2)
+
+    service.note_canceled("gen-1")
+    service.note_canceled("gen-2")
+    service.note_canceled("gen-1")  # seen again: now the newest
+    service.note_canceled("gen-3")  # over the cap: gen-2, the oldest, is forgotten
+
+    assert [service.was_canceled(g) for g in ("gen-1", "gen-2", "gen-3")] == [True, False, True]
+    assert await service.handle(requested("gen-2")) is not None
+    assert [r.request_id for r in worker.requests] == ["gen-2"]
 
 
 def test_retryable_codes() -> None:

@@ -1,0 +1,61 @@
+"""generation.canceled with the real gateway, real RabbitMQ and S3: a canceled request never reaches the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+from aio_pika.abc import AbstractRobustConnection
+
+from contracts.events import GenerationCanceled
+from contracts.topology import CONTENT_GENERATION_RESULTS, Topology
+from services.common.storage import ObjectStorage
+from tests.support.gateway_fakes import requested
+from tests.support.gateway_harness import gateway_running, gateway_settings, publish_cancel, publish_request
+from tests.support.queues import drain_events
+from tests.support.stand_in_worker import StandInWorker
+
+
+async def wait_for_metric(gateway: httpx.AsyncClient, line: str, wait: float = 10.0) -> None:
+    """Poll /metrics until it shows `line` (a counter at a value)."""
+    async with asyncio.timeout(wait):
+        while True:
+            if line in (await gateway.get("/metrics")).text.splitlines():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_a_request_canceled_before_it_started_is_not_run_while_another_still_is(
+    amqp: AbstractRobustConnection, topo: Topology, storage: ObjectStorage, rabbitmq_url: str
+) -> None:
+    canceled_id, other_id = str(uuid.uuid4()), str(uuid.uuid4())
+    now = datetime.now(UTC)
+    cancel = GenerationCanceled(generation_id=canceled_id, owner_id="owner-1", avatar_id="avatar-1", canceled_at=now)
+    worker = StandInWorker("ok").start()
+    try:
+        settings = gateway_settings(rabbitmq_url, storage, topo, worker.url)
+        async with gateway_running(settings) as gateway:
+            health = await gateway.get("/healthz")
+            assert health.status_code == 200 and health.json()["consumer"] == "running", health.text
+            await publish_cancel(amqp, topo, cancel)
+            # The cancel comes on its own queue: wait until the gateway recorded it, then send both requests.
+            await wait_for_metric(gateway, "vixen_gateway_cancels_total 1")
+            await publish_request(amqp, topo, requested(canceled_id, now=now))
+            await publish_request(amqp, topo, requested(other_id, now=now))
+            # One request at a time (prefetch 1), in order: once the other's two events are in, the canceled
+            # one was handled too, and anything it had published would be on the results queue.
+            results = await drain_events(amqp, topo.queue(CONTENT_GENERATION_RESULTS).name, expect=2, grace=0.5)
+            metrics = (await gateway.get("/metrics")).text.splitlines()
+    finally:
+        worker.stop()
+
+    assert [(type(p).__name__, getattr(p, "generation_id", None)) for _, p in results] == [
+        ("GenerationStarted", other_id),
+        ("GenerationCompleted", other_id),
+    ]
+    assert [body["request_id"] for body in worker.bodies] == [other_id]
+    assert not await storage.exists(f"generations/{canceled_id}.png")
+    assert "vixen_gateway_requests_total 2" in metrics
+    assert "vixen_gateway_requests_skipped_canceled_total 1" in metrics
