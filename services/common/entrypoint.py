@@ -22,6 +22,7 @@ class ServiceSettings(Protocol):
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def serve(
@@ -44,6 +45,13 @@ def serve(
 
     import uvicorn
 
-    # log_config=None: uvicorn's loggers propagate to the root handler, which redacts.
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+    # log_config=None: uvicorn's loggers propagate to the root handler, which redacts. A stop waits this long for
+    # requests in progress (a long `Prefer: wait`, an event stream), then closes them: clients reconnect.
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
     return 0

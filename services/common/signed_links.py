@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class LinkSigner:
         return None
 
     def _mac(self, purpose: str, resource: str, expires: int) -> str:
-        message = f"{purpose}\n{resource}\n{expires}".encode()
+        # JSON, so no purpose/resource pair can be spelled as another by moving a separator between them.
+        message = json.dumps([purpose, resource, expires], separators=(",", ":")).encode()
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")

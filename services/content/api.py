@@ -19,7 +19,7 @@ from services.common.http_errors import UnauthorizedError, error_responses
 from services.common.pagination import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
 from services.common.signed_links import LinkSigner
 from services.content.admission import AdmissionLimits
-from services.content.decisions import StatusStep, seconds_between
+from services.content.decisions import STATUS_STEP, StatusStep, seconds_between
 from services.content.generations import GenerationService, GenerationView
 from services.content.models import GenerationStatus
 from services.content.projection import IdentityProjection
@@ -34,6 +34,7 @@ from services.content.schemas import (
     GenerationTimingsOut,
     ImageOut,
     LimitsOut,
+    NumberRange,
 )
 from services.content.watching import generation_events, last_event_step, preferred_wait, wait_until_terminal
 
@@ -191,8 +192,8 @@ async def limits(principal: CurrentPrincipal, api: Api) -> LimitsOut:
         max_side=limits.max_side,
         max_steps=limits.max_steps,
         max_pixel_steps=limits.max_pixel_steps,
-        cfg_range=(0.0, 30.0),
-        lora_scale_range=(0.0, 2.0),
+        cfg_range=NumberRange(min=0.0, max=30.0),
+        lora_scale_range=NumberRange(min=0.0, max=2.0),
         max_prompt_length=2000,
         max_in_flight=limits.max_in_flight,
         submit_rate_per_minute=limits.rate_per_minute,
@@ -247,12 +248,31 @@ async def cancel_generation(generation_id: uuid.UUID, principal: CurrentPrincipa
     return generation_out(await api.generations.cancel(principal.subject, generation_id))
 
 
+def _event_schema() -> dict[str, Any]:
+    """The schema of one event of the stream, the way OpenAPI describes Server-Sent Events (3.2 names it
+    `itemSchema`; tools reading a 3.1 document take the stream's `schema` as it): `event`, `id`, and `data`, a JSON
+    string of a GenerationEvent.
+    Its nested models are referred to in the document's components (the other routes put them there), not in a
+    local `$defs` that nothing in an OpenAPI document resolves."""
+    data = GenerationEventOut.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+    data.pop("$defs", None)
+    return {
+        "type": "object",
+        "required": ["event", "id", "data"],
+        "properties": {
+            "event": {"const": "status"},
+            "id": {"enum": [str(step) for step in sorted(set(STATUS_STEP.values()))]},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+        },
+    }
+
+
 @router.get(
     "/{generation_id:uuid}/events",
     response_class=StreamingResponse,
     responses={
         200: {
-            "content": {"text/event-stream": {"schema": GenerationEventOut.model_json_schema()}},
+            "content": {"text/event-stream": {"schema": _event_schema()}},
             "description": "Server-Sent Events: `event: status`, `id:` 1 queued, 2 running, 3 final; "
             "`data:` a GenerationEvent. Ends after the final status.",
         },
@@ -278,7 +298,8 @@ async def generation_event_stream(
     if signature is not None or expires is not None:
         refusal = api.links.refusal(EVENTS_LINK_PURPOSE, str(generation_id), expires or 0, signature or "")
         if refusal is not None:
-            raise UnauthorizedError(f"not authenticated: {refusal}")
+            challenge = f'Bearer error="invalid_token", error_description="{refusal}"'
+            raise UnauthorizedError(f"not authenticated: {refusal}", headers={"WWW-Authenticate": challenge})
     else:
         owner_id = (await authenticate(request, credentials)).subject
 

@@ -25,7 +25,14 @@ from services.common.pagination import Cursor, Page, page_of
 from services.content import admission, decisions, repository
 from services.content.admission import AdmissionLimits
 from services.content.decisions import UnexpectedEventError
-from services.content.models import Generation, GenerationStatus, IdempotencyKey, inbox_table, outbox_table
+from services.content.models import (
+    Generation,
+    GenerationStatus,
+    IdempotencyKey,
+    OwnerQuota,
+    inbox_table,
+    outbox_table,
+)
 from services.content.schemas import GenerateRequest
 
 log = logging.getLogger(__name__)
@@ -111,30 +118,47 @@ class GenerationService:
         admission.check_request_fits(request, self._limits)
         digest = admission.request_digest(request)
         now = self._clock()
+        earlier: Generation | None = None
         async with self._sessions() as session, session.begin():
             quota = await repository.lock_owner_quota(session, owner_id, full_bucket=self._limits.burst, now=now)
             if idempotency_key is not None:
                 earlier = await self._earlier_submit(session, owner_id, idempotency_key, digest, now)
-                if earlier is not None:
-                    return Submitted(await self._view(earlier), replayed=True)
-            tokens = admission.refilled_tokens(quota.tokens, quota.refilled_at, now, self._limits)
-            admission.check_rate(tokens, self._limits)
-            admission.check_in_flight(await repository.count_in_flight(session, owner_id), self._limits)
-            generation = await self._queue(session, owner_id, request, now)
-            quota.tokens, quota.refilled_at = tokens - 1.0, now
-            if idempotency_key is not None:
-                session.add(
-                    IdempotencyKey(
-                        owner_id=owner_id,
-                        key=idempotency_key,
-                        request_sha256=digest,
-                        generation_id=generation.id,
-                        created_at=now,
-                    )
-                )
+            if earlier is None:
+                generation = await self._admit(session, quota, owner_id, request, idempotency_key, digest, now)
+        if earlier is not None:
+            # Made after the transaction: the quota row is not held while an image URL is signed.
+            return Submitted(await self._view(earlier), replayed=True)
         self._on_commit()
         log.info("generation %s queued for avatar %s", generation.id, generation.avatar_id)
         return Submitted(await self._view(generation), replayed=False)
+
+    async def _admit(
+        self,
+        session: AsyncSession,
+        quota: OwnerQuota,
+        owner_id: str,
+        request: GenerateRequest,
+        idempotency_key: str | None,
+        digest: str,
+        now: datetime,
+    ) -> Generation:
+        """Rate, in-flight cap, avatar and LoRA; then the generation, its event, its key and the spent token."""
+        tokens = admission.refilled_tokens(quota.tokens, quota.refilled_at, now, self._limits)
+        admission.check_rate(tokens, self._limits)
+        admission.check_in_flight(await repository.count_in_flight(session, owner_id), self._limits)
+        generation = await self._queue(session, owner_id, request, now)
+        quota.tokens, quota.refilled_at = tokens - 1.0, now
+        if idempotency_key is not None:
+            session.add(
+                IdempotencyKey(
+                    owner_id=owner_id,
+                    key=idempotency_key,
+                    request_sha256=digest,
+                    generation_id=generation.id,
+                    created_at=now,
+                )
+            )
+        return generation
 
     async def get(self, owner_id: str, generation_id: uuid.UUID) -> GenerationView:
         """The owner's generation and, once completed, a URL for its image; 404 for anyone else's."""
@@ -270,7 +294,11 @@ class GenerationService:
         if record.request_sha256 != digest:
             reason = "this key was used with another request body; use a new key for a new request"
             raise InvalidRequestError("Idempotency-Key reused", fields=[FieldError("Idempotency-Key", reason)])
-        return await repository.get_generation(session, record.generation_id)
+        earlier = await repository.get_generation(session, record.generation_id)
+        if earlier is None:  # its generation is gone (nothing deletes one today): the key starts afresh
+            await session.delete(record)
+            await session.flush()
+        return earlier
 
     async def _queue(self, session: AsyncSession, owner_id: str, request: GenerateRequest, now: datetime) -> Generation:
         found = await repository.get_avatar(session, str(request.avatar_id))

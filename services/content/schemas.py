@@ -33,7 +33,10 @@ Side = Annotated[
     Field(strict=True, ge=_bound("width", "ge"), le=_bound("width", "le"), multiple_of=8),
     INTEGRAL_FLOAT_AS_INT,
 ]
-Prompt = Annotated[NonBlankMultilineText, Field(min_length=1, max_length=_PROMPT_MAX)]
+# The length bound comes before the text validators, so that it is checked on the string as sent and its
+# message reads "at most 2000 characters".
+Prompt = Annotated[str, Field(min_length=1, max_length=_PROMPT_MAX), *NonBlankMultilineText.__metadata__]
+NegativePrompt = Annotated[str, Field(max_length=_PROMPT_MAX), *MultilineText.__metadata__]
 
 
 class GenerateRequest(BaseModel):
@@ -44,7 +47,7 @@ class GenerateRequest(BaseModel):
 
     avatar_id: uuid.UUID
     prompt: Prompt
-    negative_prompt: Annotated[MultilineText, Field(max_length=_PROMPT_MAX)] = ""
+    negative_prompt: NegativePrompt = ""
     width: Side = _WORKER["width"].default
     height: Side = _WORKER["height"].default
     steps: Annotated[
@@ -152,6 +155,13 @@ class GenerationEventOut(BaseModel):
     generation: GenerationOut
 
 
+class NumberRange(BaseModel):
+    """Inclusive bounds of a number."""
+
+    min: float
+    max: float
+
+
 class LimitsOut(BaseModel):
     """This deployment's bounds on a submit, and the caller's limits."""
 
@@ -160,8 +170,8 @@ class LimitsOut(BaseModel):
     side_multiple_of: Literal[8] = 8
     max_steps: int
     max_pixel_steps: int = Field(description="the cost budget: width × height × steps at most")
-    cfg_range: tuple[float, float]
-    lora_scale_range: tuple[float, float]
+    cfg_range: NumberRange
+    lora_scale_range: NumberRange
     max_prompt_length: int
     max_in_flight: int = Field(description="generations queued or running at once, per owner")
     submit_rate_per_minute: float

@@ -18,7 +18,7 @@ ReadView = Callable[[], Awaitable[GenerationView]]
 # JSON of one SSE event's data, from the view and the status step it reports.
 EventData = Callable[[GenerationView, StatusStep], str]
 
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.I)
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)(?:$|[,;\s])", re.I)
 
 
 def preferred_wait(prefer: str | None, max_seconds: float) -> int | None:
@@ -28,7 +28,8 @@ def preferred_wait(prefer: str | None, max_seconds: float) -> int | None:
     match = _PREFER_WAIT.search(prefer)
     if match is None:
         return None
-    return int(min(int(match.group(1)), max_seconds))
+    # Any number of digits is a wait; a huge one is capped like any other over the maximum.
+    return int(min(int(match.group(1)[:9]), max_seconds))
 
 
 async def wait_until_terminal(hub: ChangeHub, key: str, read: ReadView, seconds: float) -> GenerationView:
@@ -59,6 +60,9 @@ def sse_event(event: str, event_id: int, data: str) -> bytes:
 
 
 HEARTBEAT = b": keep-alive\n\n"
+# A stream ends after this long even if the generation has not: EventSource reconnects with Last-Event-ID, and no
+# connection outlives a deploy by more than a few minutes.
+MAX_STREAM_SECONDS = 300.0
 
 
 async def generation_events(
@@ -69,9 +73,13 @@ async def generation_events(
     *,
     after_step: int,
     heartbeat_seconds: float,
+    max_seconds: float = MAX_STREAM_SECONDS,
 ) -> AsyncIterator[bytes]:
     """Each status the generation reaches after `after_step`, in order (queued, running, then its final status),
-    a heartbeat comment while nothing changes, and the end of the stream after the final status."""
+    a heartbeat comment while nothing changes, and the end of the stream after the final status (or after
+    max_seconds: the client reconnects)."""
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + max_seconds
     with hub.watch(key) as watch:
         sent = after_step
         # Tell the client how long to wait before reconnecting (the default is browser-specific).
@@ -82,7 +90,7 @@ async def generation_events(
                 if step.step > sent:
                     yield sse_event("status", step.step, event_data(view, step))
                     sent = step.step
-            if is_terminal(view.generation):
+            if is_terminal(view.generation) or loop.time() >= ends:
                 return
-            if not await watch.changed(heartbeat_seconds):
+            if not await watch.changed(min(heartbeat_seconds, max(0.0, ends - loop.time()))):
                 yield HEARTBEAT

@@ -22,7 +22,9 @@ def live_server(app: FastAPI, name: str = "live-app") -> Iterator[str]:
     server thread's own event loop, so the app's background tasks never share the test's loop.
 
     log_config=None, as services.common.entrypoint serves: uvicorn's loggers propagate to the root logger."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on", timeout_graceful_shutdown=5)
+    )
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT

@@ -200,7 +200,7 @@ async def test_without_migrate_on_start_a_database_at_head_is_used(content_setti
     app = create_app(content_settings.model_copy(update={"migrate_on_start": False}))
 
     async with app.router.lifespan_context(app):
-        assert app.state.content_service is not None
+        assert app.state.content is not None
 
 
 async def test_open_database_on_sqlite_upgrades_and_the_service_tables_work(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ async def test_notify_wakes_the_watches_of_that_key_only() -> None:
         waiting = asyncio.gather(first.changed(5), second.changed(5))
         await asyncio.sleep(0)  # both are waiting before the notification
         hub.notify("a")
-        assert await waiting == [True, True]
+        assert list(await waiting) == [True, True]
         assert not await other.changed(0.05)
 
 
@@ -77,7 +77,7 @@ async def test_an_exception_in_the_block_still_unregisters() -> None:
 async def test_a_failed_health_check_counts_as_a_lost_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     # A peer that vanished without closing the socket is only noticed by asking it something.
     class Silent:
-        async def fetchval(self, query: str, *, timeout: float) -> int:
+        async def fetchval(self, query: str, **_options: float) -> int:
             raise ConnectionResetError("no answer")
 
     monkeypatch.setattr(changes, "HEALTH_CHECK_INTERVAL", 0.01)

@@ -107,4 +107,3 @@ def test_a_derived_key_is_not_the_secret_itself(clock: Clock) -> None:
     link = raw.sign("events", "gen-1", ttl_seconds=600)
 
     assert derived.refusal("events", "gen-1", link.expires, link.signature) is not None
-

@@ -1,4 +1,5 @@
-"""Content decisions: status moves only forward, who may generate, what generation.requested carries."""
+"""Content decisions: status moves only forward, who may generate, cancel and time-out, what generation.requested
+carries, the steps a generation went through."""
 
 from __future__ import annotations
 
@@ -16,22 +17,35 @@ from contracts.events import (
     LoraReady,
 )
 from contracts.worker import ModelInfo, Timings
-from services.common.http_errors import ConflictError, InvalidRequestError
-from services.content.models import AvatarProjection, Generation, GenerationStatus, LoraProjection, LoraState
-from services.content.schemas import GenerateRequest
-from services.content.service import (
+from services.common.http_errors import ConflictError, NotFoundError
+from services.content.decisions import (
+    StatusStep,
     UnexpectedEventError,
     apply_result,
     avatar_event_applies,
+    avatar_is_ready,
     build_generation_requested,
+    cancel,
     check_can_generate,
+    is_terminal,
     lora_event_applies,
+    seconds_between,
     status_after,
+    status_steps,
+    time_out,
 )
+from services.content.models import AvatarProjection, Generation, GenerationStatus, LoraProjection, LoraState
+from services.content.schemas import GenerateRequest
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 SHA = "ab" * 32
-Q, R, C, F = GenerationStatus.QUEUED, GenerationStatus.RUNNING, GenerationStatus.COMPLETED, GenerationStatus.FAILED
+Q, R, C, F, X = (
+    GenerationStatus.QUEUED,
+    GenerationStatus.RUNNING,
+    GenerationStatus.COMPLETED,
+    GenerationStatus.FAILED,
+    GenerationStatus.CANCELED,
+)
 STARTED, COMPLETED, FAILED = EventType.GENERATION_STARTED, EventType.GENERATION_COMPLETED, EventType.GENERATION_FAILED
 
 
@@ -42,14 +56,17 @@ STARTED, COMPLETED, FAILED = EventType.GENERATION_STARTED, EventType.GENERATION_
         (R, STARTED, None),
         (C, STARTED, None),
         (F, STARTED, None),
+        (X, STARTED, None),
         (Q, COMPLETED, C),
         (R, COMPLETED, C),
         (C, COMPLETED, None),
         (F, COMPLETED, None),
+        (X, COMPLETED, None),
         (Q, FAILED, F),
         (R, FAILED, F),
         (C, FAILED, None),
         (F, FAILED, None),
+        (X, FAILED, None),
     ],
 )
 def test_status_moves_only_forward_and_terminal_states_stay(
@@ -75,7 +92,12 @@ def _generation(status: GenerationStatus = Q) -> Generation:
         created_at=NOW,
         updated_at=NOW,
         deadline=NOW + timedelta(minutes=10),
+        image_purge_pending=False,
     )
+
+
+def _started(generation: Generation, attempt: int = 1) -> GenerationStarted:
+    return GenerationStarted(generation_id=str(generation.id), attempt=attempt, worker_mode="sync")
 
 
 def _completed(generation_id: str) -> GenerationCompleted:
@@ -89,7 +111,23 @@ def _completed(generation_id: str) -> GenerationCompleted:
     )
 
 
-def test_completed_records_the_image_timings_and_attempts() -> None:
+def _failed(generation: Generation) -> GenerationFailed:
+    return GenerationFailed(
+        generation_id=str(generation.id), error_code="LORA_LOAD_FAILED", error="not a LoRA", retryable=False
+    )
+
+
+def test_started_moves_queued_to_running_and_records_when() -> None:
+    generation = _generation(Q)
+    later = NOW + timedelta(seconds=2)
+
+    assert apply_result(generation, _started(generation), STARTED, later) is True
+
+    assert (generation.status, generation.started_at, generation.finished_at) == ("running", later, None)
+    assert generation.attempts == 1
+
+
+def test_completed_records_the_image_timings_attempts_and_when_it_finished() -> None:
     generation = _generation(R)
     later = NOW + timedelta(seconds=3)
 
@@ -99,29 +137,30 @@ def test_completed_records_the_image_timings_and_attempts() -> None:
     assert generation.image is not None and generation.image["sha256"] == SHA
     assert generation.generation_time_seconds == 1.5 and generation.attempts == 2
     assert generation.timings is not None and generation.timings["total_ms"] == 1500.0
-    assert generation.updated_at == later
+    assert generation.model_info is not None and generation.model_info["lora_applied"] is True
+    assert (generation.updated_at, generation.finished_at) == (later, later)
+    assert generation.image_purge_pending is False
 
 
 def test_a_late_started_after_completed_changes_nothing() -> None:
     generation = _generation(R)
     apply_result(generation, _completed(str(generation.id)), COMPLETED, NOW)
 
-    late = GenerationStarted(generation_id=str(generation.id), attempt=3, worker_mode="sync")
+    late = _started(generation, attempt=3)
     assert apply_result(generation, late, STARTED, NOW + timedelta(seconds=9)) is False
 
     assert (generation.status, generation.attempts, generation.updated_at) == ("completed", 2, NOW)
+    assert generation.started_at is None
 
 
 def test_failed_records_the_error_and_a_later_completed_does_not_undo_it() -> None:
     generation = _generation(Q)
-    failed = GenerationFailed(
-        generation_id=str(generation.id), error_code="LORA_LOAD_FAILED", error="not a LoRA", retryable=False
-    )
 
-    apply_result(generation, failed, FAILED, NOW)
-    assert apply_result(generation, _completed(str(generation.id)), COMPLETED, NOW) is False
+    apply_result(generation, _failed(generation), FAILED, NOW)
+    assert apply_result(generation, _completed(str(generation.id)), COMPLETED, NOW + timedelta(seconds=1)) is False
 
     assert generation.status == "failed" and generation.image is None
+    assert generation.finished_at == NOW
     assert generation.error == {
         "error_code": "LORA_LOAD_FAILED",
         "error": "not a LoRA",
@@ -130,14 +169,44 @@ def test_failed_records_the_error_and_a_later_completed_does_not_undo_it() -> No
     }
 
 
-def test_a_second_started_counts_the_attempt_without_changing_the_status() -> None:
+def test_a_second_started_counts_the_attempt_without_changing_the_status_or_the_start() -> None:
+    generation = _generation(Q)
+    apply_result(generation, _started(generation), STARTED, NOW)
+
+    apply_result(generation, _started(generation, attempt=2), STARTED, NOW + timedelta(seconds=5))
+
+    assert (generation.status, generation.attempts, generation.started_at) == ("running", 2, NOW)
+
+
+def test_a_completed_after_a_cancel_is_recorded_for_deletion_and_the_generation_stays_canceled() -> None:
     generation = _generation(R)
+    cancel(generation, NOW)
+    later = NOW + timedelta(seconds=4)
 
-    apply_result(
-        generation, GenerationStarted(generation_id=str(generation.id), attempt=2, worker_mode="sync"), STARTED, NOW
-    )
+    assert apply_result(generation, _completed(str(generation.id)), COMPLETED, later) is True
 
-    assert (generation.status, generation.attempts) == ("running", 2)
+    assert generation.status == "canceled"
+    assert generation.image is not None and generation.image["object_key"] == f"outputs/{generation.id}.png"
+    assert generation.image_purge_pending is True
+    assert generation.finished_at == NOW  # when it was canceled, not when the image came
+
+
+def test_a_started_after_a_cancel_leaves_it_canceled_and_never_started() -> None:
+    generation = _generation(Q)
+    cancel(generation, NOW)
+
+    apply_result(generation, _started(generation), STARTED, NOW + timedelta(seconds=1))
+
+    assert (generation.status, generation.started_at, generation.finished_at) == ("canceled", None, NOW)
+
+
+def test_a_failed_after_a_cancel_leaves_it_canceled() -> None:
+    generation = _generation(R)
+    cancel(generation, NOW)
+
+    apply_result(generation, _failed(generation), FAILED, NOW + timedelta(seconds=1))
+
+    assert (generation.status, generation.finished_at) == ("canceled", NOW)
 
 
 def test_a_payload_that_is_not_a_result_is_refused() -> None:
@@ -148,9 +217,94 @@ def test_a_payload_that_is_not_a_result_is_refused() -> None:
         apply_result(_generation(), payload, STARTED, NOW)
 
 
-def _avatar(active: str | None = "l1", deleted: bool = False) -> AvatarProjection:
+@pytest.mark.parametrize("status", [Q, R])
+def test_cancel_ends_an_open_generation_at_once(status: GenerationStatus) -> None:
+    generation = _generation(status)
+    later = NOW + timedelta(seconds=7)
+
+    cancel(generation, later)
+
+    assert (generation.status, generation.finished_at, generation.updated_at) == ("canceled", later, later)
+    assert is_terminal(generation)
+
+
+@pytest.mark.parametrize("status", [C, F, X])
+def test_a_finished_generation_cannot_be_canceled(status: GenerationStatus) -> None:
+    generation = _generation(status)
+
+    with pytest.raises(ConflictError) as caught:
+        cancel(generation, NOW + timedelta(seconds=1))
+
+    assert caught.value.reason_code == "GENERATION_FINISHED"
+    assert (generation.status, generation.finished_at, generation.updated_at) == (status.value, None, NOW)
+
+
+@pytest.mark.parametrize("status", [Q, R])
+def test_time_out_fails_an_open_generation_with_timeout(status: GenerationStatus) -> None:
+    generation = _generation(status)
+    later = NOW + timedelta(minutes=11)
+
+    assert time_out(generation, later) is True
+
+    assert (generation.status, generation.finished_at) == ("failed", later)
+    assert generation.error is not None
+    assert (generation.error["error_code"], generation.error["retryable"]) == ("TIMEOUT", True)
+    assert generation.error["details"] == {"deadline": generation.deadline.isoformat()}
+
+
+@pytest.mark.parametrize("status", [C, F, X])
+def test_time_out_leaves_a_finished_generation_alone(status: GenerationStatus) -> None:
+    generation = _generation(status)
+
+    assert time_out(generation, NOW + timedelta(hours=1)) is False
+
+    assert (generation.status, generation.error, generation.updated_at) == (status.value, None, NOW)
+
+
+def test_status_steps_of_a_queued_generation() -> None:
+    assert status_steps(_generation(Q)) == [StatusStep(1, Q, NOW)]
+
+
+def test_status_steps_number_each_status_in_order_with_its_time() -> None:
+    generation = _generation(Q)
+    started, finished = NOW + timedelta(seconds=2), NOW + timedelta(seconds=5)
+    apply_result(generation, _started(generation), STARTED, started)
+    assert status_steps(generation) == [StatusStep(1, Q, NOW), StatusStep(2, R, started)]
+
+    apply_result(generation, _completed(str(generation.id)), COMPLETED, finished)
+
+    assert status_steps(generation) == [StatusStep(1, Q, NOW), StatusStep(2, R, started), StatusStep(3, C, finished)]
+
+
+def test_a_generation_that_never_ran_skips_the_running_step() -> None:
+    generation = _generation(Q)
+    cancel(generation, NOW + timedelta(seconds=1))
+
+    assert status_steps(generation) == [StatusStep(1, Q, NOW), StatusStep(3, X, NOW + timedelta(seconds=1))]
+
+
+def test_a_terminal_step_without_finished_at_uses_the_last_update() -> None:
+    generation = _generation(F)  # e.g. a row written before finished_at existed
+
+    assert status_steps(generation)[-1] == StatusStep(3, F, NOW)
+
+
+def test_seconds_between() -> None:
+    assert seconds_between(NOW, NOW + timedelta(seconds=2.5)) == 2.5
+    assert seconds_between(NOW, NOW - timedelta(seconds=1)) == 0.0  # clocks of two hosts: never negative
+    assert seconds_between(None, NOW) is None
+    assert seconds_between(NOW, None) is None
+
+
+def _avatar(active: str | None = "l1", deleted: bool = False, owner_id: str = "o1") -> AvatarProjection:
     return AvatarProjection(
-        id="a1", owner_id="o1", name="Vixen", active_lora_id=active, deleted=deleted, source_time=NOW, updated_at=NOW
+        id="a1",
+        owner_id=owner_id,
+        name="Vixen",
+        active_lora_id=active,
+        deleted=deleted,
+        source_time=NOW,
+        updated_at=NOW,
     )
 
 
@@ -169,24 +323,47 @@ def _lora(status: LoraState = LoraState.READY, avatar_id: str = "a1") -> LoraPro
     )
 
 
-def test_an_unknown_avatar_is_an_invalid_request_naming_avatar_id() -> None:
-    with pytest.raises(InvalidRequestError, match="unknown avatar") as caught:
-        check_can_generate("a1", None, None)
-    assert [(f.field, f.reason) for f in caught.value.fields] == [("avatar_id", "unknown avatar")]
+def test_the_owners_avatar_with_a_ready_lora_may_generate() -> None:
+    avatar, lora = _avatar(), _lora()
+
+    assert check_can_generate("o1", avatar, lora) == (avatar, lora)
+    assert avatar_is_ready(avatar, lora)
 
 
-def test_a_deleted_avatar_is_an_invalid_request_naming_avatar_id() -> None:
-    with pytest.raises(InvalidRequestError) as caught:
-        check_can_generate("a1", _avatar(deleted=True), _lora())
+@pytest.mark.parametrize(
+    "avatar",
+    [None, _avatar(owner_id="someone-else"), _avatar(deleted=True)],
+    ids=["unknown", "someone-elses", "deleted"],
+)
+def test_an_unknown_foreign_or_deleted_avatar_is_not_found_naming_avatar_id(avatar: AvatarProjection | None) -> None:
+    with pytest.raises(NotFoundError, match="unknown avatar") as caught:
+        check_can_generate("o1", avatar, _lora())
     assert [f.field for f in caught.value.fields] == ["avatar_id"]
+
+
+def test_someone_elses_avatar_reads_exactly_like_a_missing_one() -> None:
+    with pytest.raises(NotFoundError) as missing:
+        check_can_generate("o1", None, None)
+    with pytest.raises(NotFoundError) as foreign:
+        check_can_generate("o1", _avatar(owner_id="o2"), _lora())
+
+    assert (missing.value.message, missing.value.fields) == (foreign.value.message, foreign.value.fields)
 
 
 @pytest.mark.parametrize(
     "lora", [None, _lora(LoraState.RETIRED), _lora(avatar_id="someone-else")], ids=["none", "retired", "foreign"]
 )
-def test_an_avatar_without_a_ready_lora_of_its_own_is_a_conflict(lora: LoraProjection | None) -> None:
-    with pytest.raises(ConflictError):
-        check_can_generate("a1", _avatar(), lora)
+def test_an_avatar_without_a_ready_lora_of_its_own_is_a_conflict_naming_avatar_id(
+    lora: LoraProjection | None,
+) -> None:
+    with pytest.raises(ConflictError) as caught:
+        check_can_generate("o1", _avatar(), lora)
+    assert [f.field for f in caught.value.fields] == ["avatar_id"]
+    assert not avatar_is_ready(_avatar(), lora)
+
+
+def test_a_deleted_avatar_is_not_ready() -> None:
+    assert not avatar_is_ready(_avatar(deleted=True), _lora())
 
 
 def test_generation_requested_carries_the_lora_by_key_with_the_default_scale_and_the_seed() -> None:
@@ -230,6 +407,7 @@ def test_avatar_events_apply_newest_first_and_deletion_is_final() -> None:
     row = _avatar()
     assert avatar_event_applies(None, EventType.AVATAR_CREATED, NOW)
     assert avatar_event_applies(row, EventType.AVATAR_UPDATED, NOW + timedelta(seconds=1))
+    assert avatar_event_applies(row, EventType.AVATAR_UPDATED, NOW)  # same time: identity's order wins
     assert not avatar_event_applies(row, EventType.AVATAR_CREATED, NOW - timedelta(seconds=1))
     assert avatar_event_applies(row, EventType.AVATAR_DELETED, NOW - timedelta(seconds=1))
     assert not avatar_event_applies(_avatar(deleted=True), EventType.AVATAR_UPDATED, NOW + timedelta(days=1))

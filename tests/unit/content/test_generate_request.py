@@ -129,3 +129,8 @@ def test_unknown_fields_are_refused_so_a_typo_is_not_silently_ignored() -> None:
 
 def test_the_avatar_id_must_be_a_uuid() -> None:
     assert _refused_fields(_body(avatar_id="not-a-uuid")) == ["avatar_id"]
+
+
+def test_a_long_prompt_is_refused_saying_the_limit() -> None:
+    with pytest.raises(ValidationError, match="at most 2000 characters"):
+        GenerateRequest.model_validate(_body(prompt="x" * 2001))

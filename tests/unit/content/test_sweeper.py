@@ -1,27 +1,46 @@
-"""The deadline sweeper fails open generations past deadline + grace with TIMEOUT, and nothing else."""
+"""The sweeper: each pass fails overdue generations (TIMEOUT), deletes late images of canceled ones and forgets old
+Idempotency-Keys; it repeats full batches, survives a failing pass, and stops when asked."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.events import GenerationFailed
+from contracts.events import GenerationCompleted, ImageRef
+from contracts.worker import ModelInfo
+from services.common.changes import ChangeFeed, ChangeHub
 from services.common.events import new_event
-from services.content.models import Base
+from services.content.admission import AdmissionLimits
+from services.content.generations import GenerationPolicy, GenerationService
+from services.content.models import Base, IdempotencyKey
+from services.content.projection import IdentityProjection
 from services.content.schemas import GenerateRequest
-from services.content.service import ContentPolicy, ContentService
-from services.content.sweeper import sweep_forever
+from services.content.sweeper import SWEEP_BATCH, running_sweeper, sweep_forever, sweep_once
 from tests.support.identity_events import ready_avatar_events
 from tests.support.sqlite import sqlite_sessions
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DEADLINE = 600
+GUARD = 5.0
+LIMITS = AdmissionLimits(
+    min_side=64,
+    max_side=2048,
+    max_steps=100,
+    max_pixel_steps=1024 * 1024 * 50,
+    max_in_flight=100,
+    rate_per_minute=60.0,
+    burst=100,
+    idempotency_ttl_seconds=3600,
+)
 
 
 class Clock:
@@ -32,12 +51,24 @@ class Clock:
         return self.now
 
 
-class NoImages:
+class StandInImageStore:
+    """A stand-in for the object storage that fails the first `failing` deletes."""
+
+    def __init__(self, failing: int = 0) -> None:
+        self.failing = failing
+        self.deleted: list[str] = []
+
     def public_url(self, key: str) -> str | None:
         return None
 
     async def presign_get(self, key: str, ttl_seconds: int) -> str:
-        return "unused"
+        return f"https://s3.test/{key}"
+
+    async def delete(self, key: str) -> None:
+        if self.failing:
+            self.failing -= 1
+            raise ConnectionError("storage unreachable")
+        self.deleted.append(key)
 
 
 @pytest.fixture
@@ -46,64 +77,177 @@ async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSess
         yield factory
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def service(sessions: async_sessionmaker[AsyncSession], clock: Clock) -> ContentService:
-    return ContentService(sessions, NoImages(), ContentPolicy(DEADLINE, 3600), clock=clock)
-
-
-async def _generation(service: ContentService) -> uuid.UUID:
+async def _ready_avatar(sessions: async_sessionmaker[AsyncSession]) -> uuid.UUID:
+    projection = IdentityProjection(sessions, clock=lambda: T0)
     avatar_id, lora_id = str(uuid.uuid4()), str(uuid.uuid4())
     for payload, time in ready_avatar_events(avatar_id, lora_id, time=T0, step=timedelta(seconds=1)):
-        await service.apply_identity_event(
-            new_event(payload, source="/vixenbliss/identity", subject="s", time=time), payload
-        )
-    generation = await service.request_generation(GenerateRequest(avatar_id=uuid.UUID(avatar_id), prompt="p"))
-    return generation.id
+        await projection.apply(new_event(payload, source="/vixenbliss/identity", subject="s", time=time), payload)
+    return uuid.UUID(avatar_id)
 
 
-async def test_only_generations_past_deadline_and_grace_fail_with_timeout(
-    service: ContentService, clock: Clock
-) -> None:
-    stuck = await _generation(service)
-    clock.now = T0 + timedelta(seconds=DEADLINE + 30)
-    assert await service.fail_overdue(grace_seconds=60) == 0  # inside the grace period
-    fresh = await _generation(service)  # its deadline is later
+async def test_one_sweep_does_every_chore(sessions: async_sessionmaker[AsyncSession]) -> None:
+    clock, images = Clock(), StandInImageStore(failing=1)
+    service = GenerationService(
+        sessions, images, GenerationPolicy(DEADLINE, 3600), LIMITS, ChangeFeed(ChangeHub(), "c"), clock=clock
+    )
+    avatar_id = await _ready_avatar(sessions)
+    request = GenerateRequest(avatar_id=avatar_id, prompt="p")
+    stuck = (await service.submit("o1", request, "old-key")).view.generation
+    canceled = (await service.submit("o1", request)).view.generation
+    await service.cancel("o1", canceled.id)
+    late = GenerationCompleted(
+        generation_id=str(canceled.id),
+        image=ImageRef(object_key=f"outputs/{canceled.id}.png", sha256="ab" * 32, width=64, height=64, size_bytes=1),
+        generation_time_seconds=1.0,
+        model_info=ModelInfo(base_model="tiny", lora_applied=True, lora_scale=1.0),
+    )
+    await service.apply_result(new_event(late, source="/vixenbliss/inference-gateway", subject="s"), late)
+    assert images.deleted == []  # storage failed: left for the sweeper
+    clock.now = T0 + timedelta(seconds=LIMITS.idempotency_ttl_seconds + 1)
 
-    clock.now = T0 + timedelta(seconds=DEADLINE + 61)
-    assert await service.fail_overdue(grace_seconds=60) == 1
-    view = await service.get_generation(stuck)
-    assert view.generation.status == "failed"
-    assert view.generation.error is not None and view.generation.error["error_code"] == "TIMEOUT"
-    assert (await service.get_generation(fresh)).generation.status == "queued"
-    assert await service.fail_overdue(grace_seconds=60) == 0  # already terminal: swept once
+    await sweep_once(service, grace_seconds=60)
+
+    failed = (await service.get("o1", stuck.id)).generation
+    assert failed.status == "failed" and failed.error is not None and failed.error["error_code"] == "TIMEOUT"
+    assert images.deleted == [f"outputs/{canceled.id}.png"]
+    assert (await service.get("o1", canceled.id)).generation.image_purge_pending is False
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
 
 
 async def test_a_result_arriving_after_the_sweep_does_not_reopen_the_generation(
-    service: ContentService, clock: Clock
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    generation_id = await _generation(service)
-    clock.now = T0 + timedelta(seconds=DEADLINE + 120)
-    await service.fail_overdue(grace_seconds=60)
-    late = GenerationFailed(
-        generation_id=str(generation_id), error_code="LORA_LOAD_FAILED", error="x", retryable=False, attempts=1
+    clock = Clock()
+    service = GenerationService(
+        sessions,
+        StandInImageStore(),
+        GenerationPolicy(DEADLINE, 3600),
+        LIMITS,
+        ChangeFeed(ChangeHub(), "c"),
+        clock=clock,
     )
-    await service.apply_generation_result(new_event(late, source="/vixenbliss/inference-gateway", subject="s"), late)
-    error = (await service.get_generation(generation_id)).generation.error
-    assert error is not None and error["error_code"] == "TIMEOUT"
-
-
-async def test_the_sweep_loop_runs_until_stopped(service: ContentService, clock: Clock) -> None:
-    generation_id = await _generation(service)
+    generation = (await service.submit("o1", GenerateRequest(avatar_id=await _ready_avatar(sessions), prompt="p"))).view
     clock.now = T0 + timedelta(seconds=DEADLINE + 120)
+    await sweep_once(service, grace_seconds=60)
+
+    late = GenerationCompleted(
+        generation_id=str(generation.generation.id),
+        image=ImageRef(object_key="outputs/x.png", sha256="ab" * 32, width=64, height=64, size_bytes=1),
+        generation_time_seconds=1.0,
+        model_info=ModelInfo(base_model="tiny", lora_applied=True, lora_scale=1.0),
+    )
+    await service.apply_result(new_event(late, source="/vixenbliss/inference-gateway", subject="s"), late)
+
+    stored = (await service.get("o1", generation.generation.id)).generation
+    assert stored.status == "failed" and stored.image is None
+
+
+class ScriptedGenerations:
+    """Stands in for GenerationService: each chore answers from a script and counts its calls; a sweep whose
+    number is in `failing` raises; `swept` is set once `until` sweeps have started."""
+
+    def __init__(
+        self,
+        overdue: list[int] | None = None,
+        purged: list[int] | None = None,
+        until: int = 1,
+        failing: frozenset[int] = frozenset(),
+    ) -> None:
+        self.overdue = list(overdue or [])
+        self.purged = list(purged or [])
+        self.calls: list[tuple[str, int]] = []
+        self.sweeps = 0
+        self.until = until
+        self.failing = failing
+        self.swept = asyncio.Event()
+
+    async def fail_overdue(self, grace_seconds: float, limit: int = 100) -> int:
+        self.sweeps += 1
+        if self.sweeps >= self.until:
+            self.swept.set()
+        self.calls.append(("fail_overdue", limit))
+        if self.sweeps in self.failing:
+            raise ConnectionError("database unreachable")
+        return self.overdue.pop(0) if self.overdue else 0
+
+    async def purge_late_images(self, limit: int = 100) -> int:
+        self.calls.append(("purge_late_images", limit))
+        return self.purged.pop(0) if self.purged else 0
+
+    async def forget_idempotency_keys(self) -> int:
+        self.calls.append(("forget_idempotency_keys", 0))
+        return 0
+
+
+def _as_service(fake: ScriptedGenerations) -> GenerationService:
+    return cast(GenerationService, fake)
+
+
+async def test_a_full_batch_is_followed_by_another_until_one_is_not_full() -> None:
+    fake = ScriptedGenerations(overdue=[SWEEP_BATCH, SWEEP_BATCH, 3], purged=[SWEEP_BATCH, 0])
+
+    await sweep_once(_as_service(fake), grace_seconds=60)
+
+    assert fake.calls == [
+        ("fail_overdue", SWEEP_BATCH),
+        ("fail_overdue", SWEEP_BATCH),
+        ("fail_overdue", SWEEP_BATCH),
+        ("purge_late_images", SWEEP_BATCH),
+        ("purge_late_images", SWEEP_BATCH),
+        ("forget_idempotency_keys", 0),
+    ]
+
+
+async def test_the_sweep_loop_runs_every_interval_until_stopped() -> None:
+    fake = ScriptedGenerations(until=3)
     stop = asyncio.Event()
-    task = asyncio.create_task(sweep_forever(service, interval_seconds=0.01, grace_seconds=60, stop=stop))
-    async with asyncio.timeout(5):
-        while (await service.get_generation(generation_id)).generation.status != "failed":  # noqa: ASYNC110  # polls a database row
-            await asyncio.sleep(0.01)
-    stop.set()
-    await asyncio.wait_for(task, 2)
+    task = asyncio.create_task(sweep_forever(_as_service(fake), interval_seconds=0.01, grace_seconds=60, stop=stop))
+
+    async with asyncio.timeout(GUARD):
+        await fake.swept.wait()
+        stop.set()
+        await task
+
+    assert fake.sweeps >= 3
+
+
+async def test_a_stop_ends_the_wait_for_the_next_sweep_at_once() -> None:
+    fake = ScriptedGenerations(until=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sweep_forever(_as_service(fake), interval_seconds=3600, grace_seconds=60, stop=stop))
+
+    async with asyncio.timeout(GUARD):  # an hour's interval: only the stop can end it in time
+        await fake.swept.wait()
+        stop.set()
+        await task
+
+    assert fake.sweeps == 1
+
+
+async def test_a_failing_sweep_is_logged_and_the_next_one_still_runs(caplog: pytest.LogCaptureFixture) -> None:
+    fake = ScriptedGenerations(until=2, failing=frozenset({1}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(sweep_forever(_as_service(fake), interval_seconds=0.01, grace_seconds=60, stop=stop))
+
+    with caplog.at_level(logging.ERROR, logger="services.content.sweeper"):
+        async with asyncio.timeout(GUARD):
+            await fake.swept.wait()
+            stop.set()
+            await task
+
+    assert fake.sweeps >= 2
+    assert any(record.message == "sweep failed" for record in caplog.records)
+    assert ("forget_idempotency_keys", 0) in fake.calls  # the second sweep went all the way
+
+
+async def test_the_running_sweeper_sweeps_in_the_background_and_stops_with_the_block() -> None:
+    fake = ScriptedGenerations(until=1)
+
+    async with asyncio.timeout(GUARD):
+        async with running_sweeper(_as_service(fake), interval_seconds=3600, grace_seconds=60):
+            await fake.swept.wait()
+        sweeps = fake.sweeps
+
+    assert sweeps == 1
+    assert not [task for task in asyncio.all_tasks() if task.get_name() == "content-sweeper"]
