@@ -7,6 +7,7 @@ import secrets
 from typing import Any
 
 from sqlalchemy import MetaData, event, make_url
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -19,6 +20,21 @@ NAMING_CONVENTION: dict[str, str] = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+async def insert_unless_present(session: AsyncSession, table: Any, values: dict[str, Any]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING (PostgreSQL, SQLite): True when the row was inserted. A conflict does not
+    abort the caller's transaction, unlike catching an IntegrityError would."""
+    dialect = session.get_bind().dialect.name
+    statement: postgresql.Insert | sqlite.Insert
+    if dialect == "postgresql":
+        statement = postgresql.insert(table).values(values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        statement = sqlite.insert(table).values(values).on_conflict_do_nothing()
+    else:
+        raise NotImplementedError(f"insert_unless_present does not support {dialect}")
+    result = await session.execute(statement)
+    return bool(getattr(result, "rowcount", 0) == 1)
 
 
 def make_metadata(schema: str | None = None) -> MetaData:

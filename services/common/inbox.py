@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import Column, DateTime, MetaData, PrimaryKeyConstraint, String, Table
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common.db import insert_unless_present
 
 
 def make_inbox_table(metadata: MetaData, name: str = "processed_events") -> Table:
@@ -27,13 +28,4 @@ async def mark_processed(session: AsyncSession, table: Table, event_id: str, con
     Uses INSERT … ON CONFLICT DO NOTHING, so a duplicate does not abort the caller's transaction.
     """
     values = {"consumer": consumer, "event_id": event_id, "processed_at": datetime.now(UTC)}
-    dialect = session.get_bind().dialect.name
-    statement: postgresql.Insert | sqlite.Insert
-    if dialect == "postgresql":
-        statement = postgresql.insert(table).values(values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        statement = sqlite.insert(table).values(values).on_conflict_do_nothing()
-    else:
-        raise NotImplementedError(f"mark_processed does not support {dialect}")
-    result = await session.execute(statement)
-    return bool(getattr(result, "rowcount", 0) == 1)
+    return await insert_unless_present(session, table, values)

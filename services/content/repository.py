@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import delete, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.common.db import insert_unless_present
 from services.common.pagination import Cursor
 from services.content.models import (
     AvatarProjection,
@@ -88,16 +88,9 @@ async def lock_owner_quota(session: AsyncSession, owner_id: str, *, full_bucket:
     submits on its write lock instead of failing one at commit), and on PostgreSQL the row lock that follows
     makes two replicas' submits for one owner take turns.
     """
-    values = {"owner_id": owner_id, "tokens": full_bucket, "refilled_at": now}
-    dialect = session.get_bind().dialect.name
-    statement: postgresql.Insert | sqlite.Insert
-    if dialect == "postgresql":
-        statement = postgresql.insert(OwnerQuota).values(values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        statement = sqlite.insert(OwnerQuota).values(values).on_conflict_do_nothing()
-    else:
-        raise NotImplementedError(f"lock_owner_quota does not support {dialect}")
-    await session.execute(statement)
+    await insert_unless_present(
+        session, OwnerQuota.__table__, {"owner_id": owner_id, "tokens": full_bucket, "refilled_at": now}
+    )
     query = (
         select(OwnerQuota)
         .where(OwnerQuota.owner_id == owner_id)

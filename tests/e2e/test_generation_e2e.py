@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -148,3 +150,50 @@ async def test_a_put_to_the_old_upload_url_after_complete_changes_nothing_a_gene
     assert generation.status == "completed", generation.body
     assert lora.object_key == f"loras/sha256/{hashlib.sha256(lora_a).hexdigest()}.safetensors"
     assert await stack_storage.get_bytes(lora.object_key) == lora_a
+
+
+def sse_events(client: httpx.Client, url: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(event, id, data) of each event of a Server-Sent Events stream, read until the server ends it."""
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    fields: dict[str, str] = {}
+    with client.stream("GET", url, headers={"Accept": "text/event-stream"}) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line == "" and "data" in fields:
+                events.append((fields.get("event", "message"), fields.get("id", ""), json.loads(fields["data"])))
+                fields = {}
+            elif line and not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+    return events
+
+
+async def test_prefer_wait_answers_the_finished_image_and_the_signed_event_stream_replays_its_statuses(
+    stack: LocalStack, lora_files: dict[str, Path]
+) -> None:
+    content = stack.urls()["content"]
+
+    def drive() -> tuple[httpx.Response, list[tuple[str, str, dict[str, Any]]]]:
+        with httpx.Client(timeout=90.0) as client:
+            avatar_id, auth = avatar_with_lora(stack, client, lora_files["a"].read_bytes())
+            body = {"avatar_id": avatar_id, "prompt": "a portrait", "width": 64, "height": 64, "steps": 2}
+            answer = client.post(f"{content}/api/v1/content/generate", json=body, headers={**auth, "Prefer": "wait=60"})
+            # As a browser's EventSource would: the signed link, no Authorization header.
+            events = sse_events(client, f"{content}{answer.json()['events_url']}")
+        return answer, events
+
+    answer, events = await asyncio.to_thread(drive)
+
+    # One request, no poll loop: the answer waited on the tiny worker until the image was there.
+    assert answer.status_code == 202 and answer.headers["Preference-Applied"] == "wait=60", answer.text
+    generation = answer.json()
+    assert generation["status"] == "completed", generation
+    assert (generation["image"]["width"], generation["image"]["height"]) == (64, 64)
+    assert generation["timings"]["total_seconds"] >= generation["timings"]["worker_seconds"] > 0
+    assert [(event, event_id, data["status"]) for event, event_id, data in events] == [
+        ("status", "1", "queued"),
+        ("status", "2", "running"),
+        ("status", "3", "completed"),
+    ]
+    assert events[-1][2]["generation"]["image"]["sha256"] == generation["image"]["sha256"]

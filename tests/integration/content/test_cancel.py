@@ -4,7 +4,6 @@ is told; a finished one cannot be canceled; a result that still comes never show
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -19,14 +18,6 @@ from services.common.storage import ObjectStorage
 from tests.support.auth import bearer, new_owner
 from tests.support.content_client import GATEWAY, completed, publish, ready_avatar, started, submit, until
 from tests.support.queues import drain_events
-
-
-@pytest.fixture
-async def publisher(amqp: AbstractRobustConnection, topo: Topology) -> AsyncIterator[Publisher]:
-    """Publishes as identity or the gateway would."""
-    opened = await Publisher.open(amqp, topo.events_exchange)
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

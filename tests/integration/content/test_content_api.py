@@ -7,11 +7,9 @@ import asyncio
 import base64
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy import func, select
 from sqlalchemy.engine import URL
@@ -34,14 +32,6 @@ from tests.support.queues import drain_events
 from tests.support.service_fixtures import serving
 
 PREFIX = "/api/v1/content"
-
-
-@pytest.fixture
-async def publisher(amqp: AbstractRobustConnection, topo: Topology) -> AsyncIterator[Publisher]:
-    """Publishes as identity or the gateway would."""
-    opened = await Publisher.open(amqp, topo.events_exchange)
-    yield opened
-    await opened.close()
 
 
 async def _processed(pg_url: URL, event_id: str, wait: float = 10.0) -> int:

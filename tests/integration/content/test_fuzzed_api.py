@@ -9,15 +9,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import jsonschema_rs
 import pytest
-from aio_pika.abc import AbstractRobustConnection
 
-from contracts.topology import Topology
 from services.common.broker import Publisher
 from services.content.main import create_app
 from services.content.settings import WORKER_MAX_SIDE, WORKER_MAX_STEPS, ContentSettings
@@ -30,14 +28,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[3]
 LIMITS_PATH = "/api/v1/content/limits"
-
-
-@pytest.fixture
-async def publisher(amqp: AbstractRobustConnection, topo: Topology) -> AsyncIterator[Publisher]:
-    """Publishes as identity would."""
-    opened = await Publisher.open(amqp, topo.events_exchange)
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

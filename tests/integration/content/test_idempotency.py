@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -24,14 +23,6 @@ from tests.support.content_client import ready_avatar
 from tests.support.queues import drain_events
 
 GENERATE = "/api/v1/content/generate"
-
-
-@pytest.fixture
-async def publisher(amqp: AbstractRobustConnection, topo: Topology) -> AsyncIterator[Publisher]:
-    """Publishes as identity would."""
-    opened = await Publisher.open(amqp, topo.events_exchange)
-    yield opened
-    await opened.close()
 
 
 async def _counts(pg_url: URL) -> tuple[int, int, int]:

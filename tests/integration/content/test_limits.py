@@ -32,14 +32,6 @@ SettingsWith = Callable[..., ContentSettings]
 
 
 @pytest.fixture
-async def publisher(amqp: AbstractRobustConnection, topo: Topology) -> AsyncIterator[Publisher]:
-    """Publishes as identity or the gateway would."""
-    opened = await Publisher.open(amqp, topo.events_exchange)
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
 def settings_with(rabbitmq_url: str, storage: ObjectStorage, topo: Topology, pg_url: URL) -> SettingsWith:
     """content_settings with some settings (by environment name) changed, validated as at start."""
 

@@ -4,11 +4,9 @@ generation, outbox row, Idempotency-Key or event behind; defaults, the drawn see
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy import func, select
 from sqlalchemy.engine import URL
@@ -27,14 +25,6 @@ from tests.support.queues import drain_events
 from tests.support.service_fixtures import database_url, service_env, serving
 
 GENERATE = "/api/v1/content/generate"
-
-
-@pytest.fixture
-async def publisher(amqp: AbstractRobustConnection, topo: Topology) -> AsyncIterator[Publisher]:
-    """Publishes as identity would."""
-    opened = await Publisher.open(amqp, topo.events_exchange)
-    yield opened
-    await opened.close()
 
 
 async def _rows(pg_url: URL) -> dict[str, int]:

@@ -37,14 +37,6 @@ HEARTBEAT_SECONDS = 0.2
 
 
 @pytest.fixture
-async def publisher(amqp: AbstractRobustConnection, topo: Topology) -> AsyncIterator[Publisher]:
-    """Publishes as identity or the gateway would."""
-    opened = await Publisher.open(amqp, topo.events_exchange)
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
 async def served(content_settings: ContentSettings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """Content in-process, with its app (whose change hub a test watches)."""
     app = create_app(content_settings)

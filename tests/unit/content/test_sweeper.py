@@ -7,7 +7,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
@@ -19,36 +19,17 @@ from contracts.events import GenerationCompleted, ImageRef
 from contracts.worker import ModelInfo
 from services.common.changes import ChangeFeed, ChangeHub
 from services.common.events import new_event
-from services.content.admission import AdmissionLimits
 from services.content.generations import GenerationPolicy, GenerationService
 from services.content.models import Base, IdempotencyKey
 from services.content.projection import IdentityProjection
 from services.content.schemas import GenerateRequest
 from services.content.sweeper import SWEEP_BATCH, running_sweeper, sweep_forever, sweep_once
+from tests.support.content_units import LIMITS, T0, Clock
 from tests.support.identity_events import ready_avatar_events
 from tests.support.sqlite import sqlite_sessions
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DEADLINE = 600
 GUARD = 5.0
-LIMITS = AdmissionLimits(
-    min_side=64,
-    max_side=2048,
-    max_steps=100,
-    max_pixel_steps=1024 * 1024 * 50,
-    max_in_flight=100,
-    rate_per_minute=60.0,
-    burst=100,
-    idempotency_ttl_seconds=3600,
-)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class StandInImageStore:
