@@ -20,9 +20,12 @@ from contracts.errors import GatewayErrorCode, WorkerErrorCode
 from contracts.events import EVENT_PAYLOADS, EventType
 from contracts.topology import (
     DEAD_LETTER_EXCHANGE,
-    DELIVERY_LIMIT,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_RETRY_DELAYS,
     EVENT_PRODUCERS,
     EVENTS_EXCHANGE,
+    QueueSpec,
+    producer_source,
     topology,
 )
 
@@ -79,7 +82,7 @@ def asyncapi_document() -> dict[str, Any]:
     consumers: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for spec in topology().queues:
         for key in spec.routing_keys:
-            consumers.setdefault(key, []).append((spec.name, _queue_extension(spec.name, spec.dlq_name)))
+            consumers.setdefault(key, []).append((spec.name, _queue_extension(spec, key)))
 
     for event_type, model in EVENT_PAYLOADS.items():
         key = event_type.value
@@ -120,8 +123,14 @@ def asyncapi_document() -> dict[str, Any]:
                 "in the body, data as application/json. Extension attribute correlationid carries the "
                 "generation id (or the request that caused the event). AMQP properties: persistent, "
                 "message_id = event id, W3C traceparent in the headers. Payloads carry schema_version; "
-                "consumers ignore unknown fields. Queues are quorum queues dead-lettering at least once "
-                f"to {DEAD_LETTER_EXCHANGE} after {DELIVERY_LIMIT} deliveries."
+                "consumers ignore unknown fields. Queues are quorum queues. A consumer dead-letters at once, "
+                "unread, a message that is not a structured-mode CloudEvent, is larger than "
+                f"{DEFAULT_MAX_MESSAGE_BYTES} bytes, or whose source is not its type's producer; a handler "
+                "failure is retried through the queue's retry stages (quorum queues whose message TTL dead-letters "
+                "back to the queue, by default after "
+                + ", ".join(f"{d:g}" for d in DEFAULT_RETRY_DELAYS)
+                + f" s), then sent to the queue's dead-letter queue through {DEAD_LETTER_EXCHANGE}, the reason "
+                "in the x-vixen-death-reason header."
             ),
         },
         "defaultContentType": STRUCTURED_CONTENT_TYPE,
@@ -139,15 +148,18 @@ def asyncapi_document() -> dict[str, Any]:
     }
 
 
-def _queue_extension(queue_name: str, dlq_name: str) -> dict[str, Any]:
+def _queue_extension(spec: QueueSpec, routing_key: str) -> dict[str, Any]:
     return {
-        "name": queue_name,
+        "name": spec.name,
         "x-queue-type": "quorum",
-        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-delivery-limit": spec.delivery_limit,
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
-        "dead-letter-queue": dlq_name,
+        "accepted-source": producer_source(routing_key),
+        "max-message-bytes": spec.max_message_bytes,
+        "retry-queues": [{"name": stage.name, "x-message-ttl": stage.ttl_ms} for stage in spec.retry_stages],
+        "dead-letter-queue": spec.dlq_name,
     }
 
 

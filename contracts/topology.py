@@ -6,9 +6,16 @@ from contracts.events import EventType
 
 EVENTS_EXCHANGE = "vixen.events"
 DEAD_LETTER_EXCHANGE = "vixen.dlx"
-# Deliveries per message before the broker dead-letters it (quorum queue x-delivery-limit).
+# Deliveries per message before the broker dead-letters it (quorum queue x-delivery-limit): the backstop for a
+# consumer that dies mid-message again and again; a handler failure goes through the retry queues instead.
 DELIVERY_LIMIT = 5
 DLQ_SUFFIX = ".dlq"
+RETRY_SUFFIX = ".retry-"
+# Delays of the retry stages a failed message goes through before the DLQ: 201 s in all, so a dependency
+# (database, object storage) that is out for 60 s loses nothing (attempts at 0, 1, 6, 21, 81 and 201 s).
+DEFAULT_RETRY_DELAYS: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0, 120.0)
+# A consumer dead-letters a bigger message unread (no event of ours comes near it).
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 
 SERVICE_IDENTITY = "identity"
 SERVICE_CONTENT = "content"
@@ -63,19 +70,66 @@ def event_source(service: str) -> str:
     return f"/vixenbliss/{service}"
 
 
+def producer_source(event_type: str) -> str | None:
+    """The only `source` an event of `event_type` may carry (its producer's), or None for an unknown type."""
+    try:
+        return event_source(EVENT_PRODUCERS[EventType(event_type)])
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class RetryStage:
+    """One retry queue: a failed message waits `delay_seconds` there (its TTL), then returns to its queue."""
+
+    name: str
+    delay_seconds: float
+
+    @property
+    def ttl_ms(self) -> int:
+        """The queue's x-message-ttl."""
+        return max(1, round(self.delay_seconds * 1000))
+
+
+def retry_stage_name(queue_name: str, delay_seconds: float) -> str:
+    """`<queue>.retry-5s` (or `-200ms`): the delay is in the name, so a changed delay is a new queue, never a
+    redeclaration that conflicts with the old TTL."""
+    ms = max(1, round(delay_seconds * 1000))
+    label = f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+    return f"{queue_name}{RETRY_SUFFIX}{label}"
+
+
 @dataclass(frozen=True)
 class QueueSpec:
-    """One consumer queue: its name, the routing keys bound to it, and its dead-letter queue."""
+    """One consumer queue: its name, the routing keys bound to it, its retry stages and its dead-letter queue."""
 
     base_name: str
     name: str
     routing_keys: tuple[str, ...]
     delivery_limit: int = DELIVERY_LIMIT
+    retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Where its consumer sends a message to a retry stage or to the DLQ (the topology's, prefixed).
+    dead_letter_exchange: str = DEAD_LETTER_EXCHANGE
 
     @property
     def dlq_name(self) -> str:
         """The queue that receives what this queue dead-letters."""
         return self.name + DLQ_SUFFIX
+
+    @property
+    def retry_stages(self) -> tuple[RetryStage, ...]:
+        """The retry queues in the order a failing message goes through them (delays growing)."""
+        return tuple(RetryStage(retry_stage_name(self.name, d), d) for d in self.retry_delays)
+
+    @property
+    def retry_queue_names(self) -> tuple[str, ...]:
+        """The distinct retry queue names (two equal delays share one queue)."""
+        return tuple(dict.fromkeys(stage.name for stage in self.retry_stages))
+
+    def accepted_source(self, event_type: str) -> str | None:
+        """The `source` this queue accepts for `event_type`; None when the type is not bound to this queue."""
+        return producer_source(event_type) if event_type in self.routing_keys else None
 
     @property
     def dead_letter_routing_key(self) -> str:
@@ -100,9 +154,30 @@ class Topology:
                 return spec
         raise KeyError(f"no queue named {base_name!r} in the topology")
 
+    def queue_for(self, any_name: str) -> QueueSpec:
+        """The queue named by its base name, its full name or its DLQ's name (what an operator types)."""
+        for spec in self.queues:
+            if any_name in (spec.base_name, spec.name, spec.dlq_name, spec.base_name + DLQ_SUFFIX):
+                return spec
+        raise KeyError(f"no queue or dead-letter queue named {any_name!r} in the topology")
 
-def topology(prefix: str = "", delivery_limit: int = DELIVERY_LIMIT) -> Topology:
-    """Every exchange and queue name, each prefixed with `prefix.` when a prefix is given."""
+
+def topology(
+    prefix: str = "",
+    delivery_limit: int = DELIVERY_LIMIT,
+    *,
+    retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> Topology:
+    """Every exchange and queue name, each prefixed with `prefix.` when a prefix is given.
+
+    `retry_delays` (seconds, growing) name and time the retry stages of every queue; `max_message_bytes` is the
+    largest message a consumer reads.
+    """
+    if any(delay <= 0 for delay in retry_delays):
+        raise ValueError("retry delays must be positive")
+    if max_message_bytes <= 0:
+        raise ValueError("max_message_bytes must be positive")
 
     def name(base: str) -> str:
         return f"{prefix}.{base}" if prefix else base
@@ -117,6 +192,9 @@ def topology(prefix: str = "", delivery_limit: int = DELIVERY_LIMIT) -> Topology
                 name=name(base),
                 routing_keys=tuple(routing_key(t) for t in types),
                 delivery_limit=delivery_limit,
+                retry_delays=tuple(retry_delays),
+                max_message_bytes=max_message_bytes,
+                dead_letter_exchange=name(DEAD_LETTER_EXCHANGE),
             )
             for base, types in _BINDINGS.items()
         ),

@@ -12,7 +12,8 @@ from diffusers import StableDiffusionXLPipeline
 
 from contracts.errors import WorkerErrorCode
 from contracts.worker import ModelInfo, Timings, WorkerError, WorkerRequest, WorkerSuccess
-from gpu.errors import WorkerFailure
+from gpu.budget import RequestBudget
+from gpu.errors import WorkerFailure, request_canceled
 from gpu.lora.fuser import LoraFuser
 from gpu.lora.parse import LoraTensors
 from gpu.lora.plan import LoraPlan, pinned, plan_lora
@@ -21,8 +22,12 @@ from gpu.lora.store import FetchedLora, LoraStore
 log = logging.getLogger("gpu.engine")
 
 
-class _DeadlineExceeded(Exception):
-    """Raised from the step callback when the request's time budget is spent."""
+class _Stopped(Exception):
+    """Raised from the step callback when the request's budget is spent or it was canceled."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
 
 
 @dataclass
@@ -55,7 +60,10 @@ class SdxlLoraEngine:
         self.requests_served = 0
         # Set when a restore left the base weights altered: this worker must not serve again.
         self.poisoned: str | None = None
-        self._lock = threading.Lock()
+        # One request at a time. A condition rather than a lock: a waiter wakes when the engine is free, when its
+        # budget is spent, or when it is canceled (its budget's on_cancel notifies), whichever comes first.
+        self._free = threading.Condition()
+        self._busy = False
 
     @property
     def device(self) -> torch.device:
@@ -70,27 +78,78 @@ class SdxlLoraEngine:
         plan = plan_lora(self.pipeline, tensors)
         return pinned(plan) if self.device.type == "cuda" else plan
 
-    def generate(self, request: WorkerRequest) -> WorkerSuccess | WorkerError:
-        with self._lock:
+    def generate(self, request: WorkerRequest, budget: RequestBudget | None = None) -> WorkerSuccess | WorkerError:
+        """Serve one request. `budget` started when the request arrived (a new one now if not given); time spent
+        waiting for the engine counts against it, and cancelling it stops the request at the next step."""
+        budget = budget if budget is not None else RequestBudget(request.timeout_seconds)
+        deadline = budget.deadline(self.default_timeout_seconds)
+        try:
+            if not self._acquire(budget, deadline):
+                raise self._refusal(budget, deadline) or WorkerFailure(
+                    WorkerErrorCode.TIMEOUT, "time budget spent while waiting for the engine"
+                )
             try:
-                return self._generate(request)
-            except WorkerFailure as failure:
-                return failure.to_error(request.request_id)
-            except Exception as exc:  # a bug or an unforeseen failure: still an answer in the error shape
-                log.exception("unexpected failure while serving a request")
-                return WorkerFailure(
-                    WorkerErrorCode.GENERATION_FAILED, "unexpected worker failure", reason=type(exc).__name__
-                ).to_error(request.request_id)
+                return self._generate(request, budget, deadline)
             finally:
-                self.requests_served += 1
+                self._release()
+        except WorkerFailure as failure:
+            return failure.to_error(request.request_id)
+        except Exception as exc:  # a bug or an unforeseen failure: still an answer in the error shape
+            log.exception("unexpected failure while serving a request")
+            return WorkerFailure(
+                WorkerErrorCode.GENERATION_FAILED, "unexpected worker failure", reason=type(exc).__name__
+            ).to_error(request.request_id)
+        finally:
+            self.requests_served += 1
 
-    def _generate(self, request: WorkerRequest) -> WorkerSuccess:
+    def _acquire(self, budget: RequestBudget, deadline: float) -> bool:
+        """Wait for the engine until it is free (True), or the budget is spent or canceled first (False)."""
+
+        def wake() -> None:
+            with self._free:
+                self._free.notify_all()
+
+        budget.on_cancel(wake)
+        try:
+            with self._free:
+                while self._busy:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or budget.canceled:
+                        return False
+                    self._free.wait(remaining)
+                self._busy = True
+                return True
+        finally:
+            budget.remove_on_cancel(wake)
+
+    def _release(self) -> None:
+        with self._free:
+            self._busy = False
+            self._free.notify_all()
+
+    def _refusal(self, budget: RequestBudget, deadline: float) -> WorkerFailure | None:
+        """Why a request must not start (or go on) now: canceled, or its budget spent; None if it may."""
+        if budget.canceled:
+            return request_canceled(budget.cancel_reason or "canceled", waited_seconds=round(budget.elapsed(), 3))
+        if time.monotonic() >= deadline:
+            return WorkerFailure(
+                WorkerErrorCode.TIMEOUT,
+                "time budget spent before the request started",
+                timeout_seconds=budget.seconds(self.default_timeout_seconds),
+                waited_seconds=round(budget.elapsed(), 3),
+            )
+        return None
+
+    def _generate(self, request: WorkerRequest, budget: RequestBudget, deadline: float) -> WorkerSuccess:
         if self.poisoned:
             raise WorkerFailure(
                 WorkerErrorCode.MODEL_LOAD_FAILED, "worker retired: base weights may be altered", reason=self.poisoned
             )
+        # Checked once the engine is ours: a request whose budget ran out while it queued never runs.
+        refusal = self._refusal(budget, deadline)
+        if refusal is not None:
+            raise refusal
         clock = _Clock()
-        deadline = time.monotonic() + (request.timeout_seconds or self.default_timeout_seconds)
         fetched: FetchedLora | None = None
         if request.lora_url:
             mark = time.perf_counter()
@@ -104,7 +163,7 @@ class SdxlLoraEngine:
                 mark = time.perf_counter()
                 self._attach(fetched.plan, request.lora_scale)
                 clock.timings.load_ms = round(clock.timings.load_ms + clock.ms_since(mark), 3)
-            png = self._run_pipeline(request, deadline, clock)
+            png = self._run_pipeline(request, budget, deadline, clock)
         finally:
             if fetched is not None:
                 mark = time.perf_counter()
@@ -140,17 +199,20 @@ class SdxlLoraEngine:
         if altered:
             self.poisoned = f"{len(altered)} layers differ from the base after restore (first: {altered[0]})"
 
-    def _run_pipeline(self, request: WorkerRequest, deadline: float, clock: _Clock) -> bytes:
-        if time.monotonic() > deadline:
-            raise WorkerFailure(WorkerErrorCode.TIMEOUT, "time budget spent before generation started")
+    def _run_pipeline(self, request: WorkerRequest, budget: RequestBudget, deadline: float, clock: _Clock) -> bytes:
+        # The download or the fusing may have used the rest of the budget, or a cancel came meanwhile.
+        refusal = self._refusal(budget, deadline)
+        if refusal is not None:
+            raise refusal
         last_step_end = [time.perf_counter()]
 
         def on_step_end(
             pipe: StableDiffusionXLPipeline, step: int, timestep: int, kwargs: dict[str, object]
         ) -> dict[str, object]:
+            # The GPU is freed here, between two steps: the caller's `finally` restores the base weights.
             last_step_end[0] = time.perf_counter()
-            if time.monotonic() > deadline:
-                raise _DeadlineExceeded
+            if budget.canceled or time.monotonic() > deadline:
+                raise _Stopped(step + 1)
             return kwargs
 
         # A CPU generator gives the same noise for the same seed on any device.
@@ -170,11 +232,15 @@ class SdxlLoraEngine:
                     callback_on_step_end=on_step_end,
                     output_type="pil",
                 )
-        except _DeadlineExceeded:
+        except _Stopped as stopped:
+            progress = {"steps_done": stopped.step, "steps": request.steps}
+            if budget.canceled:
+                raise request_canceled(budget.cancel_reason or "canceled", **progress) from None
             raise WorkerFailure(
                 WorkerErrorCode.TIMEOUT,
                 "generation ran past the request's time budget",
-                timeout_seconds=request.timeout_seconds or self.default_timeout_seconds,
+                timeout_seconds=budget.seconds(self.default_timeout_seconds),
+                **progress,
             ) from None
         except torch.cuda.OutOfMemoryError:
             raise WorkerFailure(

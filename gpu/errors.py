@@ -29,3 +29,17 @@ def lora_download_failed(message: str, **details: object) -> WorkerFailure:
 
 def lora_load_failed(message: str, **details: object) -> WorkerFailure:
     return WorkerFailure(WorkerErrorCode.LORA_LOAD_FAILED, message, **details)
+
+
+def request_canceled(reason: str, **details: object) -> WorkerFailure:
+    """A request stopped because someone asked (DELETE of its job, its sync caller gone, a Modal cancel).
+
+    The contract has no code for it: GENERATION_FAILED, not retryable, with `details.canceled = true`."""
+    return WorkerFailure(
+        WorkerErrorCode.GENERATION_FAILED, f"request canceled: {reason}", canceled=True, reason=reason, **details
+    )
+
+
+def is_canceled(error: WorkerError) -> bool:
+    """Whether an error answer is a cancel (see request_canceled)."""
+    return error.error_code == WorkerErrorCode.GENERATION_FAILED and error.details.get("canceled") is True

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from contracts.errors import WORKER_ERROR_HTTP_STATUS, WorkerErrorCode
 from contracts.worker import WorkerError, WorkerRequest, WorkerSuccess
+from gpu.budget import RequestBudget
 from gpu.engine import SdxlLoraEngine
 from gpu.errors import WorkerFailure
 
@@ -23,13 +24,17 @@ def validation_error(errors: Sequence[Any]) -> WorkerError:
 
 
 def run_request(
-    engine: SdxlLoraEngine | None, request: WorkerRequest, load_error: WorkerFailure | None = None
+    engine: SdxlLoraEngine | None,
+    request: WorkerRequest,
+    load_error: WorkerFailure | None = None,
+    budget: RequestBudget | None = None,
 ) -> WorkerSuccess | WorkerError:
-    """The engine's answer (it never raises), or MODEL_LOAD_FAILED while no engine is loaded."""
+    """The engine's answer (it never raises), or MODEL_LOAD_FAILED while no engine is loaded. `budget` started
+    when the request arrived; cancelling it stops the request at its next step."""
     if engine is None:
         failure = load_error or WorkerFailure(WorkerErrorCode.MODEL_LOAD_FAILED, "model is not loaded (yet)")
         return failure.to_error(request.request_id)
-    return engine.generate(request)
+    return engine.generate(request, budget)
 
 
 def status_and_body(outcome: WorkerSuccess | WorkerError) -> tuple[int, dict[str, Any]]:
@@ -40,11 +45,18 @@ def status_and_body(outcome: WorkerSuccess | WorkerError) -> tuple[int, dict[str
 
 
 def handle_payload(
-    engine: SdxlLoraEngine | None, payload: Any, load_error: WorkerFailure | None = None
+    engine: SdxlLoraEngine | None,
+    payload: Any,
+    load_error: WorkerFailure | None = None,
+    budget: RequestBudget | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Validate, generate, and shape the answer: never a raise across the boundary."""
+    """Validate, generate, and shape the answer: never a raise across the boundary. A `budget` made when the
+    payload arrived (its `timeout_seconds` is taken from the request when it has none) can be canceled from
+    another thread to stop the request at its next denoising step."""
     try:
         request = WorkerRequest.model_validate(payload)
     except ValidationError as exc:
         return 422, validation_error(exc.errors()).model_dump(mode="json")
-    return status_and_body(run_request(engine, request, load_error))
+    if budget is not None and budget.timeout_seconds is None:
+        budget.timeout_seconds = request.timeout_seconds
+    return status_and_body(run_request(engine, request, load_error, budget))

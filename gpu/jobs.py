@@ -1,4 +1,5 @@
-"""In-process job queue for the local worker's async mode: submit returns a call id, poll returns the result."""
+"""In-process job queue for the local worker's async mode: submit returns a call id, poll returns the result,
+cancel stops a job (a pending one never runs, a running one stops at its next denoising step)."""
 
 import threading
 import time
@@ -7,23 +8,35 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 from contracts.worker import JobState, WorkerError, WorkerRequest, WorkerSuccess
+from gpu.budget import RequestBudget
+from gpu.errors import is_canceled, request_canceled
 
 Outcome = WorkerSuccess | WorkerError
+# What a cancel found: stopped before it ran, asked to stop at its next step, or already over (the outcome stands).
+CancelState = Literal["canceled", "canceling", "completed", "failed"]
 
 
 @dataclass
 class _Job:
     future: "Future[Outcome]"
     created: float
+    budget: RequestBudget
+    request_id: str | None
 
 
 class JobQueue:
-    """Runs jobs one at a time (the engine serves one request at a time) and keeps results for a while."""
+    """Runs jobs one at a time (the engine serves one request at a time) and keeps results for a while.
+
+    Each job's budget starts at submit: the time it waits in the queue counts against its timeout."""
 
     def __init__(
-        self, run: Callable[[WorkerRequest], Outcome], max_jobs: int = 1000, ttl_seconds: float = 3600.0
+        self,
+        run: Callable[[WorkerRequest, RequestBudget], Outcome],
+        max_jobs: int = 1000,
+        ttl_seconds: float = 3600.0,
     ) -> None:
         self._run = run
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
@@ -34,9 +47,10 @@ class JobQueue:
 
     def submit(self, request: WorkerRequest) -> str:
         call_id = "fc-" + uuid.uuid4().hex
-        future = self._executor.submit(self._run, request)
+        budget = RequestBudget(request.timeout_seconds)
+        future = self._executor.submit(self._run, request, budget)
         with self._lock:
-            self._jobs[call_id] = _Job(future, time.monotonic())
+            self._jobs[call_id] = _Job(future, time.monotonic(), budget, request.request_id)
             self._expire()
         return call_id
 
@@ -48,8 +62,39 @@ class JobQueue:
             return None
         if not job.future.done():
             return ("running" if job.future.running() else "pending"), None
-        outcome = job.future.result()
+        outcome = self._outcome(job)
         return ("completed" if isinstance(outcome, WorkerSuccess) else "failed"), outcome
+
+    def future(self, call_id: str) -> "Future[Outcome] | None":
+        """The job's future, to wait on (GET /jobs/{id}?wait=); None for an unknown id."""
+        with self._lock:
+            job = self._jobs.get(call_id)
+        return job.future if job is not None else None
+
+    def cancel(self, call_id: str) -> CancelState | None:
+        """Stop a job: None for an unknown id. A pending job is dropped (it never runs); a running one is asked
+        to stop at its next step and ends with the cancel error; a finished one keeps its outcome."""
+        with self._lock:
+            job = self._jobs.get(call_id)
+        if job is None:
+            return None
+        if not job.future.done():
+            job.budget.cancel("job canceled")
+            # A job the executor has not started is dropped here; if it just started, the budget stops it.
+            if job.future.cancel():
+                return "canceled"
+            if not job.future.done():
+                return "canceling"
+        outcome = self._outcome(job)
+        if isinstance(outcome, WorkerSuccess):
+            return "completed"
+        return "canceled" if is_canceled(outcome) else "failed"
+
+    @staticmethod
+    def _outcome(job: _Job) -> Outcome:
+        if job.future.cancelled():
+            return request_canceled(job.budget.cancel_reason or "job canceled", started=False).to_error(job.request_id)
+        return job.future.result()
 
     def _expire(self) -> None:
         # Finished jobs older than the TTL go first; past max_jobs, the oldest finished ones go too.
@@ -60,4 +105,10 @@ class JobQueue:
                 del self._jobs[call_id]
 
     def shutdown(self) -> None:
+        # Running jobs stop at their next step; pending ones are dropped.
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            if not job.future.done():
+                job.budget.cancel("worker shutting down")
         self._executor.shutdown(wait=False, cancel_futures=True)

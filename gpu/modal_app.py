@@ -2,13 +2,17 @@
 
 Deploy: `modal deploy gpu/modal_app.py` (see deploy/modal/README.md for the Volume with the weights).
 Defining the app makes no network call, so this module imports anywhere; the logic lives in plain
-Python (gpu.engine, gpu.handler) and is tested on CPU with the tiny model.
+Python (gpu.engine, gpu.handler) and is tested on CPU with the tiny model; the web endpoints are plain
+FastAPI apps (gpu.modal_endpoints) that this module hands Modal's spawn and FunctionCall lookup.
 """
 
 import os
 from typing import Any
 
 import modal
+from annotated_types import Le
+
+from contracts.worker import WorkerRequest
 
 APP_NAME = os.environ.get("MODAL_APP_NAME", "vixenbliss-sdxl-lora")
 GPU = os.environ.get("MODAL_GPU", "H100")
@@ -45,15 +49,35 @@ image = (
             "HF_HUB_OFFLINE": "1",
         }
     )
+    # services.common.logging alone (standard library only): the worker's logs use the services' redaction.
+    .add_local_python_source("contracts", "gpu", "services.common.logging")
+)
+
+# The submit/result/cancel endpoints validate, enqueue and read results: a small image (no torch), so they
+# start in a moment. They need modal (the container has it) and the contract's models.
+web_image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .pip_install("fastapi[standard]>=0.115", "pydantic>=2.10,<3")
     .add_local_python_source("contracts", "gpu")
 )
 
-# The submit/poll endpoints only enqueue and read results: a small image, so they start in a moment.
-web_image = (
-    modal.Image.debian_slim(python_version="3.11")
-    .pip_install("fastapi[standard]>=0.115")
-    .add_local_python_source("gpu")
-)
+
+def contract_max_timeout_seconds() -> float:
+    """The largest `timeout_seconds` the worker contract accepts (its `le` bound)."""
+    for constraint in WorkerRequest.model_fields["timeout_seconds"].metadata:
+        if isinstance(constraint, Le):
+            return float(constraint.le)  # type: ignore[arg-type]
+    raise RuntimeError("contracts.worker.WorkerRequest.timeout_seconds has no upper bound")
+
+
+# A request may ask for up to the contract's bound; the engine stops at the next denoising step after it and
+# then decodes, encodes and restores the weights: the grace covers that tail. Modal's own limit is 24 h.
+# Past this Modal stops the input and `result` answers the contract's TIMEOUT.
+TIMEOUT_GRACE_SECONDS = 300
+WORKER_TIMEOUT_SECONDS = int(contract_max_timeout_seconds()) + TIMEOUT_GRACE_SECONDS
+# Loading SDXL from the Volume onto the CPU before the memory snapshot (without `startup_timeout`, Modal
+# would allow the whole WORKER_TIMEOUT_SECONDS for it).
+WORKER_STARTUP_TIMEOUT_SECONDS = 600
 
 # Base weights (put there once, see deploy/modal/README.md) and the shared LoRA disk cache.
 weights_volume = modal.Volume.from_name("vixenbliss-sdxl-weights", create_if_missing=True)
@@ -72,9 +96,11 @@ class WorkerRuntime:
 
         from gpu.bootstrap import build_engine
         from gpu.errors import WorkerFailure
+        from gpu.log_setup import setup_worker_logging
         from gpu.settings import WorkerSettings
 
         diffusers_logging.set_verbosity_error()
+        setup_worker_logging()  # the services' redaction, with WORKER_API_KEY among its secrets
         try:
             # Loaded on the CPU: this runs before the memory snapshot, where no GPU is attached.
             self.engine = build_engine(WorkerSettings(), device="cpu")
@@ -101,7 +127,8 @@ class WorkerRuntime:
     scaledown_window=300,
     min_containers=int(os.environ.get("MODAL_MIN_CONTAINERS", "0")),
     max_containers=int(os.environ.get("MODAL_MAX_CONTAINERS", "10")),
-    timeout=600,
+    timeout=WORKER_TIMEOUT_SECONDS,
+    startup_timeout=WORKER_STARTUP_TIMEOUT_SECONDS,
 )
 class SdxlLoraWorker:
     """One input per container at a time (no @modal.concurrent): one pipeline, one LoRA slot."""
@@ -121,38 +148,47 @@ class SdxlLoraWorker:
         status, body = self.runtime.generate(payload)
         return {**body, "http_status": status}
 
-    @modal.fastapi_endpoint(method="POST", requires_proxy_auth=True, label="sdxl-lora-generate")
-    def generate_sync(self, payload: dict[str, Any]) -> Any:
-        from fastapi.responses import JSONResponse
+    @modal.asgi_app(requires_proxy_auth=True, label="sdxl-lora-generate")
+    def generate_sync(self) -> Any:
+        """Sync mode: the contract's body in, the success or error body out with its status."""
+        from gpu.modal_endpoints import create_generate_app
 
-        status, body = self.runtime.generate(payload)
-        return JSONResponse(body, status_code=status)
+        return create_generate_app(self.runtime.generate)
+
+
+def spawn_generation(payload: dict[str, Any]) -> str:
+    """Queue one (validated) request on the GPU class; its FunctionCall id."""
+    call: Any = SdxlLoraWorker().generate.spawn(payload)
+    return str(call.object_id)
+
+
+def lookup_call(call_id: str) -> Any:
+    """The FunctionCall of an id (lazy: an unknown id raises in `get`/`cancel`)."""
+    return modal.FunctionCall.from_id(call_id)
 
 
 @app.function(image=web_image, timeout=60)
-@modal.fastapi_endpoint(method="POST", requires_proxy_auth=True, label="sdxl-lora-submit")
-def submit(payload: dict[str, Any]) -> Any:
-    """Async mode: queue the job and answer with its call id at once."""
-    from fastapi.responses import JSONResponse
+@modal.asgi_app(requires_proxy_auth=True, label="sdxl-lora-submit")
+def submit() -> Any:
+    """Async mode: `POST /` validates (422 INVALID_REQUEST at once), queues, answers 202 `{call_id}`."""
+    from gpu.modal_endpoints import create_submit_app
 
-    call = SdxlLoraWorker().generate.spawn(payload)
-    return JSONResponse({"call_id": call.object_id}, status_code=202)
+    return create_submit_app(spawn_generation)
 
 
 @app.function(image=web_image, timeout=60)
-@modal.fastapi_endpoint(method="GET", requires_proxy_auth=True, label="sdxl-lora-result")
-def result(call_id: str) -> Any:
-    """Async mode: 202 while pending, then the contract's success or error body with its status."""
-    from fastapi.responses import JSONResponse
+@modal.asgi_app(requires_proxy_auth=True, label="sdxl-lora-result")
+def result() -> Any:
+    """Async mode: `GET /?call_id=…` (or `/{call_id}`): 202 while pending, then the body with its status."""
+    from gpu.modal_endpoints import create_result_app
 
-    try:
-        call = modal.FunctionCall.from_id(call_id)
-        body = call.get(timeout=0)
-    except TimeoutError:
-        return JSONResponse({"call_id": call_id, "status": "pending"}, status_code=202)
-    except modal.exception.OutputExpiredError:
-        return JSONResponse({"detail": "result expired"}, status_code=410)
-    except modal.exception.NotFoundError:
-        return JSONResponse({"detail": "unknown call_id"}, status_code=404)
-    status = int(body.pop("http_status", 200))
-    return JSONResponse(body, status_code=status)
+    return create_result_app(lookup_call)
+
+
+@app.function(image=web_image, timeout=60)
+@modal.asgi_app(requires_proxy_auth=True, label="sdxl-lora-cancel")
+def cancel() -> Any:
+    """Async mode: `DELETE /?call_id=…` (or `/{call_id}`) cancels the call and terminates its container."""
+    from gpu.modal_endpoints import create_cancel_app
+
+    return create_cancel_app(lookup_call)

@@ -1,4 +1,4 @@
-"""Local HTTP app serving the worker contract: POST /generate, POST /jobs, GET /jobs/{id}, GET /healthz."""
+"""Local HTTP app serving the worker contract: POST /generate, POST /jobs, GET and DELETE /jobs/{id}, GET /healthz."""
 
 import argparse
 import asyncio
@@ -9,16 +9,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from contracts.worker import JobStatus, JobSubmitted, WorkerError, WorkerRequest
+from gpu.budget import RequestBudget
 from gpu.engine import SdxlLoraEngine
 from gpu.errors import WorkerFailure
 from gpu.handler import run_request, status_and_body, validation_error
-from gpu.jobs import JobQueue, Outcome
+from gpu.jobs import CancelState, JobQueue, Outcome
 from gpu.settings import WorkerSettings
 
 log = logging.getLogger("gpu.server")
@@ -29,6 +30,16 @@ class LocalWorkerSettings(WorkerSettings):
 
     mode: Literal["local", "production"] = Field(default="local", alias="WORKER_MODE")
     build_tiny_model: bool = Field(default=True, alias="WORKER_BUILD_TINY_MODEL")
+
+
+class JobCancel(BaseModel):
+    """Answer to DELETE /jobs/{call_id} (local extension): what the cancel found.
+
+    `canceled`: the job had not started and never will; `canceling`: it is running and stops at its next
+    denoising step (GET then answers the cancel error); `completed`/`failed`: it was over, its outcome stands."""
+
+    call_id: str
+    status: CancelState
 
 
 def outcome_response(outcome: Outcome) -> JSONResponse:
@@ -44,8 +55,34 @@ class WorkerState:
         self.load_error: WorkerFailure | None = None
         self.jobs = JobQueue(self.run)
 
-    def run(self, request: WorkerRequest) -> Outcome:
-        return run_request(self.engine, request, self.load_error)
+    def run(self, request: WorkerRequest, budget: RequestBudget | None = None) -> Outcome:
+        return run_request(self.engine, request, self.load_error, budget)
+
+
+async def cancel_on_disconnect(http_request: Request, budget: RequestBudget) -> None:
+    """Cancel `budget` when the HTTP client goes away. The body has been read, so the next ASGI message is
+    `http.disconnect`: the server sends it when the connection closes (or once the response is sent)."""
+    while True:
+        message = await http_request.receive()
+        if message["type"] == "http.disconnect":
+            budget.cancel("client disconnected")
+            return
+
+
+async def run_until_disconnect(state: WorkerState, request: WorkerRequest, http_request: Request) -> Outcome:
+    """Run a sync request in a thread; a client that disconnects (or a cancelled handler) stops it at the
+    next denoising step, so the engine is free for the next request instead of finishing an unwanted image."""
+    budget = RequestBudget(request.timeout_seconds)
+    work = asyncio.ensure_future(asyncio.to_thread(state.run, request, budget))
+    watcher = asyncio.create_task(cancel_on_disconnect(http_request, budget))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        # The server cancelled this handler: the thread cannot be killed, so tell the engine to stop.
+        budget.cancel("request handler cancelled")
+        raise
+    finally:
+        watcher.cancel()
 
 
 def create_app(settings: WorkerSettings, load_engine: Callable[[], SdxlLoraEngine]) -> FastAPI:
@@ -80,15 +117,20 @@ def create_app(settings: WorkerSettings, load_engine: Callable[[], SdxlLoraEngin
         return JSONResponse(validation_error(exc.errors()).model_dump(mode="json"), status_code=422)
 
     @app.post("/generate", responses={422: {"model": WorkerError}, 424: {"model": WorkerError}})
-    async def generate(request: WorkerRequest, _: Authorized) -> JSONResponse:
-        return outcome_response(await asyncio.to_thread(state.run, request))
+    async def generate(request: WorkerRequest, http_request: Request, _: Authorized) -> JSONResponse:
+        return outcome_response(await run_until_disconnect(state, request, http_request))
 
     @app.post("/jobs", status_code=202)
     async def submit(request: WorkerRequest, _: Authorized) -> JobSubmitted:
         return JobSubmitted(call_id=state.jobs.submit(request))
 
     @app.get("/jobs/{call_id}")
-    async def poll(call_id: str, _: Authorized) -> JSONResponse:
+    async def poll(call_id: str, _: Authorized, wait: Annotated[float, Query(ge=0, le=60)] = 0.0) -> JSONResponse:
+        """202 while pending or running, else the outcome. `wait` (extension): hold the answer up to that many
+        seconds for the job to end, as Modal's FunctionCall.get(timeout=...) does."""
+        future = state.jobs.future(call_id)
+        if future is not None and wait > 0 and not future.done():
+            await asyncio.wait({asyncio.wrap_future(future)}, timeout=wait)
         polled = state.jobs.poll(call_id)
         if polled is None:
             raise HTTPException(status_code=404, detail="unknown or expired call_id")
@@ -96,6 +138,14 @@ def create_app(settings: WorkerSettings, load_engine: Callable[[], SdxlLoraEngin
         if outcome is None:
             return JSONResponse(JobStatus(call_id=call_id, status=status).model_dump(), status_code=202)
         return outcome_response(outcome)
+
+    @app.delete("/jobs/{call_id}", responses={200: {"model": JobCancel}, 202: {"model": JobCancel}})
+    async def cancel(call_id: str, _: Authorized) -> JSONResponse:
+        found = state.jobs.cancel(call_id)
+        if found is None:
+            raise HTTPException(status_code=404, detail="unknown or expired call_id")
+        body = JobCancel(call_id=call_id, status=found).model_dump()
+        return JSONResponse(body, status_code=202 if found == "canceling" else 200)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -128,11 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     from diffusers.utils import logging as diffusers_logging
 
     from gpu.bootstrap import build_engine
+    from gpu.log_setup import setup_worker_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # httpx logs every request URL at INFO: for a presigned LoRA URL that is the signature. Never log it.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # The services' redacting handler, with WORKER_API_KEY among its secrets; httpx kept above INFO (URLs).
+    setup_worker_logging()
     # diffusers warns on every LoRA without text-encoder keys; the engine checks attachment itself.
     diffusers_logging.set_verbosity_error()
     overrides: dict[str, object] = {"MODEL_DIR": args.model_dir} if args.model_dir else {}

@@ -173,7 +173,7 @@ def usage_text(stack: LocalStack) -> str:
     identity, content, gateway = urls["identity"], urls["content"], urls["gateway"]
     return f"""
 stack is up (logs: {stack.config.run_dir}/<name>.log; stop it with `python scripts/stack.py down`)
-  content  {content}    identity {identity}    gateway {gateway}/healthz {gateway}/metrics
+  content  {content}    identity {identity}    gateway {gateway}/readyz {gateway}/metrics
   worker   {urls["worker"]}/healthz    S3 {urls["s3"]} (bucket {stack.config.bucket})
 
 curl session (needs jq; run it from the project root, where .run/auth-dev-secret is):

@@ -1,11 +1,65 @@
-"""Fixtures shared by all suites: the tiny SDXL on disk, LoRA files for it, a loopback file server."""
+"""Fixtures shared by all suites: the tiny SDXL on disk, LoRA files for it, a loopback file server; and every
+test's logging configuration put back as it found it."""
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.file_server import FileServer
+
+# A logger's configuration: level, handlers, filters, propagate, disabled (a tuple: this runs around every test).
+_LoggerState = tuple[int, list[logging.Handler], list[Any], bool, bool]
+_NEW_LOGGER_LEVEL = logging.NOTSET
+
+
+def _loggers() -> list[tuple[str, logging.Logger]]:
+    found = [(name, lg) for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)]
+    return [("", logging.root), *found]
+
+
+def _snapshot() -> tuple[int, dict[str, _LoggerState]]:
+    return logging.root.manager.disable, {
+        name: (lg.level, lg.handlers[:], lg.filters[:], lg.propagate, lg.disabled) for name, lg in _loggers()
+    }
+
+
+def _restore(snapshot: tuple[int, dict[str, _LoggerState]]) -> None:
+    disable, states = snapshot
+    if logging.root.manager.disable != disable:
+        logging.disable(disable)
+    for name, lg in _loggers():
+        state = states.get(name)
+        if state is None:
+            # First named during the test: back to a new logger's state (a library's NullHandler stays).
+            kept = [h for h in lg.handlers if isinstance(h, logging.NullHandler)]
+            state = (_NEW_LOGGER_LEVEL, kept, [], True, False)
+        level, handlers, filters, propagate, disabled = state
+        if lg.level != level:
+            lg.setLevel(level)  # clears every logger's level cache: only when it changed
+        if lg.handlers != handlers:
+            lg.handlers[:] = handlers
+        if lg.filters != filters:
+            lg.filters[:] = filters
+        lg.propagate, lg.disabled = propagate, disabled
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """Put the logging configuration back after each test (setup, call and teardown).
+
+    A test (or an app it starts) that calls setup_logging, adds a root handler or changes a level would otherwise
+    leave it to every later test: a redacting root handler left behind once made caplog-based "no secret is
+    logged" tests pass whatever the code logged. A hook around the whole test rather than a fixture, because
+    pytest adds its own capture handlers per phase (setup, call, teardown) and those must not be restored.
+    """
+    snapshot = _snapshot()
+    try:
+        yield
+    finally:
+        _restore(snapshot)
 
 
 @pytest.fixture(scope="session")

@@ -163,17 +163,17 @@ def service_specs(config: StackConfig) -> dict[str, ServiceSpec]:
                 "IDENTITY_DATABASE_URL": config.database_url("identity"),
                 "LORA_BASE_MODELS": common.get("LORA_BASE_MODELS", LOCAL_LORA_BASE_MODELS),
             },
-            "/healthz",
+            "/readyz",
             90.0,
         ),
         "content": spec(
             "content",
             "services.content",
             {**common, "CONTENT_DATABASE_URL": config.database_url("content")},
-            "/healthz",
+            "/readyz",
             90.0,
         ),
-        "gateway": spec("gateway", "services.inference_gateway", gateway_env, "/healthz", 90.0),
+        "gateway": spec("gateway", "services.inference_gateway", gateway_env, "/readyz", 90.0),
     }
 
 

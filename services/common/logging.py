@@ -1,4 +1,4 @@
-"""Logging setup (plain or JSON lines) with a filter that redacts secrets, tokens and URL signatures."""
+"""Logging setup (plain or JSON lines) whose output never carries secrets, tokens or URL signatures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 REDACTED = "[REDACTED]"
 # Shorter configured values are not redacted: replacing "a" everywhere would mangle every line.
@@ -54,11 +54,10 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
-class RedactionFilter(logging.Filter):
-    """Rewrites each record's message (args merged in) and exception text through `redact`."""
+class Redaction:
+    """The secrets to hide, and the one function that hides them (and tokens, signatures) in text."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__()
         self.secrets: list[str] = [s for s in secrets if s]
 
     def add_secret(self, value: str) -> None:
@@ -66,39 +65,59 @@ class RedactionFilter(logging.Filter):
         if value:
             self.secrets.append(value)
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string must not lose the record
-            message = f"{record.msg!r} {record.args!r}"
-        record.msg = redact(message, self.secrets)
-        record.args = None
-        if record.exc_info:
-            # Format the traceback now so that secrets in exception messages are redacted too.
-            text = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = redact(text, self.secrets)
-            record.exc_info = None
-        elif record.exc_text:
-            record.exc_text = redact(record.exc_text, self.secrets)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info, self.secrets)
-        return True
+    def __call__(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+
+def _message_of(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:  # a bad format string must not lose the record
+        return f"{record.msg!r} {record.args!r}"
+
+
+class RedactingFormatter(logging.Formatter):
+    """A plain formatter whose output (message, traceback, stack) went through `redaction`.
+
+    The record itself is left as it was: redaction happens in this handler's output only, so one handler
+    (one left on the root logger, say) never changes what another handler or pytest's caplog sees.
+    """
+
+    def __init__(self, redaction: Redaction, fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        self.redaction = redaction
+
+    def format(self, record: logging.LogRecord) -> str:
+        # A copy: Formatter.format caches the traceback text on the record it formats.
+        copy = logging.makeLogRecord(record.__dict__)
+        copy.msg, copy.args = _message_of(record), None
+        return self.redaction(super().format(copy))
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the exception when there is one."""
+    """One JSON object per line: time, level, logger, message, and the exception when there is one.
+
+    With a `redaction`, the message and the exception are redacted before they are encoded (so that a
+    secret is matched as written, not as JSON escapes it); the record is left as it was.
+    """
+
+    def __init__(self, redaction: Redaction | None = None) -> None:
+        super().__init__()
+        self.redaction = redaction or Redaction()
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": self.redaction(_message_of(record)),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = self.redaction(self.formatException(record.exc_info))
         elif record.exc_text:
-            entry["exception"] = record.exc_text
+            entry["exception"] = self.redaction(record.exc_text)
+        if record.stack_info:
+            entry["stack"] = self.redaction(self.formatStack(record.stack_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -108,15 +127,22 @@ PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 NOISY_SIGNING_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore")
 
 
+def redacting_handler(
+    stream: TextIO | None = None, *, json_lines: bool = False, secrets: Iterable[str] = ()
+) -> tuple[logging.StreamHandler[TextIO], Redaction]:
+    """The handler `setup_logging` installs (stderr unless `stream`), and its redaction (to add secrets)."""
+    redaction = Redaction(secrets)
+    handler: logging.StreamHandler[TextIO] = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter(redaction) if json_lines else RedactingFormatter(redaction, PLAIN_FORMAT))
+    return handler, redaction
+
+
 def setup_logging(
-    level: str | int = "INFO", *, json_lines: bool = False, secrets: Iterable[str] = ()
-) -> RedactionFilter:
-    """Configure the root logger to write redacted lines to stderr; returns the filter (to add secrets)."""
-    redaction = RedactionFilter(secrets)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(PLAIN_FORMAT))
-    # On the handler, not a logger: logger filters do not see records propagated from child loggers.
-    handler.addFilter(redaction)
+    level: str | int = "INFO", *, json_lines: bool = False, secrets: Iterable[str] = (), stream: TextIO | None = None
+) -> Redaction:
+    """Configure the root logger to write redacted lines to stderr (or `stream`); returns the redaction."""
+    # The redaction is in the handler's formatter: it covers records propagated from every child logger.
+    handler, redaction = redacting_handler(stream, json_lines=json_lines, secrets=secrets)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

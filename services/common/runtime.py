@@ -19,7 +19,7 @@ from services.common.broker import Consumer, Publisher, connect, declare_topolog
 from services.common.db import create_all, create_engine, create_session_factory
 from services.common.migrations import MigrationSet, check_at_head, migrate_to_head
 from services.common.outbox import OutboxRelay
-from services.common.settings import SecretCheckedSettings
+from services.common.settings import BrokerDeliverySettings, SecretCheckedSettings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,24 @@ async def open_database(
         await engine.dispose()
 
 
+def broker_topology(prefix: str, delivery: BrokerDeliverySettings | None = None) -> Topology:
+    """The deployment's topology: names under `prefix`, retry stages and size limit from `delivery` (read from
+    BROKER_RETRY_DELAYS_SECONDS / BROKER_MAX_MESSAGE_BYTES when not given)."""
+    rules = delivery if delivery is not None else load_settings(BrokerDeliverySettings)
+    return topology(
+        prefix, retry_delays=rules.broker_retry_delays_seconds, max_message_bytes=rules.broker_max_message_bytes
+    )
+
+
 @contextlib.asynccontextmanager
-async def open_broker(url: str, prefix: str, *, service: str) -> AsyncIterator[BrokerRuntime]:
-    """Connect, declare the whole topology (idempotent, so start order does not matter), open a publisher."""
-    names = topology(prefix)
+async def open_broker(
+    url: str, prefix: str, *, service: str, delivery: BrokerDeliverySettings | None = None
+) -> AsyncIterator[BrokerRuntime]:
+    """Connect, declare the whole topology (idempotent, so start order does not matter), open a publisher.
+
+    Every queue's retry stages and dead-letter queue are declared with it, so every service gets them.
+    """
+    names = broker_topology(prefix, delivery)
     connection = await connect(url, name=f"vixenbliss-{service}")
     try:
         await declare_topology_on(connection, names)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Annotated, Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from contracts.topology import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RETRY_DELAYS
 
 # Values copied from templates and docs that must never reach a running service.
 PLACEHOLDER_VALUES = frozenset(
@@ -54,8 +57,43 @@ class SecretCheckedSettings(BaseSettings):
         return value
 
 
-class BrokerSettings(SecretCheckedSettings):
-    """RabbitMQ connection (the URL carries the password, so it is a secret)."""
+# RabbitMQ refuses messages over 128 MiB; a quorum queue message TTL is kept well under a day here.
+MAX_RETRY_STAGES = 20
+MAX_RETRY_DELAY_SECONDS = 86_400.0
+
+
+class BrokerDeliverySettings(SecretCheckedSettings):
+    """How consumers treat what they receive: the retry stages' delays and the largest message read."""
+
+    # "1,5,15,60,120": comma-separated seconds, not JSON (NoDecode keeps pydantic-settings from parsing it).
+    broker_retry_delays_seconds: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=DEFAULT_RETRY_DELAYS, validation_alias="BROKER_RETRY_DELAYS_SECONDS"
+    )
+    broker_max_message_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES, validation_alias="BROKER_MAX_MESSAGE_BYTES", ge=1024, le=128 * 1024 * 1024
+    )
+
+    @field_validator("broker_retry_delays_seconds", mode="before")
+    @classmethod
+    def _split_delays(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("broker_retry_delays_seconds", mode="after")
+    @classmethod
+    def _growing_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not 1 <= len(value) <= MAX_RETRY_STAGES:
+            raise ValueError(f"BROKER_RETRY_DELAYS_SECONDS must list 1 to {MAX_RETRY_STAGES} delays")
+        if any(not 0 < delay <= MAX_RETRY_DELAY_SECONDS for delay in value):
+            raise ValueError(f"BROKER_RETRY_DELAYS_SECONDS must be over 0 and at most {MAX_RETRY_DELAY_SECONDS:.0f} s")
+        if any(later < earlier for earlier, later in itertools.pairwise(value)):
+            raise ValueError("BROKER_RETRY_DELAYS_SECONDS must not shrink from one stage to the next")
+        return value
+
+
+class BrokerSettings(BrokerDeliverySettings):
+    """RabbitMQ connection (the URL carries the password, so it is a secret) and the consumers' delivery rules."""
 
     rabbitmq_url: SecretStr = Field(validation_alias="RABBITMQ_URL")
 
@@ -83,6 +121,33 @@ def database_url_field(service: str, default: str) -> Any:
     """A `database_url` field read from `<SERVICE>_DATABASE_URL`, else `DATABASE_URL`, else `default`."""
     specific = f"{service.upper().replace('-', '_')}_DATABASE_URL"
     return Field(default=default, validation_alias=AliasChoices(specific, "DATABASE_URL"))
+
+
+def url_password_secrets(url: str | None) -> list[str]:
+    """What to redact for a connection URL (amqp://, postgresql://...) that holds a password: the whole URL and
+    the password, as written and percent-decoded. Nothing for a URL without one (sqlite:///file.db)."""
+    if not url or "://" not in url:
+        return []
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # a malformed port or host: the whole value is still worth hiding
+        return [url]
+    if not password:
+        return []
+    return list(dict.fromkeys([url, password, unquote(password)]))
+
+
+def connection_url_secrets(settings: BaseSettings) -> list[str]:
+    """`url_password_secrets` of every URL setting (str or SecretStr) of `settings`: the database URLs and the
+    broker URL, and any such URL a service adds later, count as secrets without each service listing them."""
+    found: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name, None)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            found += url_password_secrets(value)
+    return list(dict.fromkeys(found))
 
 
 def env_name(model: type[BaseSettings], field_name: str) -> str:

@@ -41,7 +41,6 @@ from services.content.watching import generation_events, last_event_step, prefer
 PREFIX = "/api/v1/content"
 EVENTS_LINK_PURPOSE = "generation-events"
 router = APIRouter(prefix=PREFIX, responses=error_responses(401, 422))
-health_router = APIRouter()
 
 PreferHeader = Annotated[
     str | None,
@@ -324,9 +323,3 @@ async def generation_event_stream(
     )
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-
-
-@health_router.get("/healthz", include_in_schema=False)
-async def healthz() -> dict[str, str]:
-    """Liveness: the process serves requests."""
-    return {"status": "ok"}

@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from contracts.topology import CONTENT_GENERATION_RESULTS, CONTENT_IDENTITY_EVENTS, SERVICE_CONTENT
+from services.common import health
 from services.common.auth import TokenVerifier, install_verifier
 from services.common.broker import Consumer
 from services.common.changes import ChangeFeed, ChangeHub
@@ -19,7 +20,7 @@ from services.common.runtime import open_broker, open_database, running_consumer
 from services.common.signed_links import LinkSigner
 from services.common.storage import ObjectStorage, StorageConfig
 from services.content.admission import AdmissionLimits
-from services.content.api import ContentApi, health_router, router
+from services.content.api import ContentApi, router
 from services.content.consumers import generation_results_handler, identity_events_handler
 from services.content.generations import GenerationPolicy, GenerationService
 from services.content.migrations import MIGRATIONS
@@ -81,13 +82,13 @@ def create_app(settings: ContentSettings) -> FastAPI:
                     # One at a time: the projection applies identity's events in the order they come.
                     Consumer(
                         broker.connection,
-                        broker.topology.queue(CONTENT_IDENTITY_EVENTS).name,
+                        broker.topology.queue(CONTENT_IDENTITY_EVENTS),
                         identity_events_handler(projection),
                         prefetch=1,
                     ),
                     Consumer(
                         broker.connection,
-                        broker.topology.queue(CONTENT_GENERATION_RESULTS).name,
+                        broker.topology.queue(CONTENT_GENERATION_RESULTS),
                         generation_results_handler(generations),
                         prefetch=settings.results_prefetch,
                     ),
@@ -97,6 +98,14 @@ def create_app(settings: ContentSettings) -> FastAPI:
                     running_consumers(consumers),
                     running_sweeper(generations, settings.sweep_interval_seconds, settings.sweep_grace_seconds),
                 ):
+                    health.install_readiness(
+                        app,
+                        {
+                            "database": health.database_check(database.engine),
+                            "broker": health.broker_check(broker.connection),
+                            "consumers": health.consumers_check(consumers),
+                        },
+                    )
                     app.state.content = ContentApi(
                         generations=generations,
                         projection=projection,
@@ -130,7 +139,7 @@ def build_app(lifespan: Lifespan | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(router)
-    app.include_router(health_router)
+    app.include_router(health.router)
     return app
 
 

@@ -14,6 +14,7 @@ from services.common.settings import (
     LoggingSettings,
     SecretCheckedSettings,
     StorageSettings,
+    connection_url_secrets,
     database_url_field,
 )
 
@@ -148,6 +149,8 @@ class ContentSettings(
             self.r2_access_key_id.get_secret_value(),
             self.r2_secret_access_key.get_secret_value(),
             *auth_secret_values(self),
+            # The broker's and the database's password (and the URLs that carry one).
+            *connection_url_secrets(self),
         ]
         if self.stream_link_secret is not None:
             secrets.append(self.stream_link_secret.get_secret_value())

@@ -29,7 +29,6 @@ router = APIRouter(prefix="/api/v1", responses=error_responses(401, 422))
 admin_router = APIRouter(prefix="/api/v1/admin", responses=error_responses(401, 403, 422))
 NOT_FOUND = error_responses(404)
 NOT_READY = error_responses(404, 409)
-health_router = APIRouter()
 
 
 def get_avatars(request: Request) -> AvatarService:
@@ -203,9 +202,3 @@ async def retire_lora(lora_id: uuid.UUID, caller: CurrentPrincipal, loras: Loras
 async def import_lora(body: LoraImport, _admin: AdminPrincipal, loras: Loras) -> LoraOut:
     """Admin: verify an object already in the bucket and add it as a ready version of an avatar."""
     return lora_out(await loras.import_object(body))
-
-
-@health_router.get("/healthz", include_in_schema=False)
-async def healthz() -> dict[str, str]:
-    """Liveness: the process serves requests."""
-    return {"status": "ok"}

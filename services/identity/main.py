@@ -9,13 +9,14 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from contracts.topology import SERVICE_IDENTITY
+from services.common import health
 from services.common.auth import TokenVerifier, install_verifier
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.outbox import OutboxRelay
 from services.common.runtime import open_broker, open_database, running_relay
 from services.common.storage import ObjectStorage, StorageConfig
-from services.identity.api import admin_router, health_router, router
+from services.identity.api import admin_router, router
 from services.identity.lora_files import LoraFiles
 from services.identity.lora_service import LoraLimits, LoraService
 from services.identity.migrations import MIGRATIONS
@@ -43,6 +44,13 @@ def create_app(settings: IdentitySettings) -> FastAPI:
             ):
                 relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)
                 async with running_relay(relay):
+                    health.install_readiness(
+                        app,
+                        {
+                            "database": health.database_check(database.engine),
+                            "broker": health.broker_check(broker.connection),
+                        },
+                    )
                     app.state.avatar_service = AvatarService(database.sessions, on_commit=relay.notify)
                     app.state.lora_service = LoraService(
                         database.sessions,
@@ -73,7 +81,7 @@ def build_app(lifespan: Lifespan | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(admin_router)
-    app.include_router(health_router)
+    app.include_router(health.router)
     return app
 
 

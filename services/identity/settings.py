@@ -16,6 +16,7 @@ from services.common.settings import (
     LoggingSettings,
     SecretCheckedSettings,
     StorageSettings,
+    connection_url_secrets,
     database_url_field,
 )
 
@@ -71,4 +72,6 @@ class IdentitySettings(
             self.r2_access_key_id.get_secret_value(),
             self.r2_secret_access_key.get_secret_value(),
             *auth_secret_values(self),
+            # The broker's and the database's password (and the URLs that carry one).
+            *connection_url_secrets(self),
         ]

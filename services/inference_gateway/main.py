@@ -12,6 +12,7 @@ from aio_pika.abc import AbstractRobustConnection
 from fastapi import FastAPI
 
 from contracts.topology import GATEWAY_GENERATION_CANCELED, GATEWAY_GENERATION_REQUESTED, SERVICE_INFERENCE_GATEWAY
+from services.common import health
 from services.common.broker import Consumer
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
@@ -38,19 +39,6 @@ class GatewayRuntime:
     connection: AbstractRobustConnection
     consumers: tuple[Consumer, ...]
     metrics: Metrics
-
-    def health(self) -> tuple[bool, dict[str, object]]:
-        """Healthy while the broker connection is open and every consumer is subscribed."""
-        connected = not self.connection.is_closed
-        consuming = all(consumer.running for consumer in self.consumers)
-        healthy = connected and consuming
-        return healthy, {
-            "status": "ok" if healthy else "unavailable",
-            "broker": "connected" if connected else "disconnected",
-            "consumer": "running" if consuming else "stopped",
-            "provider": self.settings.lora_provider,
-            "worker_mode": self.settings.modal_mode,
-        }
 
     def metrics_text(self) -> str:
         """The counters, Prometheus text."""
@@ -100,11 +88,18 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
             )
             queue = broker.topology.queue(GATEWAY_GENERATION_REQUESTED).name
             requests = Consumer(
-                broker.connection, queue, generation_requested_handler(service), prefetch=settings.gateway_prefetch
+                broker.connection,
+                broker.topology.queue(GATEWAY_GENERATION_REQUESTED),
+                generation_requested_handler(service),
+                prefetch=settings.gateway_prefetch,
             )
             # Its own consumer, started first: a cancel is recorded at once, not after the requests ahead of it.
             cancel_queue = broker.topology.queue(GATEWAY_GENERATION_CANCELED).name
-            cancels = Consumer(broker.connection, cancel_queue, generation_canceled_handler(service))
+            cancels = Consumer(
+                broker.connection,
+                broker.topology.queue(GATEWAY_GENERATION_CANCELED),
+                generation_canceled_handler(service),
+            )
             consumers = (cancels, requests)
             async with running_consumers(consumers):
                 log.info(
@@ -127,12 +122,20 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running_gateway(settings) as runtime:
+            health.install_readiness(
+                app,
+                {
+                    "broker": health.broker_check(runtime.connection),
+                    "consumers": health.consumers_check(runtime.consumers),
+                },
+            )
             app.state.gateway = runtime
             yield
 
     app = FastAPI(title="VixenBliss inference gateway", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(health.router)
     return app
 
 

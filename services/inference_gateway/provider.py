@@ -112,6 +112,12 @@ def outcome_of(status: int, content: bytes) -> WorkerSuccess:
     raise invalid(f"worker answered HTTP {status} without a contract body", status=status)
 
 
+async def outcome_off_loop(status: int, content: bytes) -> WorkerSuccess:
+    """`outcome_of` in a worker thread: a success body holds a base64 PNG of several MiB, and parsing and validating
+    it on the event loop would stall every other task (consumers, health checks) for that long."""
+    return await asyncio.to_thread(outcome_of, status, content)
+
+
 class ModalWorkerClient:
     """Calls the worker: one POST (sync), or a submit POST then GET polls until the job is done (async)."""
 
@@ -138,7 +144,7 @@ class ModalWorkerClient:
         body = request.model_dump(mode="json", exclude_none=True)
         if self._config.mode == "sync":
             status, content = await self._send("POST", self._config.generate_url, timeout_seconds, body)
-            return outcome_of(status, content)
+            return await outcome_off_loop(status, content)
         return await self._submit_and_poll(body, timeout_seconds)
 
     async def _submit_and_poll(self, body: dict[str, object], timeout_seconds: float) -> WorkerSuccess:
@@ -147,7 +153,7 @@ class ModalWorkerClient:
         status, content = await self._send("POST", self._config.submit_url, min(timeout_seconds, 60.0), body)
         call_id = _call_id(status, content)
         if call_id is None:
-            return outcome_of(status, content)  # a sync answer or an error body
+            return await outcome_off_loop(status, content)  # a sync answer or an error body
         url = result_url(self._config.result_url, call_id)
         failures = 0
         while True:
@@ -170,9 +176,9 @@ class ModalWorkerClient:
             if status >= 500 and contract_error(_json_object(content)) is None:
                 failures += 1
                 if failures >= MAX_POLL_FAILURES:
-                    return outcome_of(status, content)
+                    return await outcome_off_loop(status, content)
                 continue
-            return outcome_of(status, content)
+            return await outcome_off_loop(status, content)
 
     async def _send(
         self, method: str, url: str, timeout_seconds: float, body: dict[str, object] | None = None

@@ -275,7 +275,8 @@ class GenerationService:
                 GatewayErrorCode.INVALID_WORKER_RESPONSE, "worker answered for another request", {"attempt": attempt}
             )
         try:
-            png = decode_png(success.image_base64, request.params.width, request.params.height)
+            # Decoding and checking a multi-megabyte PNG takes long enough to stall every other task on the loop.
+            png = await asyncio.to_thread(decode_png, success.image_base64, request.params.width, request.params.height)
         except InvalidImageError as error:
             raise GatewayFailure(GatewayErrorCode.INVALID_WORKER_RESPONSE, str(error), error.details) from None
         return success, png
@@ -287,6 +288,7 @@ class GenerationService:
         try:
             return await self._storage.presign_get(request.lora.object_key, self._lora_url_ttl)
         except Exception as error:
+            self._log_storage_error("could not sign the LoRA URL", request.generation_id, error)
             details = {"reason": type(error).__name__}
             raise GatewayFailure(GatewayErrorCode.STORAGE_FAILED, "could not sign the LoRA URL", details) from None
 
@@ -294,11 +296,22 @@ class GenerationService:
         try:
             await self._storage.put_bytes(output_key(generation_id), png.data, PNG_CONTENT_TYPE)
         except Exception as error:
+            self._log_storage_error("could not store the image", generation_id, error)
             raise GatewayFailure(
                 GatewayErrorCode.STORAGE_FAILED,
                 "could not store the image",
                 {"object_key": output_key(generation_id), "reason": type(error).__name__},
             ) from None
+
+    def _log_storage_error(self, what: str, generation_id: str, error: Exception) -> None:
+        # The cause stays out of the result event (it may name endpoints); the log keeps it, sanitized.
+        log.warning(
+            "generation %s: %s: %s: %s",
+            generation_id,
+            what,
+            type(error).__name__,
+            sanitize_text(str(error), self._secrets),
+        )
 
     async def _complete(
         self,

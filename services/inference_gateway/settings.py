@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.common.runtime import TopologySettings
-from services.common.settings import BrokerSettings, LoggingSettings, StorageSettings
+from services.common.settings import BrokerSettings, LoggingSettings, StorageSettings, connection_url_secrets
 
 # The local worker (gpu.server) serves the sync contract on /generate and async jobs on /jobs.
 LOCAL_GENERATE_PATH = "/generate"
@@ -92,10 +92,9 @@ class GatewaySettings(BrokerSettings, StorageSettings, LoggingSettings, Topology
             self.rabbitmq_url.get_secret_value(),
             self.r2_access_key_id.get_secret_value(),
             self.r2_secret_access_key.get_secret_value(),
+            # The broker's password, and any database URL's (with the URL that carries it).
+            *connection_url_secrets(self),
         ]
-        password = urlsplit(values[0]).password
-        if password:
-            values.append(password)
         values += [s.get_secret_value() for s in (self.modal_api_key, self.modal_api_token) if s is not None]
         return values
 

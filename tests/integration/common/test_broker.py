@@ -1,4 +1,4 @@
-"""Broker plumbing against the real RabbitMQ: topology, confirmed publishing, consumer ack/requeue/DLQ."""
+"""Broker plumbing against the real RabbitMQ: topology, confirmed publishing, consumer ack and a first retry."""
 
 from __future__ import annotations
 
@@ -16,8 +16,20 @@ from contracts.topology import (
     GATEWAY_GENERATION_REQUESTED,
     Topology,
 )
-from services.common.broker import Consumer, PermanentError, Publisher, ReceivedEvent, declare_topology
+from services.common.broker import (
+    DEATH_DETAIL_HEADER,
+    DEATH_QUEUE_HEADER,
+    DEATH_REASON_HEADER,
+    RETRIES_HEADER,
+    ROUTING_KEY_HEADER,
+    Consumer,
+    PermanentError,
+    Publisher,
+    ReceivedEvent,
+    declare_topology,
+)
 from services.common.events import from_message, new_event
+from tests.integration.common.amqp_reading import all_empty, counts, next_message
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -60,8 +72,9 @@ async def test_declare_topology_twice_is_harmless(amqp: AbstractRobustConnection
     await declare_topology(channel, topo)
     assert not channel.is_closed
     for spec in topo.queues:
-        assert await _count(amqp, spec.name) == 0
-        assert await _count(amqp, spec.dlq_name) == 0
+        assert len(spec.retry_queue_names) == len(spec.retry_delays)
+        for name in (spec.name, spec.dlq_name, *spec.retry_queue_names):
+            assert await _count(amqp, name) == 0
 
 
 async def test_published_event_reaches_its_queue_with_amqp_properties(
@@ -103,7 +116,7 @@ async def test_consumer_acks_only_after_the_handler_returns(amqp: AbstractRobust
         started.set()
         await release.wait()
 
-    consumer = Consumer(amqp, queue_name, slow_handler, prefetch=1, requeue_delay=0)
+    consumer = Consumer(amqp, topo.queue(GATEWAY_GENERATION_REQUESTED), slow_handler, prefetch=1, requeue_delay=0)
     await consumer.start()
     publisher = await Publisher.open(amqp, topo.events_exchange)
     event = new_event(_requested(), source="/vixenbliss/content", subject="gen-1")
@@ -120,9 +133,10 @@ async def test_consumer_acks_only_after_the_handler_returns(amqp: AbstractRobust
 
 
 async def test_handler_success_acks_and_a_transient_failure_is_retried(
-    amqp: AbstractRobustConnection, topo: Topology
+    amqp: AbstractRobustConnection, fast_topo: Topology
 ) -> None:
-    queue_name = topo.queue(CONTENT_GENERATION_RESULTS).name
+    topo = fast_topo
+    spec = topo.queue(CONTENT_GENERATION_RESULTS)
     attempts: list[ReceivedEvent] = []
     done = asyncio.Event()
 
@@ -132,7 +146,7 @@ async def test_handler_success_acks_and_a_transient_failure_is_retried(
             raise ConnectionError("database went away")
         done.set()
 
-    consumer = Consumer(amqp, queue_name, flaky_handler, requeue_delay=0)
+    consumer = Consumer(amqp, spec, flaky_handler, requeue_delay=0)
     await consumer.start()
     publisher = await Publisher.open(amqp, topo.events_exchange)
     started = GenerationStarted(generation_id="gen-2", attempt=1, worker_mode="sync")
@@ -141,36 +155,9 @@ async def test_handler_success_acks_and_a_transient_failure_is_retried(
     await consumer.stop()
 
     assert [a.payload for a in attempts] == [started, started]
-    assert attempts[1].redelivered and attempts[1].delivery_count >= 1
-    assert await _count(amqp, queue_name) == 0
-    assert await _count(amqp, topo.queue(CONTENT_GENERATION_RESULTS).dlq_name) == 0
-    await publisher.close()
-
-
-async def test_a_message_failing_past_the_delivery_limit_lands_in_the_dlq(
-    amqp: AbstractRobustConnection, topo: Topology
-) -> None:
-    spec = topo.queue(GATEWAY_GENERATION_REQUESTED)
-    calls = 0
-
-    async def failing_handler(event: ReceivedEvent) -> None:
-        nonlocal calls
-        calls += 1
-        raise RuntimeError("worker unavailable")
-
-    consumer = Consumer(amqp, spec.name, failing_handler, requeue_delay=0)
-    await consumer.start()
-    publisher = await Publisher.open(amqp, topo.events_exchange)
-    event = new_event(_requested("gen-3"), source="/vixenbliss/content", subject="gen-3")
-    await publisher.publish_event(event)
-
-    dead = await _get(amqp, spec.dlq_name, wait=20)
-    await consumer.stop()
-    assert dead.message_id == event.id
-    assert dead.headers["x-first-death-reason"] == "delivery_limit"
-    # The first delivery plus `delivery_limit` redeliveries, then the broker dead-letters it.
-    assert calls == spec.delivery_limit + 1
-    assert await _count(amqp, spec.name) == 0
+    # The second try came back through the first retry stage, which the header counts.
+    assert [a.attempt for a in attempts] == [0, 1]
+    assert await counts(amqp, spec) == all_empty(spec)
     await publisher.close()
 
 
@@ -186,7 +173,7 @@ async def test_invalid_or_permanently_failing_message_is_dead_lettered_at_once(
         calls += 1
         raise PermanentError("the LoRA is not a LoRA")
 
-    consumer = Consumer(amqp, spec.name, handler, requeue_delay=0)
+    consumer = Consumer(amqp, spec, handler, requeue_delay=0)
     await consumer.start()
     publisher = await Publisher.open(amqp, topo.events_exchange)
     if kind == "garbage":
@@ -196,8 +183,15 @@ async def test_invalid_or_permanently_failing_message_is_dead_lettered_at_once(
         event = new_event(_requested("gen-4"), source="/vixenbliss/content", subject="gen-4")
         await publisher.publish_event(event)
 
-    dead = await _get(amqp, spec.dlq_name)
+    dead = await next_message(amqp, spec.dlq_name)
     await consumer.stop()
-    assert dead.headers["x-first-death-reason"] == "rejected"
+    # Dead-lettered by the consumer at once, with its reason; no retry stage on the way.
+    assert dead.headers[DEATH_REASON_HEADER] == ("invalid-event" if kind == "garbage" else "permanent-error")
+    assert dead.headers[DEATH_QUEUE_HEADER] == spec.name
+    assert dead.headers[ROUTING_KEY_HEADER] == "generation.requested"
+    assert RETRIES_HEADER not in dead.headers
+    if kind == "permanent":
+        assert dead.headers[DEATH_DETAIL_HEADER] == "the LoRA is not a LoRA"
     assert calls == (0 if kind == "garbage" else 1)
+    assert await counts(amqp, spec) == all_empty(spec)
     await publisher.close()

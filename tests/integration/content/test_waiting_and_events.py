@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +21,7 @@ from contracts.events import GenerationFailed
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, Topology, topology
 from services.common.broker import Publisher, declare_topology_on, delete_topology
 from services.common.changes import ChangeHub
-from services.common.logging import PLAIN_FORMAT, REDACTED, RedactionFilter
+from services.common.logging import REDACTED
 from services.common.signed_links import LinkSigner
 from services.content.api import EVENTS_LINK_PURPOSE, ContentApi
 from services.content.main import create_app
@@ -32,6 +31,7 @@ from tests.support.content_client import GATEWAY, completed, publish, ready_avat
 from tests.support.live_server import live_server
 from tests.support.queues import drain_events
 from tests.support.service_fixtures import serving
+from tests.support.service_log import service_log as service_log_of
 
 HEARTBEAT_SECONDS = 0.2
 
@@ -360,21 +360,10 @@ async def test_a_reconnect_with_last_event_id_gets_only_the_events_after_it(
 
 @pytest.fixture
 def service_log(live_settings: ContentSettings) -> Iterator[io.StringIO]:
-    """What the service would write to stderr: a root handler set up as services.common.logging.setup_logging
-    does (format, redaction filter with the settings' secrets), beside pytest's handlers, at INFO."""
-    text = io.StringIO()
-    handler = logging.StreamHandler(text)
-    handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
-    handler.addFilter(RedactionFilter(live_settings.secret_values()))
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
+    """What the service would write to stderr: setup_logging's own handler (format, redaction with the settings'
+    secrets) on the root logger beside pytest's handlers, writing to a fresh stream."""
+    with service_log_of(live_settings.secret_values()) as text:
         yield text
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
 
 
 def query_of(url: str) -> dict[str, str]:

@@ -37,8 +37,8 @@ async def test_a_request_canceled_before_it_started_is_not_run_while_another_sti
     try:
         settings = gateway_settings(rabbitmq_url, storage, topo, worker.url)
         async with gateway_running(settings) as gateway:
-            health = await gateway.get("/healthz")
-            assert health.status_code == 200 and health.json()["consumer"] == "running", health.text
+            ready = await gateway.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["checks"]["consumers"] == "ok", ready.text
             await publish_cancel(amqp, topo, cancel)
             # The cancel comes on its own queue: wait until the gateway recorded it, then send both requests.
             await wait_for_metric(gateway, "vixen_gateway_cancels_total 1")

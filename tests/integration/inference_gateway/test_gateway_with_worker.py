@@ -43,9 +43,9 @@ async def test_a_request_yields_started_then_completed_with_the_stored_png(
     settings = gateway_settings(rabbitmq_url, storage, topo, worker_url)
 
     async with gateway_running(settings) as gateway:
-        health = await gateway.get("/healthz")
-        assert health.status_code == 200, health.text
-        assert health.json()["broker"] == "connected" and health.json()["consumer"] == "running"
+        ready = await gateway.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"status": "ready", "checks": {"broker": "ok", "consumers": "ok"}}
         await publish_request(amqp, topo, request)
         events = await results_until_terminal(amqp, topo, generation_id)
         metrics = (await gateway.get("/metrics")).text

@@ -1,4 +1,8 @@
-"""Log redaction: secrets, bearer tokens, credential headers and presigned-URL signatures never reach a log."""
+"""Log redaction: secrets, bearer tokens, credential headers and presigned-URL signatures never reach a log.
+
+Each logging test reads what the handler `setup_logging` installs would write, on a stream of its own; no test
+depends on (or leaves) a handler on the root logger (tests/conftest.py puts the logging configuration back).
+"""
 
 from __future__ import annotations
 
@@ -10,22 +14,41 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.common.logging import REDACTED, JsonFormatter, RedactionFilter, redact, setup_logging
+from services.common.logging import (
+    NOISY_SIGNING_LOGGERS,
+    REDACTED,
+    JsonFormatter,
+    Redaction,
+    redact,
+    redacting_handler,
+    setup_logging,
+)
 
 PRESIGNED = (
     "https://acc.r2.cloudflarestorage.com/loras/a1.safetensors?X-Amz-Algorithm=AWS4-HMAC-SHA256"
     "&X-Amz-Credential=AKIAEXAMPLE%2F20260101%2Fauto%2Fs3%2Faws4_request&X-Amz-Date=20260101T000000Z"
     "&X-Amz-Expires=300&X-Amz-SignedHeaders=host&X-Amz-Signature=0123456789abcdef0123456789abcdef"
 )
+SECRET = "sk-live-very-secret-value"
 
 
-@pytest.fixture
-def captured() -> Iterator[tuple[logging.Logger, io.StringIO, RedactionFilter]]:
+class Records(logging.Handler):
+    """Keeps the records it is given, untouched (as pytest's caplog does)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(params=["plain", "json"])
+def captured(request: pytest.FixtureRequest) -> Iterator[tuple[logging.Logger, io.StringIO, Redaction]]:
+    """A private logger writing through setup_logging's handler (plain or JSON lines) to a fresh stream."""
     stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    redaction = RedactionFilter(["sk-live-very-secret-value"])
-    handler.addFilter(redaction)
-    logger = logging.getLogger("tests.redaction")
+    handler, redaction = redacting_handler(stream, json_lines=request.param == "json", secrets=[SECRET])
+    logger = logging.getLogger(f"tests.redaction.{request.param}")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -33,7 +56,7 @@ def captured() -> Iterator[tuple[logging.Logger, io.StringIO, RedactionFilter]]:
     logger.removeHandler(handler)
 
 
-def test_presigned_url_loses_its_whole_query(captured: tuple[logging.Logger, io.StringIO, RedactionFilter]) -> None:
+def test_presigned_url_loses_its_whole_query(captured: tuple[logging.Logger, io.StringIO, Redaction]) -> None:
     logger, stream, _ = captured
     logger.info("calling worker with lora_url=%s", PRESIGNED)
     out = stream.getvalue()
@@ -41,20 +64,58 @@ def test_presigned_url_loses_its_whole_query(captured: tuple[logging.Logger, io.
     assert "https://acc.r2.cloudflarestorage.com/loras/a1.safetensors?" + REDACTED in out
 
 
-def test_configured_secret_in_args_and_exception(
-    captured: tuple[logging.Logger, io.StringIO, RedactionFilter],
+def test_configured_secret_in_args_exception_and_stack(
+    captured: tuple[logging.Logger, io.StringIO, Redaction],
 ) -> None:
     logger, stream, redaction = captured
-    logger.warning("key is %s", "sk-live-very-secret-value")
+    logger.warning("key is %s", SECRET)
     redaction.add_secret("late-added-secret")
     try:
         raise RuntimeError("auth failed for late-added-secret")
     except RuntimeError:
         logger.exception("boom")
+    logger.info("where %s was used", "late-added-secret", stack_info=True)
     out = stream.getvalue()
-    assert "sk-live-very-secret-value" not in out and "late-added-secret" not in out
-    assert out.count(REDACTED) >= 2  # the message arg, the exception message (and its source line)
+    assert out, "nothing was written"
+    assert SECRET not in out and "late-added-secret" not in out
+    assert out.count(REDACTED) >= 3  # the message arg, the exception message (and its source line), the stack
     assert "RuntimeError" in out  # the traceback itself is kept
+
+
+def test_a_secret_that_json_would_escape_is_still_hidden() -> None:
+    secret = 'pa"ss\\word-9'
+    stream = io.StringIO()
+    handler, _ = redacting_handler(stream, json_lines=True, secrets=[secret])
+    handler.handle(logging.LogRecord("svc", logging.INFO, __file__, 1, "password %s", (secret,), None))
+    line = stream.getvalue()
+    assert json.loads(line)["message"] == f"password {REDACTED}"
+    assert "ss\\\\word" not in line and "pa\\" not in line
+
+
+def test_a_redacting_handler_leaves_the_record_to_the_other_handlers() -> None:
+    """The redaction is in the handler's output only. A redacting handler on the root logger once rewrote each
+    record in place, so pytest's caplog (and any other handler) saw a redacted record whatever the code logged."""
+    stream = io.StringIO()
+    redacting, _ = redacting_handler(stream, secrets=[SECRET])
+    raw = Records()
+    logger = logging.getLogger("tests.redaction.others")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    for handler in (redacting, raw):  # the redacting handler first, as a leftover root handler would be
+        logger.addHandler(handler)
+    try:
+        try:
+            raise ValueError(f"bad key {SECRET}")
+        except ValueError:
+            logger.exception("using %s", SECRET)
+    finally:
+        for handler in (redacting, raw):
+            logger.removeHandler(handler)
+    assert SECRET not in stream.getvalue()
+    (record,) = raw.records
+    assert record.getMessage() == f"using {SECRET}"
+    assert record.exc_info is not None and record.exc_text is None
+    assert SECRET in logging.Formatter().format(record)
 
 
 @pytest.mark.parametrize(
@@ -65,11 +126,13 @@ def test_configured_secret_in_args_and_exception(
         ("headers={'authorization': 'Basic dXNlcjpwYXNz'}", "dXNlcjpwYXNz"),
         ("token Bearer abc.def-ghi", "abc.def-ghi"),
         ("amqp://vixen:hunter22@rabbit:5672/", "hunter22"),
+        ("postgresql+asyncpg://vb:s3cret-pw@db:5432/vixen", "s3cret-pw"),
         ("?X-Amz-Security-Token=FQoGZXIvYXdzE&x=1", "FQoGZXIvYXdzE"),
         ("http://127.0.0.1:9000/b/k?AWSAccessKeyId=AK&Signature=abc%3D&Expires=1", "abc%3D"),
     ],
 )
 def test_tokens_and_credentials_are_redacted(text: str, leak: str) -> None:
+    assert leak in text
     assert leak not in redact(text)
 
 
@@ -78,16 +141,11 @@ def test_ordinary_text_and_urls_are_kept() -> None:
     assert redact(text, ["x"]) == text  # too-short secrets are ignored
 
 
-def test_setup_logging_json_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    try:
-        setup_logging("INFO", json_lines=True, secrets=["topsecret-123"])
-        logging.getLogger("svc").info("using %s at %s", "topsecret-123", PRESIGNED)
-        line = capsys.readouterr().err.strip().splitlines()[-1]
-    finally:
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
+def test_setup_logging_json_lines_are_redacted() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", json_lines=True, secrets=["topsecret-123"], stream=stream)
+    logging.getLogger("svc").info("using %s at %s", "topsecret-123", PRESIGNED)
+    (line,) = stream.getvalue().strip().splitlines()
     entry = json.loads(line)
     assert entry["level"] == "INFO" and entry["logger"] == "svc"
     assert "topsecret-123" not in line and "X-Amz-Signature" not in line
@@ -102,14 +160,7 @@ def test_json_formatter_includes_exception() -> None:
 
 
 def test_debug_logging_never_lets_signing_libraries_below_info() -> None:
-    import logging
-
-    from services.common.logging import NOISY_SIGNING_LOGGERS, setup_logging
-
-    setup_logging("DEBUG")
-    try:
-        for name in NOISY_SIGNING_LOGGERS:
-            assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
-        assert logging.getLogger("services").isEnabledFor(logging.DEBUG)
-    finally:
-        setup_logging("INFO")
+    setup_logging("DEBUG", stream=io.StringIO())
+    for name in NOISY_SIGNING_LOGGERS:
+        assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+    assert logging.getLogger("services").isEnabledFor(logging.DEBUG)

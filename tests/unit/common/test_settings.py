@@ -8,9 +8,11 @@ from pydantic import ValidationError
 from services.common.settings import (
     BrokerSettings,
     StorageSettings,
+    connection_url_secrets,
     database_url_field,
     load_settings,
     placeholder_reason,
+    url_password_secrets,
 )
 from tests.support.settings_env import settings_env
 
@@ -83,3 +85,30 @@ def test_placeholder_reason() -> None:
     assert placeholder_reason("a-real-secret") is None
     assert placeholder_reason("guest") is None  # the local RabbitMQ default is allowed
     assert placeholder_reason("<your key>") is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("amqp://vixen:hunter22@rabbit:5672/", ["amqp://vixen:hunter22@rabbit:5672/", "hunter22"]),
+        (
+            "postgresql+asyncpg://vb:p%40ss%3Aword@db/vixen",
+            ["postgresql+asyncpg://vb:p%40ss%3Aword@db/vixen", "p%40ss%3Aword", "p@ss:word"],
+        ),
+        ("postgresql+asyncpg://vb@db/vixen", []),
+        ("sqlite+aiosqlite:///.run/content.db", []),
+        ("", []),
+        (None, []),
+    ],
+)
+def test_url_password_secrets(url: str | None, expected: list[str]) -> None:
+    assert url_password_secrets(url) == expected
+
+
+def test_connection_url_secrets_finds_every_url_setting_with_a_password(env: pytest.MonkeyPatch) -> None:
+    env.setenv("RABBITMQ_URL", "amqp://vixen:rabbit-pw-1@rabbit/")
+    env.setenv("R2_ENDPOINT_URL", "https://key:endpoint-pw-2@acc.r2.cloudflarestorage.com")
+
+    found = connection_url_secrets(ContentLikeSettings())
+
+    assert {"rabbit-pw-1", "endpoint-pw-2", "amqp://vixen:rabbit-pw-1@rabbit/"} <= set(found)

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from services.common.signed_links import LinkSigner
 from services.content.main import admission_limits
 from services.content.settings import DEFAULT_MAX_PIXEL_STEPS, ContentSettings
+from tests.support.service_log import written
 from tests.support.settings_env import settings_env
 
 JWT_SECRET = "content-settings-test-jwt-secret-0123456789"
@@ -179,3 +180,30 @@ def test_every_secret_is_listed_for_redaction(env: pytest.MonkeyPatch) -> None:
 
     assert JWT_SECRET in secrets
     assert ENV["R2_SECRET_ACCESS_KEY"] in secrets and ENV["RABBITMQ_URL"] in secrets
+
+
+DB_PASSWORD = "db-pa$$word-9"
+DB_URL = "postgresql+asyncpg://content:db-pa%24%24word-9@db.internal:5432/content"
+
+
+def test_the_database_and_broker_passwords_are_secrets(env: pytest.MonkeyPatch) -> None:
+    env.setenv("CONTENT_DATABASE_URL", DB_URL)
+
+    secrets = ContentSettings().secret_values()
+
+    # The URL, its password as written and percent-decoded; the broker's password alone too.
+    assert {DB_URL, "db-pa%24%24word-9", DB_PASSWORD, "s3cr3t-pw"} <= set(secrets)
+
+
+def test_the_service_log_never_shows_the_database_or_broker_password(env: pytest.MonkeyPatch) -> None:
+    env.setenv("CONTENT_DATABASE_URL", DB_URL)
+
+    text = written(
+        ContentSettings().secret_values(),
+        ("password authentication failed: %s", (DB_PASSWORD,)),
+        ("connecting to %s", (DB_URL,)),
+        ("broker refused the login 'vixen'/'%s'", ("s3cr3t-pw",)),
+    )
+
+    assert text.count("\n") == 3
+    assert DB_PASSWORD not in text and "db-pa%24%24word-9" not in text and "s3cr3t-pw" not in text

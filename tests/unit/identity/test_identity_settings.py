@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.identity.settings import IdentitySettings
+from tests.support.service_log import written
 from tests.support.settings_env import settings_env
 
 ENV = {
@@ -70,3 +71,34 @@ def test_without_a_token_secret_or_jwks_url_the_service_does_not_start(env: pyte
 
     with pytest.raises(ValidationError, match="AUTH_JWT_SECRET"):
         IdentitySettings()
+
+
+DB_PASSWORD = "id-db-p@ss:word"
+DB_URL = "postgresql+asyncpg://identity:id-db-p%40ss%3Aword@db.internal:5432/identity"
+
+
+def test_the_database_and_broker_passwords_are_secrets(env: pytest.MonkeyPatch) -> None:
+    env.setenv("IDENTITY_DATABASE_URL", DB_URL)
+
+    secrets = IdentitySettings().secret_values()
+
+    assert {DB_URL, "id-db-p%40ss%3Aword", DB_PASSWORD, "s3cr3t-pw"} <= set(secrets)
+
+
+def test_a_database_url_without_a_password_adds_nothing(env: pytest.MonkeyPatch) -> None:
+    env.setenv("IDENTITY_DATABASE_URL", "postgresql+asyncpg://identity@db.internal/identity")
+
+    assert "postgresql+asyncpg://identity@db.internal/identity" not in IdentitySettings().secret_values()
+
+
+def test_the_service_log_never_shows_the_database_or_broker_password(env: pytest.MonkeyPatch) -> None:
+    env.setenv("IDENTITY_DATABASE_URL", DB_URL)
+
+    text = written(
+        IdentitySettings().secret_values(),
+        ("password authentication failed: %s", (DB_PASSWORD,)),
+        ("broker refused the login 'vixen'/'%s'", ("s3cr3t-pw",)),
+    )
+
+    assert text.count("\n") == 2
+    assert "id-db-p@ss" not in text and "s3cr3t-pw" not in text

@@ -382,3 +382,47 @@ def test_output_key_is_derived_from_the_generation_id() -> None:
 
 def test_png_helper_makes_pngs() -> None:
     assert png_bytes(8, 8).startswith(b"\x89PNG")
+
+
+class FailingStorage(FakeStorage):
+    """Signing or storing fails with an error whose text carries a presigned URL and a configured secret."""
+
+    def __init__(self, failing: str) -> None:
+        super().__init__()
+        self.failing = failing
+
+    def _error(self) -> Exception:
+        return PermissionError(
+            "denied for https://r2.example/b/k.png?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=abc123"
+            " with Authorization: Bearer super-secret-token (key super-secret-token)"
+        )
+
+    async def presign_get(self, key: str, ttl_seconds: int) -> str:
+        if self.failing == "sign":
+            raise self._error()
+        return await super().presign_get(key, ttl_seconds)
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> object:
+        if self.failing == "store":
+            raise self._error()
+        return await super().put_bytes(key, data, content_type)
+
+
+@pytest.mark.parametrize(("failing", "what"), [("sign", "could not sign the LoRA URL"), ("store", "could not store")])
+async def test_a_storage_error_is_logged_with_its_cause_and_nothing_secret(
+    failing: str, what: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    service, _, _, _, _ = build(FakeWorker(success()), FailingStorage(failing), max_attempts=1)
+
+    with caplog.at_level(logging.DEBUG):
+        result = await service.handle(requested("gen-store"))
+
+    assert isinstance(result, GenerationFailed) and result.error_code == "STORAGE_FAILED"
+    assert result.details["reason"] == "PermissionError"
+    prefix = f"generation gen-store: {what}"
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
+    # The generation, the exception's type and its message, without the URL's query or the secret.
+    assert "PermissionError: denied for" in line
+    assert "https://r2.example/b/k.png" in line
+    for secret in ("abc123", "AKIAEXAMPLE", "X-Amz-Credential", "super-secret-token"):
+        assert secret not in caplog.text

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from services.common.settings import describe_validation_error
 from services.inference_gateway.main import provider_config
 from services.inference_gateway.settings import GatewaySettings, derive_async_urls
+from tests.support.service_log import written
 from tests.support.settings_env import settings_env
 
 BASE_ENV = {
@@ -106,3 +107,17 @@ def test_secret_values_cover_every_secret(env: pytest.MonkeyPatch) -> None:
     env.setenv("MODAL_API_KEY", "wk-abc123")
     values = GatewaySettings().secret_values()
     assert {"rabbit-pw-123", "local-secret-key", "wk-abc123"} <= set(values)
+
+
+def test_the_service_log_never_shows_the_broker_password_or_the_worker_key(env: pytest.MonkeyPatch) -> None:
+    env.setenv("RABBITMQ_URL", "amqp://vixen:rabbit-pw-123@127.0.0.1:5672/")
+    env.setenv("MODAL_API_KEY", "wk-abc123")
+
+    text = written(
+        GatewaySettings().secret_values(),
+        ("broker refused the login 'vixen'/'%s'", ("rabbit-pw-123",)),
+        ("worker refused key %s", ("wk-abc123",)),
+    )
+
+    assert text.count("\n") == 2
+    assert "rabbit-pw-123" not in text and "wk-abc123" not in text

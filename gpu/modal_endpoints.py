@@ -1,0 +1,246 @@
+"""The Modal web endpoints as plain FastAPI apps; Modal's pieces (spawn, call lookup, run) come in as callables.
+
+`gpu/modal_app.py` serves these apps with `@modal.asgi_app` and hands them the real `spawn`,
+`modal.FunctionCall.from_id` and the class's runtime; tests hand them stand-ins. Every answer is the worker
+contract's (as `gpu.server` gives it locally): a bad body is 422 `INVALID_REQUEST` before any GPU container
+starts, a Modal failure is a JSON error body with its status, never a plain-text 500. No torch here: the
+submit, result and cancel endpoints run on a small CPU image.
+"""
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from modal.exception import (
+    ConnectionError as ModalConnectionError,
+)
+from modal.exception import (
+    FunctionTimeoutError,
+    InternalError,
+    InternalFailure,
+    InvalidError,
+    NotFoundError,
+    OutputExpiredError,
+    RemoteError,
+    ResourceExhaustedError,
+    ServiceError,
+)
+
+from contracts.errors import WORKER_ERROR_HTTP_STATUS, WORKER_ERROR_RETRYABLE, GatewayErrorCode, WorkerErrorCode
+from contracts.worker import JobStatus, JobSubmitted, WorkerError, WorkerRequest
+
+log = logging.getLogger("gpu.modal_endpoints")
+
+# What Modal's FunctionCall ids look like (`fc-` and a ULID-like tail). Anything else is answered 404 without
+# asking Modal: `FunctionCall.from_id` would accept it and `get` would raise ExecutionError on hydration.
+CALL_ID_PATTERN = re.compile(r"fc-[0-9A-Za-z]{1,64}")
+
+# Modal's control plane could not be asked (the call itself may be fine): ask again later.
+MODAL_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
+    InternalError,
+    ServiceError,
+    ResourceExhaustedError,
+    ModalConnectionError,
+)
+# The call ended without an answer for reasons that say nothing about the request: submit it again.
+# RemoteError is also what `get` raises for an input that was canceled (a TERMINATED result without data).
+MODAL_CALL_FAILURES: tuple[type[Exception], ...] = (InternalFailure, RemoteError)
+# No such call (any more): 404, as the local server answers an unknown or expired job.
+MODAL_NO_SUCH_CALL: tuple[type[Exception], ...] = (NotFoundError, InvalidError, OutputExpiredError)
+
+
+class CallHandle(Protocol):
+    """What the endpoints use of `modal.FunctionCall`."""
+
+    def get(self, timeout: float | None = None) -> Any: ...
+
+    def cancel(self, terminate_containers: bool = False) -> None: ...
+
+
+# Queue one generation (the validated request as JSON) and return its call id: `Function.spawn(...).object_id`.
+Spawn = Callable[[dict[str, Any]], str]
+# A handle for a call id: `modal.FunctionCall.from_id` (lazy: errors surface in `get`/`cancel`).
+Lookup = Callable[[str], CallHandle]
+# Run one generation in this container: the contract's HTTP status and body (`gpu.handler.handle_payload`).
+RunPayload = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+
+
+def invalid_request(errors: Sequence[Any]) -> WorkerError:
+    """INVALID_REQUEST naming each bad field and why (the same body as `gpu.handler.validation_error`).
+
+    Kept here because `gpu.handler` imports the engine (torch), which the small web image does not have;
+    a unit test holds the two to the same output.
+    """
+    fields = [{"field": ".".join(str(p) for p in err["loc"] if p != "body"), "reason": err["msg"]} for err in errors]
+    return WorkerError(
+        error="request failed validation",
+        error_code=WorkerErrorCode.INVALID_REQUEST,
+        details={"fields": fields},
+        retryable=False,
+    )
+
+
+def worker_error_response(code: WorkerErrorCode, message: str, **details: object) -> JSONResponse:
+    """A contract error body with the status the contract gives its code."""
+    body = WorkerError(error=message, error_code=code, details=details, retryable=WORKER_ERROR_RETRYABLE[code])
+    return JSONResponse(body.model_dump(mode="json"), status_code=WORKER_ERROR_HTTP_STATUS[code])
+
+
+def unavailable_response(message: str, error: BaseException, status_code: int = 503) -> JSONResponse:
+    """Modal could not give an answer: the error shape with the gateway's WORKER_UNAVAILABLE, retryable.
+
+    Not one of the worker's codes, so the gateway reads it as a 5xx without a contract body: it polls again,
+    then retries the generation. Only the exception's type goes out (its text may name internals).
+    """
+    body = {
+        "error": message,
+        "error_code": GatewayErrorCode.WORKER_UNAVAILABLE.value,
+        "details": {"modal_error": type(error).__name__},
+        "retryable": True,
+    }
+    return JSONResponse(body, status_code=status_code)
+
+
+def not_found_response() -> JSONResponse:
+    # The local server's answer for an unknown or expired job (gpu.server), word for word.
+    return JSONResponse({"detail": "unknown or expired call_id"}, status_code=404)
+
+
+def contract_app(title: str) -> FastAPI:
+    """A FastAPI app whose validation failures (malformed JSON included) answer the contract's 422 body."""
+    app = FastAPI(title=title, openapi_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(invalid_request(exc.errors()).model_dump(mode="json"), status_code=422)
+
+    return app
+
+
+def create_generate_app(run: RunPayload) -> FastAPI:
+    """Sync mode (label sdxl-lora-generate), on the GPU class: validate, run here, answer with the status."""
+    app = contract_app("VixenBliss GPU worker on Modal: generate")
+
+    async def generate(request: WorkerRequest) -> JSONResponse:
+        status, body = await asyncio.to_thread(run, request.model_dump(mode="json", exclude_none=True))
+        return JSONResponse(body, status_code=status)
+
+    for path in ("/", "/generate"):
+        app.add_api_route(path, generate, methods=["POST"])
+    return app
+
+
+def create_submit_app(spawn: Spawn) -> FastAPI:
+    """Async mode, submit (label sdxl-lora-submit): validate here, then queue; 202 `{call_id}`."""
+    app = contract_app("VixenBliss GPU worker on Modal: submit")
+
+    async def submit(request: WorkerRequest) -> JSONResponse:
+        # Only a request that passed validation reaches a GPU container.
+        try:
+            call_id = await asyncio.to_thread(spawn, request.model_dump(mode="json", exclude_none=True))
+        except Exception as error:
+            log.warning("spawn failed: %s", type(error).__name__)
+            return unavailable_response("Modal did not accept the job", error)
+        return JSONResponse(JobSubmitted(call_id=call_id).model_dump(), status_code=202)
+
+    for path in ("/", "/jobs"):
+        app.add_api_route(path, submit, methods=["POST"], status_code=202)
+    return app
+
+
+def _finished_response(call_id: str, output: Any) -> JSONResponse:
+    """The class's `generate` output: the contract body with its status in `http_status`."""
+    if not isinstance(output, dict) or not isinstance(output.get("http_status"), int):
+        error = TypeError(type(output).__name__)
+        log.error("call %s returned no contract body", call_id)
+        return unavailable_response("the worker call returned no contract body", error, status_code=502)
+    body = dict(output)
+    status = body.pop("http_status")
+    return JSONResponse(body, status_code=status)
+
+
+def create_result_app(lookup: Lookup) -> FastAPI:
+    """Async mode, poll (label sdxl-lora-result): `GET /?call_id=…` or `GET /{call_id}`, as the local server."""
+    app = contract_app("VixenBliss GPU worker on Modal: result")
+
+    async def poll(call_id: str) -> JSONResponse:
+        if not CALL_ID_PATTERN.fullmatch(call_id):
+            return not_found_response()
+        try:
+            output = await asyncio.to_thread(lambda: lookup(call_id).get(timeout=0))
+        except FunctionTimeoutError:
+            # Modal stopped the input at the class timeout: the contract's TIMEOUT, not a crash.
+            return worker_error_response(
+                WorkerErrorCode.TIMEOUT, "the worker call ran past Modal's function timeout", source="modal"
+            )
+        except OutputExpiredError:
+            return not_found_response()
+        except TimeoutError:
+            # The built-in TimeoutError (Modal's own TimeoutError is not one): no output yet. Modal does not
+            # say whether the input is queued or running; "pending" covers both.
+            return JSONResponse(JobStatus(call_id=call_id, status="pending").model_dump(), status_code=202)
+        except (NotFoundError, InvalidError):
+            return not_found_response()
+        except MODAL_TRANSPORT_ERRORS + MODAL_CALL_FAILURES as error:
+            log.warning("call %s failed in Modal: %s", call_id, type(error).__name__)
+            return unavailable_response("the worker call failed inside Modal; submit it again", error)
+        except Exception as error:
+            # ExecutionError (an undeserializable remote exception) or an exception raised in the container:
+            # the handler never raises, so this is a crashed container, not the request's fault.
+            log.error("call %s ended with %s", call_id, type(error).__name__)
+            return unavailable_response("the worker call ended without a contract answer", error)
+        return _finished_response(call_id, output)
+
+    # One handler, two routes: FastAPI reads `call_id` from the path where the path names it, else the query.
+    for path in ("/", "/{call_id}"):
+        app.add_api_route(path, poll, methods=["GET"])
+    return app
+
+
+def create_cancel_app(lookup: Lookup) -> FastAPI:
+    """Async mode, cancel (label sdxl-lora-cancel): `DELETE /?call_id=…` or `DELETE /{call_id}`.
+
+    Answers as the local `DELETE /jobs/{id}`: 202 `canceling` for a call without output yet (Modal does not
+    say whether it is queued, then it never starts, or running), 200 `completed`/`failed` for one that is
+    over (its outcome stands, nothing is canceled), 404 for an unknown or expired one.
+    A running input is stopped with `FunctionCall.cancel(terminate_containers=True)`: Modal interrupts it with
+    a signal (InputCancellation raised wherever the code is, even in the middle of restoring the base
+    weights), so the container is terminated rather than trusted to serve again.
+    """
+    app = contract_app("VixenBliss GPU worker on Modal: cancel")
+
+    def cancel_call(call_id: str) -> tuple[int, str]:
+        call = lookup(call_id)
+        try:
+            output = call.get(timeout=0)
+        except TimeoutError:  # the built-in one: no output yet
+            call.cancel(terminate_containers=True)
+            return 202, "canceling"
+        except MODAL_TRANSPORT_ERRORS + MODAL_NO_SUCH_CALL:
+            raise  # answered by the caller: 503, or 404
+        except Exception:
+            # FunctionTimeoutError, InternalFailure, a terminated input: over, without a success.
+            return 200, "failed"
+        finished = isinstance(output, dict) and output.get("http_status") == 200
+        return 200, "completed" if finished else "failed"
+
+    async def cancel(call_id: str) -> JSONResponse:
+        if not CALL_ID_PATTERN.fullmatch(call_id):
+            return not_found_response()
+        try:
+            status_code, state = await asyncio.to_thread(cancel_call, call_id)
+        except MODAL_NO_SUCH_CALL:
+            return not_found_response()
+        except Exception as error:
+            log.warning("cancel of %s failed: %s", call_id, type(error).__name__)
+            return unavailable_response("Modal did not take the cancel; send it again", error)
+        return JSONResponse({"call_id": call_id, "status": state}, status_code=status_code)
+
+    for path in ("/", "/{call_id}"):
+        app.add_api_route(path, cancel, methods=["DELETE"])
+    return app

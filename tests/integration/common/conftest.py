@@ -1,0 +1,27 @@
+"""Broker fixtures of the common tests: a topology whose retry stages take fractions of a second."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from contracts.topology import Topology, topology
+from services.common.broker import declare_topology_on, delete_topology
+
+# Growing, and short enough for a test: 1.4 s from the first failure to the DLQ.
+FAST_RETRY_DELAYS = (0.2, 0.4, 0.8)
+
+
+@pytest.fixture
+async def fast_topo(amqp: AbstractRobustConnection, run_prefix: str) -> AsyncIterator[Topology]:
+    """The platform topology under a unique prefix with FAST_RETRY_DELAYS, declared, and deleted afterwards."""
+    names = topology(prefix=run_prefix, retry_delays=FAST_RETRY_DELAYS)
+    await declare_topology_on(amqp, names)
+    try:
+        yield names
+    finally:
+        cleanup = await amqp.channel()
+        await delete_topology(cleanup, names)
+        await cleanup.close()
