@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from contracts.topology import QueueSpec, Topology
 from services.common.broker import (
@@ -70,9 +71,10 @@ class QueueCounts:
 
     queue: str
     dlq: str
-    ready: int
-    retrying: int
-    dead: int
+    # None: the queue does not exist (no service of this topology has declared it yet).
+    ready: int | None
+    retrying: int | None
+    dead: int | None
 
 
 @dataclass(frozen=True)
@@ -97,32 +99,40 @@ class ReplayResult:
     failed: list[str]
 
 
-async def _ready_count(channel: AbstractChannel, name: str) -> int:
-    queue = await channel.declare_queue(name, passive=True)
-    return int(queue.declaration_result.message_count or 0)
+async def _ready_count(connection: AbstractRobustConnection, name: str) -> int | None:
+    # A passive declare of a missing queue closes its channel: one channel per question.
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return None
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+def _total(counts: Sequence[int | None]) -> int | None:
+    present = [count for count in counts if count is not None]
+    return sum(present) if present else None
 
 
 async def list_counts(connection: AbstractRobustConnection, topo: Topology) -> list[QueueCounts]:
-    """Per consumer queue: ready messages, messages waiting in its retry stages, dead letters."""
-    channel = await connection.channel()
-    try:
-        counts = []
-        for spec in topo.queues:
-            retrying = 0
-            for name in spec.retry_queue_names:
-                retrying += await _ready_count(channel, name)
-            counts.append(
-                QueueCounts(
-                    queue=spec.name,
-                    dlq=spec.dlq_name,
-                    ready=await _ready_count(channel, spec.name),
-                    retrying=retrying,
-                    dead=await _ready_count(channel, spec.dlq_name),
-                )
+    """Per consumer queue: ready messages, messages waiting in its retry stages, dead letters (None for a queue
+    that does not exist yet)."""
+    counts = []
+    for spec in topo.queues:
+        retrying = [await _ready_count(connection, name) for name in spec.retry_queue_names]
+        counts.append(
+            QueueCounts(
+                queue=spec.name,
+                dlq=spec.dlq_name,
+                ready=await _ready_count(connection, spec.name),
+                retrying=_total(retrying),
+                dead=await _ready_count(connection, spec.dlq_name),
             )
-        return counts
-    finally:
-        await channel.close()
+        )
+    return counts
 
 
 def describe(message: AbstractIncomingMessage) -> DeadLetter:
@@ -260,8 +270,12 @@ async def run(args: argparse.Namespace, settings: DlqToolSettings) -> int:
         if spec is None:
             print(f"{'queue':<60} {'ready':>7} {'retrying':>9} {'dead':>7}")
             for counts in await list_counts(connection, topo):
-                print(f"{counts.queue:<60} {counts.ready:>7} {counts.retrying:>9} {counts.dead:>7}")
+                ready, retrying, dead = (_shown(value) for value in (counts.ready, counts.retrying, counts.dead))
+                print(f"{counts.queue:<60} {ready:>7} {retrying:>9} {dead:>7}")
             return 0
+        if await _ready_count(connection, spec.dlq_name) is None:
+            print(f"{spec.dlq_name} does not exist: no service of this topology has declared it yet", file=sys.stderr)
+            return 1
         if args.command == "show":
             letters = await show(connection, spec, limit=args.limit)
             for letter in letters:
@@ -293,6 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = load_settings(DlqToolSettings)
     return asyncio.run(run(args, settings))
+
+
+def _shown(count: int | None) -> str:
+    return "absent" if count is None else str(count)
 
 
 if __name__ == "__main__":

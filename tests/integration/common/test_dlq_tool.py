@@ -151,3 +151,19 @@ async def test_a_replay_that_cannot_publish_leaves_the_dead_letter_in_place(
     letter = describe(still_dead)
     assert (letter.event_id, letter.event_type, letter.reason) == (event.event_id, "generation.requested", "unknown")
     assert REPLAYS_HEADER not in (still_dead.headers or {})
+
+
+async def test_for_a_topology_no_service_declared_list_says_absent_and_show_and_replay_exit_1(
+    rabbitmq_url: str, run_prefix: str
+) -> None:
+    # A prefix nothing declared: a new deployment before its services first started.
+    undeclared = Topology(prefix=f"{run_prefix}-undeclared", events_exchange="-", dead_letter_exchange="-", queues=())
+
+    status, out, err = await _cli(rabbitmq_url, undeclared, "list")
+    assert status == 0, err
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert rows and all(row[1:] == ["absent", "absent", "absent"] for row in rows), out
+
+    for command in (("show", GATEWAY_GENERATION_REQUESTED), ("replay", GATEWAY_GENERATION_REQUESTED, "--all")):
+        status, out, err = await _cli(rabbitmq_url, undeclared, *command)
+        assert status == 1 and "does not exist" in err and "Traceback" not in err, (out, err)
