@@ -29,15 +29,14 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from contracts.topology import QueueSpec, Topology
-from services.common.broker import (
+from services.common.broker import DEFAULT_PUBLISH_TIMEOUT, connect
+from services.common.consumer import (
     DEATH_DETAIL_HEADER,
     DEATH_QUEUE_HEADER,
     DEATH_REASON_HEADER,
-    DEFAULT_PUBLISH_TIMEOUT,
     LAST_ERROR_HEADER,
     RETRIES_HEADER,
     ROUTING_KEY_HEADER,
-    connect,
     copy_message,
 )
 from services.common.runtime import TopologySettings, broker_topology

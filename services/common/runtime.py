@@ -15,7 +15,8 @@ from sqlalchemy import MetaData, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts.topology import Topology, topology
-from services.common.broker import Consumer, Publisher, connect, declare_topology_on
+from services.common.broker import Publisher, connect, declare_topology_on
+from services.common.consumer import Consumer
 from services.common.db import create_all, create_engine, create_session_factory
 from services.common.migrations import MigrationSet, check_at_head, migrate_to_head
 from services.common.outbox import OutboxRelay

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.broker import EventHandler, PermanentError, ReceivedEvent
+from services.common.consumer import EventHandler, PermanentError, ReceivedEvent
 from services.content.decisions import UnexpectedEventError
 from services.content.generations import GenerationService
 from services.content.projection import IdentityProjection

@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from contracts.topology import CONTENT_GENERATION_RESULTS, CONTENT_IDENTITY_EVENTS, SERVICE_CONTENT
 from services.common import health
 from services.common.auth import TokenVerifier, install_verifier
-from services.common.broker import Consumer
 from services.common.changes import ChangeFeed, ChangeHub
+from services.common.consumer import Consumer
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.outbox import OutboxRelay

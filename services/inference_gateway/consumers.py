@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from contracts.events import GenerationCanceled, GenerationRequested
-from services.common.broker import EventHandler, PermanentError, ReceivedEvent
+from services.common.consumer import EventHandler, PermanentError, ReceivedEvent
 from services.inference_gateway.service import GenerationService
 
 log = logging.getLogger(__name__)

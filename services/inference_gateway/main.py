@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from contracts.topology import GATEWAY_GENERATION_CANCELED, GATEWAY_GENERATION_REQUESTED, SERVICE_INFERENCE_GATEWAY
 from services.common import health
-from services.common.broker import Consumer
+from services.common.consumer import Consumer
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.runtime import open_broker, running_consumers

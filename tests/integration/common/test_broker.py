@@ -16,7 +16,8 @@ from contracts.topology import (
     GATEWAY_GENERATION_REQUESTED,
     Topology,
 )
-from services.common.broker import (
+from services.common.broker import Publisher, declare_topology
+from services.common.consumer import (
     DEATH_DETAIL_HEADER,
     DEATH_QUEUE_HEADER,
     DEATH_REASON_HEADER,
@@ -24,9 +25,7 @@ from services.common.broker import (
     ROUTING_KEY_HEADER,
     Consumer,
     PermanentError,
-    Publisher,
     ReceivedEvent,
-    declare_topology,
 )
 from services.common.events import from_message, new_event
 from tests.integration.common.amqp_reading import all_empty, counts, next_message

@@ -29,7 +29,8 @@ from contracts.topology import (
     Topology,
     event_source,
 )
-from services.common.broker import (
+from services.common.broker import Publisher
+from services.common.consumer import (
     DEATH_DETAIL_HEADER,
     DEATH_QUEUE_HEADER,
     DEATH_REASON_HEADER,
@@ -37,7 +38,6 @@ from services.common.broker import (
     RETRIES_HEADER,
     ROUTING_KEY_HEADER,
     Consumer,
-    Publisher,
     ReceivedEvent,
 )
 from services.common.events import encode_event, new_event

@@ -14,7 +14,8 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import GenerationParams, GenerationRequested
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, SERVICE_CONTENT, Topology, event_source
-from services.common.broker import DEATH_REASON_HEADER, Consumer, Publisher, ReceivedEvent
+from services.common.broker import Publisher
+from services.common.consumer import DEATH_REASON_HEADER, Consumer, ReceivedEvent
 from services.common.dlq import REPLAYS_HEADER, describe, replay
 from services.common.events import EncodedEvent, encode_event, new_event
 from tests.integration.common.amqp_reading import all_empty, counts, dead_letter_tap, peek_messages

@@ -9,7 +9,7 @@ import pytest
 
 from contracts.events import EventPayload, GenerationCanceled
 from contracts.topology import SERVICE_CONTENT, event_source
-from services.common.broker import PermanentError, ReceivedEvent
+from services.common.consumer import PermanentError, ReceivedEvent
 from services.common.events import new_event
 from services.inference_gateway.consumers import generation_canceled_handler, generation_requested_handler
 from services.inference_gateway.metrics import Metrics
