@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import aio_pika.exceptions
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from contracts.events import GenerationParams, GenerationRequested, GenerationStarted
+from contracts.events import GenerationStarted
 from contracts.topology import (
     CONTENT_GENERATION_RESULTS,
     GATEWAY_GENERATION_REQUESTED,
@@ -29,20 +28,9 @@ from services.common.consumer import (
 )
 from services.common.events import from_message, new_event
 from tests.integration.common.amqp_reading import all_empty, counts, next_message
+from tests.support.generation_events import small_request
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-def _requested(generation_id: str = "gen-1") -> GenerationRequested:
-    now = datetime.now(UTC)
-    return GenerationRequested(
-        generation_id=generation_id,
-        owner_id="owner-1",
-        avatar_id="avatar-1",
-        params=GenerationParams(prompt="a portrait", width=64, height=64, steps=2),
-        requested_at=now,
-        deadline=now + timedelta(minutes=5),
-    )
 
 
 async def _get(connection: AbstractRobustConnection, queue_name: str, wait: float = 10.0) -> AbstractIncomingMessage:
@@ -80,7 +68,7 @@ async def test_published_event_reaches_its_queue_with_amqp_properties(
     amqp: AbstractRobustConnection, topo: Topology
 ) -> None:
     publisher = await Publisher.open(amqp, topo.events_exchange)
-    requested = _requested()
+    requested = small_request()
     event = new_event(requested, source="/vixenbliss/content", subject="gen-1", correlation_id="gen-1")
 
     await publisher.publish_event(event, traceparent=TRACEPARENT)
@@ -118,7 +106,7 @@ async def test_consumer_acks_only_after_the_handler_returns(amqp: AbstractRobust
     consumer = Consumer(amqp, topo.queue(GATEWAY_GENERATION_REQUESTED), slow_handler, prefetch=1, requeue_delay=0)
     await consumer.start()
     publisher = await Publisher.open(amqp, topo.events_exchange)
-    event = new_event(_requested(), source="/vixenbliss/content", subject="gen-1")
+    event = new_event(small_request(), source="/vixenbliss/content", subject="gen-1")
     await publisher.publish_event(event)
     await asyncio.wait_for(started.wait(), 10)
 
@@ -179,7 +167,7 @@ async def test_invalid_or_permanently_failing_message_is_dead_lettered_at_once(
         message = aio_pika.Message(b"not json", content_type="application/cloudevents+json", message_id="junk")
         await publisher.publish_confirmed(message, "generation.requested")
     else:
-        event = new_event(_requested("gen-4"), source="/vixenbliss/content", subject="gen-4")
+        event = new_event(small_request("gen-4"), source="/vixenbliss/content", subject="gen-4")
         await publisher.publish_event(event)
 
     dead = await next_message(amqp, spec.dlq_name)

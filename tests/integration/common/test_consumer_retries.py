@@ -10,7 +10,6 @@ import itertools
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import pytest
@@ -19,7 +18,7 @@ from cloudevents.core.bindings import rabbitmq as ce_rabbitmq
 from cloudevents.core.v1.event import CloudEvent
 
 from contracts.envelope import EventEnvelope
-from contracts.events import GenerationParams, GenerationRequested, GenerationStarted
+from contracts.events import GenerationStarted
 from contracts.topology import (
     CONTENT_GENERATION_RESULTS,
     GATEWAY_GENERATION_REQUESTED,
@@ -43,6 +42,7 @@ from services.common.consumer import (
 from services.common.events import encode_event, new_event
 from tests.integration.common.amqp_reading import all_empty, counts, next_message
 from tests.integration.common.conftest import FAST_RETRY_DELAYS
+from tests.support.generation_events import small_request
 
 DB_PASSWORD = "s3cr3t-db-pass"
 
@@ -87,15 +87,7 @@ def _started(generation_id: str) -> EventEnvelope:
 
 
 def _requested(source: str = event_source(SERVICE_CONTENT), generation_id: str = "gen-r") -> EventEnvelope:
-    now = datetime.now(UTC)
-    payload = GenerationRequested(
-        generation_id=generation_id,
-        owner_id="owner-1",
-        avatar_id="avatar-1",
-        params=GenerationParams(prompt="a portrait", width=64, height=64, steps=2),
-        requested_at=now,
-        deadline=now + timedelta(minutes=5),
-    )
+    payload = small_request(generation_id)
     return new_event(payload, source=source, subject=generation_id, correlation_id=generation_id)
 
 
@@ -126,7 +118,7 @@ async def test_an_outage_shorter_than_the_retry_stages_loses_nothing_and_handles
         headers = died.result().headers
         reason = headers.get(DEATH_REASON_HEADER) or headers.get("x-first-death-reason")
         pytest.fail(
-            f"dead-lettered ({reason}) during a {handler.outage.seconds} s outage, after {len(handler.calls)} tries"
+            f"dead-lettered ({reason!r}) during a {handler.outage.seconds} s outage, after {len(handler.calls)} tries"
         )
     assert handled in finished, "neither handled nor dead-lettered in 15 s"
     assert handler.outage.failures >= 2, "the outage must have outlasted at least two tries"

@@ -7,12 +7,10 @@ import asyncio
 import os
 import sys
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
-from contracts.events import GenerationParams, GenerationRequested
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, SERVICE_CONTENT, Topology, event_source
 from services.common.broker import Publisher
 from services.common.consumer import DEATH_REASON_HEADER, Consumer, ReceivedEvent
@@ -20,18 +18,11 @@ from services.common.dlq import REPLAYS_HEADER, describe, replay
 from services.common.events import EncodedEvent, encode_event, new_event
 from tests.integration.common.amqp_reading import all_empty, counts, dead_letter_tap, peek_messages
 from tests.integration.common.conftest import FAST_RETRY_DELAYS
+from tests.support.generation_events import small_request
 
 
 def _request(generation_id: str) -> EncodedEvent:
-    now = datetime.now(UTC)
-    payload = GenerationRequested(
-        generation_id=generation_id,
-        owner_id="owner-1",
-        avatar_id="avatar-1",
-        params=GenerationParams(prompt="a portrait", width=64, height=64, steps=2),
-        requested_at=now,
-        deadline=now + timedelta(minutes=5),
-    )
+    payload = small_request(generation_id)
     return encode_event(new_event(payload, source=event_source(SERVICE_CONTENT), subject=generation_id))
 
 
