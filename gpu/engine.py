@@ -21,6 +21,9 @@ from gpu.lora.store import FetchedLora, LoraStore
 
 log = logging.getLogger("gpu.engine")
 
+# `_detach` gives up (and retires the worker) after this many interrupted restores in a row that copied no layer.
+RESTORE_STALLED_ATTEMPTS = 3
+
 
 class _Stopped(Exception):
     """Raised from the step callback when the request's budget is spent or it was canceled."""
@@ -141,6 +144,10 @@ class SdxlLoraEngine:
         return None
 
     def _generate(self, request: WorkerRequest, budget: RequestBudget, deadline: float) -> WorkerSuccess:
+        if self.fuser.pending:
+            # An interruption (a BaseException at any line) escaped before the last request's restore ran to its
+            # end: finish it now, before anything runs on these weights.
+            self._detach()
         if self.poisoned:
             raise WorkerFailure(
                 WorkerErrorCode.MODEL_LOAD_FAILED, "worker retired: base weights may be altered", reason=self.poisoned
@@ -165,6 +172,7 @@ class SdxlLoraEngine:
                 clock.timings.load_ms = round(clock.timings.load_ms + clock.ms_since(mark), 3)
             png = self._run_pipeline(request, budget, deadline, clock)
         finally:
+            # Whatever ended the request, BaseException included (Modal's InputCancellation): see `_detach`.
             if fetched is not None:
                 mark = time.perf_counter()
                 self._detach()
@@ -191,13 +199,30 @@ class SdxlLoraEngine:
             raise WorkerFailure(WorkerErrorCode.CUDA_OOM, "GPU out of memory while applying the LoRA") from None
 
     def _detach(self) -> None:
-        """Restore every layer the LoRA touched from its pristine copy: the base weights are exact again."""
-        try:
-            altered = self.fuser.restore()
-        except Exception as exc:  # should never happen; if it does, this worker must not serve again
-            altered = [f"restore failed: {type(exc).__name__}"]
+        """Restore every layer the LoRA touched from its pristine copy: the base weights are exact again.
+
+        A BaseException raised in the middle (an interruption: Modal's InputCancellation, a KeyboardInterrupt)
+        does not skip the rest: the restore resumes where it stopped, then the first interruption is raised
+        again. One that keeps coming without letting a layer be restored retires the worker instead.
+        """
+        interrupted: BaseException | None = None
+        stalled = 0
+        altered: list[str] | None = None
+        while altered is None:
+            pending = len(self.fuser.pending)
+            try:
+                altered = self.fuser.restore()
+            except Exception as exc:  # should never happen; if it does, this worker must not serve again
+                altered = [f"restore failed: {type(exc).__name__}"]
+            except BaseException as exc:
+                interrupted = interrupted or exc
+                stalled = stalled + 1 if len(self.fuser.pending) >= pending else 0
+                if stalled >= RESTORE_STALLED_ATTEMPTS:
+                    altered = [f"restore interrupted {stalled} times without progress: {type(exc).__name__}"]
         if altered:
             self.poisoned = f"{len(altered)} layers differ from the base after restore (first: {altered[0]})"
+        if interrupted is not None:
+            raise interrupted
 
     def _run_pipeline(self, request: WorkerRequest, budget: RequestBudget, deadline: float, clock: _Clock) -> bytes:
         # The download or the fusing may have used the rest of the budget, or a cancel came meanwhile.

@@ -1,5 +1,8 @@
 """The worker's one exception: a failure that already knows its contract error code."""
 
+from collections.abc import Sequence
+from typing import Any
+
 from contracts.errors import WORKER_ERROR_RETRYABLE, WorkerErrorCode
 from contracts.worker import WorkerError
 
@@ -43,3 +46,15 @@ def request_canceled(reason: str, **details: object) -> WorkerFailure:
 def is_canceled(error: WorkerError) -> bool:
     """Whether an error answer is a cancel (see request_canceled)."""
     return error.error_code == WorkerErrorCode.GENERATION_FAILED and error.details.get("canceled") is True
+
+
+def validation_error(errors: Sequence[Any]) -> WorkerError:
+    """INVALID_REQUEST naming each bad field and why (pydantic's or FastAPI's error list); torch-free, so the
+    local server, the handler and Modal's small web endpoints answer with the same body."""
+    fields = [{"field": ".".join(str(p) for p in err["loc"] if p != "body"), "reason": err["msg"]} for err in errors]
+    return WorkerError(
+        error="request failed validation",
+        error_code=WorkerErrorCode.INVALID_REQUEST,
+        details={"fields": fields},
+        retryable=False,
+    )

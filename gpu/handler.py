@@ -1,6 +1,5 @@
 """The worker boundary shared by the local app and Modal: validate, run, and shape the contract's answer."""
 
-from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -9,18 +8,7 @@ from contracts.errors import WORKER_ERROR_HTTP_STATUS, WorkerErrorCode
 from contracts.worker import WorkerError, WorkerRequest, WorkerSuccess
 from gpu.budget import RequestBudget
 from gpu.engine import SdxlLoraEngine
-from gpu.errors import WorkerFailure
-
-
-def validation_error(errors: Sequence[Any]) -> WorkerError:
-    """INVALID_REQUEST naming each bad field and why (pydantic's or FastAPI's error list)."""
-    fields = [{"field": ".".join(str(p) for p in err["loc"] if p != "body"), "reason": err["msg"]} for err in errors]
-    return WorkerError(
-        error="request failed validation",
-        error_code=WorkerErrorCode.INVALID_REQUEST,
-        details={"fields": fields},
-        retryable=False,
-    )
+from gpu.errors import WorkerFailure, validation_error
 
 
 def run_request(

@@ -7,6 +7,7 @@ FastAPI apps (gpu.modal_endpoints) that this module hands Modal's spawn and Func
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import modal
@@ -90,6 +91,8 @@ class WorkerRuntime:
     def __init__(self) -> None:
         self.engine: Any = None
         self.load_error: Any = None
+        # The engine's own thread (`start_engine_thread`): Modal's cancel signal never lands in it.
+        self.pool: ThreadPoolExecutor | None = None
 
     def load_on_cpu(self) -> None:
         from diffusers.utils import logging as diffusers_logging
@@ -113,10 +116,23 @@ class WorkerRuntime:
         if self.engine is not None and torch.cuda.is_available():
             self.engine.to("cuda")
 
+    def start_engine_thread(self) -> None:
+        """After the snapshot is restored (no thread is started before it): one thread, one request at a time."""
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-engine")
+
     def generate(self, payload: Any) -> tuple[int, dict[str, Any]]:
+        """Run the request on the engine's thread. An `InputCancellation` (Modal's cancel: a BaseException raised
+        by a signal handler in this, the main, thread) cancels the request's budget, waits for the engine to stop
+        at its next step and restore the base weights, and is raised again: the container stays fit to serve."""
+        from gpu.budget import RequestBudget
+        from gpu.cancellable import run_cancellable
         from gpu.handler import handle_payload
 
-        return handle_payload(self.engine, payload, self.load_error)
+        if self.pool is None:
+            raise RuntimeError("the engine thread is not started: call start_engine_thread first")
+        budget = RequestBudget()  # the input's budget: it starts now, when the input reached this container
+        return run_cancellable(self.pool, lambda: handle_payload(self.engine, payload, self.load_error, budget), budget)
 
 
 @app.cls(
@@ -140,6 +156,7 @@ class SdxlLoraWorker:
 
     @modal.enter(snap=False)
     def to_gpu(self) -> None:
+        self.runtime.start_engine_thread()
         self.runtime.move_to_gpu()
 
     @modal.method()
@@ -188,7 +205,7 @@ def result() -> Any:
 @app.function(image=web_image, timeout=60)
 @modal.asgi_app(requires_proxy_auth=True, label="sdxl-lora-cancel")
 def cancel() -> Any:
-    """Async mode: `DELETE /?call_id=…` (or `/{call_id}`) cancels the call and terminates its container."""
+    """Async mode: `DELETE /?call_id=…` (or `/{call_id}`) cancels the call; its container serves on."""
     from gpu.modal_endpoints import create_cancel_app
 
     return create_cancel_app(lookup_call)

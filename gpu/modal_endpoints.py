@@ -10,7 +10,7 @@ submit, result and cancel endpoints run on a small CPU image.
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -33,6 +33,7 @@ from modal.exception import (
 
 from contracts.errors import WORKER_ERROR_HTTP_STATUS, WORKER_ERROR_RETRYABLE, GatewayErrorCode, WorkerErrorCode
 from contracts.worker import JobStatus, JobSubmitted, WorkerError, WorkerRequest
+from gpu.errors import validation_error
 
 log = logging.getLogger("gpu.modal_endpoints")
 
@@ -70,21 +71,6 @@ Lookup = Callable[[str], CallHandle]
 RunPayload = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
 
 
-def invalid_request(errors: Sequence[Any]) -> WorkerError:
-    """INVALID_REQUEST naming each bad field and why (the same body as `gpu.handler.validation_error`).
-
-    Kept here because `gpu.handler` imports the engine (torch), which the small web image does not have;
-    a unit test holds the two to the same output.
-    """
-    fields = [{"field": ".".join(str(p) for p in err["loc"] if p != "body"), "reason": err["msg"]} for err in errors]
-    return WorkerError(
-        error="request failed validation",
-        error_code=WorkerErrorCode.INVALID_REQUEST,
-        details={"fields": fields},
-        retryable=False,
-    )
-
-
 def worker_error_response(code: WorkerErrorCode, message: str, **details: object) -> JSONResponse:
     """A contract error body with the status the contract gives its code."""
     body = WorkerError(error=message, error_code=code, details=details, retryable=WORKER_ERROR_RETRYABLE[code])
@@ -117,7 +103,7 @@ def contract_app(title: str) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(invalid_request(exc.errors()).model_dump(mode="json"), status_code=422)
+        return JSONResponse(validation_error(exc.errors()).model_dump(mode="json"), status_code=422)
 
     return app
 
@@ -208,9 +194,10 @@ def create_cancel_app(lookup: Lookup) -> FastAPI:
     Answers as the local `DELETE /jobs/{id}`: 202 `canceling` for a call without output yet (Modal does not
     say whether it is queued, then it never starts, or running), 200 `completed`/`failed` for one that is
     over (its outcome stands, nothing is canceled), 404 for an unknown or expired one.
-    A running input is stopped with `FunctionCall.cancel(terminate_containers=True)`: Modal interrupts it with
-    a signal (InputCancellation raised wherever the code is, even in the middle of restoring the base
-    weights), so the container is terminated rather than trusted to serve again.
+    A running input is stopped with `FunctionCall.cancel(terminate_containers=False)`: Modal interrupts it with
+    a signal (InputCancellation in the method's main thread); the engine runs on its own thread, so the
+    interruption cancels the request's budget and waits for the engine to stop at its next step and restore the
+    base weights (`gpu.cancellable.run_cancellable`). The container is fit to serve the next input.
     """
     app = contract_app("VixenBliss GPU worker on Modal: cancel")
 
@@ -219,7 +206,7 @@ def create_cancel_app(lookup: Lookup) -> FastAPI:
         try:
             output = call.get(timeout=0)
         except TimeoutError:  # the built-in one: no output yet
-            call.cancel(terminate_containers=True)
+            call.cancel(terminate_containers=False)
             return 202, "canceling"
         except MODAL_TRANSPORT_ERRORS + MODAL_NO_SUCH_CALL:
             raise  # answered by the caller: 503, or 404

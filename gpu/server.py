@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field
 from contracts.worker import JobStatus, JobSubmitted, WorkerError, WorkerRequest
 from gpu.budget import RequestBudget
 from gpu.engine import SdxlLoraEngine
-from gpu.errors import WorkerFailure
-from gpu.handler import run_request, status_and_body, validation_error
+from gpu.errors import WorkerFailure, validation_error
+from gpu.handler import run_request, status_and_body
 from gpu.jobs import CancelState, JobQueue, Outcome
 from gpu.settings import WorkerSettings
 

@@ -19,7 +19,10 @@ class LoraFuser:
         # "same": keep originals beside the weights (fastest restore); "cpu": spare GPU memory.
         self.pristine_device = pristine_device
         self._pristine: dict[tuple[str, str], torch.Tensor] = {}
+        # Layers changed by `fuse` and not yet copied back (a layer may be listed twice: restoring is idempotent).
         self._touched: list[tuple[str, str]] = []
+        # Layers copied back whose comparison with the original has not run yet.
+        self._unverified: list[tuple[str, str]] = []
 
     def _weight(self, component: str, path: str) -> torch.Tensor:
         weight: torch.Tensor = getattr(self.pipeline, component).get_submodule(path).weight
@@ -53,16 +56,35 @@ class LoraFuser:
             raise lora_load_failed("LoRA attached to no layer of SDXL")
         return len(self._touched)
 
+    @property
+    def pending(self) -> list[str]:
+        """The layers still fused (touched and not yet copied back): empty once a restore completed."""
+        return [f"{c}.{p}" for c, p in dict.fromkeys(self._touched)]
+
+    def _copy_back(self, key: tuple[str, str]) -> None:
+        """Copy one layer's pristine original over it (exact)."""
+        self._weight(*key).copy_(self._pristine[key])
+
     @torch.no_grad()
     def restore(self) -> list[str]:
         """Copy every touched layer back from its pristine original; return the layers that still differ.
 
+        Safe against an exception raised at any line of it (Modal's `InputCancellation` is a BaseException raised
+        by a signal handler wherever the code is): a layer leaves the pending list only after it was copied back,
+        and is verified before it leaves the unverified one, so calling `restore` again finishes the job.
+
         The comparison is a guard against a bug, not against rounding: copy_ is exact. It is skipped when the
         originals live on the CPU, where it would cost a transfer of every touched layer.
         """
-        touched, self._touched = self._touched, []
-        for key in touched:
-            self._weight(*key).copy_(self._pristine[key])
+        while self._touched:
+            key = self._touched[-1]
+            self._copy_back(key)
+            self._unverified.append(key)
+            self._touched.pop()
         if self.pristine_device == "cpu":
+            self._unverified.clear()
             return []
-        return [f"{c}.{p}" for c, p in touched if not torch.equal(self._weight(c, p), self._pristine[(c, p)])]
+        keys = list(dict.fromkeys(self._unverified))
+        altered = [f"{c}.{p}" for c, p in keys if not torch.equal(self._weight(c, p), self._pristine[(c, p)])]
+        self._unverified.clear()
+        return altered

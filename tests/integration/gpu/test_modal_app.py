@@ -64,5 +64,41 @@ def test_modal_class_answers_model_load_failed_instead_of_raising(
     user_cls = modal_app.SdxlLoraWorker._get_user_cls()
     worker = user_cls.__new__(user_cls)
     raw_method(user_cls, "load")(worker)
+    raw_method(user_cls, "to_gpu")(worker)
     body = raw_method(user_cls, "generate")(worker, {"prompt": "sks"})
     assert (body["http_status"], body["error_code"]) == (503, "MODEL_LOAD_FAILED")
+
+
+def test_modal_class_cancel_stops_the_engine_and_the_container_serves_on(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, file_server: Any, lora_files: dict[str, Path]
+) -> None:
+    """Modal's cancel of the running input, as its container delivers it (SIGUSR1 → InputCancellation in the main
+    thread): the engine, on its own thread, stops and restores the weights before the cancel goes on."""
+    from modal.exception import InputCancellation
+
+    from gpu import modal_app
+    from gpu.fingerprint import fingerprint_pipeline
+    from tests.support.modal_cancel import modal_cancel_signal
+    from tests.support.step_watch import watch_steps
+
+    monkeypatch.setenv("MODEL_DIR", str(tiny_model_dir))
+    monkeypatch.setenv("WORKER_MODE", "local")
+    monkeypatch.delenv("LORA_CACHE_DIR", raising=False)
+    user_cls = modal_app.SdxlLoraWorker._get_user_cls()
+    worker = user_cls.__new__(user_cls)
+    raw_method(user_cls, "load")(worker)
+    raw_method(user_cls, "to_gpu")(worker)
+    engine = worker.runtime.engine
+    before = fingerprint_pipeline(engine.pipeline)
+
+    url = file_server.add("/a.safetensors", lora_files["a"].read_bytes())
+    payload = {"prompt": "long", "width": 64, "height": 64, "steps": 100, "lora_url": url}
+    with modal_cancel_signal() as cancel, watch_steps(engine, monkeypatch) as watch:
+        watch.on_step(lambda: cancel.delivered == 0 and cancel.send())
+        with pytest.raises(InputCancellation):
+            raw_method(user_cls, "generate")(worker, payload)
+        assert fingerprint_pipeline(engine.pipeline) == before
+        assert watch.steps["long"] <= 3
+    body = raw_method(user_cls, "generate")(worker, {**payload, "steps": 2})
+    assert body["http_status"] == 200 and body["model_info"]["lora_applied"] is True
+    assert fingerprint_pipeline(engine.pipeline) == before
