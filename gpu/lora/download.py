@@ -12,6 +12,8 @@ from gpu.errors import lora_download_failed
 
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 3
+# `details.reason` of a LoRA whose bytes do not match the sha256 the request gave (raised by the store).
+SHA256_MISMATCH = "sha256_mismatch"
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,11 @@ _STATUS_REASONS = {
 def _read_body(response: httpx.Response, policy: DownloadPolicy, host: str, stop_at: float) -> bytes:
     if response.status_code != 200:
         reason = _STATUS_REASONS.get(response.status_code, "unexpected HTTP status")
-        raise lora_download_failed(f"LoRA download failed: {reason}", host=host, status=response.status_code)
+        # `http_status` (machine-readable, kept when a caller adds its own `status`): the gateway signs a fresh URL
+        # once after a 401/403, and does not retry a 404.
+        raise lora_download_failed(
+            f"LoRA download failed: {reason}", host=host, status=response.status_code, http_status=response.status_code
+        )
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > policy.max_bytes:
         raise lora_download_failed(

@@ -24,10 +24,8 @@ def generation_requested_handler(service: GenerationService) -> EventHandler:
 
 
 def generation_canceled_handler(service: GenerationService) -> EventHandler:
-    """Records the cancel so that a request for that generation that has not started yet is not run.
-
-    A request already running is not stopped (durable jobs and cancel reaching the worker come later).
-    """
+    """Records the cancel: a request for that generation that has not started yet is not run, and one running
+    in this process is stopped, on the worker too (GenerationService.note_canceled)."""
 
     async def handle(event: ReceivedEvent) -> None:
         if not isinstance(event.payload, GenerationCanceled):

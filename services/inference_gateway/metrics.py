@@ -27,7 +27,24 @@ CANCELS = CounterSpec("vixen_gateway_cancels_total", "generation.canceled events
 SKIPPED_CANCELED = CounterSpec(
     "vixen_gateway_requests_skipped_canceled_total", "generation.requested not run: canceled before it started"
 )
-ALL_COUNTERS = (REQUESTS, COMPLETED, FAILED, WORKER_CALLS, WORKER_SECONDS, RETRIES, CANCELS, SKIPPED_CANCELED)
+CANCELED_RUNNING = CounterSpec(
+    "vixen_gateway_running_canceled_total", "generations stopped while running (the worker told to stop)"
+)
+FALLBACKS = CounterSpec(
+    "vixen_gateway_fallback_attempts_total", "attempts sent to the fallback endpoint after CUDA_OOM"
+)
+ALL_COUNTERS = (
+    REQUESTS,
+    COMPLETED,
+    FAILED,
+    WORKER_CALLS,
+    WORKER_SECONDS,
+    RETRIES,
+    CANCELS,
+    SKIPPED_CANCELED,
+    CANCELED_RUNNING,
+    FALLBACKS,
+)
 
 
 class Metrics:

@@ -3,6 +3,12 @@
 Maps every answer to a WorkerSuccess or a GatewayFailure: a contract error body → its WorkerErrorCode;
 a connection error, a timeout or a 5xx without a contract body → WORKER_UNAVAILABLE; a success body that
 does not parse → INVALID_WORKER_RESPONSE. Nothing here logs a request body: it carries the presigned URL.
+
+Cancel: a call cancelled by its caller (asyncio) stops on the worker too. In sync mode the closed connection
+does it (the worker watches for the disconnect); in async mode the job is canceled on the worker (DELETE of its
+cancel URL, best effort and bounded) before the CancelledError goes on, and so is a job given up on.
+Redirects are followed here, not by httpx: the credentials (Modal-Key, Modal-Secret, Authorization) never go
+to another origin, and a request body (it carries the presigned LoRA URL) is never re-sent to one.
 """
 
 from __future__ import annotations
@@ -33,6 +39,11 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 _TRANSIENT_4XX = {408, 425, 429}
 # Poll errors in a row (connection refused, 5xx) before a job counts as lost.
 MAX_POLL_FAILURES = 3
+# How long a cancel (and waiting for a submit's call id in order to cancel it) may hold up a cancelled call.
+CANCEL_TIMEOUT_SECONDS = 10.0
+MAX_REDIRECTS = 5
+# Headers that carry the worker credentials: dropped on a redirect to another origin.
+CREDENTIAL_HEADERS = ("Modal-Key", "Modal-Secret", "Authorization")
 
 WorkerMode = Literal["sync", "async"]
 
@@ -45,6 +56,7 @@ class ProviderConfig:
     generate_url: str
     submit_url: str | None = None
     result_url: str | None = None
+    cancel_url: str | None = None
     poll_seconds: float = 2.0
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -150,15 +162,59 @@ class ModalWorkerClient:
     async def _submit_and_poll(self, body: dict[str, object], timeout_seconds: float) -> WorkerSuccess:
         assert self._config.submit_url and self._config.result_url
         give_up_at = self._clock() + timeout_seconds
-        status, content = await self._send("POST", self._config.submit_url, min(timeout_seconds, 60.0), body)
+        submit = asyncio.ensure_future(self._send("POST", self._config.submit_url, min(timeout_seconds, 60.0), body))
+        try:
+            # Shielded: cancelled while submitting, the job may exist already; its call id is needed to cancel it.
+            status, content = await asyncio.shield(submit)
+        except asyncio.CancelledError:
+            await self._cancel_after_submit(submit)
+            raise
         call_id = _call_id(status, content)
         if call_id is None:
             return await outcome_off_loop(status, content)  # a sync answer or an error body
+        try:
+            return await self._poll(call_id, give_up_at, timeout_seconds)
+        except asyncio.CancelledError:
+            await self.cancel_job(call_id, "the call was cancelled")
+            raise
+
+    async def _cancel_after_submit(self, submit: asyncio.Future[tuple[int, bytes]]) -> None:
+        """Wait (bounded) for a submit that was under way when the call was cancelled, and cancel its job."""
+        done, _ = await asyncio.wait({submit}, timeout=CANCEL_TIMEOUT_SECONDS)
+        if not done:
+            submit.cancel()
+            log.warning("cancelled while submitting; the submit did not finish, so its job (if any) runs on")
+            return
+        if submit.cancelled() or submit.exception() is not None:
+            return
+        call_id = _call_id(*submit.result())
+        if call_id is not None:
+            await self.cancel_job(call_id, "the call was cancelled while submitting")
+
+    async def cancel_job(self, call_id: str, why: str) -> int | None:
+        """Ask the worker to stop a job (DELETE on the cancel URL): best effort, bounded; the answer's status."""
+        if self._config.cancel_url is None:
+            log.warning("job %s not canceled on the worker (%s): no MODAL_CANCEL_URL", call_id, why)
+            return None
+        url = result_url(self._config.cancel_url, call_id)
+        try:
+            async with asyncio.timeout(CANCEL_TIMEOUT_SECONDS):
+                status, _ = await self._send("DELETE", url, CANCEL_TIMEOUT_SECONDS)
+        except (GatewayFailure, TimeoutError) as error:
+            log.warning("job %s: cancel on the worker failed (%s): %r", call_id, why, error)
+            return None
+        log.info("job %s: cancel on the worker (%s) answered HTTP %d", call_id, why, status)
+        return status
+
+    async def _poll(self, call_id: str, give_up_at: float, timeout_seconds: float) -> WorkerSuccess:
+        assert self._config.result_url
         url = result_url(self._config.result_url, call_id)
         failures = 0
         while True:
             left = give_up_at - self._clock()
             if left <= 0:
+                # Given up on: the job must not keep the GPU busy for a result nobody will read.
+                await self.cancel_job(call_id, "no result in time")
                 raise unavailable(f"worker job gave no result within {timeout_seconds:.0f}s", reason="timeout")
             await self._sleep(min(self._config.poll_seconds, left))
             try:
@@ -185,17 +241,18 @@ class ModalWorkerClient:
     ) -> tuple[int, bytes]:
         timeout = httpx.Timeout(timeout_seconds, connect=min(CONNECT_TIMEOUT_SECONDS, timeout_seconds))
         try:
-            async with self._http.stream(
+            request = self._http.build_request(
                 method, url, json=body, headers=dict(self._config.headers), timeout=timeout
-            ) as response:
-                chunks: list[bytes] = []
-                total = 0
-                async for chunk in response.aiter_bytes():
-                    total += len(chunk)
-                    if total > MAX_RESPONSE_BYTES:
-                        raise invalid("worker response is larger than the gateway accepts", limit=MAX_RESPONSE_BYTES)
-                    chunks.append(chunk)
-                return response.status_code, b"".join(chunks)
+            )
+            for _ in range(MAX_REDIRECTS + 1):
+                response = await self._http.send(request, stream=True, follow_redirects=False)
+                try:
+                    if response.next_request is None:
+                        return response.status_code, await _read_capped(response)
+                    request = redirected(request, response.next_request, url)
+                finally:
+                    await response.aclose()
+            raise unavailable("worker redirected too many times", endpoint=endpoint_label(url), limit=MAX_REDIRECTS)
         except httpx.TimeoutException:
             raise unavailable(
                 f"worker did not answer within {timeout_seconds:.0f}s", endpoint=endpoint_label(url), reason="timeout"
@@ -205,6 +262,39 @@ class ModalWorkerClient:
             raise unavailable(
                 "worker could not be reached", endpoint=endpoint_label(url), reason=type(error).__name__
             ) from None
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > MAX_RESPONSE_BYTES:
+            raise invalid("worker response is larger than the gateway accepts", limit=MAX_RESPONSE_BYTES)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default_port = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default_port
+
+
+def redirected(previous: httpx.Request, following: httpx.Request, first_url: str) -> httpx.Request:
+    """The request that follows a redirect (httpx built it: method, body and URL as the status says), without
+    the credentials when it leaves the first URL's origin; a body is never sent to another origin."""
+    if _origin(following.url) == _origin(httpx.URL(first_url)):
+        return following
+    if following.method != "GET":
+        # 307/308 keep the method and the body, and the body holds the presigned LoRA URL.
+        raise invalid(
+            f"worker redirected a {following.method} to another origin; not followed",
+            endpoint=endpoint_label(str(previous.url)),
+            redirect_host=following.url.host,
+        )
+    for name in CREDENTIAL_HEADERS:
+        following.headers.pop(name, None)
+    return following
 
 
 def _call_id(status: int, content: bytes) -> str | None:

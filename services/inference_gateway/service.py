@@ -1,8 +1,9 @@
 """The gateway's use case: one generation.requested → worker attempts → stored PNG → one result event.
 
-The only module that decides: whether the deadline allows an attempt, which failures are retried, how long
-to wait between attempts, what the result event says, and whether a request was canceled before it started.
-I/O goes through the ports below.
+The only module that decides: whether the deadline allows an attempt, which failures are retried (by cause,
+see `retry_rule`), how long to wait between attempts, when the fallback endpoint gets a try, what the result
+event says, and what a cancel stops (a request not started yet is skipped, a running one is cancelled and its
+worker call with it). I/O goes through the ports below.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ OUTPUT_PREFIX = "generations/"
 RESPONSE_GRACE_SECONDS = 15.0
 # How many recently canceled generation ids the gateway remembers (oldest forgotten first).
 CANCELED_MEMORY = 10_000
+# `details.reason` of the worker's LORA_DOWNLOAD_FAILED when the bytes do not match the sha256 (gpu/lora/download.py).
+SHA256_MISMATCH = "sha256_mismatch"
+# HTTP statuses (of the LoRA host, as the worker reports them) that mean "try again later".
+_TRANSIENT_HTTP = {408, 425, 429}
+# How a failed attempt may be retried: with backoff while attempts and time last, once (with the freshly signed
+# LoRA URL every attempt gets), or not at all.
+RetryRule = Literal["retry", "fresh_url_once", "never"]
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -83,6 +91,45 @@ def is_retryable(code: ErrorCode) -> bool:
     if isinstance(code, WorkerErrorCode):
         return WORKER_ERROR_RETRYABLE[code]
     return code in (GatewayErrorCode.WORKER_UNAVAILABLE, GatewayErrorCode.STORAGE_FAILED)
+
+
+def retry_rule(failure: GatewayFailure) -> tuple[str, RetryRule]:
+    """Why an attempt failed (a short label for the record) and how it may be retried.
+
+    A LoRA URL refused with 401/403 (expired or bad signature) is tried once more: each attempt signs a fresh
+    URL. A sha256 mismatch is not retried (the object's bytes stay what they are), nor a LoRA host's 404 or other
+    non-transient 4xx, nor a request the worker canceled. Otherwise the contract's advice (`is_retryable`)."""
+    code, details = failure.code, failure.details
+    if code is WorkerErrorCode.LORA_DOWNLOAD_FAILED:
+        if details.get("reason") == SHA256_MISMATCH:
+            return "lora_sha256_mismatch", "never"
+        http_status = details.get("http_status")
+        if http_status in (401, 403):
+            return "lora_url_refused", "fresh_url_once"
+        if isinstance(http_status, int):
+            transient = http_status >= 500 or http_status in _TRANSIENT_HTTP
+            return f"lora_http_{http_status}", "retry" if transient else "never"
+    if code is WorkerErrorCode.GENERATION_FAILED and details.get("canceled") is True:
+        return "canceled_on_worker", "never"
+    if code is GatewayErrorCode.WORKER_UNAVAILABLE and details.get("reason") == "timeout":
+        return "worker_timeout", "retry"
+    return code.value.lower(), "retry" if is_retryable(code) else "never"
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One failed attempt, as the failed event's `details.causes` lists it."""
+
+    attempt: int
+    code: ErrorCode
+    cause: str
+    fallback: bool
+
+    def as_detail(self) -> dict[str, object]:
+        record: dict[str, object] = {"attempt": self.attempt, "error_code": self.code.value, "cause": self.cause}
+        if self.fallback:
+            record["endpoint"] = "fallback"
+        return record
 
 
 def backoff_delay(attempt: int, policy: RetryPolicy, rand: Callable[[], float] = random.random) -> float:
@@ -128,10 +175,13 @@ def _now() -> datetime:
 class GenerationService:
     """Handles generation.requested: attempts on the worker, then stores the PNG and reports the result.
 
-    It also remembers the ids of the last `canceled_memory` canceled generations (generation.canceled,
-    `note_canceled`) and does not start a request whose id it remembers. That is all cancel does here for
-    now: a request already running is not stopped, and the record lives in this process only, so a cancel
-    seen by another gateway replica is not shared (nor kept across a restart).
+    Cancel (generation.canceled, `note_canceled`): the ids of the last `canceled_memory` canceled generations
+    are remembered and a request whose id is remembered is not started; a request running in this process is
+    cancelled (its asyncio task), which stops the worker too (see provider.py), and publishes nothing. The
+    record lives in this process only: a cancel seen by another gateway replica is not shared (nor kept across a
+    restart).
+
+    `fallback`: a second worker endpoint (a larger GPU) that gets one more attempt after a CUDA_OOM.
     """
 
     def __init__(
@@ -149,8 +199,10 @@ class GenerationService:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         canceled_memory: int = CANCELED_MEMORY,
+        fallback: WorkerClient | None = None,
     ) -> None:
         self._worker = worker
+        self._fallback = fallback
         self._storage = storage
         self._events = events
         self._policy = policy
@@ -163,14 +215,25 @@ class GenerationService:
         self._rand = rand
         self._canceled: OrderedDict[str, None] = OrderedDict()
         self._canceled_memory = canceled_memory
+        # The attempts of each generation running here, to cancel (a duplicate delivery may run one twice).
+        self._running: dict[str, set[asyncio.Task[GenerationCompleted | GenerationFailed]]] = {}
 
     def note_canceled(self, generation_id: str) -> None:
-        """Remember that a generation was canceled, so that its request is not run if it comes later."""
+        """Remember that a generation was canceled, so that its request is not run if it comes later, and stop
+        it if it is running here: its task is cancelled, and with it the worker call."""
         self._metrics.inc(m.CANCELS)
         self._canceled[generation_id] = None
         self._canceled.move_to_end(generation_id)
         while len(self._canceled) > self._canceled_memory:
             self._canceled.popitem(last=False)
+        for task in self._running.get(generation_id, ()):
+            if task.cancel():
+                self._metrics.inc(m.CANCELED_RUNNING)
+                log.info("generation %s canceled while running: stopping it and its worker call", generation_id)
+
+    def is_running(self, generation_id: str) -> bool:
+        """Whether this process is running the generation now."""
+        return bool(self._running.get(generation_id))
 
     def was_canceled(self, generation_id: str) -> bool:
         """Whether a cancel for this generation is still remembered."""
@@ -181,8 +244,8 @@ class GenerationService:
     ) -> GenerationCompleted | GenerationFailed | None:
         """Run the generation to a terminal result; returns the event published (completed or failed).
 
-        None when the generation was canceled before it started: the worker is not called and nothing is
-        published (content discards any result of a canceled generation anyway).
+        None when the generation was canceled: before it started (the worker is not called) or while it ran (the
+        worker call is stopped). Nothing is published then: content shows the generation canceled already.
         """
         self._metrics.inc(m.REQUESTS)
         generation_id = request.generation_id
@@ -198,7 +261,32 @@ class GenerationService:
             )
             return await self._fail(request, failure, attempts=1, traceparent=traceparent)
 
+        run = asyncio.create_task(self._attempts(request, traceparent), name=f"generation {generation_id}")
+        running = self._running.setdefault(generation_id, set())
+        running.add(run)
+        try:
+            return await run
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if run.cancelled() and self.was_canceled(generation_id) and (current is None or not current.cancelling()):
+                # Canceled by note_canceled, not a shutdown cancelling this handler (that one goes on).
+                log.info("generation %s canceled while running; nothing published", generation_id)
+                return None
+            raise
+        finally:
+            running.discard(run)
+            if not running:
+                self._running.pop(generation_id, None)
+
+    async def _attempts(
+        self, request: GenerationRequested, traceparent: str | None
+    ) -> GenerationCompleted | GenerationFailed:
+        """Attempts until a success is stored or a failure is final; publishes the terminal event."""
+        generation_id = request.generation_id
         attempt = 0
+        limit = self._policy.max_attempts
+        worker = self._worker
+        records: list[AttemptRecord] = []
         png: CheckedPng | None = None
         success: WorkerSuccess | None = None
         while True:
@@ -206,17 +294,32 @@ class GenerationService:
             try:
                 if png is None or success is None:
                     # An image whose upload failed is kept: the next attempt only repeats the upload.
-                    success, png = await self._generate(request, attempt, traceparent)
+                    success, png = await self._generate(request, worker, attempt, traceparent)
                 await self._store(generation_id, png)
             except GatewayFailure as failure:
-                delay = self._retry_delay(failure, attempt, request.deadline)
+                cause, rule = retry_rule(failure)
+                records.append(AttemptRecord(attempt, failure.code, cause, worker is not self._worker))
+                delay: float | None
+                if self._fallback_takes(failure, worker, request.deadline):
+                    assert self._fallback is not None
+                    # One more attempt, on the larger GPU, whatever the attempts left; at once (another machine).
+                    worker, limit, delay = self._fallback, max(limit, attempt + 1), 0.0
+                    self._metrics.inc(m.FALLBACKS)
+                    log.warning(
+                        "generation %s attempt %d: CUDA_OOM; next attempt on the fallback", generation_id, attempt
+                    )
+                else:
+                    delay = self._retry_delay(failure, rule, records, limit, request.deadline)
                 if delay is None:
-                    return await self._fail(request, failure, attempts=attempt, traceparent=traceparent)
+                    return await self._fail(
+                        request, failure, attempts=attempt, traceparent=traceparent, records=records
+                    )
                 log.warning(
-                    "generation %s attempt %d failed with %s (%s); retrying in %.2fs",
+                    "generation %s attempt %d failed with %s (%s: %s); retrying in %.2fs",
                     generation_id,
                     attempt,
                     failure.code.value,
+                    cause,
                     sanitize_text(failure.message, self._secrets),
                     delay,
                 )
@@ -225,9 +328,30 @@ class GenerationService:
                 continue
             return await self._complete(request, success, png, attempt, traceparent)
 
-    def _retry_delay(self, failure: GatewayFailure, attempt: int, deadline: datetime) -> float | None:
-        """Seconds to wait before the next attempt, or None when this failure is final."""
-        if not is_retryable(failure.code) or attempt >= self._policy.max_attempts:
+    def _fallback_takes(self, failure: GatewayFailure, worker: WorkerClient, deadline: datetime) -> bool:
+        """Whether the next attempt goes to the fallback endpoint: after a CUDA_OOM on the primary, time left."""
+        return (
+            self._fallback is not None
+            and worker is self._worker
+            and failure.code is WorkerErrorCode.CUDA_OOM
+            and self._clock() < deadline
+        )
+
+    def _retry_delay(
+        self, failure: GatewayFailure, rule: RetryRule, records: Sequence[AttemptRecord], limit: int, deadline: datetime
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None when this failure is final (`stopped_by` says why)."""
+        attempt = len(records)
+        if failure.details.get("stopped_by") == "deadline":
+            return None  # the call used the time left until the deadline
+        if rule == "never":
+            failure.details.setdefault("stopped_by", "not_retryable")
+            return None
+        if rule == "fresh_url_once" and sum(r.cause == records[-1].cause for r in records) > 1:
+            failure.details.setdefault("stopped_by", "refused_again_with_a_fresh_url")
+            return None
+        if attempt >= limit:
+            failure.details.setdefault("stopped_by", "max_attempts")
             return None
         delay = backoff_delay(attempt, self._policy, self._rand)
         left = (deadline - self._clock()).total_seconds()
@@ -237,17 +361,18 @@ class GenerationService:
         return delay
 
     async def _generate(
-        self, request: GenerationRequested, attempt: int, traceparent: str | None
+        self, request: GenerationRequested, worker: WorkerClient, attempt: int, traceparent: str | None
     ) -> tuple[WorkerSuccess, CheckedPng]:
         generation_id = request.generation_id
         left = (request.deadline - self._clock()).total_seconds()
         if left <= 0:
             raise GatewayFailure(WorkerErrorCode.TIMEOUT, "the deadline passed between attempts", {"attempt": attempt})
         budget = min(self._worker_timeout, left)
+        deadline_bound = left <= self._worker_timeout
         lora_url = await self._sign_lora(request)
         worker_request = worker_request_for(request, lora_url, budget)
         await self._events.publish(
-            GenerationStarted(generation_id=generation_id, attempt=attempt, worker_mode=self._worker.mode),
+            GenerationStarted(generation_id=generation_id, attempt=attempt, worker_mode=worker.mode),
             generation_id=generation_id,
             traceparent=traceparent,
         )
@@ -255,7 +380,7 @@ class GenerationService:
             "generation %s attempt %d: calling the worker (%s, %dx%d, %d steps, lora %s)",
             generation_id,
             attempt,
-            self._worker.mode,
+            worker.mode,
             request.params.width,
             request.params.height,
             request.params.steps,
@@ -263,9 +388,20 @@ class GenerationService:
         )
         started = time.perf_counter()
         try:
-            success = await self._worker.generate(worker_request, budget + RESPONSE_GRACE_SECONDS)
+            success = await worker.generate(worker_request, budget + RESPONSE_GRACE_SECONDS)
         except GatewayFailure as failure:
             self._metrics.inc(m.WORKER_CALLS, outcome=failure.code.value)
+            timed_out = (
+                failure.code is GatewayErrorCode.WORKER_UNAVAILABLE and failure.details.get("reason") == "timeout"
+            )
+            if timed_out and (deadline_bound or self._clock() >= request.deadline):
+                # The call had the time left until the deadline and ran out of it: the generation's deadline
+                # passed, which is TIMEOUT (the worker was told to stop), not an unreachable worker.
+                raise GatewayFailure(
+                    WorkerErrorCode.TIMEOUT,
+                    "the deadline passed before the worker answered",
+                    {**failure.details, "deadline": request.deadline.isoformat(), "stopped_by": "deadline"},
+                ) from None
             raise
         finally:
             self._metrics.inc(m.WORKER_SECONDS, time.perf_counter() - started)
@@ -348,14 +484,24 @@ class GenerationService:
         return completed
 
     async def _fail(
-        self, request: GenerationRequested, failure: GatewayFailure, *, attempts: int, traceparent: str | None
+        self,
+        request: GenerationRequested,
+        failure: GatewayFailure,
+        *,
+        attempts: int,
+        traceparent: str | None,
+        records: Sequence[AttemptRecord] = (),
     ) -> GenerationFailed:
+        details = dict(failure.details)
+        if records:
+            # Every attempt's cause, oldest first (the last is this failure's).
+            details["causes"] = [r.as_detail() for r in records]
         failed = GenerationFailed(
             generation_id=request.generation_id,
             error_code=failure.code.value,
             error=sanitize_text(failure.message, self._secrets) or failure.code.value,
-            details=sanitize_details(failure.details, self._secrets),
-            retryable=is_retryable(failure.code),
+            details=sanitize_details(details, self._secrets),
+            retryable=retry_rule(failure)[1] == "retry",
             attempts=attempts,
         )
         await self._events.publish(failed, generation_id=request.generation_id, traceparent=traceparent)

@@ -17,6 +17,7 @@ LOCAL_GENERATE_PATH = "/generate"
 MODAL_GENERATE_LABEL = "sdxl-lora-generate"
 MODAL_SUBMIT_LABEL = "sdxl-lora-submit"
 MODAL_RESULT_LABEL = "sdxl-lora-result"
+MODAL_CANCEL_LABEL = "sdxl-lora-cancel"
 CALL_ID_PLACEHOLDER = "{call_id}"
 _ENDPOINT_ID = re.compile(r"^[a-z0-9][a-z0-9-]*--[a-z0-9][a-z0-9-]*$")
 
@@ -36,6 +37,12 @@ class GatewaySettings(BrokerSettings, StorageSettings, LoggingSettings, Topology
     # Async mode: where jobs are submitted (POST) and polled (GET; {call_id} is replaced, else ?call_id=).
     modal_submit_url: str | None = Field(default=None, validation_alias="MODAL_SUBMIT_URL")
     modal_result_url: str | None = Field(default=None, validation_alias="MODAL_RESULT_URL")
+    # Async mode: where a job is canceled (DELETE; {call_id} as for the result URL). Derived like the others;
+    # unset and not derivable: a canceled or abandoned job is not canceled on the worker (a warning says so).
+    modal_cancel_url: str | None = Field(default=None, validation_alias="MODAL_CANCEL_URL")
+    # A second generate endpoint (a larger GPU) that gets one more attempt after CUDA_OOM; same mode and auth.
+    # In async mode its submit, result and cancel URLs are derived from it.
+    modal_fallback_endpoint_url: str | None = Field(default=None, validation_alias="MODAL_FALLBACK_ENDPOINT_URL")
     modal_poll_seconds: float = Field(default=2.0, gt=0, le=60, validation_alias="MODAL_POLL_SECONDS")
     modal_timeout_seconds: float = Field(default=600.0, gt=0, le=3600, validation_alias="MODAL_TIMEOUT_SECONDS")
 
@@ -59,7 +66,14 @@ class GatewaySettings(BrokerSettings, StorageSettings, LoggingSettings, Topology
             return None
         return value
 
-    @field_validator("modal_endpoint_url", "modal_submit_url", "modal_result_url", "modal_sdxl_lora_endpoint_id")
+    @field_validator(
+        "modal_endpoint_url",
+        "modal_submit_url",
+        "modal_result_url",
+        "modal_cancel_url",
+        "modal_fallback_endpoint_url",
+        "modal_sdxl_lora_endpoint_id",
+    )
     @classmethod
     def _blank_means_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
@@ -82,6 +96,16 @@ class GatewaySettings(BrokerSettings, StorageSettings, LoggingSettings, Topology
                 )
             _check_http_url("MODAL_SUBMIT_URL", self.modal_submit_url)
             _check_http_url("MODAL_RESULT_URL", self.modal_result_url)
+            self.modal_cancel_url = self.modal_cancel_url or derive_cancel_url(self.modal_endpoint_url)
+            if self.modal_cancel_url is not None:
+                _check_http_url("MODAL_CANCEL_URL", self.modal_cancel_url)
+        if self.modal_fallback_endpoint_url is not None:
+            _check_http_url("MODAL_FALLBACK_ENDPOINT_URL", self.modal_fallback_endpoint_url)
+            if self.modal_mode == "async" and derive_async_urls(self.modal_fallback_endpoint_url) is None:
+                raise ValueError(
+                    "MODAL_FALLBACK_ENDPOINT_URL in async mode must be a local worker's /generate or a Modal "
+                    f"{MODAL_GENERATE_LABEL} URL (its submit and result URLs are derived from it)"
+                )
         if self.gateway_backoff_max_seconds < self.gateway_backoff_base_seconds:
             raise ValueError("GATEWAY_BACKOFF_MAX_SECONDS must be at least GATEWAY_BACKOFF_BASE_SECONDS")
         return self
@@ -121,6 +145,19 @@ def derive_async_urls(generate_url: str) -> tuple[str, str] | None:
             urlunsplit((parts.scheme, submit_host, "/", "", "")),
             urlunsplit((parts.scheme, result_host, "/", "", "")),
         )
+    return None
+
+
+def derive_cancel_url(generate_url: str) -> str | None:
+    """The cancel URL next to a known generate URL: the local `DELETE /jobs/{call_id}` or the Modal app's."""
+    parts = urlsplit(generate_url)
+    host = parts.hostname or ""
+    if parts.path.rstrip("/").endswith(LOCAL_GENERATE_PATH):
+        base = parts.path.rstrip("/")[: -len(LOCAL_GENERATE_PATH)]
+        return urlunsplit((parts.scheme, parts.netloc, base + "/jobs/" + CALL_ID_PLACEHOLDER, "", ""))
+    if host.endswith(".modal.run") and MODAL_GENERATE_LABEL in host:
+        cancel_host = parts.netloc.replace(MODAL_GENERATE_LABEL, MODAL_CANCEL_LABEL)
+        return urlunsplit((parts.scheme, cancel_host, "/", "", ""))
     return None
 
 

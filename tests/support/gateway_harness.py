@@ -109,6 +109,38 @@ async def results_until_terminal(
         await channel.close()
 
 
+class ResultLog:
+    """Every result event on content's results queue, by generation id, read as they come (several generations
+    at once: `results_until_terminal` drops the events of other generations)."""
+
+    def __init__(self, connection: AbstractRobustConnection, topo: Topology) -> None:
+        self._connection = connection
+        self._topo = topo
+        self.events: dict[str, list[EventPayload]] = {}
+        self.arrived: dict[str, list[float]] = {}
+
+    async def until(self, generation_id: str, kind: type[EventPayload], wait: float = 60.0) -> EventPayload:
+        """Read the queue until an event of `kind` for the generation is in; that event."""
+        channel = await self._connection.channel()
+        try:
+            queue = await channel.get_queue(self._topo.queue(CONTENT_GENERATION_RESULTS).name)
+            async with asyncio.timeout(wait):
+                while True:
+                    found = [e for e in self.events.get(generation_id, []) if isinstance(e, kind)]
+                    if found:
+                        return found[0]
+                    message = await queue.get(fail=False, no_ack=True)
+                    if message is None:
+                        await asyncio.sleep(0.02)
+                        continue
+                    _, payload = from_message(message)
+                    key = str(getattr(payload, "generation_id", ""))
+                    self.events.setdefault(key, []).append(payload)
+                    self.arrived.setdefault(key, []).append(asyncio.get_running_loop().time())
+        finally:
+            await channel.close()
+
+
 @contextmanager
 def tiny_worker(model_dir: Path, log_dir: Path) -> Iterator[str]:
     """The real worker (`python -m gpu.server`) on a free port with the tiny model; its generate URL."""

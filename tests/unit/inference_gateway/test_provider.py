@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
@@ -229,3 +230,94 @@ async def test_async_tolerates_a_transient_poll_failure() -> None:
 
     worker, _ = client(handler, **async_config())
     assert (await worker.generate(REQUEST, 30.0)).generation_time_seconds == 0.25
+
+
+def cancelable_async_config() -> dict[str, object]:
+    return {**async_config(), "generate_url": "http://worker/generate", "cancel_url": "http://worker/jobs/{call_id}"}
+
+
+async def test_async_cancelled_while_polling_cancels_the_job_on_the_worker_then_reraises() -> None:
+    seen: list[tuple[str, str]] = []
+    polled = asyncio.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path))
+        if request.method == "POST":
+            return httpx.Response(202, json={"call_id": "fc-1"})
+        if request.method == "DELETE":
+            return httpx.Response(202, json={"call_id": "fc-1", "status": "canceling"})
+        polled.set()
+        return httpx.Response(202, json={"call_id": "fc-1", "status": "running"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    worker = ModalWorkerClient(http, ProviderConfig(**cancelable_async_config(), poll_seconds=0.01))  # type: ignore[arg-type]
+    call = asyncio.create_task(worker.generate(REQUEST, 30.0))
+    await polled.wait()
+    call.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert seen[0] == ("POST", "/jobs") and seen[-1] == ("DELETE", "/jobs/fc-1")
+    assert seen.count(("DELETE", "/jobs/fc-1")) == 1
+
+
+async def test_async_cancelled_while_submitting_waits_for_the_call_id_and_cancels_that_job() -> None:
+    seen: list[tuple[str, str]] = []
+    submitting, answer = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path))
+        if request.method == "POST":
+            submitting.set()
+            await answer.wait()
+            return httpx.Response(202, json={"call_id": "fc-7"})
+        return httpx.Response(200, json={"call_id": "fc-7", "status": "canceled"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    worker = ModalWorkerClient(http, ProviderConfig(**cancelable_async_config()))  # type: ignore[arg-type]
+    call = asyncio.create_task(worker.generate(REQUEST, 30.0))
+    await submitting.wait()
+    call.cancel()
+    answer.set()
+
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert seen == [("POST", "/jobs"), ("DELETE", "/jobs/fc-7")]
+
+
+async def test_async_gives_up_at_the_timeout_and_cancels_the_job() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path))
+        if request.method == "POST":
+            return httpx.Response(202, json={"call_id": "fc-1"})
+        return httpx.Response(202, json={"call_id": "fc-1", "status": "running"})
+
+    worker, _ = client(handler, **cancelable_async_config(), poll_seconds=2.0)
+    with pytest.raises(GatewayFailure) as caught:
+        await worker.generate(REQUEST, 5.0)
+
+    assert caught.value.details["reason"] == "timeout"
+    assert seen[-1] == ("DELETE", "/jobs/fc-1")
+
+
+async def test_a_failed_cancel_does_not_hide_the_cancellation() -> None:
+    polled = asyncio.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(202, json={"call_id": "fc-1"})
+        if request.method == "DELETE":
+            raise httpx.ConnectError("worker gone")
+        polled.set()
+        return httpx.Response(202, json={"call_id": "fc-1", "status": "running"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    worker = ModalWorkerClient(http, ProviderConfig(**cancelable_async_config(), poll_seconds=0.01))  # type: ignore[arg-type]
+    call = asyncio.create_task(worker.generate(REQUEST, 30.0))
+    await polled.wait()
+    call.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await call

@@ -148,7 +148,11 @@ async def test_a_non_retryable_worker_error_fails_after_one_attempt() -> None:
     assert isinstance(result, GenerationFailed)
     assert (result.error_code, result.retryable, result.attempts) == ("LORA_LOAD_FAILED", False, 1)
     assert result.error == "LoRA file is not safetensors"
-    assert result.details == {"status": 422}
+    assert result.details == {
+        "status": 422,
+        "stopped_by": "not_retryable",
+        "causes": [{"attempt": 1, "error_code": "LORA_LOAD_FAILED", "cause": "lora_load_failed"}],
+    }
 
 
 async def test_retryable_failures_are_retried_with_backoff_and_a_fresh_url_each_time() -> None:
@@ -251,7 +255,12 @@ async def test_storage_that_stays_down_fails_with_storage_failed() -> None:
 
     assert isinstance(result, GenerationFailed)
     assert (result.error_code, result.retryable, result.attempts) == ("STORAGE_FAILED", True, 3)
-    assert result.details == {"object_key": "generations/gen-1.png", "reason": "ConnectionError"}
+    assert result.details == {
+        "object_key": "generations/gen-1.png",
+        "reason": "ConnectionError",
+        "stopped_by": "max_attempts",
+        "causes": [{"attempt": n, "error_code": "STORAGE_FAILED", "cause": "storage_failed"} for n in (1, 2, 3)],
+    }
 
 
 async def test_a_repeat_overwrites_the_same_object() -> None:

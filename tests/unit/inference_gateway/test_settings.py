@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from services.common.settings import describe_validation_error
-from services.inference_gateway.main import provider_config
-from services.inference_gateway.settings import GatewaySettings, derive_async_urls
+from services.inference_gateway.main import fallback_provider_config, provider_config
+from services.inference_gateway.settings import GatewaySettings, derive_async_urls, derive_cancel_url
 from tests.support.service_log import written
 from tests.support.settings_env import settings_env
 
@@ -85,6 +85,39 @@ def test_modal_async_urls_follow_the_app_labels() -> None:
         "https://acme--sdxl-lora-result.modal.run/",
     )
     assert derive_async_urls("https://elsewhere.example/x") is None
+
+
+def test_the_cancel_url_is_derived_like_the_others(env: pytest.MonkeyPatch) -> None:
+    assert (
+        derive_cancel_url("https://acme--sdxl-lora-generate.modal.run") == "https://acme--sdxl-lora-cancel.modal.run/"
+    )
+    assert derive_cancel_url("http://127.0.0.1:8003/generate") == "http://127.0.0.1:8003/jobs/{call_id}"
+    assert derive_cancel_url("https://elsewhere.example/x") is None
+    env.setenv("MODAL_MODE", "async")
+    assert provider_config(GatewaySettings()).cancel_url == "http://127.0.0.1:8003/jobs/{call_id}"
+    env.setenv("MODAL_CANCEL_URL", "https://gpu.example.com/cancel")
+    assert GatewaySettings().modal_cancel_url == "https://gpu.example.com/cancel"
+
+
+def test_the_fallback_endpoint_has_the_same_mode_and_credentials(env: pytest.MonkeyPatch) -> None:
+    assert fallback_provider_config(GatewaySettings()) is None
+    env.setenv("MODAL_API_KEY", "wk-key-123")
+    env.setenv("MODAL_API_TOKEN", "ws-secret-456")
+    env.setenv("MODAL_FALLBACK_ENDPOINT_URL", "https://acme--sdxl-lora-generate-big.modal.run")
+    fallback = fallback_provider_config(GatewaySettings())
+    assert fallback is not None and fallback.mode == "sync"
+    assert fallback.generate_url == "https://acme--sdxl-lora-generate-big.modal.run"
+    assert dict(fallback.headers) == {"Modal-Key": "wk-key-123", "Modal-Secret": "ws-secret-456"}
+    env.setenv("MODAL_MODE", "async")
+    fallback = fallback_provider_config(GatewaySettings())
+    assert fallback is not None
+    assert (fallback.submit_url, fallback.result_url, fallback.cancel_url) == (
+        "https://acme--sdxl-lora-submit-big.modal.run/",
+        "https://acme--sdxl-lora-result-big.modal.run/",
+        "https://acme--sdxl-lora-cancel-big.modal.run/",
+    )
+    env.setenv("MODAL_FALLBACK_ENDPOINT_URL", "https://gpu.example.com/run")
+    assert "MODAL_FALLBACK_ENDPOINT_URL" in error_line()
 
 
 @pytest.mark.parametrize(
