@@ -47,3 +47,7 @@ WORKER_ERROR_RETRYABLE: dict[WorkerErrorCode, bool] = {
     WorkerErrorCode.TIMEOUT: True,
     WorkerErrorCode.CUDA_OOM: True,
 }
+
+# `details.reason` of a LORA_DOWNLOAD_FAILED whose file arrived but is not the one asked for (its sha256 differs
+# from lora_sha256): downloading again cannot help, so the gateway does not retry it.
+LORA_SHA256_MISMATCH_REASON = "sha256_mismatch"

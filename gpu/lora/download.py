@@ -13,7 +13,6 @@ from gpu.errors import lora_download_failed
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 3
 # `details.reason` of a LoRA whose bytes do not match the sha256 the request gave (raised by the store).
-SHA256_MISMATCH = "sha256_mismatch"
 
 
 @dataclass(frozen=True)

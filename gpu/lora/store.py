@@ -5,10 +5,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from contracts.errors import LORA_SHA256_MISMATCH_REASON
 from contracts.worker import LoraSource
 from gpu.errors import lora_download_failed
 from gpu.lora.cache import DiskLoraCache, MemoryLoraCache
-from gpu.lora.download import SHA256_MISMATCH, DownloadPolicy, check_url, download, url_identity
+from gpu.lora.download import DownloadPolicy, check_url, download, url_identity
 from gpu.lora.parse import LoraTensors, parse_lora
 from gpu.lora.plan import LoraPlan
 
@@ -68,7 +69,10 @@ class LoraStore:
         if sha256 and digest != sha256:
             # `reason` tells the gateway not to retry: the same object would arrive with the same bytes.
             raise lora_download_failed(
-                "LoRA sha256 does not match lora_sha256", expected=sha256, actual=digest, reason=SHA256_MISMATCH
+                "LoRA sha256 does not match lora_sha256",
+                expected=sha256,
+                actual=digest,
+                reason=LORA_SHA256_MISMATCH_REASON,
             )
         prepared = plan(parse_lora(data))
         # Only files that parsed and fit the model are cached: a bad file is refused again next time.

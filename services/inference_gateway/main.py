@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import httpx
 from aio_pika.abc import AbstractRobustConnection
@@ -21,10 +21,10 @@ from services.common.storage import ObjectStorage, StorageConfig
 from services.inference_gateway.api import router
 from services.inference_gateway.consumers import generation_canceled_handler, generation_requested_handler
 from services.inference_gateway.metrics import Metrics
-from services.inference_gateway.provider import ModalWorkerClient, ProviderConfig, auth_headers
+from services.inference_gateway.providers import worker_clients
 from services.inference_gateway.publisher import BrokerResultPublisher
 from services.inference_gateway.service import GenerationService, RetryPolicy
-from services.inference_gateway.settings import GatewaySettings, derive_async_urls, derive_cancel_url
+from services.inference_gateway.settings import GatewaySettings
 
 log = logging.getLogger("services.inference_gateway")
 
@@ -45,38 +45,6 @@ class GatewayRuntime:
         return self.metrics.render()
 
 
-def provider_config(settings: GatewaySettings) -> ProviderConfig:
-    """Where and how to call the worker, from the MODAL_* settings."""
-    assert settings.modal_endpoint_url is not None  # the settings validator guarantees it
-    return ProviderConfig(
-        mode=settings.modal_mode,
-        generate_url=settings.modal_endpoint_url,
-        submit_url=settings.modal_submit_url,
-        result_url=settings.modal_result_url,
-        cancel_url=settings.modal_cancel_url,
-        poll_seconds=settings.modal_poll_seconds,
-        headers=auth_headers(
-            settings.modal_api_key.get_secret_value() if settings.modal_api_key else None,
-            settings.modal_api_token.get_secret_value() if settings.modal_api_token else None,
-        ),
-    )
-
-
-def fallback_provider_config(settings: GatewaySettings) -> ProviderConfig | None:
-    """The fallback endpoint (MODAL_FALLBACK_ENDPOINT_URL), same mode and credentials; async URLs derived."""
-    url = settings.modal_fallback_endpoint_url
-    if url is None:
-        return None
-    primary = provider_config(settings)
-    if settings.modal_mode == "sync":
-        return replace(primary, generate_url=url, submit_url=None, result_url=None, cancel_url=None)
-    derived = derive_async_urls(url)
-    assert derived is not None  # the settings validator guarantees it
-    return replace(
-        primary, generate_url=url, submit_url=derived[0], result_url=derived[1], cancel_url=derive_cancel_url(url)
-    )
-
-
 @asynccontextmanager
 async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRuntime]:
     """Connect, declare the topology, start consuming; on exit stop consuming (draining) and close it all."""
@@ -85,13 +53,13 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
     # Modal answers a web call longer than 150 s with a 303 to the result: the provider follows it itself,
     # keeping the credentials to the worker's own origin.
     http = httpx.AsyncClient(follow_redirects=False)
-    fallback = fallback_provider_config(settings)
+    worker, fallback = worker_clients(http, settings)
     try:
         async with open_broker(
             settings.rabbitmq_url.get_secret_value(), settings.topology_prefix, service=SERVICE_INFERENCE_GATEWAY
         ) as broker:
             service = GenerationService(
-                ModalWorkerClient(http, provider_config(settings)),
+                worker,
                 storage,
                 BrokerResultPublisher(broker.publisher),
                 policy=RetryPolicy(
@@ -103,7 +71,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
                 worker_timeout_seconds=settings.modal_timeout_seconds,
                 metrics=metrics,
                 secrets=settings.secret_values(),
-                fallback=ModalWorkerClient(http, fallback) if fallback is not None else None,
+                fallback=fallback,
             )
             queue = broker.topology.queue(GATEWAY_GENERATION_REQUESTED).name
             requests = Consumer(

@@ -22,7 +22,7 @@ from typing import Literal, Protocol
 
 from pydantic import ValidationError
 
-from contracts.errors import WORKER_ERROR_RETRYABLE, GatewayErrorCode, WorkerErrorCode
+from contracts.errors import LORA_SHA256_MISMATCH_REASON, WORKER_ERROR_RETRYABLE, GatewayErrorCode, WorkerErrorCode
 from contracts.events import (
     EventPayload,
     GenerationCompleted,
@@ -45,7 +45,6 @@ RESPONSE_GRACE_SECONDS = 15.0
 # How many recently canceled generation ids the gateway remembers (oldest forgotten first).
 CANCELED_MEMORY = 10_000
 # `details.reason` of the worker's LORA_DOWNLOAD_FAILED when the bytes do not match the sha256 (gpu/lora/download.py).
-SHA256_MISMATCH = "sha256_mismatch"
 # HTTP statuses (of the LoRA host, as the worker reports them) that mean "try again later".
 _TRANSIENT_HTTP = {408, 425, 429}
 # How a failed attempt may be retried: with backoff while attempts and time last, once (with the freshly signed
@@ -101,7 +100,7 @@ def retry_rule(failure: GatewayFailure) -> tuple[str, RetryRule]:
     non-transient 4xx, nor a request the worker canceled. Otherwise the contract's advice (`is_retryable`)."""
     code, details = failure.code, failure.details
     if code is WorkerErrorCode.LORA_DOWNLOAD_FAILED:
-        if details.get("reason") == SHA256_MISMATCH:
+        if details.get("reason") == LORA_SHA256_MISMATCH_REASON:
             return "lora_sha256_mismatch", "never"
         http_status = details.get("http_status")
         if http_status in (401, 403):

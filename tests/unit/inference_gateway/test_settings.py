@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
+import httpx
 import pytest
 from pydantic import ValidationError
 
 from services.common.settings import describe_validation_error
-from services.inference_gateway.main import fallback_provider_config, provider_config
+from services.inference_gateway.providers import PROVIDERS, fallback_provider_config, provider_config, worker_clients
 from services.inference_gateway.settings import GatewaySettings, derive_async_urls, derive_cancel_url
 from tests.support.service_log import written
 from tests.support.settings_env import settings_env
@@ -154,3 +157,13 @@ def test_the_service_log_never_shows_the_broker_password_or_the_worker_key(env: 
 
     assert text.count("\n") == 2
     assert "rabbit-pw-123" not in text and "wk-abc123" not in text
+
+
+async def test_every_lora_provider_the_settings_accept_has_an_implementation(env: pytest.MonkeyPatch) -> None:
+    accepted = set(get_args(GatewaySettings.model_fields["lora_provider"].annotation))
+    assert accepted == set(PROVIDERS)
+    async with httpx.AsyncClient() as http:
+        for name in accepted:
+            env.setenv("LORA_PROVIDER", name)
+            worker, fallback = worker_clients(http, GatewaySettings())
+            assert worker.mode == "sync" and fallback is None

@@ -7,12 +7,13 @@ import hashlib
 
 import pytest
 
+from contracts.errors import LORA_SHA256_MISMATCH_REASON
 from gpu.errors import WorkerFailure
 from gpu.lora.cache import MemoryLoraCache
 from gpu.lora.download import DownloadPolicy, download
 from gpu.lora.store import LoraStore
 from services.inference_gateway.errors import GatewayFailure
-from services.inference_gateway.service import SHA256_MISMATCH, retry_rule
+from services.inference_gateway.service import retry_rule
 from tests.support.file_server import FileServer, Route
 
 LOCAL = DownloadPolicy(mode="local")
@@ -48,5 +49,5 @@ def test_a_sha256_mismatch_says_so_and_is_never_retried() -> None:
     finally:
         server.stop()
 
-    assert caught.value.details["reason"] == SHA256_MISMATCH
+    assert caught.value.details["reason"] == LORA_SHA256_MISMATCH_REASON
     assert retry_rule(as_gateway_sees_it(caught.value)) == ("lora_sha256_mismatch", "never")
