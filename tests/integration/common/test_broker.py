@@ -7,7 +7,7 @@ import asyncio
 import aio_pika
 import aio_pika.exceptions
 import pytest
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import GenerationStarted
 from contracts.topology import (
@@ -27,31 +27,10 @@ from services.common.consumer import (
     ReceivedEvent,
 )
 from services.common.events import from_message, new_event
-from tests.integration.common.amqp_reading import all_empty, counts, next_message
+from tests.integration.common.amqp_reading import all_empty, counts, next_message, ready_count
 from tests.support.generation_events import small_request
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-async def _get(connection: AbstractRobustConnection, queue_name: str, wait: float = 10.0) -> AbstractIncomingMessage:
-    """The next message of a queue (acked), waiting up to `wait` seconds."""
-    channel = await connection.channel()
-    queue = await channel.get_queue(queue_name)
-    async with asyncio.timeout(wait):
-        while True:
-            message = await queue.get(fail=False, no_ack=True)
-            if message is not None:
-                return message
-            await asyncio.sleep(0.05)
-
-
-async def _count(connection: AbstractRobustConnection, queue_name: str) -> int:
-    channel = await connection.channel()
-    try:
-        queue = await channel.declare_queue(queue_name, passive=True)
-        return int(queue.declaration_result.message_count or 0)
-    finally:
-        await channel.close()
 
 
 async def test_declare_topology_twice_is_harmless(amqp: AbstractRobustConnection, topo: Topology) -> None:
@@ -61,7 +40,7 @@ async def test_declare_topology_twice_is_harmless(amqp: AbstractRobustConnection
     for spec in topo.queues:
         assert len(spec.retry_queue_names) == len(spec.retry_delays)
         for name in (spec.name, spec.dlq_name, *spec.retry_queue_names):
-            assert await _count(amqp, name) == 0
+            assert await ready_count(amqp, name) == 0
 
 
 async def test_published_event_reaches_its_queue_with_amqp_properties(
@@ -73,7 +52,7 @@ async def test_published_event_reaches_its_queue_with_amqp_properties(
 
     await publisher.publish_event(event, traceparent=TRACEPARENT)
 
-    message = await _get(amqp, topo.queue(GATEWAY_GENERATION_REQUESTED).name)
+    message = await next_message(amqp, topo.queue(GATEWAY_GENERATION_REQUESTED).name)
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert message.message_id == event.id
     assert message.content_type == "application/cloudevents+json"
@@ -112,7 +91,7 @@ async def test_consumer_acks_only_after_the_handler_returns(amqp: AbstractRobust
 
     # The handler is still running: stopping now must leave the message unacked, so it comes back.
     await consumer.stop(drain_timeout=0.1)
-    redelivered = await _get(amqp, queue_name)
+    redelivered = await next_message(amqp, queue_name)
     assert redelivered.message_id == event.id
     assert redelivered.redelivered
     release.set()
