@@ -151,6 +151,9 @@ class GenerationCompleted(EventPayload):
     model_info: ModelInfo
     timings: Timings | None = None
     attempts: int = Field(default=1, ge=1)
+    started_at: AwareDatetime | None = Field(
+        default=None, description="when the attempt that made the image started (the result may overtake its start)"
+    )
 
 
 class GenerationFailed(EventPayload):

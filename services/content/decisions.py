@@ -161,6 +161,9 @@ def apply_result(generation: Generation, payload: EventPayload, event_type: Even
         generation.model_info = payload.model_info.model_dump(mode="json")
         # Nobody will ever be shown this image: it is deleted from storage.
         generation.image_purge_pending = canceled
+        # The result may be applied before its generation.started (results are handled concurrently).
+        if generation.started_at is None and not canceled:
+            generation.started_at = payload.started_at
     elif isinstance(payload, GenerationFailed):
         generation.attempts = max(generation.attempts, payload.attempts)
         generation.error = {

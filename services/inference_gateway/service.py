@@ -288,11 +288,15 @@ class GenerationService:
         records: list[AttemptRecord] = []
         png: CheckedPng | None = None
         success: WorkerSuccess | None = None
+        # When the attempt that made the image began (sent with the result: a consumer that applies the result
+        # before generation.started still learns when the generation started running).
+        started_at: datetime | None = None
         while True:
             attempt += 1
             try:
                 if png is None or success is None:
                     # An image whose upload failed is kept: the next attempt only repeats the upload.
+                    started_at = self._clock()
                     success, png = await self._generate(request, worker, attempt, traceparent)
                 await self._store(generation_id, png)
             except GatewayFailure as failure:
@@ -325,7 +329,7 @@ class GenerationService:
                 self._metrics.inc(m.RETRIES)
                 await self._sleep(delay)
                 continue
-            return await self._complete(request, success, png, attempt, traceparent)
+            return await self._complete(request, success, png, attempt, traceparent, started_at)
 
     def _fallback_takes(self, failure: GatewayFailure, worker: WorkerClient, deadline: datetime) -> bool:
         """Whether the next attempt goes to the fallback endpoint: after a CUDA_OOM on the primary, time left."""
@@ -455,6 +459,7 @@ class GenerationService:
         png: CheckedPng,
         attempts: int,
         traceparent: str | None,
+        started_at: datetime | None,
     ) -> GenerationCompleted:
         completed = GenerationCompleted(
             generation_id=request.generation_id,
@@ -470,6 +475,7 @@ class GenerationService:
             model_info=success.model_info,
             timings=success.timings,
             attempts=attempts,
+            started_at=started_at,
         )
         await self._events.publish(completed, generation_id=request.generation_id, traceparent=traceparent)
         self._metrics.inc(m.COMPLETED)

@@ -8,7 +8,7 @@ import pytest
 
 from contracts.events import GenerationCanceled, GenerationFailed, GenerationRequested, GenerationStarted, LoraReady
 from services.common.http_errors import ConflictError, NotFoundError
-from services.content.decisions import UnexpectedEventError
+from services.content.decisions import UnexpectedEventError, status_steps
 from services.content.generations import GenerationService
 from services.content.models import inbox_table, outbox_table
 from services.content.sweeper import sweep_once
@@ -110,6 +110,34 @@ async def test_results_move_the_generation_forward_and_record_when(h: Harness, s
     assert (done.attempts, done.generation_time_seconds) == (2, 0.5)
     assert done.timings is not None and done.timings["total_ms"] == 500.0
     assert done.image is not None and done.image["object_key"] == f"outputs/{generation.id}.png"
+
+
+async def test_a_result_applied_before_its_start_still_records_when_the_generation_started(
+    h: Harness, service: GenerationService
+) -> None:
+    avatar_id, _ = await _ready_avatar(h)
+    generation = await _submit(service, avatar_id)
+    attempt_began = h.clock.advance(1)
+    finished_at = h.clock.advance(3)
+
+    completed = _completed(generation.id).model_copy(update={"started_at": attempt_began})
+    await service.apply_result(*_result(completed))
+    await service.apply_result(*_result(_started(generation.id)))  # overtaken: changes nothing
+    done = (await service.get(OWNER, generation.id)).generation
+
+    assert (done.status, done.started_at, done.finished_at) == ("completed", attempt_began, finished_at)
+    assert [step.status for step in status_steps(done)] == ["queued", "running", "completed"]
+
+
+async def test_a_result_without_a_start_time_leaves_the_start_unknown(h: Harness, service: GenerationService) -> None:
+    avatar_id, _ = await _ready_avatar(h)
+    generation = await _submit(service, avatar_id)
+
+    await service.apply_result(*_result(_completed(generation.id)))
+    done = (await service.get(OWNER, generation.id)).generation
+
+    assert (done.status, done.started_at) == ("completed", None)
+    assert [step.status for step in status_steps(done)] == ["queued", "completed"]
 
 
 async def test_a_failed_result_records_the_error(h: Harness, service: GenerationService) -> None:

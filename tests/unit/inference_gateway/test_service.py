@@ -184,6 +184,18 @@ async def test_a_retry_that_succeeds_reports_the_attempts() -> None:
     assert types_of(events) == ["GenerationStarted", "GenerationStarted", "GenerationCompleted"]
 
 
+async def test_the_completed_event_says_when_the_attempt_that_made_the_image_started() -> None:
+    worker = FakeWorker(GatewayFailure(WorkerErrorCode.LORA_DOWNLOAD_FAILED, "URL expired"), success())
+    service, _, _, clock, _ = build(worker)
+    first_attempt = clock.now
+
+    result = await service.handle(requested())
+
+    # The retry began after the backoff: its start, not the first attempt's, is the one reported.
+    assert isinstance(result, GenerationCompleted) and result.started_at is not None
+    assert result.started_at == first_attempt + timedelta(seconds=sum(clock.sleeps)) > first_attempt
+
+
 async def test_retries_stop_at_the_deadline() -> None:
     worker = FakeWorker(GatewayFailure(WorkerErrorCode.CUDA_OOM, "out of memory"))
     service, _, events, _, _ = build(worker, max_attempts=5)
