@@ -23,7 +23,8 @@ from services.inference_gateway.consumers import generation_canceled_handler, ge
 from services.inference_gateway.metrics import Metrics
 from services.inference_gateway.providers import worker_clients
 from services.inference_gateway.publisher import BrokerResultPublisher
-from services.inference_gateway.service import GenerationService, RetryPolicy
+from services.inference_gateway.retries import RetryPolicy
+from services.inference_gateway.service import GenerationService
 from services.inference_gateway.settings import GatewaySettings
 
 log = logging.getLogger("services.inference_gateway")

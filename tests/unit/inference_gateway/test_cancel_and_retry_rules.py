@@ -14,7 +14,8 @@ from contracts.events import GenerationCompleted, GenerationFailed, GenerationSt
 from contracts.worker import WorkerRequest, WorkerSuccess
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.metrics import CANCELED_RUNNING, FALLBACKS, Metrics
-from services.inference_gateway.service import GenerationService, RetryPolicy, retry_rule
+from services.inference_gateway.retries import RetryPolicy, retry_rule
+from services.inference_gateway.service import GenerationService
 from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, requested, success
 
 

@@ -13,7 +13,8 @@ from services.common.consumer import PermanentError, ReceivedEvent
 from services.common.events import new_event
 from services.inference_gateway.consumers import generation_canceled_handler, generation_requested_handler
 from services.inference_gateway.metrics import Metrics
-from services.inference_gateway.service import GenerationService, RetryPolicy
+from services.inference_gateway.retries import RetryPolicy
+from services.inference_gateway.service import GenerationService
 from tests.support.gateway_fakes import FakeStorage, FakeWorker, RecordingPublisher, requested, success
 
 

@@ -13,7 +13,8 @@ from contracts.worker import WorkerRequest, WorkerSuccess
 from services.inference_gateway import provider, service
 from services.inference_gateway.metrics import Metrics
 from services.inference_gateway.provider import ModalWorkerClient, ProviderConfig
-from services.inference_gateway.service import GenerationService, RetryPolicy
+from services.inference_gateway.retries import RetryPolicy
+from services.inference_gateway.service import GenerationService
 from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, requested, success
 
 REQUEST = WorkerRequest(prompt="a portrait", width=64, height=64, steps=2, request_id="gen-1")

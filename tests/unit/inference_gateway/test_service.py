@@ -13,14 +13,8 @@ from contracts.errors import GatewayErrorCode, WorkerErrorCode
 from contracts.events import GenerationCompleted, GenerationFailed, GenerationStarted
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.metrics import CANCELS, COMPLETED, FAILED, REQUESTS, RETRIES, SKIPPED_CANCELED, Metrics
-from services.inference_gateway.service import (
-    RESPONSE_GRACE_SECONDS,
-    GenerationService,
-    RetryPolicy,
-    backoff_delay,
-    is_retryable,
-    output_key,
-)
+from services.inference_gateway.retries import RetryPolicy, backoff_delay, is_retryable
+from services.inference_gateway.service import RESPONSE_GRACE_SECONDS, GenerationService, output_key
 from tests.support.gateway_fakes import (
     FakeClock,
     FakeStorage,

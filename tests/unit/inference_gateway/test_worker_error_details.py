@@ -13,7 +13,7 @@ from gpu.lora.cache import MemoryLoraCache
 from gpu.lora.download import DownloadPolicy, download
 from gpu.lora.store import LoraStore
 from services.inference_gateway.errors import GatewayFailure
-from services.inference_gateway.service import retry_rule
+from services.inference_gateway.retries import retry_rule
 from tests.support.file_server import FileServer, Route
 
 LOCAL = DownloadPolicy(mode="local")
