@@ -91,8 +91,9 @@ async def test_a_waiting_get_answers_the_completion_that_comes_during_the_wait_a
     assert body["status"] == "completed"
     assert body["started_at"] is not None and body["finished_at"] is not None
     assert body["image"]["url"] and body["image"]["sha256"] == "ef" * 32
-    # Woken by the notice of the change, not by a timer: the answer follows the result by its consumer's latency.
-    assert answered - published < 1.0, answered - published
+    # Woken by the notice of the change, long before the 30 s window ends (no timing tighter than that here: this
+    # machine may be busy; that the waiter does not poll meanwhile is the read-counting test's).
+    assert answered - published < 10.0, answered - published
 
 
 async def test_a_wait_with_nothing_happening_answers_the_current_status_when_the_window_ends(
@@ -110,7 +111,7 @@ async def test_a_wait_with_nothing_happening_answers_the_current_status_when_the
         took = time.monotonic() - begun
         assert (response.status_code, response.json()["status"]) == (200, "queued")
         assert response.headers["Preference-Applied"] == "wait=1"
-        assert 1.0 <= took < 5.0, took
+        assert 1.0 <= took < 20.0, took  # the window, then the answer (generous: this machine may be busy)
 
         # On a submit too: the 202 comes when the window ends, with the generation as it stands.
         begun = time.monotonic()
@@ -122,14 +123,14 @@ async def test_a_wait_with_nothing_happening_answers_the_current_status_when_the
         took = time.monotonic() - begun
         assert (accepted.status_code, accepted.json()["status"]) == (202, "queued")
         assert accepted.headers["Preference-Applied"] == "wait=1"
-        assert 1.0 <= took < 5.0, took
+        assert 1.0 <= took < 20.0, took  # the window, then the answer (generous: this machine may be busy)
 
         # More than the deployment allows is capped, and the answer says what was applied.
         begun = time.monotonic()
         capped = await client.get(path_of(generation_id), headers={**auth, "Prefer": "wait=600"})
         took = time.monotonic() - begun
         assert capped.headers["Preference-Applied"] == "wait=2"
-        assert 2.0 <= took < 6.0, took
+        assert 2.0 <= took < 20.0, took  # capped at 2 s, not the 600 asked
 
         # No preference, no wait and no Preference-Applied.
         plain = await client.get(path_of(generation_id), headers=auth)
