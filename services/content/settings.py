@@ -7,6 +7,7 @@ from typing import Any, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.common.auth import AuthSettings, auth_secret_values
+from services.common.auth.settings import short_secret_reason
 from services.common.migrations import migrate_on_start_field
 from services.common.runtime import TopologySettings
 from services.common.settings import (
@@ -124,8 +125,9 @@ class ContentSettings(
     @field_validator("stream_link_secret", mode="after")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value().encode()) < 32:
-            raise ValueError("CONTENT_STREAM_LINK_SECRET is shorter than 32 bytes")
+        reason = short_secret_reason(value.get_secret_value()) if value is not None else None
+        if reason:
+            raise ValueError(f"CONTENT_STREAM_LINK_SECRET {reason}")
         return value
 
     @model_validator(mode="after")

@@ -1,30 +1,22 @@
 """`python -m services.identity`: serve; `… migrate`: upgrade its database; `… openapi`: write its document."""
 
 import sys
-from pathlib import Path
 
-from services.common.migrations import migrate_command
-from services.common.openapi import openapi_command
+from services.common.commands import service_command
 from services.common.settings import load_settings
 from services.identity.main import build_app, main
 from services.identity.migrations import MIGRATIONS
 from services.identity.settings import IdentityDatabaseSettings
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["migrate"]:
-        # Reads the database settings alone: a migration step needs no broker, storage or auth variables.
-        raise SystemExit(
-            migrate_command(
-                sys.argv[2:], migrations=MIGRATIONS, database_settings=lambda: load_settings(IdentityDatabaseSettings)
-            )
+    raise SystemExit(
+        service_command(
+            sys.argv[1:],
+            service="identity",
+            serve=main,
+            build_app=build_app,
+            migrations=MIGRATIONS,
+            # The database settings alone: a migration step needs no broker, storage or auth variables.
+            database_settings=lambda: load_settings(IdentityDatabaseSettings),
         )
-    if sys.argv[1:2] == ["openapi"]:
-        raise SystemExit(
-            openapi_command(
-                sys.argv[2:],
-                prog="python -m services.identity",
-                build_app=build_app,
-                default_out=Path("docs/openapi/identity.json"),
-            )
-        )
-    raise SystemExit(main())
+    )
