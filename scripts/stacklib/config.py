@@ -57,6 +57,7 @@ class StackConfig:
     topology_prefix: str = ""
     identity_database_url: str | None = None
     content_database_url: str | None = None
+    gateway_database_url: str | None = None
     bucket: str = DEFAULT_BUCKET
     model_dir: Path = ROOT / ".cache" / "tiny-sdxl"
     gateway_max_attempts: int = 3
@@ -75,7 +76,11 @@ class StackConfig:
 
     def database_url(self, service: str) -> str:
         """The service's database: the one given, else a SQLite file under the run folder."""
-        given = self.identity_database_url if service == "identity" else self.content_database_url
+        given = {
+            "identity": self.identity_database_url,
+            "content": self.content_database_url,
+            "gateway": self.gateway_database_url,
+        }[service]
         return given or f"sqlite+aiosqlite:///{(self.run_dir / f'{service}.db').resolve()}"
 
     def uses_sqlite(self, service: str) -> bool:
@@ -105,6 +110,7 @@ def from_environment(env: Mapping[str, str] | None = None, **overrides: object) 
             ports[name] = int(env[variable])
     identity_db, content_db = database_urls(env)
     config = StackConfig(
+        gateway_database_url=env.get("GATEWAY_DATABASE_URL") or _shared_postgres(env),
         ports=ports,
         rabbitmq_url=env.get("RABBITMQ_URL") or DEFAULT_RABBITMQ_URL,
         topology_prefix=env.get("VIXEN_TOPOLOGY_PREFIX", ""),
@@ -118,10 +124,13 @@ def from_environment(env: Mapping[str, str] | None = None, **overrides: object) 
 def database_urls(env: Mapping[str, str]) -> tuple[str | None, str | None]:
     """IDENTITY_/CONTENT_DATABASE_URL, else a shared PostgreSQL DATABASE_URL for both (every table carries its
     service's prefix, so they never mix); a SQLite DATABASE_URL is ignored: each service keeps its own file."""
-    shared = env.get("DATABASE_URL") or None
-    if shared and shared.startswith("sqlite"):
-        shared = None
+    shared = _shared_postgres(env)
     return env.get("IDENTITY_DATABASE_URL") or shared, env.get("CONTENT_DATABASE_URL") or shared
+
+
+def _shared_postgres(env: Mapping[str, str]) -> str | None:
+    shared = env.get("DATABASE_URL") or None
+    return None if shared and shared.startswith("sqlite") else shared
 
 
 def service_specs(config: StackConfig) -> dict[str, ServiceSpec]:
@@ -149,6 +158,7 @@ def service_specs(config: StackConfig) -> dict[str, ServiceSpec]:
         "MODAL_ENDPOINT_URL": f"{config.url('worker')}/generate",
         "MODAL_MODE": "sync",
         "GATEWAY_MAX_ATTEMPTS": str(config.gateway_max_attempts),
+        "GATEWAY_DATABASE_URL": config.database_url("gateway"),
     }
     worker = spec("worker", "gpu.server", worker_env, "/healthz", 300.0)
     worker = replace(worker, argv=(*worker.argv, "--model-dir", str(config.model_dir)))
@@ -204,6 +214,7 @@ _NOT_INHERITED = frozenset(
         "DATABASE_URL",
         "IDENTITY_DATABASE_URL",
         "CONTENT_DATABASE_URL",
+        "GATEWAY_DATABASE_URL",
         "R2_PUBLIC_URL",
         "MODAL_API_KEY",
         "MODAL_API_TOKEN",

@@ -114,7 +114,7 @@ class LocalStack:
         return log_tail(self.log_path(service), lines)
 
     def _prepare_databases(self) -> None:
-        for service in ("identity", "content"):
+        for service in ("identity", "content", "gateway"):
             if service not in self.services:
                 continue
             if self.config.uses_sqlite(service):

@@ -1,35 +1,47 @@
-"""Assembly of the gateway: settings → broker, storage, provider client, service, consumers, HTTP app."""
+"""Assembly of the gateway: settings → job database, broker, storage, provider client, service, job runner, outbox
+relay, consumers, HTTP app."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 from aio_pika.abc import AbstractRobustConnection
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.topology import GATEWAY_GENERATION_CANCELED, GATEWAY_GENERATION_REQUESTED, SERVICE_INFERENCE_GATEWAY
 from services.common import health
 from services.common.consumer import Consumer
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
-from services.common.runtime import open_broker, running_consumers
+from services.common.outbox import OutboxRelay
+from services.common.runtime import open_broker, open_database, running_consumers, running_relay
 from services.common.storage import ObjectStorage, StorageConfig
 from services.inference_gateway.api import router
 from services.inference_gateway.consumers import generation_canceled_handler, generation_requested_handler
+from services.inference_gateway.jobs import JobStore
 from services.inference_gateway.metrics import Metrics
+from services.inference_gateway.migrations import MIGRATIONS
+from services.inference_gateway.models import Base, outbox_table
 from services.inference_gateway.providers import worker_clients
-from services.inference_gateway.publisher import BrokerResultPublisher
 from services.inference_gateway.retries import RetryPolicy
+from services.inference_gateway.runner import JobEvents, JobRunner
 from services.inference_gateway.service import GenerationService
 from services.inference_gateway.settings import GatewaySettings
 
 log = logging.getLogger("services.inference_gateway")
 
 DEFAULT_PORT = 8002
+# Consumers only record jobs (fast), so they may take many messages at once; the runner sets the GPU pace.
+CONSUMER_PREFETCH = 32
 
 
 @dataclass
@@ -38,17 +50,26 @@ class GatewayRuntime:
 
     settings: GatewaySettings
     connection: AbstractRobustConnection
+    engine: AsyncEngine
     consumers: tuple[Consumer, ...]
     metrics: Metrics
+    jobs: JobStore
+    runner: JobRunner
 
     def metrics_text(self) -> str:
         """The counters, Prometheus text."""
         return self.metrics.render()
 
 
+def runner_name() -> str:
+    """Who holds a job's lease: host, process and a random part (a restarted process is a new runner)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 @asynccontextmanager
 async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRuntime]:
-    """Connect, declare the topology, start consuming; on exit stop consuming (draining) and close it all."""
+    """Open the job database and the broker, start the relay, the runner and the consumers; on exit stop consuming,
+    let running jobs finish briefly (the rest are released for the next gateway), and close it all."""
     metrics = Metrics()
     storage = ObjectStorage(StorageConfig.from_settings(settings))
     # Modal answers a web call longer than 150 s with a 303 to the result: the provider follows it itself,
@@ -56,13 +77,26 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
     http = httpx.AsyncClient(follow_redirects=False)
     worker, fallback = worker_clients(http, settings)
     try:
-        async with open_broker(
-            settings.rabbitmq_url.get_secret_value(), settings.topology_prefix, service=SERVICE_INFERENCE_GATEWAY
-        ) as broker:
+        async with (
+            open_database(
+                settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start
+            ) as database,
+            open_broker(
+                settings.rabbitmq_url.get_secret_value(), settings.topology_prefix, service=SERVICE_INFERENCE_GATEWAY
+            ) as broker,
+        ):
+            relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)
+            jobs = JobStore(
+                database.sessions,
+                owner=runner_name(),
+                lease_seconds=settings.gateway_job_lease_seconds,
+                on_commit=relay.notify,
+            )
+            events = JobEvents(jobs)
             service = GenerationService(
                 worker,
                 storage,
-                BrokerResultPublisher(broker.publisher),
+                events,
                 policy=RetryPolicy(
                     max_attempts=settings.gateway_max_attempts,
                     backoff_base_seconds=settings.gateway_backoff_base_seconds,
@@ -73,32 +107,43 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
                 metrics=metrics,
                 secrets=settings.secret_values(),
                 fallback=fallback,
+                calls=events,
             )
-            queue = broker.topology.queue(GATEWAY_GENERATION_REQUESTED).name
+            runner = JobRunner(
+                jobs,
+                service,
+                concurrency=settings.gateway_concurrency,
+                lease_seconds=settings.gateway_job_lease_seconds,
+                metrics=metrics,
+                retention=timedelta(hours=settings.gateway_job_retention_hours),
+            )
             requests = Consumer(
                 broker.connection,
                 broker.topology.queue(GATEWAY_GENERATION_REQUESTED),
-                generation_requested_handler(service),
-                prefetch=settings.gateway_prefetch,
+                generation_requested_handler(jobs, runner, metrics),
+                prefetch=CONSUMER_PREFETCH,
             )
-            # Its own consumer, started first: a cancel is recorded at once, not after the requests ahead of it.
-            cancel_queue = broker.topology.queue(GATEWAY_GENERATION_CANCELED).name
             cancels = Consumer(
                 broker.connection,
                 broker.topology.queue(GATEWAY_GENERATION_CANCELED),
-                generation_canceled_handler(service),
+                generation_canceled_handler(runner),
+                prefetch=CONSUMER_PREFETCH,
             )
             consumers = (cancels, requests)
-            async with running_consumers(consumers):
+            # Stopped in reverse: consumers first (nothing new), then the runner (drains), then the relay (sends
+            # the last results).
+            async with running_relay(relay), runner.running_jobs(), running_consumers(consumers):
                 log.info(
-                    "inference gateway consuming %s and %s (provider %s, %s mode, up to %d attempts)",
-                    queue,
-                    cancel_queue,
+                    "inference gateway consuming %s and %s (provider %s, %s mode, %d job(s) at once, up to %d "
+                    "attempts)",
+                    requests.queue.name,
+                    cancels.queue.name,
                     settings.lora_provider,
                     settings.modal_mode,
+                    settings.gateway_concurrency,
                     settings.gateway_max_attempts,
                 )
-                yield GatewayRuntime(settings, broker.connection, consumers, metrics)
+                yield GatewayRuntime(settings, broker.connection, database.engine, consumers, metrics, jobs, runner)
     finally:
         await http.aclose()
         await storage.close()
@@ -113,6 +158,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             health.install_readiness(
                 app,
                 {
+                    "database": health.database_check(runtime.engine),
                     "broker": health.broker_check(runtime.connection),
                     "consumers": health.consumers_check(runtime.consumers),
                 },
@@ -128,11 +174,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m services.inference_gateway [--host H] [--port P]`."""
+    """`python -m services.inference_gateway [--host H] [--port P]` (`migrate` is handled by __main__)."""
     return serve(
         argv,
         prog="python -m services.inference_gateway",
-        description="VixenBliss inference gateway",
+        description=(
+            "VixenBliss inference gateway (`python -m services.inference_gateway migrate`: upgrade its job "
+            "database, exit)"
+        ),
         settings_type=GatewaySettings,
         create_app=create_app,
         default_port=DEFAULT_PORT,

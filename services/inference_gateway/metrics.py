@@ -33,6 +33,12 @@ CANCELED_RUNNING = CounterSpec(
 FALLBACKS = CounterSpec(
     "vixen_gateway_fallback_attempts_total", "attempts sent to the fallback endpoint after CUDA_OOM"
 )
+JOBS_RECORDED = CounterSpec(
+    "vixen_gateway_jobs_recorded_total", "generation.requested events recorded, by outcome (queued, duplicate, ...)"
+)
+JOBS_RECOVERED = CounterSpec(
+    "vixen_gateway_jobs_recovered_total", "jobs taken over from a runner that stopped (crash, shutdown, lost lease)"
+)
 ALL_COUNTERS = (
     REQUESTS,
     COMPLETED,
@@ -44,6 +50,8 @@ ALL_COUNTERS = (
     SKIPPED_CANCELED,
     CANCELED_RUNNING,
     FALLBACKS,
+    JOBS_RECORDED,
+    JOBS_RECOVERED,
 )
 
 

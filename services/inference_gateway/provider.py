@@ -6,7 +6,9 @@ does not parse → INVALID_WORKER_RESPONSE. Nothing here logs a request body: it
 
 Cancel: a call cancelled by its caller (asyncio) stops on the worker too. In sync mode the closed connection
 does it (the worker watches for the disconnect); in async mode the job is canceled on the worker (DELETE of its
-cancel URL, best effort and bounded) before the CancelledError goes on, and so is a job given up on.
+cancel URL, best effort and bounded) before the CancelledError goes on, and so is a job given up on; after
+`keep_jobs_on_cancel()` (the gateway shutting down) a cancelled call leaves its job running, for the gateway that
+takes the job over to poll with `resume`.
 Redirects are followed here, not by httpx: the credentials (Modal-Key, Modal-Secret, Authorization) never go
 to another origin, and a request body (it carries the presigned LoRA URL) is never re-sent to one.
 """
@@ -145,21 +147,46 @@ class ModalWorkerClient:
         self._config = config
         self._sleep = sleep
         self._clock = clock
+        self._keep_jobs = False
 
     @property
     def mode(self) -> WorkerMode:
         """sync or async."""
         return self._config.mode
 
-    async def generate(self, request: WorkerRequest, timeout_seconds: float) -> WorkerSuccess:
-        """One attempt, bounded by `timeout_seconds`; the success or a GatewayFailure."""
+    def keep_jobs_on_cancel(self) -> None:
+        """From now on a cancelled call does not cancel its async job (shutdown: another gateway resumes it)."""
+        self._keep_jobs = True
+
+    async def generate(
+        self,
+        request: WorkerRequest,
+        timeout_seconds: float,
+        *,
+        on_call: Callable[[str], Awaitable[None]] | None = None,
+    ) -> WorkerSuccess:
+        """One attempt, bounded by `timeout_seconds`; the success or a GatewayFailure. In async mode `on_call` gets
+        the call id once the job is submitted (if it raises, the job is canceled and the error goes on)."""
         body = request.model_dump(mode="json", exclude_none=True)
         if self._config.mode == "sync":
             status, content = await self._send("POST", self._config.generate_url, timeout_seconds, body)
             return await outcome_off_loop(status, content)
-        return await self._submit_and_poll(body, timeout_seconds)
+        return await self._submit_and_poll(body, timeout_seconds, on_call)
 
-    async def _submit_and_poll(self, body: dict[str, object], timeout_seconds: float) -> WorkerSuccess:
+    async def resume(self, call_id: str, timeout_seconds: float) -> WorkerSuccess:
+        """Poll a job submitted earlier (by this gateway before it restarted, or by another) until it is done."""
+        if self._config.mode != "async":
+            raise unavailable("a worker call can only be resumed in async mode", reason="not_resumable")
+        give_up_at = self._clock() + timeout_seconds
+        try:
+            return await self._poll(call_id, give_up_at, timeout_seconds)
+        except asyncio.CancelledError:
+            await self._cancel_unless_kept(call_id, "the call was cancelled")
+            raise
+
+    async def _submit_and_poll(
+        self, body: dict[str, object], timeout_seconds: float, on_call: Callable[[str], Awaitable[None]] | None
+    ) -> WorkerSuccess:
         assert self._config.submit_url and self._config.result_url
         give_up_at = self._clock() + timeout_seconds
         submit = asyncio.ensure_future(self._send("POST", self._config.submit_url, min(timeout_seconds, 60.0), body))
@@ -167,16 +194,30 @@ class ModalWorkerClient:
             # Shielded: cancelled while submitting, the job may exist already; its call id is needed to cancel it.
             status, content = await asyncio.shield(submit)
         except asyncio.CancelledError:
+            # Not recorded yet: nobody could poll it, so it is canceled even at shutdown.
             await self._cancel_after_submit(submit)
             raise
         call_id = _call_id(status, content)
         if call_id is None:
             return await outcome_off_loop(status, content)  # a sync answer or an error body
         try:
+            if on_call is not None:
+                await on_call(call_id)
+        except BaseException:
+            # Not recorded (the job was canceled meanwhile, or the record failed): nobody would poll it.
+            await self.cancel_job(call_id, "its call id could not be recorded")
+            raise
+        try:
             return await self._poll(call_id, give_up_at, timeout_seconds)
         except asyncio.CancelledError:
-            await self.cancel_job(call_id, "the call was cancelled")
+            await self._cancel_unless_kept(call_id, "the call was cancelled")
             raise
+
+    async def _cancel_unless_kept(self, call_id: str, why: str) -> None:
+        if self._keep_jobs:
+            log.info("job %s left running on the worker (%s): the gateway is stopping", call_id, why)
+            return
+        await self.cancel_job(call_id, why)
 
     async def _cancel_after_submit(self, submit: asyncio.Future[tuple[int, bytes]]) -> None:
         """Wait (bounded) for a submit that was under way when the call was cancelled, and cancel its job."""

@@ -3,7 +3,8 @@
 The only module that decides: whether the deadline allows an attempt, which failures are retried (by cause,
 see `retry_rule`), how long to wait between attempts, when the fallback endpoint gets a try, what the result
 event says, and what a cancel stops (a request not started yet is skipped, a running one is cancelled and its
-worker call with it). I/O goes through the ports below.
+worker call with it). I/O goes through the ports below; the job runner (runner.py) says which generation to run
+and, for a job taken over after a crash, where its previous runner left it (`Resumption`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -53,13 +55,52 @@ CANCELED_MEMORY = 10_000
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+OnCall = Callable[[str], Awaitable[None]]
+
+
 class WorkerClient(Protocol):
     """Runs one attempt on the worker (provider.ModalWorkerClient)."""
 
     @property
     def mode(self) -> Literal["sync", "async"]: ...
 
-    async def generate(self, request: WorkerRequest, timeout_seconds: float) -> WorkerSuccess: ...
+    async def generate(
+        self, request: WorkerRequest, timeout_seconds: float, *, on_call: OnCall | None = None
+    ) -> WorkerSuccess:
+        """One attempt; in async mode `on_call` gets the worker's call id as soon as the job is submitted."""
+        ...
+
+    async def resume(self, call_id: str, timeout_seconds: float) -> WorkerSuccess:
+        """The result of a job submitted earlier (async mode), polled again without submitting anything."""
+        ...
+
+    def keep_jobs_on_cancel(self) -> None:
+        """From now on a cancelled call leaves its async job running (shutdown: the job is resumed later)."""
+        ...
+
+
+@dataclass(frozen=True)
+class WorkerCall:
+    """An async worker call: its id and the endpoint that holds it ("primary" or "fallback")."""
+
+    call_id: str
+    endpoint: str
+
+
+class CallRecorder(Protocol):
+    """Keeps the worker call of a generation's current attempt (jobs.JobStore via runner.JobEvents)."""
+
+    async def record_call(self, generation_id: str, call: WorkerCall) -> None: ...
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """Where a generation taken over from a stopped runner was left: attempts it had started, and the worker
+    call its last attempt made (async mode), whose result is polled again instead of submitting a second run."""
+
+    attempts: int
+    call: WorkerCall | None = None
+    call_started_at: datetime | None = None
 
 
 class ObjectStore(Protocol):
@@ -120,6 +161,7 @@ class GenerationService:
     restart).
 
     `fallback`: a second worker endpoint (a larger GPU) that gets one more attempt after a CUDA_OOM.
+    `calls`: where each async worker call id goes once submitted (the job table), so that it can be resumed.
     """
 
     def __init__(
@@ -138,8 +180,10 @@ class GenerationService:
         rand: Callable[[], float] = random.random,
         canceled_memory: int = CANCELED_MEMORY,
         fallback: WorkerClient | None = None,
+        calls: CallRecorder | None = None,
     ) -> None:
         self._worker = worker
+        self._calls = calls
         self._fallback = fallback
         self._storage = storage
         self._events = events
@@ -169,6 +213,12 @@ class GenerationService:
                 self._metrics.inc(m.CANCELED_RUNNING)
                 log.info("generation %s canceled while running: stopping it and its worker call", generation_id)
 
+    def keep_worker_jobs_on_cancel(self) -> None:
+        """Shutdown: calls cancelled from now on leave their async worker jobs running, to be resumed."""
+        self._worker.keep_jobs_on_cancel()
+        if self._fallback is not None:
+            self._fallback.keep_jobs_on_cancel()
+
     def is_running(self, generation_id: str) -> bool:
         """Whether this process is running the generation now."""
         return bool(self._running.get(generation_id))
@@ -178,12 +228,13 @@ class GenerationService:
         return generation_id in self._canceled
 
     async def handle(
-        self, request: GenerationRequested, *, traceparent: str | None = None
+        self, request: GenerationRequested, *, traceparent: str | None = None, resume: Resumption | None = None
     ) -> GenerationCompleted | GenerationFailed | None:
         """Run the generation to a terminal result; returns the event published (completed or failed).
 
         None when the generation was canceled: before it started (the worker is not called) or while it ran (the
         worker call is stopped). Nothing is published then: content shows the generation canceled already.
+        With `resume`, attempts go on from where a stopped runner left them (its worker call polled again).
         """
         self._metrics.inc(m.REQUESTS)
         generation_id = request.generation_id
@@ -197,9 +248,11 @@ class GenerationService:
                 "the deadline passed before the gateway could start the generation",
                 {"deadline": request.deadline.isoformat(), "worker_called": False},
             )
-            return await self._fail(request, failure, attempts=1, traceparent=traceparent)
+            return await self._fail(
+                request, failure, attempts=max(1, resume.attempts if resume else 1), traceparent=traceparent
+            )
 
-        run = asyncio.create_task(self._attempts(request, traceparent), name=f"generation {generation_id}")
+        run = asyncio.create_task(self._attempts(request, traceparent, resume), name=f"generation {generation_id}")
         running = self._running.setdefault(generation_id, set())
         running.add(run)
         try:
@@ -216,12 +269,21 @@ class GenerationService:
             if not running:
                 self._running.pop(generation_id, None)
 
+    async def fail_without_running(
+        self, request: GenerationRequested, failure: GatewayFailure, *, attempts: int, traceparent: str | None
+    ) -> GenerationFailed:
+        """Publish a final failure for a generation that is not run again (the runner's decision)."""
+        self._metrics.inc(m.REQUESTS)
+        return await self._fail(request, failure, attempts=max(attempts, 1), traceparent=traceparent)
+
     async def _attempts(
-        self, request: GenerationRequested, traceparent: str | None
+        self, request: GenerationRequested, traceparent: str | None, resume: Resumption | None
     ) -> GenerationCompleted | GenerationFailed:
         """Attempts until a success is stored or a failure is final; publishes the terminal event."""
         generation_id = request.generation_id
-        attempt = 0
+        attempt = resume.attempts if resume else 0
+        # A worker call left by a stopped runner: its result is awaited as the current attempt's.
+        pending = resume.call if resume else None
         limit = self._policy.max_attempts
         worker = self._worker
         records: list[AttemptRecord] = []
@@ -231,9 +293,17 @@ class GenerationService:
         # before generation.started still learns when the generation started running).
         started_at: datetime | None = None
         while True:
-            attempt += 1
+            if pending is None:
+                attempt += 1
             try:
-                if png is None or success is None:
+                if pending is not None:
+                    assert resume is not None
+                    call, pending = pending, None
+                    if call.endpoint == "fallback" and self._fallback is not None:
+                        worker = self._fallback
+                    started_at = resume.call_started_at or self._clock()
+                    success, png = await self._generate(request, worker, attempt, traceparent, resumed=call)
+                elif png is None or success is None:
                     # An image whose upload failed is kept: the next attempt only repeats the upload.
                     started_at = self._clock()
                     success, png = await self._generate(request, worker, attempt, traceparent)
@@ -251,7 +321,7 @@ class GenerationService:
                         "generation %s attempt %d: CUDA_OOM; next attempt on the fallback", generation_id, attempt
                     )
                 else:
-                    delay = self._retry_delay(failure, rule, records, limit, request.deadline)
+                    delay = self._retry_delay(failure, rule, attempt, records, limit, request.deadline)
                 if delay is None:
                     return await self._fail(
                         request, failure, attempts=attempt, traceparent=traceparent, records=records
@@ -280,10 +350,15 @@ class GenerationService:
         )
 
     def _retry_delay(
-        self, failure: GatewayFailure, rule: RetryRule, records: Sequence[AttemptRecord], limit: int, deadline: datetime
+        self,
+        failure: GatewayFailure,
+        rule: RetryRule,
+        attempt: int,
+        records: Sequence[AttemptRecord],
+        limit: int,
+        deadline: datetime,
     ) -> float | None:
         """Seconds to wait before the next attempt, or None when this failure is final (`stopped_by` says why)."""
-        attempt = len(records)
         if failure.details.get("stopped_by") == "deadline":
             return None  # the call used the time left until the deadline
         if rule == "never":
@@ -303,7 +378,13 @@ class GenerationService:
         return delay
 
     async def _generate(
-        self, request: GenerationRequested, worker: WorkerClient, attempt: int, traceparent: str | None
+        self,
+        request: GenerationRequested,
+        worker: WorkerClient,
+        attempt: int,
+        traceparent: str | None,
+        *,
+        resumed: WorkerCall | None = None,
     ) -> tuple[WorkerSuccess, CheckedPng]:
         generation_id = request.generation_id
         left = (request.deadline - self._clock()).total_seconds()
@@ -311,26 +392,15 @@ class GenerationService:
             raise GatewayFailure(WorkerErrorCode.TIMEOUT, "the deadline passed between attempts", {"attempt": attempt})
         budget = min(self._worker_timeout, left)
         deadline_bound = left <= self._worker_timeout
-        lora_url = await self._sign_lora(request)
-        worker_request = worker_request_for(request, lora_url, budget)
-        await self._events.publish(
-            GenerationStarted(generation_id=generation_id, attempt=attempt, worker_mode=worker.mode),
-            generation_id=generation_id,
-            traceparent=traceparent,
-        )
-        log.info(
-            "generation %s attempt %d: calling the worker (%s, %dx%d, %d steps, lora %s)",
-            generation_id,
-            attempt,
-            worker.mode,
-            request.params.width,
-            request.params.height,
-            request.params.steps,
-            request.lora.object_key if request.lora else "none",
-        )
         started = time.perf_counter()
         try:
-            success = await worker.generate(worker_request, budget + RESPONSE_GRACE_SECONDS)
+            if resumed is not None:
+                log.info(
+                    "generation %s attempt %d: polling worker call %s again", generation_id, attempt, resumed.call_id
+                )
+                success = await worker.resume(resumed.call_id, budget + RESPONSE_GRACE_SECONDS)
+            else:
+                success = await self._call_worker(request, worker, attempt, budget, traceparent)
         except GatewayFailure as failure:
             self._metrics.inc(m.WORKER_CALLS, outcome=failure.code.value)
             timed_out = (
@@ -358,6 +428,37 @@ class GenerationService:
         except InvalidImageError as error:
             raise GatewayFailure(GatewayErrorCode.INVALID_WORKER_RESPONSE, str(error), error.details) from None
         return success, png
+
+    async def _call_worker(
+        self, request: GenerationRequested, worker: WorkerClient, attempt: int, budget: float, traceparent: str | None
+    ) -> WorkerSuccess:
+        """generation.started, then a new call to the worker (its call id recorded as soon as it is known)."""
+        generation_id = request.generation_id
+        lora_url = await self._sign_lora(request)
+        worker_request = worker_request_for(request, lora_url, budget)
+        await self._events.publish(
+            GenerationStarted(generation_id=generation_id, attempt=attempt, worker_mode=worker.mode),
+            generation_id=generation_id,
+            traceparent=traceparent,
+        )
+        log.info(
+            "generation %s attempt %d: calling the worker (%s, %dx%d, %d steps, lora %s)",
+            generation_id,
+            attempt,
+            worker.mode,
+            request.params.width,
+            request.params.height,
+            request.params.steps,
+            request.lora.object_key if request.lora else "none",
+        )
+        on_call: OnCall | None = None
+        if self._calls is not None:
+            calls, endpoint = self._calls, "primary" if worker is self._worker else "fallback"
+
+            async def on_call(call_id: str) -> None:
+                await calls.record_call(generation_id, WorkerCall(call_id, endpoint))
+
+        return await worker.generate(worker_request, budget + RESPONSE_GRACE_SECONDS, on_call=on_call)
 
     async def _sign_lora(self, request: GenerationRequested) -> str | None:
         """A fresh short-lived URL per attempt (a retry after an expired URL gets a new one)."""

@@ -6,10 +6,18 @@ import re
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
+from services.common.migrations import migrate_on_start_field
 from services.common.runtime import TopologySettings
-from services.common.settings import BrokerSettings, LoggingSettings, StorageSettings, connection_url_secrets
+from services.common.settings import (
+    BrokerSettings,
+    LoggingSettings,
+    SecretCheckedSettings,
+    StorageSettings,
+    connection_url_secrets,
+    database_url_field,
+)
 
 # The local worker (gpu.server) serves the sync contract on /generate and async jobs on /jobs.
 LOCAL_GENERATE_PATH = "/generate"
@@ -20,9 +28,19 @@ MODAL_RESULT_LABEL = "sdxl-lora-result"
 MODAL_CANCEL_LABEL = "sdxl-lora-cancel"
 CALL_ID_PLACEHOLDER = "{call_id}"
 _ENDPOINT_ID = re.compile(r"^[a-z0-9][a-z0-9-]*--[a-z0-9][a-z0-9-]*$")
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.run/gateway.db"
 
 
-class GatewaySettings(BrokerSettings, StorageSettings, LoggingSettings, TopologySettings):
+class GatewayDatabaseSettings(SecretCheckedSettings):
+    """The job table's database alone: all that `python -m services.inference_gateway migrate` reads."""
+
+    # GATEWAY_DATABASE_URL, else DATABASE_URL; the embedded SQLite default serves one gateway process.
+    database_url: str = database_url_field("gateway", DEFAULT_DATABASE_URL)
+    # GATEWAY_MIGRATE_ON_START (else DB_MIGRATE_ON_START): false when a separate step runs `migrate`.
+    migrate_on_start: bool = migrate_on_start_field("gateway")
+
+
+class GatewaySettings(BrokerSettings, StorageSettings, LoggingSettings, TopologySettings, GatewayDatabaseSettings):
     """Everything the inference gateway reads at start; a bad value stops it with one clear line."""
 
     lora_provider: Literal["modal_sdxl_lora"] = Field(default="modal_sdxl_lora", validation_alias="LORA_PROVIDER")
@@ -48,8 +66,16 @@ class GatewaySettings(BrokerSettings, StorageSettings, LoggingSettings, Topology
 
     lora_url_ttl_seconds: int = Field(default=300, ge=10, le=7 * 24 * 3600, validation_alias="LORA_URL_TTL_SECONDS")
     gateway_max_attempts: int = Field(default=3, ge=1, le=10, validation_alias="GATEWAY_MAX_ATTEMPTS")
-    # For GPU work the prefetch is the number of concurrent worker calls.
-    gateway_prefetch: int = Field(default=1, ge=1, le=100, validation_alias="GATEWAY_PREFETCH")
+    # Jobs run at once by this process, i.e. concurrent worker calls (GATEWAY_PREFETCH: its former name).
+    gateway_concurrency: int = Field(
+        default=1, ge=1, le=100, validation_alias=AliasChoices("GATEWAY_CONCURRENCY", "GATEWAY_PREFETCH")
+    )
+    # A running job's lease: renewed every third of it; a job whose runner stopped is taken over once it ends.
+    gateway_job_lease_seconds: float = Field(default=30.0, ge=1, le=600, validation_alias="GATEWAY_JOB_LEASE_SECONDS")
+    # How long a finished job is kept (a duplicate request within it re-announces the result, never reruns).
+    gateway_job_retention_hours: float = Field(
+        default=168.0, gt=0, le=24 * 365, validation_alias="GATEWAY_JOB_RETENTION_HOURS"
+    )
     # Exponential backoff between attempts: base × 2^(attempt-1), capped, half of it random (jitter).
     gateway_backoff_base_seconds: float = Field(
         default=1.0, ge=0, le=60, validation_alias="GATEWAY_BACKOFF_BASE_SECONDS"

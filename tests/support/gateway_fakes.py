@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -86,14 +87,39 @@ class FakeWorker:
         self._mode: Literal["sync", "async"] = mode
         self.requests: list[WorkerRequest] = []
         self.timeouts: list[float] = []
+        # Async mode: the call ids handed to on_call, and those polled again with resume().
+        self.calls: list[str] = []
+        self.resumed: list[str] = []
+        self.keeping_jobs = False
 
     @property
     def mode(self) -> Literal["sync", "async"]:
         return self._mode
 
-    async def generate(self, request: WorkerRequest, timeout_seconds: float) -> WorkerSuccess:
+    async def generate(
+        self,
+        request: WorkerRequest,
+        timeout_seconds: float,
+        *,
+        on_call: Callable[[str], Awaitable[None]] | None = None,
+    ) -> WorkerSuccess:
         self.requests.append(request)
         self.timeouts.append(timeout_seconds)
+        if on_call is not None and self._mode == "async":
+            call_id = f"call-{len(self.requests)}"
+            self.calls.append(call_id)
+            await on_call(call_id)
+        return self._next()
+
+    async def resume(self, call_id: str, timeout_seconds: float) -> WorkerSuccess:
+        self.resumed.append(call_id)
+        self.timeouts.append(timeout_seconds)
+        return self._next()
+
+    def keep_jobs_on_cancel(self) -> None:
+        self.keeping_jobs = True
+
+    def _next(self) -> WorkerSuccess:
         outcome = self._outcomes.pop(0) if len(self._outcomes) > 1 else self._outcomes[0]
         if isinstance(outcome, GatewayFailure):
             # A fresh copy each time: the service may add details to the one it sees.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from services.common.broker import Publisher
 from services.common.events import from_message, new_event
 from services.common.storage import ObjectStorage
 from services.inference_gateway.main import create_app
-from services.inference_gateway.settings import GatewaySettings
+from services.inference_gateway.settings import DEFAULT_DATABASE_URL, GatewaySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +54,17 @@ def gateway_settings(
 
 @asynccontextmanager
 async def gateway_running(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway app with its lifespan running; a client for its HTTP routes."""
+    """The gateway app with its lifespan running; a client for its HTTP routes. Its job database is a SQLite file
+    of its own, removed afterwards, unless the settings name one."""
+    with tempfile.TemporaryDirectory(prefix="vb-gateway-") as folder:
+        if settings.database_url == DEFAULT_DATABASE_URL:
+            settings = settings.model_copy(update={"database_url": f"sqlite+aiosqlite:///{folder}/gateway.db"})
+        async with _serving(settings) as client:
+            yield client
+
+
+@asynccontextmanager
+async def _serving(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with (
         app.router.lifespan_context(app),
@@ -119,8 +130,13 @@ class ResultLog:
         self.events: dict[str, list[EventPayload]] = {}
         self.arrived: dict[str, list[float]] = {}
 
-    async def until(self, generation_id: str, kind: type[EventPayload], wait: float = 60.0) -> EventPayload:
-        """Read the queue until an event of `kind` for the generation is in; that event."""
+    async def until(
+        self,
+        generation_id: str,
+        kind: type[EventPayload] | tuple[type[EventPayload], ...],
+        wait: float = 60.0,
+    ) -> EventPayload:
+        """Read the queue until an event of `kind` (or of one of the kinds) for the generation is in; that event."""
         channel = await self._connection.channel()
         try:
             queue = await channel.get_queue(self._topo.queue(CONTENT_GENERATION_RESULTS).name)

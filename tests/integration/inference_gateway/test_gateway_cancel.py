@@ -57,5 +57,7 @@ async def test_a_request_canceled_before_it_started_is_not_run_while_another_sti
     ]
     assert [body["request_id"] for body in worker.bodies] == [other_id]
     assert not await storage.exists(f"generations/{canceled_id}.png")
-    assert "vixen_gateway_requests_total 2" in metrics
-    assert "vixen_gateway_requests_skipped_canceled_total 1" in metrics
+    # The canceled one never became a job to run: its request found the cancel recorded in the job table.
+    assert 'vixen_gateway_jobs_recorded_total{outcome="canceled"} 1' in metrics
+    assert 'vixen_gateway_jobs_recorded_total{outcome="queued"} 1' in metrics
+    assert "vixen_gateway_requests_total 1" in metrics

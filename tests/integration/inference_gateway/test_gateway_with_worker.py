@@ -45,7 +45,7 @@ async def test_a_request_yields_started_then_completed_with_the_stored_png(
     async with gateway_running(settings) as gateway:
         ready = await gateway.get("/readyz")
         assert ready.status_code == 200, ready.text
-        assert ready.json() == {"status": "ready", "checks": {"broker": "ok", "consumers": "ok"}}
+        assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok", "consumers": "ok"}}
         await publish_request(amqp, topo, request)
         events = await results_until_terminal(amqp, topo, generation_id)
         metrics = (await gateway.get("/metrics")).text

@@ -31,7 +31,7 @@ class BlockingStandInWorker:
     def mode(self) -> Literal["sync", "async"]:
         return "sync"
 
-    async def generate(self, request: WorkerRequest, timeout_seconds: float) -> WorkerSuccess:
+    async def generate(self, request: WorkerRequest, timeout_seconds: float, **_: object) -> WorkerSuccess:
         self.calls += 1
         self.entered.set()
         try:

@@ -40,7 +40,19 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
     assert settings.lora_provider == "modal_sdxl_lora"
     assert settings.modal_mode == "sync"
     assert settings.lora_url_ttl_seconds == 300
-    assert settings.gateway_max_attempts == 3 and settings.gateway_prefetch == 1
+    assert settings.gateway_max_attempts == 3 and settings.gateway_concurrency == 1
+    assert settings.database_url == "sqlite+aiosqlite:///.run/gateway.db" and settings.migrate_on_start
+    assert settings.gateway_job_lease_seconds == 30.0
+
+
+def test_concurrency_keeps_its_former_name_and_the_database_its_own(env: pytest.MonkeyPatch) -> None:
+    env.setenv("GATEWAY_PREFETCH", "4")
+    env.setenv("DATABASE_URL", "sqlite+aiosqlite:///shared.db")
+    env.setenv("GATEWAY_DATABASE_URL", "postgresql+asyncpg://gw:pw-7f3k@db/gateway")
+    settings = GatewaySettings()
+    assert settings.gateway_concurrency == 4
+    assert settings.database_url == "postgresql+asyncpg://gw:pw-7f3k@db/gateway"
+    assert "pw-7f3k" in settings.secret_values()
     assert settings.topology_prefix == ""
     assert provider_config(settings).headers == {}
 

@@ -1,0 +1,1 @@
+"""The gateway's revisions, one module each, named `<revision>_<slug>.py`."""
