@@ -108,6 +108,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
                 secrets=settings.secret_values(),
                 fallback=fallback,
                 calls=events,
+                upload_retry_seconds=settings.gateway_upload_retry_seconds,
             )
             runner = JobRunner(
                 jobs,

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 OUTPUT_PREFIX = "generations/"
 # The worker gets the time left until the deadline; the HTTP call waits this much longer for its answer.
 RESPONSE_GRACE_SECONDS = 15.0
+# The longest wait between two uploads of an image whose storage is down.
+UPLOAD_BACKOFF_MAX_SECONDS = 30.0
 # How many recently canceled generation ids the gateway remembers (oldest forgotten first).
 CANCELED_MEMORY = 10_000
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -162,6 +164,8 @@ class GenerationService:
 
     `fallback`: a second worker endpoint (a larger GPU) that gets one more attempt after a CUDA_OOM.
     `calls`: where each async worker call id goes once submitted (the job table), so that it can be resumed.
+    `upload_retry_seconds`: how long the upload of an image already made keeps being retried past the attempts
+    limit (storage down for a minute must not throw away a GPU run), within the deadline.
     """
 
     def __init__(
@@ -181,9 +185,11 @@ class GenerationService:
         canceled_memory: int = CANCELED_MEMORY,
         fallback: WorkerClient | None = None,
         calls: CallRecorder | None = None,
+        upload_retry_seconds: float = 0.0,
     ) -> None:
         self._worker = worker
         self._calls = calls
+        self._upload_retry = upload_retry_seconds
         self._fallback = fallback
         self._storage = storage
         self._events = events
@@ -289,6 +295,8 @@ class GenerationService:
         records: list[AttemptRecord] = []
         png: CheckedPng | None = None
         success: WorkerSuccess | None = None
+        # Since when the upload of the image made (and kept) has been failing.
+        upload_failing_since: datetime | None = None
         # When the attempt that made the image began (sent with the result: a consumer that applies the result
         # before generation.started still learns when the generation started running).
         started_at: datetime | None = None
@@ -311,6 +319,8 @@ class GenerationService:
             except GatewayFailure as failure:
                 cause, rule = retry_rule(failure)
                 records.append(AttemptRecord(attempt, failure.code, cause, worker is not self._worker))
+                if failure.code is GatewayErrorCode.STORAGE_FAILED and png is not None and upload_failing_since is None:
+                    upload_failing_since = self._clock()
                 delay: float | None
                 if self._fallback_takes(failure, worker, request.deadline):
                     assert self._fallback is not None
@@ -321,7 +331,9 @@ class GenerationService:
                         "generation %s attempt %d: CUDA_OOM; next attempt on the fallback", generation_id, attempt
                     )
                 else:
-                    delay = self._retry_delay(failure, rule, attempt, records, limit, request.deadline)
+                    delay = self._retry_delay(
+                        failure, rule, attempt, records, limit, request.deadline, upload_failing_since
+                    )
                 if delay is None:
                     return await self._fail(
                         request, failure, attempts=attempt, traceparent=traceparent, records=records
@@ -357,8 +369,12 @@ class GenerationService:
         records: Sequence[AttemptRecord],
         limit: int,
         deadline: datetime,
+        upload_failing_since: datetime | None = None,
     ) -> float | None:
-        """Seconds to wait before the next attempt, or None when this failure is final (`stopped_by` says why)."""
+        """Seconds to wait before the next attempt, or None when this failure is final (`stopped_by` says why).
+
+        An upload of a kept image that keeps failing is retried past `limit` for `upload_retry_seconds`, with its
+        own backoff (1, 2, 4, … s up to 30 s): the GPU work is done, only the storage has to come back."""
         if failure.details.get("stopped_by") == "deadline":
             return None  # the call used the time left until the deadline
         if rule == "never":
@@ -367,10 +383,22 @@ class GenerationService:
         if rule == "fresh_url_once" and sum(r.cause == records[-1].cause for r in records) > 1:
             failure.details.setdefault("stopped_by", "refused_again_with_a_fresh_url")
             return None
-        if attempt >= limit:
+        uploading = upload_failing_since is not None and failure.code is GatewayErrorCode.STORAGE_FAILED
+        if uploading and attempt >= limit:
+            assert upload_failing_since is not None
+            failing_for = (self._clock() - upload_failing_since).total_seconds()
+            beyond = attempt - limit  # uploads past the attempts limit so far
+            delay = min(UPLOAD_BACKOFF_MAX_SECONDS, 2.0**beyond) * (0.5 + self._rand() / 2)
+            if failing_for + delay > self._upload_retry:
+                failure.details.setdefault(
+                    "stopped_by", "upload_retry_window" if self._upload_retry else "max_attempts"
+                )
+                return None
+        elif attempt >= limit:
             failure.details.setdefault("stopped_by", "max_attempts")
             return None
-        delay = backoff_delay(attempt, self._policy, self._rand)
+        else:
+            delay = backoff_delay(attempt, self._policy, self._rand)
         left = (deadline - self._clock()).total_seconds()
         if delay >= left:
             failure.details.setdefault("stopped_by", "deadline")

@@ -66,6 +66,10 @@ class GatewaySettings(BrokerSettings, StorageSettings, LoggingSettings, Topology
 
     lora_url_ttl_seconds: int = Field(default=300, ge=10, le=7 * 24 * 3600, validation_alias="LORA_URL_TTL_SECONDS")
     gateway_max_attempts: int = Field(default=3, ge=1, le=10, validation_alias="GATEWAY_MAX_ATTEMPTS")
+    # How long the upload of an image already made is retried (past GATEWAY_MAX_ATTEMPTS) while storage is down.
+    gateway_upload_retry_seconds: float = Field(
+        default=120.0, ge=0, le=3600, validation_alias="GATEWAY_UPLOAD_RETRY_SECONDS"
+    )
     # Jobs run at once by this process, i.e. concurrent worker calls (GATEWAY_PREFETCH: its former name).
     gateway_concurrency: int = Field(
         default=1, ge=1, le=100, validation_alias=AliasChoices("GATEWAY_CONCURRENCY", "GATEWAY_PREFETCH")

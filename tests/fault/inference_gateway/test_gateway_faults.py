@@ -129,7 +129,9 @@ async def test_storage_down_fails_with_storage_failed(
     try:
         generation_id = str(uuid.uuid4())
         request = requested(generation_id, now=datetime.now(UTC), lora_key=None)
-        settings = gateway_settings(rabbitmq_url, dead, topo, worker.url, GATEWAY_MAX_ATTEMPTS=2)
+        settings = gateway_settings(
+            rabbitmq_url, dead, topo, worker.url, GATEWAY_MAX_ATTEMPTS=2, GATEWAY_UPLOAD_RETRY_SECONDS=2
+        )
         async with gateway_running(settings):
             await publish_request(amqp, topo, request)
             events = await results_until_terminal(amqp, topo, generation_id, wait=60)
@@ -139,4 +141,6 @@ async def test_storage_down_fails_with_storage_failed(
     assert worker.calls == 1  # the image is kept; only the upload is retried
     failed = events[-1]
     assert isinstance(failed, GenerationFailed)
-    assert (failed.error_code, failed.attempts, failed.retryable) == ("STORAGE_FAILED", 2, True)
+    assert (failed.error_code, failed.retryable) == ("STORAGE_FAILED", True)
+    # Past the two attempts, the upload alone went on for the upload window (2 s here), then stopped.
+    assert failed.attempts > 2 and failed.details["stopped_by"] == "upload_retry_window"

@@ -1,0 +1,174 @@
+"""A named TCP proxy on 127.0.0.1 that can be switched down and up: the outage injector of the fault tests.
+
+Up, it forwards every connection to its target byte for byte. `down()` cuts every open connection at once and
+closes each new one as soon as it is accepted (the port keeps listening, so no other process can take it), as a
+dependency that crashed and is restarting looks to its clients; `up()` forwards again. The proxy runs its own
+event loop in a daemon thread, so a test can drive it from any thread or loop (a module-scoped fixture, an async
+test, a sync one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 64 * 1024
+_CONTROL_TIMEOUT = 10.0
+_T = TypeVar("_T")
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    # abort(), not close(): nothing buffered is flushed, the connection ends now.
+    writer.transport.abort()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one direction until EOF or a cut; pass the EOF on (the other direction may still be talking)."""
+    try:
+        while data := await reader.read(_CHUNK):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof() and not writer.transport.is_closing():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        pass
+
+
+class TcpProxy:
+    """Forwards host:port (a free port, see `port`) to target_host:target_port until switched down."""
+
+    def __init__(self, target_host: str, target_port: int, *, name: str, host: str = "127.0.0.1") -> None:
+        self.name = name
+        self.host = host
+        self.target_host = target_host
+        self.target_port = target_port
+        self._port: int | None = None
+        self._up = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._open: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        # What the outages did: connections cut by down(), connections closed on arrival while down.
+        self.cut = 0
+        self.refused = 0
+
+    def __repr__(self) -> str:
+        state = "up" if self._up else "down"
+        return f"TcpProxy({self.name!r}, :{self._port} -> {self.target_host}:{self.target_port}, {state})"
+
+    @property
+    def port(self) -> int:
+        """The port the proxy listens on (known once started)."""
+        if self._port is None:
+            raise RuntimeError(f"proxy {self.name} is not started")
+        return self._port
+
+    @property
+    def is_up(self) -> bool:
+        """Whether connections are forwarded."""
+        return self._up
+
+    def start(self) -> TcpProxy:
+        """Listen on a free port and forward (returns once listening)."""
+        if self._thread is not None:
+            raise RuntimeError(f"proxy {self.name} is already started")
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name=f"tcp-proxy-{self.name}", daemon=True)
+        self._thread.start()
+        self._call(self._listen())
+        log.info("proxy %s listening on %s:%d -> %s:%d", self.name, self.host, self.port, *self._target)
+        return self
+
+    def stop(self) -> None:
+        """Cut every connection, stop listening and end the thread."""
+        if self._loop is None or self._thread is None:
+            return
+        self._call(self._close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=_CONTROL_TIMEOUT)
+        self._loop.close()
+        self._loop = self._thread = None
+
+    def down(self) -> int:
+        """Start an outage: cut every open connection and close new ones on arrival. Returns how many were cut."""
+        cut = self._call(self._go_down())
+        log.warning("proxy %s down: %d connection(s) cut", self.name, cut)
+        return cut
+
+    def up(self) -> None:
+        """End the outage: forward new connections again."""
+        self._up = True
+        log.warning("proxy %s up", self.name)
+
+    def __enter__(self) -> TcpProxy:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def _target(self) -> tuple[str, int]:
+        return self.target_host, self.target_port
+
+    def _call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        """Run a coroutine on the proxy's loop and wait for its result (from any other thread)."""
+        if self._loop is None:
+            coroutine.close()
+            raise RuntimeError(f"proxy {self.name} is not started")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=_CONTROL_TIMEOUT)
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        self._port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _go_down(self) -> int:
+        self._up = False
+        pairs = list(self._open)
+        for client, upstream in pairs:
+            _abort(client)
+            _abort(upstream)
+        self.cut += len(pairs)
+        return len(pairs)
+
+    async def _close(self) -> None:
+        await self._go_down()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), _CONTROL_TIMEOUT)
+            self._server = None
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+        if not self._up:
+            self.refused += 1
+            _abort(client)
+            return
+        try:
+            upstream_reader, upstream = await asyncio.open_connection(*self._target)
+        except OSError:
+            _abort(client)
+            return
+        if not self._up:
+            # Went down while this connection was being made.
+            self.refused += 1
+            _abort(client)
+            _abort(upstream)
+            return
+        pair = (client, upstream)
+        self._open.add(pair)
+        try:
+            await asyncio.gather(_pipe(client_reader, upstream), _pipe(upstream_reader, client))
+        finally:
+            self._open.discard(pair)
+            _abort(client)
+            _abort(upstream)
