@@ -135,16 +135,19 @@ class ResultLog:
         generation_id: str,
         kind: type[EventPayload] | tuple[type[EventPayload], ...],
         wait: float = 60.0,
+        *,
+        count: int = 1,
     ) -> EventPayload:
-        """Read the queue until an event of `kind` (or of one of the kinds) for the generation is in; that event."""
+        """Read the queue until `count` events of `kind` (or of one of the kinds) for the generation are in; the
+        last of them."""
         channel = await self._connection.channel()
         try:
             queue = await channel.get_queue(self._topo.queue(CONTENT_GENERATION_RESULTS).name)
             async with asyncio.timeout(wait):
                 while True:
                     found = [e for e in self.events.get(generation_id, []) if isinstance(e, kind)]
-                    if found:
-                        return found[0]
+                    if len(found) >= count:
+                        return found[count - 1]
                     message = await queue.get(fail=False, no_ack=True)
                     if message is None:
                         await asyncio.sleep(0.02)
