@@ -22,6 +22,7 @@ from aio_pika.abc import (
 from contracts.envelope import STRUCTURED_CONTENT_TYPE, EventEnvelope
 from contracts.events import EventPayload
 from contracts.topology import QueueSpec
+from services.common import telemetry
 from services.common.broker import DEFAULT_PUBLISH_TIMEOUT, Publisher
 from services.common.events import InvalidEventError, from_message, traceparent_of
 from services.common.logging import redact
@@ -191,14 +192,22 @@ class Consumer:
             await self._dead_letter(message, DeathReason.FORGED_SOURCE, detail)
             return
         retries = _int_header(message, RETRIES_HEADER)
-        received = ReceivedEvent(
-            envelope=envelope,
-            payload=payload,
-            traceparent=traceparent_of(message),
-            redelivered=bool(message.redelivered),
-            delivery_count=_int_header(message, "x-delivery-count"),
-            attempt=retries,
-        )
+        attributes = {"messaging.message.id": envelope.id, "cloudevents.event_subject": envelope.subject or ""}
+        with telemetry.consumer_span(envelope.type, self._queue_name, message.headers, attributes):
+            received = ReceivedEvent(
+                envelope=envelope,
+                payload=payload,
+                # The handling span's context: what the handler stores or sends on continues this trace.
+                traceparent=telemetry.current_trace_headers().get(telemetry.TRACEPARENT) or traceparent_of(message),
+                redelivered=bool(message.redelivered),
+                delivery_count=_int_header(message, "x-delivery-count"),
+                attempt=retries,
+            )
+            await self._handle(message, envelope, received, retries)
+
+    async def _handle(
+        self, message: AbstractIncomingMessage, envelope: EventEnvelope, received: ReceivedEvent, retries: int
+    ) -> None:
         try:
             await self._handler(received)
         except InvalidEventError as error:

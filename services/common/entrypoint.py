@@ -1,4 +1,5 @@
-"""The one `main()` every service shares: parse --host/--port, load settings, set up redacted logs, serve."""
+"""The one `main()` every service shares: parse --host/--port, load settings, set up redacted logs and tracing,
+serve."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Protocol, TypeVar
 
 from fastapi import FastAPI
 
+from services.common import telemetry
 from services.common.logging import setup_logging
 from services.common.settings import load_settings
 
@@ -33,25 +35,35 @@ def serve(
     settings_type: type[SettingsT],
     create_app: Callable[[SettingsT], FastAPI],
     default_port: int,
+    service_name: str,
 ) -> int:
-    """Run the service until stopped; a bad setting exits 2 with one line naming it."""
+    """Run the service until stopped; a bad setting exits 2 with one line naming it. Tracing is set up here, for
+    the process (`service_name` is its OTel service.name unless OTEL_SERVICE_NAME says otherwise)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=default_port)
     args = parser.parse_args(argv)
     # A pydantic-settings class that also satisfies ServiceSettings (a TypeVar cannot say both).
     settings = load_settings(settings_type)  # type: ignore[type-var]
-    setup_logging(settings.log_level, json_lines=settings.log_json, secrets=settings.secret_values())
+    setup_logging(
+        settings.log_level, json_lines=settings.log_json, secrets=settings.secret_values(), service=service_name
+    )
+    telemetry.configure_tracing(service_name)
+    app = create_app(settings)
+    telemetry.instrument_app(app)
 
     import uvicorn
 
     # log_config=None: uvicorn's loggers propagate to the root handler, which redacts. A stop waits this long for
     # requests in progress (a long `Prefer: wait`, an event stream), then closes them: clients reconnect.
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
+    try:
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+    finally:
+        telemetry.shutdown_tracing()
     return 0

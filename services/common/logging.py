@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from opentelemetry import trace
+
 REDACTED = "[REDACTED]"
 # Shorter configured values are not redacted: replacing "a" everywhere would mangle every line.
 MIN_SECRET_LENGTH = 4
@@ -95,15 +97,17 @@ class RedactingFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the exception when there is one.
+    """One JSON object per line: time, level, service, logger, message, the trace and span ids of the span the
+    line was logged in (to find its trace), and the exception when there is one.
 
     With a `redaction`, the message and the exception are redacted before they are encoded (so that a
     secret is matched as written, not as JSON escapes it); the record is left as it was.
     """
 
-    def __init__(self, redaction: Redaction | None = None) -> None:
+    def __init__(self, redaction: Redaction | None = None, service: str | None = None) -> None:
         super().__init__()
         self.redaction = redaction or Redaction()
+        self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -112,6 +116,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": self.redaction(_message_of(record)),
         }
+        if self.service:
+            entry["service"] = self.service
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
         if record.exc_info:
             entry["exception"] = self.redaction(self.formatException(record.exc_info))
         elif record.exc_text:
@@ -128,21 +138,28 @@ NOISY_SIGNING_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", 
 
 
 def redacting_handler(
-    stream: TextIO | None = None, *, json_lines: bool = False, secrets: Iterable[str] = ()
+    stream: TextIO | None = None, *, json_lines: bool = False, secrets: Iterable[str] = (), service: str | None = None
 ) -> tuple[logging.StreamHandler[TextIO], Redaction]:
     """The handler `setup_logging` installs (stderr unless `stream`), and its redaction (to add secrets)."""
     redaction = Redaction(secrets)
     handler: logging.StreamHandler[TextIO] = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter(redaction) if json_lines else RedactingFormatter(redaction, PLAIN_FORMAT))
+    formatter = JsonFormatter(redaction, service) if json_lines else RedactingFormatter(redaction, PLAIN_FORMAT)
+    handler.setFormatter(formatter)
     return handler, redaction
 
 
 def setup_logging(
-    level: str | int = "INFO", *, json_lines: bool = False, secrets: Iterable[str] = (), stream: TextIO | None = None
+    level: str | int = "INFO",
+    *,
+    json_lines: bool = False,
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    service: str | None = None,
 ) -> Redaction:
-    """Configure the root logger to write redacted lines to stderr (or `stream`); returns the redaction."""
+    """Configure the root logger to write redacted lines to stderr (or `stream`); returns the redaction. JSON
+    lines name `service`."""
     # The redaction is in the handler's formatter: it covers records propagated from every child logger.
-    handler, redaction = redacting_handler(stream, json_lines=json_lines, secrets=secrets)
+    handler, redaction = redacting_handler(stream, json_lines=json_lines, secrets=secrets, service=service)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

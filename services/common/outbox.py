@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import EventEnvelope
+from services.common import telemetry
 from services.common.events import EncodedEvent, encode_event
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,13 @@ def make_outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
 async def add_to_outbox(
     session: AsyncSession, table: Table, event: EventEnvelope, *, traceparent: str | None = None
 ) -> None:
-    """Stage an event in the caller's transaction: it is published only if that transaction commits."""
+    """Stage an event in the caller's transaction: it is published only if that transaction commits. The trace
+    context kept with it is `traceparent`, else the current span's (with its tracestate), restored by the relay."""
+    context = {telemetry.TRACEPARENT: traceparent} if traceparent else telemetry.current_trace_headers()
+    traceparent = context.get(telemetry.TRACEPARENT)
     encoded = encode_event(event, traceparent=traceparent)
+    if telemetry.TRACESTATE in context:
+        encoded.headers[telemetry.TRACESTATE] = context[telemetry.TRACESTATE]
     await session.execute(
         insert(table).values(
             event_id=encoded.event_id,
@@ -129,7 +135,7 @@ class OutboxRelay:
             rows = (await session.execute(query)).mappings().all()
             for row in rows:
                 try:
-                    await self._publisher.publish_confirmed(_message(row), row["routing_key"])
+                    await self._publish(row)
                 except Exception as error:
                     # Stop at the first failure to keep order; what was confirmed is still marked sent.
                     failure = error
@@ -151,6 +157,13 @@ class OutboxRelay:
         if failure is not None:
             raise failure
         return sent
+
+    async def _publish(self, row: Any) -> None:
+        message = _message(row)
+        # A publish span, the child of the context the row was staged in; the message carries the span's context.
+        with telemetry.producer_span(row["routing_key"], message.headers) as trace_headers:
+            message.headers.update(trace_headers)
+            await self._publisher.publish_confirmed(message, row["routing_key"])
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Until `stop` is set: drain, then wait for notify() or the poll interval; back off on errors."""

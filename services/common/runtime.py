@@ -15,6 +15,7 @@ from sqlalchemy import MetaData, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts.topology import Topology, topology
+from services.common import telemetry
 from services.common.broker import Publisher, connect, declare_topology_on
 from services.common.consumer import Consumer
 from services.common.db import create_all, create_engine, create_session_factory
@@ -71,6 +72,7 @@ async def open_database(
         raise ValueError(f"the {migrations.service} migrations build other tables than the metadata given")
     prepare_sqlite_file(url)
     engine = create_engine(url)
+    telemetry.instrument_database(engine)
     try:
         if migrations is None:
             await create_all(engine, metadata)

@@ -152,4 +152,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings_type=ContentSettings,
         create_app=create_app,
         default_port=DEFAULT_PORT,
+        service_name="vixenbliss-content",
     )

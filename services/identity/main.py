@@ -94,4 +94,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings_type=IdentitySettings,
         create_app=create_app,
         default_port=DEFAULT_PORT,
+        service_name="vixenbliss-identity",
     )

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.topology import GATEWAY_GENERATION_CANCELED, GATEWAY_GENERATION_REQUESTED, SERVICE_INFERENCE_GATEWAY
-from services.common import health
+from services.common import health, telemetry
 from services.common.consumer import Consumer
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
@@ -75,6 +75,8 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
     # Modal answers a web call longer than 150 s with a 303 to the result: the provider follows it itself,
     # keeping the credentials to the worker's own origin.
     http = httpx.AsyncClient(follow_redirects=False)
+    # Each worker call gets a client span, and the worker continues the trace from its traceparent.
+    telemetry.instrument_http_client(http)
     worker, fallback = worker_clients(http, settings)
     try:
         async with (
@@ -186,4 +188,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings_type=GatewaySettings,
         create_app=create_app,
         default_port=DEFAULT_PORT,
+        service_name="vixenbliss-inference-gateway",
     )

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from contracts.errors import GatewayErrorCode
 from contracts.events import EventPayload, GenerationCompleted, GenerationFailed, GenerationStarted
+from services.common import telemetry
 from services.inference_gateway import metrics as m
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.jobs import CancelOutcome, ClaimedJob, JobStore, LeaseLostError
@@ -56,7 +57,9 @@ class JobEvents:
         self._store = store
 
     async def publish(self, payload: EventPayload, *, generation_id: str, traceparent: str | None) -> None:
-        """Stage an event with the job's change: an attempt's start, or its final result."""
+        """Stage an event with the job's change: an attempt's start, or its final result. Its trace context is
+        the job's span (the runner's), else the one the request came with."""
+        traceparent = telemetry.current_trace_headers().get(telemetry.TRACEPARENT) or traceparent
         if isinstance(payload, GenerationStarted):
             started = payload
             await retry_transient(
@@ -216,6 +219,14 @@ class JobRunner:
         self._wake.set()  # a slot is free
 
     async def _run(self, job: ClaimedJob) -> None:
+        attributes = {"vixen.generation_id": job.generation_id, "vixen.recovered": str(job.recovered).lower()}
+        # The job's span continues the trace its request came with (the gateway's consume of it).
+        with telemetry.continued_span("run generation", job.traceparent, attributes) as span:
+            outcome = await self._run_job(job)
+            if isinstance(outcome, GenerationFailed):
+                telemetry.mark_error(span, outcome.error_code, outcome.error)
+
+    async def _run_job(self, job: ClaimedJob) -> GenerationCompleted | GenerationFailed | None:
         generation_id = job.generation_id
         try:
             if job.recovered and job.call is None and job.recoveries > MAX_RERUNS_AFTER_RECOVERY and job.attempts:
@@ -224,16 +235,16 @@ class JobRunner:
                     "the gateway stopped while running this generation more than once; not run again",
                     {"recoveries": job.recoveries, "stopped_by": "gateway_restarts"},
                 )
-                await self._service.fail_without_running(
+                return await self._service.fail_without_running(
                     job.request, failure, attempts=job.attempts, traceparent=job.traceparent
                 )
-                return
             resume = None
             if job.recovered:
                 resume = Resumption(job.attempts, job.call, job.attempt_started_at if job.call else None)
             result = await self._service.handle(job.request, traceparent=job.traceparent, resume=resume)
             if result is None:
                 await self._close_canceled(generation_id)
+            return result
         except LeaseLostError:
             # Canceled meanwhile (then closed here), or taken over by another runner (then nothing to do).
             await self._close_canceled(generation_id)
@@ -245,6 +256,7 @@ class JobRunner:
             log.exception("job %s: unexpected error; released for another runner", generation_id)
             with contextlib.suppress(*TRANSIENT_DB_ERRORS):
                 await self._store.release([generation_id])
+        return None
 
     async def _close_canceled(self, generation_id: str) -> None:
         if await retry_transient(f"job {generation_id}: closing", lambda: self._store.close_canceled(generation_id)):

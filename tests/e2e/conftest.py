@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,23 +34,23 @@ async def _delete_topology(rabbitmq_url: str, prefix: str) -> None:
         await connection.close()
 
 
-@pytest.fixture(scope="module")
-def stack(
-    rabbitmq_url: str, pg_admin_url: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def running_stack(
+    rabbitmq_url: str, pg_admin_url: str, model_dir: Path, run_dir: Path, extra_env: Mapping[str, str]
 ) -> Iterator[LocalStack]:
-    """S3, worker, identity, content and gateway as processes; two fresh PostgreSQL databases; all removed after."""
+    """S3, worker, identity, content and gateway as processes on fresh PostgreSQL databases and topology names,
+    with `extra_env` for every service; all removed after."""
     prefix = f"e2e-{secrets.token_hex(4)}"
     databases = [asyncio.run(create_test_database(pg_admin_url, prefix="vb_e2e_")) for _ in range(2)]
     config = StackConfig(
-        run_dir=tmp_path_factory.mktemp("stack"),
+        run_dir=run_dir,
         rabbitmq_url=rabbitmq_url,
         topology_prefix=prefix,
         identity_database_url=databases[0].render_as_string(hide_password=False),
         content_database_url=databases[1].render_as_string(hide_password=False),
         bucket=f"vb-{prefix}",
-        model_dir=tiny_model_dir,
-        # Short backoffs: a failure must reach content quickly.
-        extra_env={"GATEWAY_BACKOFF_BASE_SECONDS": "0.05", "GATEWAY_BACKOFF_MAX_SECONDS": "0.2"},
+        model_dir=model_dir,
+        extra_env=dict(extra_env),
     ).with_free_ports()
     local = LocalStack(config)
     try:
@@ -60,6 +61,18 @@ def stack(
         asyncio.run(_delete_topology(rabbitmq_url, prefix))
         for url in databases:
             asyncio.run(drop_test_database(pg_admin_url, url))
+
+
+@pytest.fixture(scope="module")
+def stack(
+    rabbitmq_url: str, pg_admin_url: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalStack]:
+    """The stack with short gateway backoffs (a failure must reach content quickly)."""
+    short_backoffs = {"GATEWAY_BACKOFF_BASE_SECONDS": "0.05", "GATEWAY_BACKOFF_MAX_SECONDS": "0.2"}
+    with running_stack(
+        rabbitmq_url, pg_admin_url, tiny_model_dir, tmp_path_factory.mktemp("stack"), short_backoffs
+    ) as local:
+        yield local
 
 
 @pytest.fixture
