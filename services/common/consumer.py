@@ -25,7 +25,7 @@ from contracts.topology import QueueSpec
 from services.common import telemetry
 from services.common.broker import DEFAULT_PUBLISH_TIMEOUT, Publisher
 from services.common.events import InvalidEventError, from_message, traceparent_of
-from services.common.logging import redact
+from services.common.logging import generation_context, redact
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,12 @@ class Consumer:
             return
         retries = _int_header(message, RETRIES_HEADER)
         attributes = {"messaging.message.id": envelope.id, "cloudevents.event_subject": envelope.subject or ""}
-        with telemetry.consumer_span(envelope.type, self._queue_name, message.headers, attributes):
+        # Generation events have the generation id as their subject (identity's: the avatar's or the LoRA's id).
+        generation_id = envelope.subject if envelope.type.startswith("generation.") else None
+        with (
+            telemetry.consumer_span(envelope.type, self._queue_name, message.headers, attributes),
+            generation_context(generation_id),
+        ):
             received = ReceivedEvent(
                 envelope=envelope,
                 payload=payload,

@@ -6,7 +6,9 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -96,9 +98,23 @@ class RedactingFormatter(logging.Formatter):
         return self.redaction(super().format(copy))
 
 
+# The generation a task is working on (a consumed event's subject, a gateway job): JSON lines name it.
+_generation_id: ContextVar[str | None] = ContextVar("vixen_generation_id", default=None)
+
+
+@contextmanager
+def generation_context(generation_id: str | None) -> Iterator[None]:
+    """Lines logged inside (by this task and the tasks it starts) carry `generation_id`."""
+    token = _generation_id.set(generation_id)
+    try:
+        yield
+    finally:
+        _generation_id.reset(token)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, service, logger, message, the trace and span ids of the span the
-    line was logged in (to find its trace), and the exception when there is one.
+    """One JSON object per line: time, level, service, logger, message, the generation being worked on and the
+    trace and span ids of the span the line was logged in (to find its trace), and the exception when there is one.
 
     With a `redaction`, the message and the exception are redacted before they are encoded (so that a
     secret is matched as written, not as JSON escapes it); the record is left as it was.
@@ -118,6 +134,9 @@ class JsonFormatter(logging.Formatter):
         }
         if self.service:
             entry["service"] = self.service
+        generation_id = _generation_id.get()
+        if generation_id:
+            entry["generation_id"] = generation_id
         span = trace.get_current_span().get_span_context()
         if span.is_valid:
             entry["trace_id"] = format(span.trace_id, "032x")

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from contracts.errors import GatewayErrorCode
 from contracts.events import EventPayload, GenerationCompleted, GenerationFailed, GenerationStarted
 from services.common import telemetry
+from services.common.logging import generation_context
 from services.inference_gateway import metrics as m
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.jobs import CancelOutcome, ClaimedJob, JobStore, LeaseLostError
@@ -221,7 +222,10 @@ class JobRunner:
     async def _run(self, job: ClaimedJob) -> None:
         attributes = {"vixen.generation_id": job.generation_id, "vixen.recovered": str(job.recovered).lower()}
         # The job's span continues the trace its request came with (the gateway's consume of it).
-        with telemetry.continued_span("run generation", job.traceparent, attributes) as span:
+        with (
+            telemetry.continued_span("run generation", job.traceparent, attributes) as span,
+            generation_context(job.generation_id),
+        ):
             outcome = await self._run_job(job)
             if isinstance(outcome, GenerationFailed):
                 telemetry.mark_error(span, outcome.error_code, outcome.error)

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from services.common import telemetry
-from services.common.logging import JsonFormatter, Redaction
+from services.common.logging import JsonFormatter, Redaction, generation_context
 
 ENDPOINT = "http://127.0.0.1:9"
 
@@ -66,7 +66,7 @@ def test_spans_to_an_unreachable_collector_do_not_get_in_the_way() -> None:
     provider.shutdown()
 
 
-def test_a_json_line_logged_in_a_span_carries_its_trace_and_span_ids_and_the_service() -> None:
+def test_a_json_line_logged_in_a_span_carries_its_trace_and_span_ids_the_generation_and_the_service() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter(Redaction(), service="vixenbliss-content"))
@@ -76,12 +76,13 @@ def test_a_json_line_logged_in_a_span_carries_its_trace_and_span_ids_and_the_ser
     provider = TracerProvider()
     try:
         logger.warning("outside")
-        with provider.get_tracer("test").start_as_current_span("inside") as span:
+        with provider.get_tracer("test").start_as_current_span("inside") as span, generation_context("gen-7"):
             logger.warning("inside")
     finally:
         logger.removeHandler(handler)
         logger.propagate = True
     outside, inside = (json.loads(line) for line in stream.getvalue().splitlines())
-    assert "trace_id" not in outside and outside["service"] == "vixenbliss-content"
+    assert "trace_id" not in outside and "generation_id" not in outside and outside["service"] == "vixenbliss-content"
+    assert inside["generation_id"] == "gen-7"
     context = span.get_span_context()
     assert inside["trace_id"] == f"{context.trace_id:032x}" and inside["span_id"] == f"{context.span_id:016x}"
