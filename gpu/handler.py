@@ -32,19 +32,29 @@ def status_and_body(outcome: WorkerSuccess | WorkerError) -> tuple[int, dict[str
     return WORKER_ERROR_HTTP_STATUS[outcome.error_code], outcome.model_dump(mode="json")
 
 
+def outcome_for_payload(
+    engine: SdxlLoraEngine | None,
+    payload: Any,
+    load_error: WorkerFailure | None = None,
+    budget: RequestBudget | None = None,
+) -> WorkerSuccess | WorkerError:
+    """Validate and generate: the outcome (INVALID_REQUEST for a bad payload), never a raise. A `budget` made
+    when the payload arrived (its `timeout_seconds` is taken from the request when it has none) can be canceled
+    from another thread to stop the request at its next denoising step."""
+    try:
+        request = WorkerRequest.model_validate(payload)
+    except ValidationError as exc:
+        return validation_error(exc.errors())
+    if budget is not None and budget.timeout_seconds is None:
+        budget.timeout_seconds = request.timeout_seconds
+    return run_request(engine, request, load_error, budget)
+
+
 def handle_payload(
     engine: SdxlLoraEngine | None,
     payload: Any,
     load_error: WorkerFailure | None = None,
     budget: RequestBudget | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Validate, generate, and shape the answer: never a raise across the boundary. A `budget` made when the
-    payload arrived (its `timeout_seconds` is taken from the request when it has none) can be canceled from
-    another thread to stop the request at its next denoising step."""
-    try:
-        request = WorkerRequest.model_validate(payload)
-    except ValidationError as exc:
-        return 422, validation_error(exc.errors()).model_dump(mode="json")
-    if budget is not None and budget.timeout_seconds is None:
-        budget.timeout_seconds = request.timeout_seconds
-    return status_and_body(run_request(engine, request, load_error, budget))
+    """`outcome_for_payload` shaped as the contract's HTTP status and JSON body."""
+    return status_and_body(outcome_for_payload(engine, payload, load_error, budget))

@@ -7,6 +7,7 @@ FastAPI apps (gpu.modal_endpoints) that this module hands Modal's spawn and Func
 """
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +22,16 @@ MODELS_PATH = "/models"
 LORA_CACHE_PATH = "/lora-cache"
 
 app = modal.App(APP_NAME)
+
+# Standard OTEL_* variables copied from the deploying shell into the GPU image (none are secrets).
+FORWARDED_OTEL_VARIABLES = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+)
 
 image = (
     modal.Image.debian_slim(python_version="3.11")
@@ -37,6 +48,10 @@ image = (
         "pydantic>=2.10,<3",
         "pydantic-settings>=2.6,<3",
         "fastapi[standard]>=0.115",
+        # Tracing (gpu/telemetry.py): the worker's spans, exported over OTLP/HTTP when OTEL_* asks.
+        "opentelemetry-api==1.45.2",
+        "opentelemetry-sdk==1.45.2",
+        "opentelemetry-exporter-otlp-proto-http==1.45.2",
     )
     .env(
         {
@@ -48,6 +63,8 @@ image = (
             # The R2 endpoint host(s), taken from the deploying shell: e.g. <account>.r2.cloudflarestorage.com
             "LORA_ALLOWED_HOSTS": os.environ.get("LORA_ALLOWED_HOSTS", ""),
             "HF_HUB_OFFLINE": "1",
+            # The deploying shell's tracing settings, where set (OTLP headers with a token belong in a modal.Secret).
+            **{name: value for name in FORWARDED_OTEL_VARIABLES if (value := os.environ.get(name))},
         }
     )
     # services.common.logging alone (standard library only): the worker's logs use the services' redaction.
@@ -89,10 +106,16 @@ class WorkerRuntime:
     """The container's life, in plain Python: load on CPU, move to the GPU, serve one request at a time."""
 
     def __init__(self) -> None:
+        from opentelemetry import trace
+
+        from gpu.telemetry import TRACER_NAME
+
         self.engine: Any = None
         self.load_error: Any = None
         # The engine's own thread (`start_engine_thread`): Modal's cancel signal never lands in it.
         self.pool: ThreadPoolExecutor | None = None
+        # The global provider's tracer (`start_tracing` configures it in the container); tests put their own here.
+        self.tracer: Any = trace.get_tracer(TRACER_NAME)
 
     def load_on_cpu(self) -> None:
         from diffusers.utils import logging as diffusers_logging
@@ -116,23 +139,46 @@ class WorkerRuntime:
         if self.engine is not None and torch.cuda.is_available():
             self.engine.to("cuda")
 
+    def start_tracing(self) -> None:
+        """After the snapshot is restored: the exporter's thread must not be started before it."""
+        from gpu.telemetry import configure_tracing
+
+        configure_tracing()
+
     def start_engine_thread(self) -> None:
         """After the snapshot is restored (no thread is started before it): one thread, one request at a time."""
         if self.pool is None:
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-engine")
 
-    def generate(self, payload: Any) -> tuple[int, dict[str, Any]]:
+    def generate(self, payload: Any, trace_headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         """Run the request on the engine's thread. An `InputCancellation` (Modal's cancel: a BaseException raised
         by a signal handler in this, the main, thread) cancels the request's budget, waits for the engine to stop
-        at its next step and restore the base weights, and is raised again: the container stays fit to serve."""
+        at its next step and restore the base weights, and is raised again: the container stays fit to serve.
+        The request's spans continue the caller's trace (`trace_headers`: its `traceparent`, `tracestate`)."""
+        from opentelemetry import propagate
+
         from gpu.budget import RequestBudget
         from gpu.cancellable import run_cancellable
-        from gpu.handler import handle_payload
+        from gpu.handler import outcome_for_payload, status_and_body
+        from gpu.telemetry import record_request
 
         if self.pool is None:
             raise RuntimeError("the engine thread is not started: call start_engine_thread first")
+        arrived_ns = time.time_ns()
         budget = RequestBudget()  # the input's budget: it starts now, when the input reached this container
-        return run_cancellable(self.pool, lambda: handle_payload(self.engine, payload, self.load_error, budget), budget)
+        outcome = run_cancellable(
+            self.pool, lambda: outcome_for_payload(self.engine, payload, self.load_error, budget), budget
+        )
+        request_id = outcome.request_id or (payload.get("request_id") if isinstance(payload, dict) else None)
+        record_request(
+            self.tracer,
+            outcome,
+            arrived_ns=arrived_ns,
+            ended_ns=time.time_ns(),
+            request_id=request_id,
+            context=propagate.extract(trace_headers or {}),
+        )
+        return status_and_body(outcome)
 
 
 @app.cls(
@@ -156,13 +202,16 @@ class SdxlLoraWorker:
 
     @modal.enter(snap=False)
     def to_gpu(self) -> None:
+        if not modal.is_local():  # in a container; a test calling this locally leaves the global provider alone
+            self.runtime.start_tracing()
         self.runtime.start_engine_thread()
         self.runtime.move_to_gpu()
 
     @modal.method()
-    def generate(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """For `.remote` / `.spawn`: the contract's body; the status travels in `http_status`."""
-        status, body = self.runtime.generate(payload)
+    def generate(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """For `.remote` / `.spawn`: the contract's body; the status travels in `http_status`. `trace_headers`:
+        the caller's `traceparent` (and `tracestate`), continued by this request's spans."""
+        status, body = self.runtime.generate(payload, trace_headers)
         return {**body, "http_status": status}
 
     @modal.asgi_app(requires_proxy_auth=True, label="sdxl-lora-generate")
@@ -173,9 +222,9 @@ class SdxlLoraWorker:
         return create_generate_app(self.runtime.generate)
 
 
-def spawn_generation(payload: dict[str, Any]) -> str:
-    """Queue one (validated) request on the GPU class; its FunctionCall id."""
-    call: Any = SdxlLoraWorker().generate.spawn(payload)
+def spawn_generation(payload: dict[str, Any], trace_headers: dict[str, str]) -> str:
+    """Queue one (validated) request on the GPU class, in the caller's trace; its FunctionCall id."""
+    call: Any = SdxlLoraWorker().generate.spawn(payload, trace_headers or None)
     return str(call.object_id)
 
 

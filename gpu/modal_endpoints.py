@@ -4,7 +4,8 @@
 `modal.FunctionCall.from_id` and the class's runtime; tests hand them stand-ins. Every answer is the worker
 contract's (as `gpu.server` gives it locally): a bad body is 422 `INVALID_REQUEST` before any GPU container
 starts, a Modal failure is a JSON error body with its status, never a plain-text 500. No torch here: the
-submit, result and cancel endpoints run on a small CPU image.
+submit, result and cancel endpoints run on a small CPU image. Nor OpenTelemetry: the caller's W3C trace context
+(`traceparent`, `tracestate`) is passed on as it came, and the GPU function continues that trace.
 """
 
 import asyncio
@@ -63,12 +64,22 @@ class CallHandle(Protocol):
     def cancel(self, terminate_containers: bool = False) -> None: ...
 
 
-# Queue one generation (the validated request as JSON) and return its call id: `Function.spawn(...).object_id`.
-Spawn = Callable[[dict[str, Any]], str]
+# The caller's W3C trace context headers (`traceparent`, `tracestate`) as they came; empty when none came.
+TraceHeaders = dict[str, str]
+TRACE_HEADER_NAMES = ("traceparent", "tracestate")
+
+# Queue one generation (the validated request as JSON, the trace headers) and return its call id:
+# `Function.spawn(...).object_id`.
+Spawn = Callable[[dict[str, Any], TraceHeaders], str]
 # A handle for a call id: `modal.FunctionCall.from_id` (lazy: errors surface in `get`/`cancel`).
 Lookup = Callable[[str], CallHandle]
-# Run one generation in this container: the contract's HTTP status and body (`gpu.handler.handle_payload`).
-RunPayload = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+# Run one generation in this container, in the caller's trace: the contract's HTTP status and body.
+RunPayload = Callable[[dict[str, Any], TraceHeaders], tuple[int, dict[str, Any]]]
+
+
+def trace_headers(request: Request) -> TraceHeaders:
+    """The W3C trace context headers the caller sent, to pass to the GPU function (checked there, not here)."""
+    return {name: request.headers[name] for name in TRACE_HEADER_NAMES if name in request.headers}
 
 
 def worker_error_response(code: WorkerErrorCode, message: str, **details: object) -> JSONResponse:
@@ -112,8 +123,9 @@ def create_generate_app(run: RunPayload) -> FastAPI:
     """Sync mode (label sdxl-lora-generate), on the GPU class: validate, run here, answer with the status."""
     app = contract_app("VixenBliss GPU worker on Modal: generate")
 
-    async def generate(request: WorkerRequest) -> JSONResponse:
-        status, body = await asyncio.to_thread(run, request.model_dump(mode="json", exclude_none=True))
+    async def generate(request: WorkerRequest, http_request: Request) -> JSONResponse:
+        payload = request.model_dump(mode="json", exclude_none=True)
+        status, body = await asyncio.to_thread(run, payload, trace_headers(http_request))
         return JSONResponse(body, status_code=status)
 
     for path in ("/", "/generate"):
@@ -125,10 +137,11 @@ def create_submit_app(spawn: Spawn) -> FastAPI:
     """Async mode, submit (label sdxl-lora-submit): validate here, then queue; 202 `{call_id}`."""
     app = contract_app("VixenBliss GPU worker on Modal: submit")
 
-    async def submit(request: WorkerRequest) -> JSONResponse:
+    async def submit(request: WorkerRequest, http_request: Request) -> JSONResponse:
         # Only a request that passed validation reaches a GPU container.
+        payload = request.model_dump(mode="json", exclude_none=True)
         try:
-            call_id = await asyncio.to_thread(spawn, request.model_dump(mode="json", exclude_none=True))
+            call_id = await asyncio.to_thread(spawn, payload, trace_headers(http_request))
         except Exception as error:
             log.warning("spawn failed: %s", type(error).__name__)
             return unavailable_response("Modal did not accept the job", error)

@@ -4,7 +4,9 @@ import argparse
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
@@ -12,15 +14,19 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from pydantic import BaseModel, Field
 
 from contracts.worker import JobStatus, JobSubmitted, WorkerError, WorkerRequest
 from gpu.budget import RequestBudget
 from gpu.engine import SdxlLoraEngine
-from gpu.errors import WorkerFailure, validation_error
+from gpu.errors import WorkerFailure, request_canceled, validation_error
 from gpu.handler import run_request, status_and_body
 from gpu.jobs import CancelState, JobQueue, Outcome
 from gpu.settings import WorkerSettings
+from gpu.telemetry import TRACER_NAME, configure_tracing, record_request
 
 log = logging.getLogger("gpu.server")
 
@@ -85,9 +91,44 @@ async def run_until_disconnect(state: WorkerState, request: WorkerRequest, http_
         watcher.cancel()
 
 
-def create_app(settings: WorkerSettings, load_engine: Callable[[], SdxlLoraEngine]) -> FastAPI:
-    """Build the app; the engine is loaded in a thread at start-up, not at import."""
+def record_job_when_done(
+    future: "Future[Outcome]",
+    tracer: trace.Tracer,
+    request: WorkerRequest,
+    submitted: otel_context.Context,
+    arrived_ns: int,
+) -> None:
+    """Record a job's spans, under the context of its submit, when it ends (on the thread that ends it)."""
+
+    def record(done: "Future[Outcome]") -> None:
+        outcome = (
+            request_canceled("job canceled", started=False).to_error(request.request_id)
+            if done.cancelled()
+            else done.result()
+        )
+        record_request(
+            tracer,
+            outcome,
+            arrived_ns=arrived_ns,
+            ended_ns=time.time_ns(),
+            request_id=request.request_id,
+            context=submitted,
+        )
+
+    future.add_done_callback(record)
+
+
+def create_app(
+    settings: WorkerSettings,
+    load_engine: Callable[[], SdxlLoraEngine],
+    tracer_provider: trace.TracerProvider | None = None,
+) -> FastAPI:
+    """Build the app; the engine is loaded in a thread at start-up, not at import.
+
+    Spans go to `tracer_provider` (the global one if None, which `main` configures): an incoming W3C
+    `traceparent` continues the caller's trace; each request's worker spans are children of its server span."""
     state = WorkerState()
+    tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -101,6 +142,10 @@ def create_app(settings: WorkerSettings, load_engine: Callable[[], SdxlLoraEngin
         state.jobs.shutdown()
 
     app = FastAPI(title="VixenBliss GPU worker (local)", lifespan=lifespan)
+    # No span per health probe, nor per ASGI receive/send (the disconnect watcher reads one per request).
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=tracer_provider, excluded_urls="/healthz", exclude_spans=["receive", "send"]
+    )
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
 
     def require_key(authorization: Annotated[str | None, Header()] = None) -> None:
@@ -118,11 +163,21 @@ def create_app(settings: WorkerSettings, load_engine: Callable[[], SdxlLoraEngin
 
     @app.post("/generate", responses={422: {"model": WorkerError}, 424: {"model": WorkerError}})
     async def generate(request: WorkerRequest, http_request: Request, _: Authorized) -> JSONResponse:
-        return outcome_response(await run_until_disconnect(state, request, http_request))
+        arrived_ns = time.time_ns()
+        outcome = await run_until_disconnect(state, request, http_request)
+        # Under the server span, which is current here.
+        record_request(tracer, outcome, arrived_ns=arrived_ns, ended_ns=time.time_ns(), request_id=request.request_id)
+        return outcome_response(outcome)
 
     @app.post("/jobs", status_code=202)
     async def submit(request: WorkerRequest, _: Authorized) -> JobSubmitted:
-        return JobSubmitted(call_id=state.jobs.submit(request))
+        arrived_ns = time.time_ns()
+        call_id = state.jobs.submit(request)
+        future = state.jobs.future(call_id)
+        if future is not None:
+            # The job ends on another thread, after this server span: its spans go under it explicitly.
+            record_job_when_done(future, tracer, request, otel_context.get_current(), arrived_ns)
+        return JobSubmitted(call_id=call_id)
 
     @app.get("/jobs/{call_id}")
     async def poll(call_id: str, _: Authorized, wait: Annotated[float, Query(ge=0, le=60)] = 0.0) -> JSONResponse:
@@ -184,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_worker_logging()
     # diffusers warns on every LoRA without text-encoder keys; the engine checks attachment itself.
     diffusers_logging.set_verbosity_error()
+    configure_tracing()  # the global tracer provider, exporter from OTEL_* (none when unset)
     overrides: dict[str, object] = {"MODEL_DIR": args.model_dir} if args.model_dir else {}
     settings = LocalWorkerSettings(**overrides)  # type: ignore[arg-type]
     app = create_app(settings, lambda: build_engine(settings))

@@ -78,7 +78,7 @@ class FaultInjectingModal:
     cancel_fault: Exception | None = None
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
-    def spawn(self, payload: dict[str, Any]) -> str:
+    def spawn(self, payload: dict[str, Any], trace_headers: dict[str, str]) -> str:
         if self.spawn_fault is not None:
             raise self.spawn_fault
         self.spawned.append(payload)
@@ -322,7 +322,7 @@ def test_cancel_answers_503_when_modal_cannot_be_asked(
 def test_generate_validates_runs_and_answers_with_the_runs_status() -> None:
     runs: list[dict[str, Any]] = []
 
-    def run(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def run(payload: dict[str, Any], trace_headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         runs.append(payload)
         return 424, {"error": "gone", "error_code": "LORA_DOWNLOAD_FAILED", "details": {}, "retryable": True}
 
