@@ -26,8 +26,12 @@ from services.common import telemetry
 from services.common.broker import DEFAULT_PUBLISH_TIMEOUT, Publisher
 from services.common.events import InvalidEventError, from_message, traceparent_of
 from services.common.logging import generation_context, redact
+from services.common.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
+
+MESSAGE_RETRIES = "vixen_message_retries"
+DEAD_LETTERED = "vixen_messages_dead_lettered"
 
 
 class PermanentError(Exception):
@@ -98,8 +102,11 @@ class Consumer:
         prefetch: int = 10,
         requeue_delay: float = 0.2,
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._connection = connection
+        # Retries and dead letters are counted by queue (and reason) when the app has metrics.
+        self._metrics = metrics
         self._spec = queue
         self._queue_name = queue.name
         self._handler = handler
@@ -234,6 +241,10 @@ class Consumer:
             await self._dead_letter(message, DeathReason.RETRIES_EXHAUSTED, detail)
             return
         stage = stages[retries]
+        if self._metrics is not None:
+            self._metrics.add(
+                MESSAGE_RETRIES, 1, "handlings that failed and were sent to a retry stage", queue=self._queue_name
+            )
         log.warning(
             "handler failed for %s %s (%s); retry %d of %d in %.1fs",
             envelope.type,
@@ -264,6 +275,10 @@ class Consumer:
         """Send a copy with the reason to the queue's DLQ (confirmed), then ack; if that fails, reject it to
         the broker's own dead-lettering (which keeps the message but not the reason)."""
         clean = _clip(redact(detail))
+        if self._metrics is not None:
+            self._metrics.add(
+                DEAD_LETTERED, 1, "messages sent to the dead-letter queue", queue=self._queue_name, reason=reason.value
+            )
         log.warning("dead-lettering message %s from %s: %s: %s", message.message_id, self._queue_name, reason, clean)
         headers = {
             **forwarded_headers(message),

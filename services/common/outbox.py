@@ -118,6 +118,8 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
         self._wake = asyncio.Event()
+        # When the oldest row still unsent was staged, as of the last pass (None: none was left).
+        self._oldest_unsent: datetime | None = None
 
     def notify(self) -> None:
         """Wake the loop now (call after committing an outbox row, for low latency)."""
@@ -154,9 +156,25 @@ class OutboxRelay:
                     .values(sent_at=datetime.now(UTC), attempts=table.c.attempts + 1, last_error=None)
                 )
                 sent += 1
+        await self._note_oldest_unsent()
         if failure is not None:
             raise failure
         return sent
+
+    def lag_seconds(self) -> float:
+        """How long the oldest unsent row has waited, as of the last pass (0 when none was left): the metric
+        that says the relay (or the broker) is behind."""
+        if self._oldest_unsent is None:
+            return 0.0
+        return max((datetime.now(UTC) - self._oldest_unsent).total_seconds(), 0.0)
+
+    async def _note_oldest_unsent(self) -> None:
+        table = self._table
+        query = select(table.c.created_at).where(table.c.sent_at.is_(None)).order_by(table.c.id).limit(1)
+        async with self._sessions() as session:
+            oldest = (await session.execute(query)).scalar_one_or_none()
+        # SQLite returns the stored wall time without its offset; rows are staged in UTC.
+        self._oldest_unsent = oldest.replace(tzinfo=UTC) if oldest is not None and oldest.tzinfo is None else oldest
 
     async def _publish(self, row: Any) -> None:
         message = _message(row)

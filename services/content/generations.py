@@ -20,11 +20,13 @@ from services.common.changes import ChangeFeed
 from services.common.events import new_event
 from services.common.http_errors import FieldError, InvalidRequestError, NotFoundError
 from services.common.inbox import mark_processed
+from services.common.metrics import ServiceMetrics
 from services.common.outbox import add_to_outbox
 from services.common.pagination import Cursor, Page, page_of
 from services.content import admission, decisions, repository
 from services.content.admission import AdmissionLimits
 from services.content.decisions import UnexpectedEventError
+from services.content.metrics import GenerationMetrics
 from services.content.models import (
     Generation,
     GenerationStatus,
@@ -98,8 +100,10 @@ class GenerationService:
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = utc_now,
         seed_source: Callable[[], int] = random_seed,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._sessions = sessions
+        self._metrics = GenerationMetrics(metrics)
         self._images = images
         self._policy = policy
         self._limits = limits
@@ -129,6 +133,7 @@ class GenerationService:
             # Made after the transaction: the quota row is not held while an image URL is signed.
             return Submitted(await self._view(earlier), replayed=True)
         self._on_commit()
+        self._metrics.submitted()
         log.info("generation %s queued for avatar %s", generation.id, generation.avatar_id)
         return Submitted(await self._view(generation), replayed=False)
 
@@ -207,6 +212,7 @@ class GenerationService:
             generation = await repository.get_generation(session, generation_id, for_update=True)
             if generation is None or generation.owner_id != owner_id:
                 raise NotFoundError("unknown generation")
+            status_before, started_before = generation.status, generation.started_at
             decisions.cancel(generation, now)
             payload = GenerationCanceled(
                 generation_id=str(generation.id),
@@ -217,6 +223,7 @@ class GenerationService:
             await self._emit(session, payload, generation.id)
             await self._changes.announce(session, str(generation.id))
         self._on_commit()
+        self._metrics.changed(generation, status_before, started_before)
         log.info("generation %s canceled by its owner", generation_id)
         return await self._view(generation)
 
@@ -232,9 +239,11 @@ class GenerationService:
             generation = await repository.get_generation(session, generation_id, for_update=True)
             if generation is None:
                 raise UnexpectedEventError(f"{envelope.type} for unknown generation {generation_id}")
+            status_before, started_before = generation.status, generation.started_at
             changed = decisions.apply_result(generation, payload, event_type, self._clock())
             if changed:
                 await self._changes.announce(session, str(generation_id))
+        self._metrics.changed(generation, status_before, started_before)
         log.info("generation %s: %s %s", generation_id, envelope.type, "applied" if changed else "changed nothing")
         if generation.image_purge_pending:
             try:
@@ -247,9 +256,13 @@ class GenerationService:
         now = self._clock()
         async with self._sessions() as session, session.begin():
             overdue = await repository.overdue_generations(session, now - timedelta(seconds=grace_seconds), limit)
-            failed = [generation.id for generation in overdue if decisions.time_out(generation, now)]
+            before = {generation.id: (generation.status, generation.started_at) for generation in overdue}
+            timed_out = [generation for generation in overdue if decisions.time_out(generation, now)]
+            failed = [generation.id for generation in timed_out]
             for generation_id in failed:
                 await self._changes.announce(session, str(generation_id))
+        for generation in timed_out:
+            self._metrics.changed(generation, *before[generation.id])
         for generation_id in failed:
             log.warning("generation %s failed: no result before its deadline", generation_id)
         return len(failed)

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from contracts.topology import CONTENT_GENERATION_RESULTS, CONTENT_IDENTITY_EVENTS, SERVICE_CONTENT
 from services.common import health
+from services.common import metrics as service_metrics
 from services.common.auth import TokenVerifier, install_verifier
 from services.common.changes import ChangeFeed, ChangeHub
 from services.common.consumer import Consumer
@@ -32,6 +33,7 @@ from services.content.sweeper import running_sweeper
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 # NOTIFY channel of generation changes (per database: each service has its own).
 CHANGES_CHANNEL = "content_generation_changes"
+SERVICE_NAME = "vixenbliss-content"
 
 
 def admission_limits(settings: AdmissionSettings) -> AdmissionLimits:
@@ -59,6 +61,7 @@ def create_app(settings: ContentSettings) -> FastAPI:
         changes = ChangeFeed(hub, CHANGES_CHANNEL)
         try:
             async with (
+                service_metrics.app_metrics(app, SERVICE_NAME) as metrics,
                 open_database(
                     settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start
                 ) as database,
@@ -68,6 +71,7 @@ def create_app(settings: ContentSettings) -> FastAPI:
                 ) as broker,
             ):
                 relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)
+                service_metrics.watch_outbox(metrics, relay)
                 limits = admission_limits(settings)
                 generations = GenerationService(
                     database.sessions,
@@ -76,6 +80,7 @@ def create_app(settings: ContentSettings) -> FastAPI:
                     limits,
                     changes,
                     on_commit=relay.notify,
+                    metrics=metrics,
                 )
                 projection = IdentityProjection(database.sessions)
                 consumers = [
@@ -85,12 +90,14 @@ def create_app(settings: ContentSettings) -> FastAPI:
                         broker.topology.queue(CONTENT_IDENTITY_EVENTS),
                         identity_events_handler(projection),
                         prefetch=1,
+                        metrics=metrics,
                     ),
                     Consumer(
                         broker.connection,
                         broker.topology.queue(CONTENT_GENERATION_RESULTS),
                         generation_results_handler(generations),
                         prefetch=settings.results_prefetch,
+                        metrics=metrics,
                     ),
                 ]
                 async with (
@@ -140,6 +147,7 @@ def build_app(lifespan: Lifespan | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(health.router)
+    app.include_router(service_metrics.router)
     return app
 
 
@@ -152,5 +160,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings_type=ContentSettings,
         create_app=create_app,
         default_port=DEFAULT_PORT,
-        service_name="vixenbliss-content",
+        service_name=SERVICE_NAME,
     )

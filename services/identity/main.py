@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from contracts.topology import SERVICE_IDENTITY
 from services.common import health
+from services.common import metrics as service_metrics
 from services.common.auth import TokenVerifier, install_verifier
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
@@ -27,6 +28,9 @@ from services.identity.settings import DEFAULT_PORT, IdentitySettings
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
+SERVICE_NAME = "vixenbliss-identity"
+
+
 def create_app(settings: IdentitySettings) -> FastAPI:
     """The identity app; its database, broker, storage and relay start with the lifespan."""
 
@@ -35,6 +39,7 @@ def create_app(settings: IdentitySettings) -> FastAPI:
         storage = ObjectStorage(StorageConfig.from_settings(settings))
         try:
             async with (
+                service_metrics.app_metrics(app, SERVICE_NAME) as metrics,
                 open_database(
                     settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start
                 ) as database,
@@ -43,6 +48,7 @@ def create_app(settings: IdentitySettings) -> FastAPI:
                 ) as broker,
             ):
                 relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)
+                service_metrics.watch_outbox(metrics, relay)
                 async with running_relay(relay):
                     health.install_readiness(
                         app,
@@ -82,6 +88,7 @@ def build_app(lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(admin_router)
     app.include_router(health.router)
+    app.include_router(service_metrics.router)
     return app
 
 
@@ -94,5 +101,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings_type=IdentitySettings,
         create_app=create_app,
         default_port=DEFAULT_PORT,
-        service_name="vixenbliss-identity",
+        service_name=SERVICE_NAME,
     )

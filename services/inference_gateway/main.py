@@ -19,16 +19,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.topology import GATEWAY_GENERATION_CANCELED, GATEWAY_GENERATION_REQUESTED, SERVICE_INFERENCE_GATEWAY
 from services.common import health, telemetry
+from services.common import metrics as service_metrics
 from services.common.consumer import Consumer
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
+from services.common.metrics import ServiceMetrics
 from services.common.outbox import OutboxRelay
 from services.common.runtime import open_broker, open_database, running_consumers, running_relay
 from services.common.storage import ObjectStorage, StorageConfig
-from services.inference_gateway.api import router
 from services.inference_gateway.consumers import generation_canceled_handler, generation_requested_handler
 from services.inference_gateway.jobs import JobStore
-from services.inference_gateway.metrics import Metrics
+from services.inference_gateway.metrics import SERVICE_NAME, Metrics
 from services.inference_gateway.migrations import MIGRATIONS
 from services.inference_gateway.models import Base, outbox_table
 from services.inference_gateway.providers import worker_clients
@@ -56,10 +57,6 @@ class GatewayRuntime:
     jobs: JobStore
     runner: JobRunner
 
-    def metrics_text(self) -> str:
-        """The counters, Prometheus text."""
-        return self.metrics.render()
-
 
 def runner_name() -> str:
     """Who holds a job's lease: host, process and a random part (a restarted process is a new runner)."""
@@ -70,7 +67,7 @@ def runner_name() -> str:
 async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRuntime]:
     """Open the job database and the broker, start the relay, the runner and the consumers; on exit stop consuming,
     let running jobs finish briefly (the rest are released for the next gateway), and close it all."""
-    metrics = Metrics()
+    metrics = Metrics(ServiceMetrics(SERVICE_NAME))
     storage = ObjectStorage(StorageConfig.from_settings(settings))
     # Modal answers a web call longer than 150 s with a 303 to the result: the provider follows it itself,
     # keeping the credentials to the worker's own origin.
@@ -88,6 +85,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
             ) as broker,
         ):
             relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)
+            service_metrics.watch_outbox(metrics.service, relay)
             jobs = JobStore(
                 database.sessions,
                 owner=runner_name(),
@@ -125,12 +123,14 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
                 broker.topology.queue(GATEWAY_GENERATION_REQUESTED),
                 generation_requested_handler(jobs, runner, metrics),
                 prefetch=CONSUMER_PREFETCH,
+                metrics=metrics.service,
             )
             cancels = Consumer(
                 broker.connection,
                 broker.topology.queue(GATEWAY_GENERATION_CANCELED),
                 generation_canceled_handler(runner),
                 prefetch=CONSUMER_PREFETCH,
+                metrics=metrics.service,
             )
             consumers = (cancels, requests)
             # Stopped in reverse: consumers first (nothing new), then the runner (drains), then the relay (sends
@@ -167,11 +167,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 },
             )
             app.state.gateway = runtime
-            yield
+            app.state.metrics = runtime.metrics.service
+            try:
+                yield
+            finally:
+                runtime.metrics.service.shutdown()
 
     app = FastAPI(title="VixenBliss inference gateway", lifespan=lifespan)
     install_error_handlers(app)
-    app.include_router(router)
+    app.include_router(service_metrics.router)
     app.include_router(health.router)
     return app
 
@@ -188,5 +192,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings_type=GatewaySettings,
         create_app=create_app,
         default_port=DEFAULT_PORT,
-        service_name="vixenbliss-inference-gateway",
+        service_name=SERVICE_NAME,
     )

@@ -1,28 +1,35 @@
-"""In-process counters rendered in the Prometheus text format (no client library needed for a few counters)."""
+"""The gateway's instruments by name (counters and histograms of services.common.metrics), with their help lines."""
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
 from dataclasses import dataclass
 
-Labels = tuple[tuple[str, str], ...]
+from services.common.metrics import ServiceMetrics
+
+SERVICE_NAME = "vixenbliss-inference-gateway"
 
 
 @dataclass(frozen=True)
 class CounterSpec:
-    """A counter's name and help line."""
+    """A counter's name (as Prometheus shows it, `_total` included) and help line."""
 
     name: str
     help: str
 
 
-REQUESTS = CounterSpec("vixen_gateway_requests_total", "generation.requested events handled")
+@dataclass(frozen=True)
+class HistogramSpec:
+    """A histogram's name (ending with its unit) and help line."""
+
+    name: str
+    help: str
+
+
+REQUESTS = CounterSpec("vixen_gateway_requests_total", "generations the runner started or finished")
 COMPLETED = CounterSpec("vixen_gateway_generations_completed_total", "generation.completed events published")
 FAILED = CounterSpec("vixen_gateway_generations_failed_total", "generation.failed events published, by error code")
 WORKER_CALLS = CounterSpec("vixen_gateway_worker_calls_total", "worker calls, by outcome (ok or the error code)")
-WORKER_SECONDS = CounterSpec("vixen_gateway_worker_call_seconds_total", "seconds spent waiting for the worker")
-RETRIES = CounterSpec("vixen_gateway_retries_total", "attempts started after a retryable failure")
+RETRIES = CounterSpec("vixen_gateway_retries_total", "attempts started after a retryable failure, by cause")
 CANCELS = CounterSpec("vixen_gateway_cancels_total", "generation.canceled events recorded")
 SKIPPED_CANCELED = CounterSpec(
     "vixen_gateway_requests_skipped_canceled_total", "generation.requested not run: canceled before it started"
@@ -39,64 +46,43 @@ JOBS_RECORDED = CounterSpec(
 JOBS_RECOVERED = CounterSpec(
     "vixen_gateway_jobs_recovered_total", "jobs taken over from a runner that stopped (crash, shutdown, lost lease)"
 )
-ALL_COUNTERS = (
-    REQUESTS,
-    COMPLETED,
-    FAILED,
-    WORKER_CALLS,
-    WORKER_SECONDS,
-    RETRIES,
-    CANCELS,
-    SKIPPED_CANCELED,
-    CANCELED_RUNNING,
-    FALLBACKS,
-    JOBS_RECORDED,
-    JOBS_RECOVERED,
+LORA_LOADS = CounterSpec(
+    "vixen_gateway_lora_loads_total", "LoRAs the worker applied, by where it found them (memory, disk, download)"
 )
+WORKER_SECONDS = HistogramSpec("vixen_gateway_worker_call_seconds", "time of one worker call, by outcome")
+QUEUE_WAIT = HistogramSpec(
+    "vixen_gateway_queue_wait_seconds", "from the request's time to its first attempt (broker and job queue)"
+)
+IN_FLIGHT = "vixen_gateway_worker_calls_in_flight"
+# Shown at 0 before anything happened (a dashboard tells "nothing yet" from "no data").
+UNLABELED = (REQUESTS, COMPLETED, CANCELS, SKIPPED_CANCELED, CANCELED_RUNNING, FALLBACKS, JOBS_RECOVERED)
 
 
 class Metrics:
-    """Monotonic counters with optional labels; safe to bump from any thread."""
+    """The gateway's view of its app's ServiceMetrics."""
 
-    def __init__(self) -> None:
-        self._values: dict[str, dict[Labels, float]] = defaultdict(dict)
-        self._lock = threading.Lock()
+    def __init__(self, service: ServiceMetrics | None = None) -> None:
+        self.service = service or ServiceMetrics(SERVICE_NAME)
+        for counter in UNLABELED:
+            self.inc(counter, 0.0)
+        self.service.move(IN_FLIGHT, 0.0, "worker calls in progress")
 
     def inc(self, counter: CounterSpec, amount: float = 1.0, **labels: str) -> None:
         """Add `amount` to the counter's series for `labels`."""
-        key: Labels = tuple(sorted(labels.items()))
-        with self._lock:
-            series = self._values[counter.name]
-            series[key] = series.get(key, 0.0) + amount
+        self.service.add(counter.name.removesuffix("_total"), amount, counter.help, **labels)
+
+    def observe(self, histogram: HistogramSpec, seconds: float, **labels: str) -> None:
+        """Record a duration."""
+        self.service.observe(histogram.name, max(seconds, 0.0), histogram.help, labels)
+
+    def in_flight(self, delta: int) -> None:
+        """A worker call began (+1) or ended (-1)."""
+        self.service.move(IN_FLIGHT, float(delta), "worker calls in progress")
 
     def value(self, counter: CounterSpec, **labels: str) -> float:
         """The current value of one series (0 when never bumped)."""
-        with self._lock:
-            return self._values.get(counter.name, {}).get(tuple(sorted(labels.items())), 0.0)
+        return self.service.value(counter.name, **labels)
 
     def render(self) -> str:
-        """All counters in the Prometheus text exposition format (version 0.0.4)."""
-        lines: list[str] = []
-        with self._lock:
-            snapshot = {name: dict(series) for name, series in self._values.items()}
-        for counter in ALL_COUNTERS:
-            lines.append(f"# HELP {counter.name} {counter.help}")
-            lines.append(f"# TYPE {counter.name} counter")
-            series = snapshot.get(counter.name) or {(): 0.0}
-            for labels, value in sorted(series.items()):
-                lines.append(f"{counter.name}{_labels(labels)} {_number(value)}")
-        return "\n".join(lines) + "\n"
-
-
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels) + "}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if value.is_integer() else repr(value)
+        """Every instrument, Prometheus text format."""
+        return self.service.render().decode()

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
@@ -211,6 +211,9 @@ class JobRunner:
                 job.attempts,
                 f"polling worker call {job.call.call_id}" if job.call else "no worker call to poll",
             )
+        elif job.attempts == 0:
+            waited = (datetime.now(UTC) - job.request.requested_at).total_seconds()
+            self._metrics.observe(m.QUEUE_WAIT, waited)
         task = asyncio.create_task(self._run(job), name=f"job {job.generation_id}")
         self._tasks[job.generation_id] = task
         task.add_done_callback(lambda _: self._finished(job.generation_id))

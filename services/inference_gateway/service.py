@@ -347,7 +347,7 @@ class GenerationService:
                     sanitize_text(failure.message, self._secrets),
                     delay,
                 )
-                self._metrics.inc(m.RETRIES)
+                self._metrics.inc(m.RETRIES, cause=cause)
                 await self._sleep(delay)
                 continue
             return await self._complete(request, success, png, attempt, traceparent, started_at)
@@ -421,6 +421,8 @@ class GenerationService:
         budget = min(self._worker_timeout, left)
         deadline_bound = left <= self._worker_timeout
         started = time.perf_counter()
+        outcome = "ok"
+        self._metrics.in_flight(+1)
         try:
             if resumed is not None:
                 log.info(
@@ -430,7 +432,8 @@ class GenerationService:
             else:
                 success = await self._call_worker(request, worker, attempt, budget, traceparent)
         except GatewayFailure as failure:
-            self._metrics.inc(m.WORKER_CALLS, outcome=failure.code.value)
+            outcome = failure.code.value
+            self._metrics.inc(m.WORKER_CALLS, outcome=outcome)
             timed_out = (
                 failure.code is GatewayErrorCode.WORKER_UNAVAILABLE and failure.details.get("reason") == "timeout"
             )
@@ -444,8 +447,11 @@ class GenerationService:
                 ) from None
             raise
         finally:
-            self._metrics.inc(m.WORKER_SECONDS, time.perf_counter() - started)
+            self._metrics.in_flight(-1)
+            self._metrics.observe(m.WORKER_SECONDS, time.perf_counter() - started, outcome=outcome)
         self._metrics.inc(m.WORKER_CALLS, outcome="ok")
+        if success.timings is not None and success.model_info.lora_applied:
+            self._metrics.inc(m.LORA_LOADS, source=success.timings.lora_source)
         if success.request_id is not None and success.request_id != generation_id:
             raise GatewayFailure(
                 GatewayErrorCode.INVALID_WORKER_RESPONSE, "worker answered for another request", {"attempt": attempt}

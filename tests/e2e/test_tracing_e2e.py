@@ -1,5 +1,6 @@
-"""One generation over the real path with tracing on: every process exports over OTLP/HTTP to a receiver in this
-test, and the spans form one trace from content's POST to its handling of generation.completed."""
+"""Observability over the real path: every process exports its spans over OTLP/HTTP to a receiver in this test,
+and one generation's spans form one trace from content's POST to its handling of generation.completed; the
+services' /metrics count what happened, by error code."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from scripts.stacklib import flow
 from scripts.stacklib.runner import LocalStack
 from tests.e2e.conftest import running_stack
 from tests.e2e.test_generation_e2e import avatar_with_lora
+from tests.support.bad_loras import with_nan
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan, render_tree
+from tests.support.prometheus import metric_value
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +143,41 @@ async def test_one_generation_is_one_trace_from_the_post_to_the_result(
         if message.routing_key and message.routing_key.startswith("generation."):
             assert match.group(1) == post.trace_id, (message.routing_key, header)
     assert seen >= 4  # avatar and LoRA events, generation.requested, started, completed
+
+
+async def test_metrics_count_a_success_and_a_lora_load_failure_under_their_labels(
+    traced_stack: LocalStack, lora_files: dict[str, Path]
+) -> None:
+    urls = traced_stack.urls()
+    # Identity checks names, shapes and dtypes from the header; only the worker reads the values.
+    poisoned = with_nan(lora_files["a"].read_bytes())
+
+    def drive() -> tuple[flow.Generation, flow.Generation, str, str]:
+        with httpx.Client(timeout=30.0) as client:
+            before = client.get(f"{urls['content']}/metrics").text
+            outcomes = []
+            for lora in (lora_files["b"].read_bytes(), poisoned):
+                avatar_id, auth = avatar_with_lora(traced_stack, client, lora)
+                accepted = flow.request_generation(client, urls["content"], auth, avatar_id, width=64, height=64)
+                outcomes.append(flow.wait_generation(client, urls["content"], auth, str(accepted["id"]), 60.0))
+            return outcomes[0], outcomes[1], before, client.get(f"{urls['content']}/metrics").text
+
+    completed, failed, before, content = await asyncio.to_thread(drive)
+    async with httpx.AsyncClient(base_url=urls["gateway"], timeout=10.0) as gateway_client:
+        gateway = (await gateway_client.get("/metrics")).text
+
+    assert completed.status == "completed" and failed.error_code == "LORA_LOAD_FAILED", failed.body
+
+    def grew(name: str, **labels: str) -> float:
+        return (metric_value(content, name, **labels) or 0) - (metric_value(before, name, **labels) or 0)
+
+    assert grew("vixen_content_generations_submitted_total") == 2
+    assert grew("vixen_content_generations_finished_total", status="completed") == 1
+    assert grew("vixen_content_generations_finished_total", status="failed", error_code="LORA_LOAD_FAILED") == 1
+    assert grew("vixen_content_generation_seconds_count", status="completed") == 1
+    assert grew("vixen_content_generation_seconds_count", status="failed") == 1
+    assert metric_value(content, "vixen_outbox_lag_seconds") is not None
+    assert (metric_value(gateway, "vixen_gateway_generations_failed_total", error_code="LORA_LOAD_FAILED") or 0) >= 1
+    assert (metric_value(gateway, "vixen_gateway_generations_completed_total") or 0) >= 1
+    assert (metric_value(gateway, "vixen_gateway_worker_calls_total", outcome="LORA_LOAD_FAILED") or 0) >= 1
+    assert metric_value(gateway, "vixen_gateway_worker_calls_in_flight") == 0

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime
 
-import httpx
 from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import GenerationCanceled
@@ -14,17 +12,9 @@ from contracts.topology import CONTENT_GENERATION_RESULTS, Topology
 from services.common.storage import ObjectStorage
 from tests.support.gateway_fakes import requested
 from tests.support.gateway_harness import gateway_running, gateway_settings, publish_cancel, publish_request
+from tests.support.prometheus import metric_value, wait_for_metric
 from tests.support.queues import drain_events
 from tests.support.stand_in_worker import StandInWorker
-
-
-async def wait_for_metric(gateway: httpx.AsyncClient, line: str, wait: float = 10.0) -> None:
-    """Poll /metrics until it shows `line` (a counter at a value)."""
-    async with asyncio.timeout(wait):
-        while True:
-            if line in (await gateway.get("/metrics")).text.splitlines():
-                return
-            await asyncio.sleep(0.05)
 
 
 async def test_a_request_canceled_before_it_started_is_not_run_while_another_still_is(
@@ -41,13 +31,13 @@ async def test_a_request_canceled_before_it_started_is_not_run_while_another_sti
             assert ready.status_code == 200 and ready.json()["checks"]["consumers"] == "ok", ready.text
             await publish_cancel(amqp, topo, cancel)
             # The cancel comes on its own queue: wait until the gateway recorded it, then send both requests.
-            await wait_for_metric(gateway, "vixen_gateway_cancels_total 1")
+            await wait_for_metric(gateway, "vixen_gateway_cancels_total", 1)
             await publish_request(amqp, topo, requested(canceled_id, now=now))
             await publish_request(amqp, topo, requested(other_id, now=now))
             # One request at a time (prefetch 1), in order: once the other's two events are in, the canceled
             # one was handled too, and anything it had published would be on the results queue.
             results = await drain_events(amqp, topo.queue(CONTENT_GENERATION_RESULTS).name, expect=2, grace=0.5)
-            metrics = (await gateway.get("/metrics")).text.splitlines()
+            metrics = (await gateway.get("/metrics")).text
     finally:
         worker.stop()
 
@@ -58,6 +48,6 @@ async def test_a_request_canceled_before_it_started_is_not_run_while_another_sti
     assert [body["request_id"] for body in worker.bodies] == [other_id]
     assert not await storage.exists(f"generations/{canceled_id}.png")
     # The canceled one never became a job to run: its request found the cancel recorded in the job table.
-    assert 'vixen_gateway_jobs_recorded_total{outcome="canceled"} 1' in metrics
-    assert 'vixen_gateway_jobs_recorded_total{outcome="queued"} 1' in metrics
-    assert "vixen_gateway_requests_total 1" in metrics
+    assert metric_value(metrics, "vixen_gateway_jobs_recorded_total", outcome="canceled") == 1
+    assert metric_value(metrics, "vixen_gateway_jobs_recorded_total", outcome="queued") == 1
+    assert metric_value(metrics, "vixen_gateway_requests_total") == 1

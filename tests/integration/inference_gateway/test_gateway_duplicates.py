@@ -13,9 +13,9 @@ from contracts.topology import SERVICE_CONTENT, Topology, event_source
 from services.common.broker import Publisher
 from services.common.events import new_event
 from services.common.storage import ObjectStorage
-from tests.integration.inference_gateway.test_gateway_cancel import wait_for_metric
 from tests.integration.inference_gateway.test_gateway_with_worker import request_for, upload_lora
 from tests.support.gateway_harness import ResultLog, gateway_running, gateway_settings, publish_request
+from tests.support.prometheus import wait_for_metric
 
 
 def served(worker_url: str) -> int:
@@ -58,11 +58,11 @@ async def test_a_duplicated_a_redelivered_and_a_late_request_make_one_worker_run
             await publisher.close()
         first = await results.until(duplicated_id, GenerationCompleted)
         await results.until(redelivered_id, GenerationCompleted)
-        await wait_for_metric(gateway, 'vixen_gateway_jobs_recorded_total{outcome="already_pending"} 2')
+        await wait_for_metric(gateway, "vixen_gateway_jobs_recorded_total", 2, outcome="already_pending")
         runs_for_two = served(worker_url) - before
         # Late: the request once more, after its result: the result is announced again, the worker not called.
         await publish_request(amqp, topo, duplicated)
-        await wait_for_metric(gateway, 'vixen_gateway_jobs_recorded_total{outcome="reannounced"} 1')
+        await wait_for_metric(gateway, "vixen_gateway_jobs_recorded_total", 1, outcome="reannounced")
         again = await results.until(duplicated_id, GenerationCompleted, count=2)
 
     assert runs_for_two == 2 and served(worker_url) - before == 2

@@ -13,6 +13,7 @@ from contracts.topology import Topology
 from services.common.storage import ObjectStorage
 from tests.support.gateway_fakes import image_size, requested
 from tests.support.gateway_harness import gateway_running, gateway_settings, publish_request, results_until_terminal
+from tests.support.prometheus import metric_value
 
 LORA_KEY = "loras/avatar-1/lora-1.safetensors"
 
@@ -64,7 +65,11 @@ async def test_a_request_yields_started_then_completed_with_the_stored_png(
     assert completed.model_info.lora_applied and completed.model_info.base_model == "tiny-sdxl-random"
     assert completed.timings is not None and completed.timings.lora_source in ("download", "memory_cache")
     assert completed.attempts == 1
-    assert "vixen_gateway_generations_completed_total 1" in metrics
+    assert metric_value(metrics, "vixen_gateway_generations_completed_total") == 1
+    assert metric_value(metrics, "vixen_gateway_worker_call_seconds_count", outcome="ok") == 1
+    assert metric_value(metrics, "vixen_gateway_lora_loads_total", source=completed.timings.lora_source) == 1
+    assert metric_value(metrics, "vixen_gateway_queue_wait_seconds_count") == 1
+    assert metric_value(metrics, "vixen_gateway_worker_calls_in_flight") == 0
 
 
 async def test_a_lora_object_that_is_not_a_lora_fails_once_with_lora_load_failed(

@@ -8,11 +8,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.inference_gateway.api import router
+from services.common.metrics import router
 from services.inference_gateway.images import InvalidImageError, decode_png
-from services.inference_gateway.metrics import COMPLETED, FAILED, Metrics
+from services.inference_gateway.metrics import COMPLETED, FAILED, REQUESTS, WORKER_SECONDS, Metrics
 from services.inference_gateway.sanitize import sanitize_details, sanitize_text
 from tests.support.gateway_fakes import png_bytes
+from tests.support.prometheus import metric_value
 
 
 def test_sanitize_strips_queries_tokens_and_bounds_size() -> None:
@@ -46,24 +47,24 @@ def test_metrics_render_prometheus_text() -> None:
     metrics.inc(COMPLETED)
     metrics.inc(FAILED, error_code="LORA_LOAD_FAILED")
     metrics.inc(FAILED, error_code='we"ird')
+    metrics.observe(WORKER_SECONDS, 1.5, outcome="ok")
     text = metrics.render()
     assert "# TYPE vixen_gateway_generations_completed_total counter" in text
-    assert "vixen_gateway_generations_completed_total 1\n" in text
-    assert 'vixen_gateway_generations_failed_total{error_code="LORA_LOAD_FAILED"} 1\n' in text
+    assert metric_value(text, "vixen_gateway_generations_completed_total") == 1
+    assert metric_value(text, "vixen_gateway_generations_failed_total", error_code="LORA_LOAD_FAILED") == 1
     assert 'error_code="we\\"ird"' in text
-    assert "vixen_gateway_requests_total 0\n" in text
+    assert metric_value(text, "vixen_gateway_requests_total") == 0  # shown before anything happened
+    assert metric_value(text, "vixen_gateway_worker_call_seconds_count", outcome="ok") == 1
+    assert metric_value(text, "vixen_gateway_worker_call_seconds_bucket", outcome="ok", le="2") == 1
+    assert metrics.value(FAILED, error_code="LORA_LOAD_FAILED") == 1
 
 
-class StubStatus:
-    def metrics_text(self) -> str:
-        return "vixen_gateway_requests_total 4\n"
-
-
-async def test_the_metrics_route_answers_prometheus_text() -> None:
+async def test_the_metrics_route_answers_the_apps_metrics_in_prometheus_text() -> None:
     app = FastAPI()
     app.include_router(router)
-    app.state.gateway = StubStatus()
+    app.state.metrics = Metrics().service
+    Metrics(app.state.metrics).inc(REQUESTS, 4)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
         metrics = await client.get("/metrics")
-    assert metrics.status_code == 200 and metrics.text == "vixen_gateway_requests_total 4\n"
-    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert metrics.status_code == 200 and metric_value(metrics.text, "vixen_gateway_requests_total") == 4
+    assert metrics.headers["content-type"].startswith("text/plain; version=")
