@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,6 +40,31 @@ async def completed_events(stack: LocalStack, amqp: AbstractRobustConnection) ->
         await channel.close()
 
 
+@pytest.fixture
+async def generation_messages(stack: LocalStack, amqp: AbstractRobustConnection) -> AsyncIterator[AbstractQueue]:
+    """A test queue bound to every generation.* event of this run's exchange."""
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(topology(stack.config.topology_prefix).events_exchange)
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(exchange, routing_key="generation.*")
+    try:
+        yield queue
+    finally:
+        await channel.close()
+
+
+async def trace_ids_of(queue: AbstractQueue, generation_id: str) -> dict[str, str]:
+    """The trace id in the traceparent of each message of the generation, by routing key."""
+    found: dict[str, str] = {}
+    while (message := await queue.get(fail=False, no_ack=True)) is not None:
+        envelope, _ = from_message(message)
+        if envelope.subject == generation_id:
+            header = str((message.headers or {}).get("traceparent", ""))
+            assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", header), (envelope.type, header)
+            found[envelope.type] = header.split("-")[1]
+    return found
+
+
 async def completed_event(queue: AbstractQueue, generation_id: str, wait: float = 30.0) -> GenerationCompleted:
     async with asyncio.timeout(wait):
         while True:
@@ -65,6 +91,7 @@ async def test_a_generation_travels_the_whole_path(
     stack: LocalStack,
     stack_storage: ObjectStorage,
     completed_events: AbstractQueue,
+    generation_messages: AbstractQueue,
     lora_files: dict[str, Path],
     tmp_path: Path,
 ) -> None:
@@ -96,6 +123,11 @@ async def test_a_generation_travels_the_whole_path(
     assert generation.body["timings"]["worker_seconds"] == pytest.approx(event.generation_time_seconds)
     assert unknown.status_code == 404, unknown.text
     assert unknown.json()["details"]["fields"][0]["field"] == "avatar_id"
+    # No OTEL_* variable is set here (as in `make demo`): nothing is exported, and yet every message of the
+    # generation carries a traceparent, all with the generation's one trace id.
+    trace_ids = await trace_ids_of(generation_messages, generation.id)
+    assert set(trace_ids) == {"generation.requested", "generation.started", "generation.completed"}
+    assert len(set(trace_ids.values())) == 1
 
 
 async def test_a_lora_identity_accepts_but_the_worker_cannot_load_ends_failed_with_lora_load_failed(
