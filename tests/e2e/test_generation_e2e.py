@@ -23,34 +23,24 @@ from services.common.events import from_message
 from services.common.storage import ObjectStorage
 from tests.support.bad_loras import with_nan
 from tests.support.gateway_fakes import image_size
+from tests.support.queues import bound_queue
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 async def completed_events(stack: LocalStack, amqp: AbstractRobustConnection) -> AsyncIterator[AbstractQueue]:
-    """A test queue bound to generation.completed on this run's exchange (removed with its channel)."""
-    channel = await amqp.channel()
-    exchange = await channel.get_exchange(topology(stack.config.topology_prefix).events_exchange)
-    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-    await queue.bind(exchange, routing_key=EventType.GENERATION_COMPLETED.value)
-    try:
+    """A test queue bound to generation.completed on this run's exchange."""
+    exchange = topology(stack.config.topology_prefix).events_exchange
+    async with bound_queue(amqp, exchange, EventType.GENERATION_COMPLETED.value) as queue:
         yield queue
-    finally:
-        await channel.close()
 
 
 @pytest.fixture
 async def generation_messages(stack: LocalStack, amqp: AbstractRobustConnection) -> AsyncIterator[AbstractQueue]:
     """A test queue bound to every generation.* event of this run's exchange."""
-    channel = await amqp.channel()
-    exchange = await channel.get_exchange(topology(stack.config.topology_prefix).events_exchange)
-    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-    await queue.bind(exchange, routing_key="generation.*")
-    try:
+    async with bound_queue(amqp, topology(stack.config.topology_prefix).events_exchange, "generation.*") as queue:
         yield queue
-    finally:
-        await channel.close()
 
 
 async def trace_ids_of(queue: AbstractQueue, generation_id: str) -> dict[str, str]:

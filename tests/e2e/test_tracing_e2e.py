@@ -21,6 +21,7 @@ from tests.e2e.test_generation_e2e import avatar_with_lora
 from tests.support.bad_loras import with_nan
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan, render_tree
 from tests.support.prometheus import metric_value
+from tests.support.queues import bound_queue
 
 pytestmark = pytest.mark.slow
 
@@ -51,14 +52,8 @@ def traced_stack(
 @pytest.fixture
 async def every_message(traced_stack: LocalStack, amqp: AbstractRobustConnection) -> AsyncIterator[AbstractQueue]:
     """A test queue bound to every routing key of this run's exchange."""
-    channel = await amqp.channel()
-    exchange = await channel.get_exchange(topology(traced_stack.config.topology_prefix).events_exchange)
-    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-    await queue.bind(exchange, routing_key="#")
-    try:
+    async with bound_queue(amqp, topology(traced_stack.config.topology_prefix).events_exchange, "#") as queue:
         yield queue
-    finally:
-        await channel.close()
 
 
 def ancestors(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> list[ReceivedSpan]:

@@ -35,6 +35,7 @@ from services.common.db import create_test_database, drop_test_database
 from services.common.dlq import QueueCounts, list_counts
 from services.common.events import from_message
 from tests.integration import conftest as integration
+from tests.support.queues import bound_queue
 from tests.support.tcp_proxy import TcpProxy
 
 # Over pyproject's 300 s per test: the stack's start, the outage and the waits below must fit, so that a stuck
@@ -159,15 +160,10 @@ def outage_stack(
 
 @pytest.fixture
 async def requested_events(outage_stack: OutageStack, amqp: AbstractRobustConnection) -> AsyncIterator[AbstractQueue]:
-    """A test queue bound to generation.requested on this run's exchange (removed with its channel)."""
-    channel = await amqp.channel()
-    exchange = await channel.get_exchange(outage_stack.topology.events_exchange)
-    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-    await queue.bind(exchange, routing_key=EventType.GENERATION_REQUESTED.value)
-    try:
+    """A test queue bound to generation.requested on this run's exchange."""
+    exchange = outage_stack.topology.events_exchange
+    async with bound_queue(amqp, exchange, EventType.GENERATION_REQUESTED.value) as queue:
         yield queue
-    finally:
-        await channel.close()
 
 
 async def until_requested(queue: AbstractQueue, generation_ids: set[str], wait: float = 30.0) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -27,14 +29,15 @@ from services.common.events import from_message, new_event
 from services.common.storage import ObjectStorage
 from services.inference_gateway.main import create_app
 from services.inference_gateway.settings import DEFAULT_DATABASE_URL, GatewaySettings
+from tests.support.gateway_fakes import requested
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def gateway_settings(
+def gateway_env(
     rabbitmq_url: str, storage: ObjectStorage, topo: Topology, endpoint_url: str, **env: object
-) -> GatewaySettings:
-    """Settings for a gateway on this run's topology and bucket, with short backoffs."""
+) -> dict[str, str]:
+    """The variables of a gateway on this run's topology and bucket, with short backoffs (`env` added last)."""
     values: dict[str, object] = {
         "RABBITMQ_URL": rabbitmq_url,
         "R2_ENDPOINT_URL": storage.config.endpoint_url,
@@ -49,7 +52,23 @@ def gateway_settings(
         "MODAL_TIMEOUT_SECONDS": 60,
         **env,
     }
-    return GatewaySettings(**values)  # type: ignore[arg-type]
+    return {name: str(value) for name, value in values.items()}
+
+
+def gateway_settings(
+    rabbitmq_url: str, storage: ObjectStorage, topo: Topology, endpoint_url: str, **env: object
+) -> GatewaySettings:
+    """Settings for a gateway on this run's topology and bucket, with short backoffs."""
+    return GatewaySettings(**gateway_env(rabbitmq_url, storage, topo, endpoint_url, **env))  # type: ignore[arg-type]
+
+
+async def lora_request(storage: ObjectStorage, data: bytes, *, key: str, steps: int) -> GenerationRequested:
+    """A new generation's request (64×64) for a LoRA file put in the bucket at `key` (its sha256 in the request)."""
+    await storage.put_bytes(key, data)
+    request = requested(str(uuid.uuid4()), lora_key=key, steps=steps)
+    assert request.lora is not None
+    lora = request.lora.model_copy(update={"sha256": hashlib.sha256(data).hexdigest()})
+    return request.model_copy(update={"lora": lora})
 
 
 @asynccontextmanager

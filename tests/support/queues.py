@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
 from contracts.envelope import EventEnvelope
 from contracts.events import EventPayload
 from services.common.events import from_message
 
 Received = tuple[EventEnvelope, EventPayload]
+
+
+@asynccontextmanager
+async def bound_queue(
+    connection: AbstractRobustConnection, exchange: str, routing_key: str
+) -> AsyncIterator[AbstractQueue]:
+    """A test's own queue bound to `routing_key` (`#`: everything) on an exchange, removed with its channel."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(await channel.get_exchange(exchange), routing_key=routing_key)
+        yield queue
+    finally:
+        await channel.close()
 
 
 async def drain_events(

@@ -4,23 +4,21 @@ the worker stops it and is free for the next generation at once; nothing is publ
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from contracts.events import GenerationCanceled, GenerationCompleted, GenerationRequested, GenerationStarted
+from contracts.events import GenerationCanceled, GenerationCompleted, GenerationStarted
 from contracts.topology import Topology
 from services.common.storage import ObjectStorage
-from tests.support.gateway_fakes import requested
 from tests.support.gateway_harness import (
     ResultLog,
     gateway_running,
     gateway_settings,
+    lora_request,
     publish_cancel,
     publish_request,
 )
@@ -29,12 +27,6 @@ from tests.support.prometheus import metric_value, wait_for_metric
 LORA_KEY = "loras/avatar-1/lora-cancel.safetensors"
 LONG_STEPS = 100  # the contract's maximum
 SHORT_STEPS = 10
-
-
-def request_with(sha256: str, steps: int) -> GenerationRequested:
-    request = requested(str(uuid.uuid4()), lora_key=LORA_KEY, steps=steps)
-    assert request.lora is not None
-    return request.model_copy(update={"lora": request.lora.model_copy(update={"sha256": sha256})})
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -49,9 +41,8 @@ async def test_canceling_a_running_generation_stops_it_on_the_worker_and_frees_t
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     data = lora_files["a"].read_bytes()
-    await storage.put_bytes(LORA_KEY, data)
-    sha = hashlib.sha256(data).hexdigest()
-    long, short = request_with(sha, LONG_STEPS), request_with(sha, SHORT_STEPS)
+    long = await lora_request(storage, data, key=LORA_KEY, steps=LONG_STEPS)
+    short = await lora_request(storage, data, key=LORA_KEY, steps=SHORT_STEPS)
     cancel = GenerationCanceled(
         generation_id=long.generation_id, owner_id="owner-1", avatar_id="avatar-1", canceled_at=datetime.now(UTC)
     )

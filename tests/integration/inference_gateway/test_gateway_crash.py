@@ -4,11 +4,9 @@ gateway takes the job over; one result, and in async mode the worker call polled
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,15 +16,14 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy.engine import URL
 
-from contracts.events import GenerationCompleted, GenerationFailed, GenerationRequested, GenerationStarted
+from contracts.events import GenerationCompleted, GenerationFailed, GenerationStarted
 from contracts.topology import Topology
 from scripts.stacklib.processes import ManagedProcess, free_port, start_process, stop, wait_until_ready
 from services.common.db import create_engine, create_session_factory
 from services.common.storage import ObjectStorage
 from services.inference_gateway.jobs import JobStore
 from services.inference_gateway.models import Job
-from tests.support.gateway_fakes import requested
-from tests.support.gateway_harness import ROOT, ResultLog, publish_request
+from tests.support.gateway_harness import ROOT, ResultLog, gateway_env, lora_request, publish_request
 
 LORA_KEY = "loras/avatar-1/lora-crash.safetensors"
 LEASE_SECONDS = 2
@@ -80,29 +77,19 @@ async def test_a_gateway_killed_mid_job_is_taken_over_with_one_result_and_no_sec
     lora_files: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    data = lora_files["a"].read_bytes()
-    await storage.put_bytes(LORA_KEY, data)
-    request: GenerationRequested = requested(str(uuid.uuid4()), lora_key=LORA_KEY, steps=60)
-    assert request.lora is not None
-    request = request.model_copy(
-        update={"lora": request.lora.model_copy(update={"sha256": hashlib.sha256(data).hexdigest()})}
-    )
+    request = await lora_request(storage, lora_files["a"].read_bytes(), key=LORA_KEY, steps=60)
     env = {
         **os.environ,
-        "RABBITMQ_URL": rabbitmq_url,
-        "R2_ENDPOINT_URL": storage.config.endpoint_url,
-        "R2_ACCESS_KEY_ID": storage.config.access_key_id,
-        "R2_SECRET_ACCESS_KEY": storage.config.secret_access_key,
-        "R2_BUCKET_NAME": storage.bucket,
-        "R2_REGION": storage.config.region,
-        "MODAL_ENDPOINT_URL": worker_url,
-        "MODAL_MODE": mode,
-        "MODAL_POLL_SECONDS": "0.1",
-        "VIXEN_TOPOLOGY_PREFIX": topo.prefix,
-        "GATEWAY_DATABASE_URL": pg_url.render_as_string(hide_password=False),
-        "GATEWAY_JOB_LEASE_SECONDS": str(LEASE_SECONDS),
-        "GATEWAY_BACKOFF_BASE_SECONDS": "0.05",
-        "GATEWAY_BACKOFF_MAX_SECONDS": "0.2",
+        **gateway_env(
+            rabbitmq_url,
+            storage,
+            topo,
+            worker_url,
+            MODAL_MODE=mode,
+            MODAL_POLL_SECONDS=0.1,
+            GATEWAY_DATABASE_URL=pg_url.render_as_string(hide_password=False),
+            GATEWAY_JOB_LEASE_SECONDS=LEASE_SECONDS,
+        ),
     }
     results = ResultLog(amqp, topo)
     before = served(worker_url)
