@@ -27,16 +27,23 @@ class _Job:
     request_id: str | None
 
 
+class QueueFullError(RuntimeError):
+    """The queue holds as many unfinished jobs as it takes: try again later (HTTP 429)."""
+
+
 class JobQueue:
     """Runs jobs one at a time (the engine serves one request at a time) and keeps results for a while.
 
-    Each job's budget starts at submit: the time it waits in the queue counts against its timeout."""
+    Each job's budget starts at submit: the time it waits in the queue counts against its timeout. At most
+    `max_pending` jobs wait or run at once (a submit past it is refused, never queued without bound); finished
+    ones are kept `ttl_seconds`, and at most `max_jobs` in all."""
 
     def __init__(
         self,
         run: Callable[[WorkerRequest, RequestBudget], Outcome],
         max_jobs: int = 1000,
         ttl_seconds: float = 3600.0,
+        max_pending: int = 64,
     ) -> None:
         self._run = run
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
@@ -44,12 +51,16 @@ class JobQueue:
         self._lock = threading.Lock()
         self.max_jobs = max_jobs
         self.ttl_seconds = ttl_seconds
+        self.max_pending = max_pending
 
     def submit(self, request: WorkerRequest) -> str:
+        """Queue a job; its call id. QueueFullError when `max_pending` jobs are unfinished already."""
         call_id = "fc-" + uuid.uuid4().hex
         budget = RequestBudget(request.timeout_seconds)
-        future = self._executor.submit(self._run, request, budget)
         with self._lock:
+            if sum(not job.future.done() for job in self._jobs.values()) >= self.max_pending:
+                raise QueueFullError(f"{self.max_pending} jobs are waiting or running; try again later")
+            future = self._executor.submit(self._run, request, budget)
             self._jobs[call_id] = _Job(future, time.monotonic(), budget, request.request_id)
             self._expire()
         return call_id

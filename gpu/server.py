@@ -24,7 +24,7 @@ from gpu.budget import RequestBudget
 from gpu.engine import SdxlLoraEngine
 from gpu.errors import WorkerFailure, request_canceled, validation_error
 from gpu.handler import run_request, status_and_body
-from gpu.jobs import CancelState, JobQueue, Outcome
+from gpu.jobs import CancelState, JobQueue, Outcome, QueueFullError
 from gpu.settings import WorkerSettings
 from gpu.telemetry import TRACER_NAME, configure_tracing, record_request
 
@@ -56,10 +56,10 @@ def outcome_response(outcome: Outcome) -> JSONResponse:
 class WorkerState:
     """The engine once loaded, or why it could not be; the job queue over it."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_pending_jobs: int = 64) -> None:
         self.engine: SdxlLoraEngine | None = None
         self.load_error: WorkerFailure | None = None
-        self.jobs = JobQueue(self.run)
+        self.jobs = JobQueue(self.run, max_pending=max_pending_jobs)
 
     def run(self, request: WorkerRequest, budget: RequestBudget | None = None) -> Outcome:
         return run_request(self.engine, request, self.load_error, budget)
@@ -127,7 +127,7 @@ def create_app(
 
     Spans go to `tracer_provider` (the global one if None, which `main` configures): an incoming W3C
     `traceparent` continues the caller's trace; each request's worker spans are children of its server span."""
-    state = WorkerState()
+    state = WorkerState(settings.max_pending_jobs)
     tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
 
     @asynccontextmanager
@@ -172,7 +172,11 @@ def create_app(
     @app.post("/jobs", status_code=202)
     async def submit(request: WorkerRequest, _: Authorized) -> JobSubmitted:
         arrived_ns = time.time_ns()
-        call_id = state.jobs.submit(request)
+        try:
+            call_id = state.jobs.submit(request)
+        except QueueFullError as full:
+            # Not a contract error: the request is fine, the queue is not (the gateway retries a 429 later).
+            raise HTTPException(status_code=429, detail=str(full), headers={"Retry-After": "5"}) from None
         future = state.jobs.future(call_id)
         if future is not None:
             # The job ends on another thread, after this server span: its spans go under it explicitly.

@@ -35,6 +35,8 @@ class WorkerSettings(BaseSettings):
     # Where the untouched originals of LoRA-touched layers live: beside the weights (fastest) or on the CPU.
     lora_pristine_device: Literal["same", "cpu"] = Field(default="same", alias="LORA_PRISTINE_DEVICE")
     request_timeout_seconds: float = Field(default=300.0, gt=0, alias="REQUEST_TIMEOUT_SECONDS")
+    # Local async mode: jobs waiting or running at once; a submit past it answers 429 (never an unbounded queue).
+    max_pending_jobs: int = Field(default=64, ge=1, le=10_000, alias="WORKER_MAX_PENDING_JOBS")
     api_key: SecretStr | None = Field(default=None, alias="WORKER_API_KEY")
 
     @field_validator("lora_allowed_hosts", mode="before")

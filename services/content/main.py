@@ -17,6 +17,7 @@ from services.common.consumer import Consumer
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.outbox import OutboxRelay
+from services.common.retention import Bookkeeping, running_retention
 from services.common.runtime import open_broker, open_database, running_consumers, running_relay
 from services.common.signed_links import LinkSigner
 from services.common.storage import ObjectStorage, StorageConfig
@@ -25,7 +26,7 @@ from services.content.api import ContentApi, router
 from services.content.consumers import generation_results_handler, identity_events_handler
 from services.content.generations import GenerationPolicy, GenerationService
 from services.content.migrations import MIGRATIONS
-from services.content.models import Base, outbox_table
+from services.content.models import Base, inbox_table, outbox_table
 from services.content.projection import IdentityProjection
 from services.content.settings import DEFAULT_PORT, AdmissionSettings, ContentSettings
 from services.content.sweeper import running_sweeper
@@ -102,6 +103,7 @@ def create_app(settings: ContentSettings) -> FastAPI:
                 ]
                 async with (
                     running_relay(relay),
+                    running_retention(database.sessions, Bookkeeping(outbox_table, inbox_table), settings),
                     running_consumers(consumers),
                     running_sweeper(generations, settings.sweep_interval_seconds, settings.sweep_grace_seconds),
                 ):

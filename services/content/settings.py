@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from services.common.auth import AuthSettings, auth_secret_values
 from services.common.auth.settings import short_secret_reason
 from services.common.migrations import migrate_on_start_field
+from services.common.retention import RetentionSettings
 from services.common.runtime import TopologySettings
 from services.common.settings import (
     BrokerSettings,
@@ -87,6 +88,7 @@ class ContentSettings(
     AuthSettings,
     AdmissionSettings,
     ContentDatabaseSettings,
+    RetentionSettings,
 ):
     """Everything the content service reads from the environment."""
 

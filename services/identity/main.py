@@ -15,6 +15,7 @@ from services.common.auth import TokenVerifier, install_verifier
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.outbox import OutboxRelay
+from services.common.retention import Bookkeeping, running_retention
 from services.common.runtime import open_broker, open_database, running_relay
 from services.common.storage import ObjectStorage, StorageConfig
 from services.identity.api import admin_router, router
@@ -49,7 +50,10 @@ def create_app(settings: IdentitySettings) -> FastAPI:
             ):
                 relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)
                 service_metrics.watch_outbox(metrics, relay)
-                async with running_relay(relay):
+                async with (
+                    running_relay(relay),
+                    running_retention(database.sessions, Bookkeeping(outbox=outbox_table), settings),
+                ):
                     health.install_readiness(
                         app,
                         {

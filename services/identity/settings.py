@@ -10,6 +10,7 @@ from pydantic_settings import NoDecode
 from contracts.lora_targets import KNOWN_BASE_MODELS
 from services.common.auth import AuthSettings, auth_secret_values
 from services.common.migrations import migrate_on_start_field
+from services.common.retention import RetentionSettings
 from services.common.runtime import TopologySettings
 from services.common.settings import (
     BrokerSettings,
@@ -36,7 +37,13 @@ class IdentityDatabaseSettings(SecretCheckedSettings):
 
 
 class IdentitySettings(
-    BrokerSettings, StorageSettings, LoggingSettings, TopologySettings, AuthSettings, IdentityDatabaseSettings
+    BrokerSettings,
+    StorageSettings,
+    LoggingSettings,
+    TopologySettings,
+    AuthSettings,
+    IdentityDatabaseSettings,
+    RetentionSettings,
 ):
     """Everything the identity service reads from the environment."""
 

@@ -35,6 +35,7 @@ from contracts.topology import SERVICE_INFERENCE_GATEWAY, event_source
 from services.common.db import insert_unless_present
 from services.common.events import new_event
 from services.common.outbox import add_to_outbox
+from services.common.retention import prune_sent_outbox
 from services.inference_gateway.models import FINAL_STATES, Job, JobState, outbox_table
 from services.inference_gateway.service import WorkerCall
 
@@ -298,8 +299,7 @@ class JobStore:
             ids = list((await session.execute(old)).scalars())
             if ids:
                 await session.execute(delete(Job).where(Job.generation_id.in_(ids)))
-            sent = select(outbox_table.c.id).where(outbox_table.c.sent_at < cutoff).limit(batch)
-            await session.execute(delete(outbox_table).where(outbox_table.c.id.in_(sent)))
+            await prune_sent_outbox(session, outbox_table, cutoff, batch)
         return len(ids)
 
     async def job(self, generation_id: str) -> Job | None:
