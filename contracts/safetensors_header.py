@@ -68,6 +68,9 @@ def check_header(header: bytes, object_size: int) -> HeaderSummary:
         parsed = json.loads(header.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise NotSafetensorsError("header is not UTF-8 JSON: not safetensors") from None
+    except RecursionError:
+        # Deeply nested arrays or objects (a few bytes per level) exhaust the parser's stack long before the cap.
+        raise NotSafetensorsError("header JSON is nested too deeply: not safetensors") from None
     if not isinstance(parsed, dict):
         raise NotSafetensorsError("header is not a JSON object: not safetensors")
     metadata = parsed.pop("__metadata__", None)

@@ -4,11 +4,14 @@ test's logging configuration put back as it found it."""
 import logging
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.support.file_server import FileServer
+
+if TYPE_CHECKING:
+    from tests.support.bad_loras import HostileLora
 
 # A logger's configuration: level, handlers, filters, propagate, disabled (a tuple: this runs around every test).
 _LoggerState = tuple[int, list[logging.Handler], list[Any], bool, bool]
@@ -81,6 +84,22 @@ def lora_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "b": write_lora(folder / "b.safetensors", seed=2),
         "sd15": write_lora(folder / "sd15.safetensors", seed=1, kind="sd15"),
     }
+
+
+@pytest.fixture(scope="session")
+def pickle_canary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The file the hostile corpus's pickles create when anything unpickles them: it must never appear."""
+    return tmp_path_factory.mktemp("canary") / "pickle-ran"
+
+
+@pytest.fixture(scope="session")
+def hostile_corpus(lora_files: dict[str, Path], pickle_canary: Path) -> "dict[str, HostileLora]":
+    """The hostile LoRA corpus (tests/support/bad_loras.py), capped as identity's tests cap uploads."""
+    from tests.support.bad_loras import hostile_loras
+    from tests.support.service_fixtures import TEST_LORA_MAX_BYTES
+
+    valid, sd15 = lora_files["a"].read_bytes(), lora_files["sd15"].read_bytes()
+    return hostile_loras(valid, sd15, pickle_canary, TEST_LORA_MAX_BYTES)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import pytest
 
 from contracts.errors import WorkerErrorCode
 from gpu.fingerprint import fingerprint_pipeline
-from tests.support.bad_loras import bad_lora_files
 from tests.support.engine import error_of, image_size, png_of, request, tiny_engine
 from tests.support.file_server import FileServer
 
@@ -91,26 +90,6 @@ def test_sha256_mismatch_is_a_download_failure(tiny_model_dir: Path, served: dic
     error = error_of(engine.generate(request(lora_url=served["a"], lora_sha256="0" * 64)))
     assert error.error_code == WorkerErrorCode.LORA_DOWNLOAD_FAILED
     assert "sha256" in error.error
-
-
-def test_bad_files_are_refused_and_nothing_in_a_pickle_runs(
-    tiny_model_dir: Path, file_server: FileServer, lora_files: dict[str, Path], tmp_path: Path
-) -> None:
-    engine = tiny_engine(tiny_model_dir)
-    before = fingerprint_pipeline(engine.pipeline)
-    marker = tmp_path / "pickle-ran"
-    files = bad_lora_files(lora_files["a"].read_bytes(), marker)
-    files["sd15_lora"] = lora_files["sd15"].read_bytes()
-    for name, data in files.items():
-        url = file_server.add(f"/bad/{name}.safetensors", data)
-        error = error_of(engine.generate(request(lora_url=url)))
-        assert error.error_code == WorkerErrorCode.LORA_LOAD_FAILED, (name, error)
-        assert error.retryable is False
-    assert not marker.exists(), "a pickle was unpickled"
-    assert fingerprint_pipeline(engine.pipeline) == before
-    # And the worker still serves a good request afterwards.
-    good = file_server.add("/good.safetensors", lora_files["a"].read_bytes())
-    assert image_size(png_of(engine.generate(request(lora_url=good)))) == (64, 64)
 
 
 def test_a_refused_file_is_not_cached(tiny_model_dir: Path, file_server: FileServer, tmp_path: Path) -> None:

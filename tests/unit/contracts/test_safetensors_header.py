@@ -94,6 +94,17 @@ def test_each_refusal_says_why_in_one_word(data: bytes, reason: str) -> None:
     assert caught.value.reason == reason
 
 
+@pytest.mark.parametrize("opening", [b"[", b'{"a":'])
+def test_a_header_nested_past_the_parsers_stack_is_refused_not_raised(opening: bytes) -> None:
+    # 100,000 levels cost a few hundred KB, far under the header cap; json.loads raises RecursionError on them.
+    depth = 100_000
+    closing = b"]" if opening == b"[" else b"}"
+    raw = opening * depth + (b"1" if closing == b"}" else b"") + closing * depth
+    with pytest.raises(NotSafetensorsError, match="nested too deeply") as caught:
+        _check(struct.pack("<Q", len(raw)) + raw)
+    assert caught.value.reason == "not_safetensors"
+
+
 def test_the_summary_holds_each_tensor_entry_and_the_metadata() -> None:
     data = safetensors_bytes({"a": ("F16", [2, 3])}, metadata={"ss_network_dim": "2"})
     length = header_length(data[:8], len(data))
