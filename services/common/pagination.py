@@ -57,7 +57,8 @@ class Cursor:
             if created_at.tzinfo is None:
                 raise ValueError("naive time")
             return cls(created_at, uuid.UUID(data["id"]))
-        except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        # AttributeError: an id that is a JSON number or list (uuid.UUID calls str methods on it).
+        except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
             reason = "not a cursor this API returned"
             raise InvalidRequestError("invalid cursor", fields=[FieldError("cursor", reason)]) from None
 

@@ -53,7 +53,8 @@ class LinkSigner:
 
     def refusal(self, purpose: str, resource: str, expires: int, signature: str) -> str | None:
         """Why the link is refused (a fixed sentence), or None when it is good now."""
-        if not hmac.compare_digest(self._mac(purpose, resource, expires), signature):
+        # As bytes: compare_digest raises TypeError on a str with a non-ASCII character (a forged link).
+        if not hmac.compare_digest(self._mac(purpose, resource, expires).encode(), signature.encode()):
             return "the link's signature does not match"
         if expires < self._clock():
             return "the link has expired"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,10 +42,20 @@ class AvatarCreate(_Request):
     description: AvatarDescription | None = None
 
 
+def _not_null(schema: dict[str, Any]) -> None:
+    """Document an optional field as its non-null branch only (an explicit null is refused by the use case)."""
+    branches = [branch for branch in schema.get("anyOf", []) if branch.get("type") != "null"]
+    if len(branches) == 1:
+        del schema["anyOf"]
+        schema.update(branches[0])
+
+
 class AvatarUpdate(_Request):
     """PATCH /api/v1/avatars/{id}: only the fields sent change; `active_lora_id: null` leaves none active."""
 
-    name: AvatarName | None = None
+    # Optional but never null (a name cannot be removed): the documented schema leaves null out, and the use case
+    # refuses an explicit null with a 422 naming `name`.
+    name: AvatarName | None = Field(default=None, json_schema_extra=_not_null)
     description: AvatarDescription | None = None
     active_lora_id: uuid.UUID | None = Field(default=None, description="a ready LoRA version of this avatar")
 
