@@ -150,6 +150,10 @@ def apply_result(generation: Generation, payload: EventPayload, event_type: Even
         return False
     target = status_after(current, event_type)
     if isinstance(payload, GenerationStarted):
+        moves = target is not None and target is not current
+        if not moves and payload.attempt <= generation.attempts and (generation.started_at or canceled):
+            # The same start again (a duplicate under another event id): nothing a watcher could see changes.
+            return False
         generation.attempts = max(generation.attempts, payload.attempt)
         if generation.started_at is None and not canceled:
             generation.started_at = now

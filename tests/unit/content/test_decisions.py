@@ -178,6 +178,16 @@ def test_a_second_started_counts_the_attempt_without_changing_the_status_or_the_
     assert (generation.status, generation.attempts, generation.started_at) == ("running", 2, NOW)
 
 
+def test_the_same_started_again_changes_nothing_not_even_the_update_time() -> None:
+    # A duplicate under another event id (the inbox stops same-id ones): no change notice for watchers.
+    generation = _generation(Q)
+    apply_result(generation, _started(generation), STARTED, NOW)
+
+    assert apply_result(generation, _started(generation), STARTED, NOW + timedelta(seconds=5)) is False
+
+    assert (generation.status, generation.attempts, generation.updated_at) == ("running", 1, NOW)
+
+
 def test_a_completed_after_a_cancel_is_recorded_for_deletion_and_the_generation_stays_canceled() -> None:
     generation = _generation(R)
     cancel(generation, NOW)
