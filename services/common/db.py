@@ -9,7 +9,11 @@ from typing import Any
 from sqlalchemy import MetaData, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+# Database errors worth waiting out (a restart, a dropped connection, SQLite busy), for loops that retry.
+TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (DBAPIError, OSError, TimeoutError)
 
 # The embedded default: a file next to the service's run directory.
 # Deterministic constraint names, so migrations can refer to them (fastapi-best-practices).

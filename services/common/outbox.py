@@ -129,6 +129,7 @@ class OutboxRelay:
         """Publish one batch; return how many rows were sent. Raises when a publish failed."""
         table = self._table
         failure: Exception | None = None
+        failed_at: datetime | None = None
         sent = 0
         async with self._sessions() as session, session.begin():
             query = select(table).where(table.c.sent_at.is_(None)).order_by(table.c.id).limit(self._batch_size)
@@ -140,7 +141,7 @@ class OutboxRelay:
                     await self._publish(row)
                 except Exception as error:
                     # Stop at the first failure to keep order; what was confirmed is still marked sent.
-                    failure = error
+                    failure, failed_at = error, row["created_at"]
                     await session.execute(
                         update(table)
                         .where(table.c.id == row["id"])
@@ -156,7 +157,14 @@ class OutboxRelay:
                     .values(sent_at=datetime.now(UTC), attempts=table.c.attempts + 1, last_error=None)
                 )
                 sent += 1
-        await self._note_oldest_unsent()
+        # The lag is read off the batch: the failed row is the oldest left, a short batch left none; only a full
+        # one (a backlog) needs a look at what is still waiting.
+        if failure is not None:
+            self._oldest_unsent = _utc(failed_at)
+        elif len(rows) < self._batch_size:
+            self._oldest_unsent = None
+        else:
+            await self._note_oldest_unsent()
         if failure is not None:
             raise failure
         return sent
@@ -173,8 +181,7 @@ class OutboxRelay:
         query = select(table.c.created_at).where(table.c.sent_at.is_(None)).order_by(table.c.id).limit(1)
         async with self._sessions() as session:
             oldest = (await session.execute(query)).scalar_one_or_none()
-        # SQLite returns the stored wall time without its offset; rows are staged in UTC.
-        self._oldest_unsent = oldest.replace(tzinfo=UTC) if oldest is not None and oldest.tzinfo is None else oldest
+        self._oldest_unsent = _utc(oldest)
 
     async def _publish(self, row: Any) -> None:
         message = _message(row)
@@ -200,6 +207,11 @@ class OutboxRelay:
                 continue  # more may be waiting
             await _wait_any(stop, self._wake, self._poll_interval)
             self._wake.clear()
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    # SQLite returns the stored wall time without its offset; rows are staged in UTC.
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def _message(row: Any) -> aio_pika.Message:

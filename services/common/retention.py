@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import Field
 from sqlalchemy import Table, delete, select, tuple_
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common.db import TRANSIENT_DB_ERRORS
 from services.common.settings import SecretCheckedSettings
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ async def running_retention(
                 removed = await prune_bookkeeping(sessions, tables, horizon)
                 if removed:
                     log.info("retention: removed %d outbox/inbox rows older than %s", removed, horizon)
-            except (DBAPIError, OSError, TimeoutError) as error:
+            except TRANSIENT_DB_ERRORS as error:
                 wait = settings.retention_interval_seconds
                 log.warning("retention: pruning failed (%s); next try in %.0fs", type(error).__name__, wait)
             with contextlib.suppress(TimeoutError):

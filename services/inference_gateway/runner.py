@@ -15,11 +15,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError
-
 from contracts.errors import GatewayErrorCode
 from contracts.events import EventPayload, GenerationCompleted, GenerationFailed, GenerationStarted
 from services.common import telemetry
+from services.common.db import TRANSIENT_DB_ERRORS
 from services.common.logging import generation_context
 from services.inference_gateway import metrics as m
 from services.inference_gateway.errors import GatewayFailure
@@ -29,8 +28,6 @@ from services.inference_gateway.service import GenerationService, Resumption, Wo
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Errors of the database worth waiting out (it restarts, a connection drops, SQLite is busy).
-TRANSIENT_DB_ERRORS = (DBAPIError, OSError, TimeoutError)
 # A job taken over without a worker call to poll (sync mode, or lost before its call id was kept) is run again
 # this many times; after that it fails (the gateway keeps stopping while it runs: it may be the cause).
 MAX_RERUNS_AFTER_RECOVERY = 1
