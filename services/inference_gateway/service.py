@@ -159,8 +159,7 @@ class GenerationService:
     Cancel (generation.canceled, `note_canceled`): the ids of the last `canceled_memory` canceled generations
     are remembered and a request whose id is remembered is not started; a request running in this process is
     cancelled (its asyncio task), which stops the worker too (see provider.py), and publishes nothing. The
-    record lives in this process only: a cancel seen by another gateway replica is not shared (nor kept across a
-    restart).
+    memory is this process's fast path: the job table (jobs.py, runner.py) is what every replica and a restart see.
 
     `fallback`: a second worker endpoint (a larger GPU) that gets one more attempt after a CUDA_OOM.
     `calls`: where each async worker call id goes once submitted (the job table), so that it can be resumed.
@@ -203,7 +202,8 @@ class GenerationService:
         self._rand = rand
         self._canceled: OrderedDict[str, None] = OrderedDict()
         self._canceled_memory = canceled_memory
-        # The attempts of each generation running here, to cancel (a duplicate delivery may run one twice).
+        # The attempts of each generation running here, to cancel (the runner runs one per generation; a direct
+        # caller of handle may start two).
         self._running: dict[str, set[asyncio.Task[GenerationCompleted | GenerationFailed]]] = {}
 
     def note_canceled(self, generation_id: str) -> None:
