@@ -95,10 +95,16 @@ class StackConfig:
         return os.environ.get("AUTH_JWT_SECRET") or ensure_dev_secret(self.run_dir)
 
     def with_free_ports(self) -> StackConfig:
-        """The same stack on ports the kernel picks (tests; two stacks side by side)."""
+        """The same stack on free ports, distinct, outside the ephemeral range (tests; two stacks side by side)."""
         from scripts.stacklib.processes import free_port
 
-        return replace(self, ports={name: free_port(self.host) for name in SERVICE_NAMES})
+        ports: dict[str, int] = {}
+        for name in SERVICE_NAMES:
+            port = free_port(self.host)
+            while port in ports.values():
+                port = free_port(self.host)
+            ports[name] = port
+        return replace(self, ports=ports)
 
 
 def from_environment(env: Mapping[str, str] | None = None, **overrides: object) -> StackConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -42,11 +43,42 @@ class ManagedProcess:
         return log_tail(self.log_path, lines)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Below Linux's default ephemeral range (32768-60999), above the registered ports most local services use.
+FALLBACK_PORTS = range(20000, 32768)
+
+
+def listen_ports(ephemeral: tuple[int, int] | None = None) -> range:
+    """Ports to pick a listening port from: below the kernel's ephemeral range.
+
+    A port from the ephemeral range (what bind(0) returns) can be taken, before the child binds it, as the local end
+    of any outgoing connection on this machine; a slow starter (the worker imports torch for ~10 s) then fails with
+    "address already in use". Outgoing connections never use ports outside that range."""
+    low, _ = ephemeral or read_ephemeral_range()
+    return range(max(1024, low - 12768), low) if low > 2048 else FALLBACK_PORTS
+
+
+def read_ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range (Linux's default where it cannot be read)."""
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return (32768, 60999)
+    return (low, high)
+
+
+def free_port(host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """A port nothing listens on right now, chosen at random outside the ephemeral range (see listen_ports)."""
+    candidates = listen_ports()
+    for _ in range(attempts):
+        port = random.choice(candidates)  # spreading test ports, not security
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port on {host} in {candidates.start}-{candidates.stop - 1} after {attempts} tries")
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -102,7 +134,10 @@ def wait_until_ready(
     while time.monotonic() < deadline:
         status = process.exited()
         if status is not None:
-            raise StartError(f"{process.name} exited with status {status} while starting\n{process.log_tail()}")
+            raise StartError(
+                f"{process.name} exited with status {status} while starting: {last_line(process.log_tail())}\n"
+                f"{process.log_tail()}"
+            )
         if process.port is not None:
             if health_path is None:
                 if port_open(host, process.port):
@@ -119,6 +154,12 @@ def wait_until_ready(
                     last = f"{type(error).__name__}"
         time.sleep(interval)
     raise StartError(f"{process.name} was not ready within {timeout:.0f}s ({last})\n{process.log_tail()}")
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a log tail (what a one-line summary of a failure should show)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(empty log)"
 
 
 def gave_up(response: httpx.Response) -> bool:

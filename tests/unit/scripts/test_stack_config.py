@@ -7,7 +7,14 @@ from pathlib import Path
 import httpx
 
 from scripts.stacklib.config import DEFAULT_PORTS, StackConfig, database_urls, from_environment, service_specs
-from scripts.stacklib.processes import gave_up
+from scripts.stacklib.processes import (
+    FALLBACK_PORTS,
+    free_port,
+    gave_up,
+    last_line,
+    listen_ports,
+    read_ephemeral_range,
+)
 
 
 def test_defaults_are_the_documented_ports() -> None:
@@ -63,3 +70,18 @@ def test_a_health_answer_that_gives_up_stops_the_wait() -> None:
     assert gave_up(httpx.Response(503, json={"status": "unavailable", "reason": "could not load the base model"}))
     assert not gave_up(httpx.Response(503, json={"status": "unavailable", "reason": "loading"}))
     assert not gave_up(httpx.Response(503, text="<html>starting</html>"))
+
+
+def test_free_ports_lie_below_the_ephemeral_range_so_no_outgoing_connection_takes_one_first() -> None:
+    low, _ = read_ephemeral_range()
+    for _ in range(50):
+        port = free_port()
+        assert 1024 <= port < low
+    assert listen_ports((32768, 60999)) == range(20000, 32768)
+    assert listen_ports((1024, 65535)) == FALLBACK_PORTS  # no room below: a fixed band instead
+
+
+def test_a_start_failure_names_the_last_log_line_on_its_first_line() -> None:
+    tail = "INFO: loading\nERROR: [Errno 98] address already in use\n\n"
+    assert last_line(tail) == "ERROR: [Errno 98] address already in use"
+    assert last_line("") == "(empty log)"
