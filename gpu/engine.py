@@ -91,10 +91,15 @@ class SdxlLoraEngine:
                 raise self._refusal(budget, deadline) or WorkerFailure(
                     WorkerErrorCode.TIMEOUT, "time budget spent while waiting for the engine"
                 )
+            # A line when a run starts and one when it made an image (the fault suite counts images made per
+            # request: a redelivery or a restart must never make a second one).
+            log.info("request %s: engine run started", request.request_id)
             try:
-                return self._generate(request, budget, deadline)
+                outcome = self._generate(request, budget, deadline)
             finally:
                 self._release()
+            log.info("request %s: engine run made an image", request.request_id)
+            return outcome
         except WorkerFailure as failure:
             return failure.to_error(request.request_id)
         except Exception as exc:  # a bug or an unforeseen failure: still an answer in the error shape

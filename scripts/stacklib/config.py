@@ -64,6 +64,9 @@ class StackConfig:
     log_level: str = "INFO"
     # Extra variables for every service (tests use it for short backoffs, deadlines, ...).
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # Variables for one service, applied last, over what the stack sets (tests: the gateway's worker URL through a
+    # proxy, its mode).
+    service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def state_file(self) -> Path:
@@ -148,7 +151,7 @@ def service_specs(config: StackConfig) -> dict[str, ServiceSpec]:
     def spec(name: str, module: str, env: Mapping[str, str], health: str | None, timeout: float) -> ServiceSpec:
         port = config.ports[name]
         argv = (python, "-m", module, "--host", host, "--port", str(port))
-        return ServiceSpec(name, argv, env, port, health, timeout)
+        return ServiceSpec(name, argv, {**env, **config.service_env.get(name, {})}, port, health, timeout)
 
     worker_env = {
         **common,

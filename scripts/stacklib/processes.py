@@ -219,6 +219,12 @@ def stop_process_group(pid: int, grace: float = STOP_GRACE_SECONDS) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def kill_process_group(pid: int) -> None:
+    """SIGKILL the process group led by `pid` at once (no grace: what a crash or the OOM killer does)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def stop(process: ManagedProcess, grace: float = STOP_GRACE_SECONDS) -> None:
     """Stop one managed process and its children."""
     stop_process_group(process.pid, grace)

@@ -13,8 +13,10 @@ import httpx
 from scripts.stacklib.checks import busy_ports, rabbitmq_problem
 from scripts.stacklib.config import SERVICE_NAMES, ServiceSpec, StackConfig, service_specs
 from scripts.stacklib.processes import (
+    STOP_GRACE_SECONDS,
     ManagedProcess,
     StartError,
+    kill_process_group,
     log_tail,
     pid_alive,
     start_process,
@@ -98,6 +100,21 @@ class LocalStack:
         for name in reversed(list(self.processes)):
             stop(self.processes.pop(name))
         self.config.state_file.unlink(missing_ok=True)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a service's process group (a crash: no shutdown, nothing flushed); `restart` brings it back."""
+        process = self.processes[name]
+        kill_process_group(process.pid)
+        if process.popen is not None:
+            process.popen.wait(timeout=STOP_GRACE_SECONDS)
+
+    def restart(self, name: str) -> None:
+        """Start a service again on its port (stopping it first if it still runs) and wait until it is ready."""
+        process = self.processes.get(name)
+        if process is not None and process.exited() is None:
+            stop(process)
+        self._start(name)
+        self._wait(name)
 
     def urls(self) -> dict[str, str]:
         """http://host:port of each service started."""

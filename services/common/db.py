@@ -9,11 +9,22 @@ from typing import Any
 from sqlalchemy import MetaData, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 # Database errors worth waiting out (a restart, a dropped connection, SQLite busy), for loops that retry.
 TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (DBAPIError, OSError, TimeoutError)
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """Whether a request failed because the database could not be reached or its connection was lost (a
+    refused connect, a reset, a timeout), not because of what the request asked: an API answers 503 for it."""
+    if isinstance(error, OSError | TimeoutError):
+        return True
+    if isinstance(error, DBAPIError):
+        return error.connection_invalidated or isinstance(error, OperationalError | InterfaceError)
+    return False
+
 
 # The embedded default: a file next to the service's run directory.
 # Deterministic constraint names, so migrations can refer to them (fastapi-best-practices).

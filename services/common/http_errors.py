@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,6 +23,9 @@ UNAUTHORIZED = "UNAUTHORIZED"
 FORBIDDEN = "FORBIDDEN"
 RATE_LIMITED = "RATE_LIMITED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
+SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+# What a 503 asks the caller to wait before trying again (a database restarting takes seconds).
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
 
 # Statuses without a code of their own (405, 413, 415, …) are requests the service cannot take as sent.
 _CODE_BY_STATUS: dict[int, str] = {
@@ -225,12 +228,31 @@ async def _on_unexpected(_request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body("internal error", INTERNAL_ERROR), status_code=500)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Make every error response of `app` use the uniform shape."""
+def unavailable_response() -> JSONResponse:
+    """503 SERVICE_UNAVAILABLE with Retry-After: a dependency is down, nothing was done, the same request may be
+    sent again."""
+    return JSONResponse(
+        error_body("a dependency of the service is unavailable; nothing was done, try again", SERVICE_UNAVAILABLE),
+        status_code=503,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+    )
+
+
+def install_error_handlers(app: FastAPI, unavailable: Callable[[BaseException], bool] | None = None) -> None:
+    """Make every error response of `app` use the uniform shape. An unhandled error for which `unavailable` is true
+    (the database could not be reached) is a 503 with Retry-After rather than a 500: the request's transaction
+    did not commit, so nothing of it was written."""
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        if unavailable is not None and unavailable(exc):
+            log.warning("answered 503: %s while serving a request", type(exc).__name__)
+            return unavailable_response()
+        return await _on_unexpected(request, exc)
+
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(DomainError, _on_domain_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
-    app.add_exception_handler(Exception, _on_unexpected)
+    app.add_exception_handler(Exception, on_unexpected)
 
 
 _STATUS_DESCRIPTIONS: dict[int, str] = {
@@ -240,6 +262,7 @@ _STATUS_DESCRIPTIONS: dict[int, str] = {
     409: "the resource is not in a state that allows this",
     422: "invalid request: details.fields names each refused field and why",
     429: "over a limit: details.reason_code says which one, the Retry-After header (seconds) when to try again",
+    503: "a dependency (the database) is unavailable: nothing was done; try again after Retry-After seconds",
 }
 
 

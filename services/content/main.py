@@ -14,6 +14,7 @@ from services.common import metrics as service_metrics
 from services.common.auth import TokenVerifier, install_verifier
 from services.common.changes import ChangeFeed, ChangeHub
 from services.common.consumer import Consumer
+from services.common.db import database_unreachable
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.outbox import OutboxRelay
@@ -146,7 +147,7 @@ def build_app(lifespan: Lifespan | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, unavailable=database_unreachable)
     app.include_router(router)
     app.include_router(health.router)
     app.include_router(service_metrics.router)

@@ -12,6 +12,7 @@ from contracts.topology import SERVICE_IDENTITY
 from services.common import health
 from services.common import metrics as service_metrics
 from services.common.auth import TokenVerifier, install_verifier
+from services.common.db import database_unreachable
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.outbox import OutboxRelay
@@ -88,7 +89,7 @@ def build_app(lifespan: Lifespan | None = None) -> FastAPI:
         description="Avatars and their LoRA versions. Every route takes a bearer JWT whose `sub` is the owner.",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, unavailable=database_unreachable)
     app.include_router(router)
     app.include_router(admin_router)
     app.include_router(health.router)

@@ -109,6 +109,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
                 fallback=fallback,
                 calls=events,
                 upload_retry_seconds=settings.gateway_upload_retry_seconds,
+                worker_retry_seconds=settings.gateway_worker_retry_seconds,
             )
             runner = JobRunner(
                 jobs,

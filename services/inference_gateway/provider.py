@@ -60,6 +60,9 @@ class ProviderConfig:
     result_url: str | None = None
     cancel_url: str | None = None
     poll_seconds: float = 2.0
+    # How long the polls of a submitted job may keep failing (the worker unreachable, or 5xx without a contract body)
+    # before the call is given up: the job may still run there, and a new attempt would run it a second time.
+    poll_outage_seconds: float = 0.0
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
@@ -248,9 +251,12 @@ class ModalWorkerClient:
         return status
 
     async def _poll(self, call_id: str, give_up_at: float, timeout_seconds: float) -> WorkerSuccess:
+        """Poll a job until it ends. Failed polls are waited out for `poll_outage_seconds` (at least
+        MAX_POLL_FAILURES of them): the job exists, and submitting again would run it twice."""
         assert self._config.result_url
         url = result_url(self._config.result_url, call_id)
         failures = 0
+        failing_since: float | None = None
         while True:
             left = give_up_at - self._clock()
             if left <= 0:
@@ -258,24 +264,31 @@ class ModalWorkerClient:
                 await self.cancel_job(call_id, "no result in time")
                 raise unavailable(f"worker job gave no result within {timeout_seconds:.0f}s", reason="timeout")
             await self._sleep(min(self._config.poll_seconds, left))
+            failed: GatewayFailure | None = None
             try:
                 status, content = await self._send("GET", url, min(max(left, 1.0), 60.0))
             except GatewayFailure as failure:
-                failures += 1
-                if failures >= MAX_POLL_FAILURES:
-                    raise failure
-                continue
-            if status == 202:
-                failures = 0
-                continue
-            if status in (404, 410):
-                raise unavailable("worker lost the job (unknown or expired call id)", status=status)
-            if status >= 500 and contract_error(_json_object(content)) is None:
-                failures += 1
-                if failures >= MAX_POLL_FAILURES:
-                    return await outcome_off_loop(status, content)
-                continue
-            return await outcome_off_loop(status, content)
+                status, content, failed = 0, b"", failure
+            else:
+                if status >= 500 and contract_error(_json_object(content)) is None:
+                    failed = unavailable(f"worker answered HTTP {status} to a poll", status=status)
+            if failed is None:
+                if status == 202:
+                    failures, failing_since = 0, None
+                    continue
+                if status in (404, 410):
+                    raise unavailable("worker lost the job (unknown or expired call id)", status=status)
+                return await outcome_off_loop(status, content)
+            failures += 1
+            failing_since = self._clock() if failing_since is None else failing_since
+            outage = self._clock() - failing_since
+            if failures >= MAX_POLL_FAILURES and outage >= self._config.poll_outage_seconds:
+                # Marked as a call that may have run: a new attempt stays within the attempts limit.
+                raise unavailable(
+                    f"polls of the worker job failed for {outage:.0f}s",
+                    reason="poll_failed",
+                    **{k: v for k, v in failed.details.items() if k in ("status", "endpoint")},
+                )
 
     async def _send(
         self, method: str, url: str, timeout_seconds: float, body: dict[str, object] | None = None

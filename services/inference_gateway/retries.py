@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from contracts.errors import LORA_SHA256_MISMATCH_REASON, WORKER_ERROR_RETRYABLE, GatewayErrorCode, WorkerErrorCode
@@ -12,9 +13,17 @@ from services.inference_gateway.errors import ErrorCode, GatewayFailure
 
 # HTTP statuses (of the LoRA host, as the worker reports them) that mean "try again later".
 _TRANSIENT_HTTP = {408, 425, 429}
-# How a failed attempt may be retried: with backoff while attempts and time last, once (with the freshly signed
-# LoRA URL every attempt gets), or not at all.
-RetryRule = Literal["retry", "fresh_url_once", "never"]
+# Reasons a WORKER_UNAVAILABLE carries when the worker did take (or may have taken) the request: a call that timed
+# out, a call that cannot be resumed, a job whose polls kept failing. Every other WORKER_UNAVAILABLE means the
+# worker could not be reached or answered without doing the work (refused or reset connection, 5xx or 429 without
+# a contract body).
+_NOT_UNREACHABLE_REASONS = {"timeout", "not_resumable", "poll_failed"}
+# Statuses of a worker that answered about a job it lost: the work may have run; retried within the attempts only.
+_LOST_JOB_STATUSES = {404, 410}
+# How a failed attempt may be retried: with backoff while attempts and time last; also past the attempts limit
+# while the worker is unreachable, for the gateway's worker retry window (a worker restarting); once (with the
+# freshly signed LoRA URL every attempt gets); or not at all.
+RetryRule = Literal["retry", "retry_while_unreachable", "fresh_url_once", "never"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,16 @@ class RetryPolicy:
     max_attempts: int = 3
     backoff_base_seconds: float = 1.0
     backoff_max_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class RetryWindow:
+    """A failure retried past the attempts limit while it has failed for less than `seconds` since `since`."""
+
+    since: datetime
+    seconds: float
+    backoff_max_seconds: float
+    name: str  # "upload" or "worker": `stopped_by` is "<name>_retry_window" when the window closes
 
 
 def is_retryable(code: ErrorCode) -> bool:
@@ -53,6 +72,12 @@ def retry_rule(failure: GatewayFailure) -> tuple[str, RetryRule]:
         return "canceled_on_worker", "never"
     if code is GatewayErrorCode.WORKER_UNAVAILABLE and details.get("reason") == "timeout":
         return "worker_timeout", "retry"
+    if (
+        code is GatewayErrorCode.WORKER_UNAVAILABLE
+        and details.get("reason") not in _NOT_UNREACHABLE_REASONS
+        and details.get("status") not in _LOST_JOB_STATUSES
+    ):
+        return "worker_unavailable", "retry_while_unreachable"
     return code.value.lower(), "retry" if is_retryable(code) else "never"
 
 

@@ -40,6 +40,7 @@ from services.inference_gateway.retries import (
     AttemptRecord,
     RetryPolicy,
     RetryRule,
+    RetryWindow,
     backoff_delay,
     retry_rule,
 )
@@ -52,6 +53,9 @@ OUTPUT_PREFIX = "generations/"
 RESPONSE_GRACE_SECONDS = 15.0
 # The longest wait between two uploads of an image whose storage is down.
 UPLOAD_BACKOFF_MAX_SECONDS = 30.0
+# Past the attempts limit, an unreachable worker is tried again every 1, 2, 4, 8, 10, 10 … s: a restarted worker is
+# found within about 10 s of being back.
+UNREACHABLE_BACKOFF_MAX_SECONDS = 10.0
 # How many recently canceled generation ids the gateway remembers (oldest forgotten first).
 CANCELED_MEMORY = 10_000
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -165,6 +169,9 @@ class GenerationService:
     `calls`: where each async worker call id goes once submitted (the job table), so that it can be resumed.
     `upload_retry_seconds`: how long the upload of an image already made keeps being retried past the attempts
     limit (storage down for a minute must not throw away a GPU run), within the deadline.
+    `worker_retry_seconds`: how long an unreachable worker (refused or reset connections, 5xx or 429 without a
+    contract body) keeps being retried past the attempts limit, from its first such failure, within the deadline:
+    a worker restarting for less than that fails no generation.
     """
 
     def __init__(
@@ -185,10 +192,12 @@ class GenerationService:
         fallback: WorkerClient | None = None,
         calls: CallRecorder | None = None,
         upload_retry_seconds: float = 0.0,
+        worker_retry_seconds: float = 0.0,
     ) -> None:
         self._worker = worker
         self._calls = calls
         self._upload_retry = upload_retry_seconds
+        self._worker_retry = worker_retry_seconds
         self._fallback = fallback
         self._storage = storage
         self._events = events
@@ -295,8 +304,9 @@ class GenerationService:
         records: list[AttemptRecord] = []
         png: CheckedPng | None = None
         success: WorkerSuccess | None = None
-        # Since when the upload of the image made (and kept) has been failing.
+        # Since when the upload of the image made (and kept) has been failing; since when the worker is unreachable.
         upload_failing_since: datetime | None = None
+        unreachable_since: datetime | None = None
         # When the attempt that made the image began (sent with the result: a consumer that applies the result
         # before generation.started still learns when the generation started running).
         started_at: datetime | None = None
@@ -321,6 +331,8 @@ class GenerationService:
                 records.append(AttemptRecord(attempt, failure.code, cause, worker is not self._worker))
                 if failure.code is GatewayErrorCode.STORAGE_FAILED and png is not None and upload_failing_since is None:
                     upload_failing_since = self._clock()
+                if rule == "retry_while_unreachable" and unreachable_since is None:
+                    unreachable_since = self._clock()
                 delay: float | None
                 if self._fallback_takes(failure, worker, request.deadline):
                     assert self._fallback is not None
@@ -331,9 +343,8 @@ class GenerationService:
                         "generation %s attempt %d: CUDA_OOM; next attempt on the fallback", generation_id, attempt
                     )
                 else:
-                    delay = self._retry_delay(
-                        failure, rule, attempt, records, limit, request.deadline, upload_failing_since
-                    )
+                    window = self._retry_window(failure, rule, upload_failing_since, unreachable_since)
+                    delay = self._retry_delay(failure, rule, attempt, records, limit, request.deadline, window)
                 if delay is None:
                     return await self._fail(
                         request, failure, attempts=attempt, traceparent=traceparent, records=records
@@ -361,6 +372,20 @@ class GenerationService:
             and self._clock() < deadline
         )
 
+    def _retry_window(
+        self,
+        failure: GatewayFailure,
+        rule: RetryRule,
+        upload_failing_since: datetime | None,
+        unreachable_since: datetime | None,
+    ) -> RetryWindow | None:
+        """The window in which this failure is retried past the attempts limit, if it has one."""
+        if upload_failing_since is not None and failure.code is GatewayErrorCode.STORAGE_FAILED:
+            return RetryWindow(upload_failing_since, self._upload_retry, UPLOAD_BACKOFF_MAX_SECONDS, "upload")
+        if rule == "retry_while_unreachable" and unreachable_since is not None:
+            return RetryWindow(unreachable_since, self._worker_retry, UNREACHABLE_BACKOFF_MAX_SECONDS, "worker")
+        return None
+
     def _retry_delay(
         self,
         failure: GatewayFailure,
@@ -369,12 +394,13 @@ class GenerationService:
         records: Sequence[AttemptRecord],
         limit: int,
         deadline: datetime,
-        upload_failing_since: datetime | None = None,
+        window: RetryWindow | None = None,
     ) -> float | None:
         """Seconds to wait before the next attempt, or None when this failure is final (`stopped_by` says why).
 
-        An upload of a kept image that keeps failing is retried past `limit` for `upload_retry_seconds`, with its
-        own backoff (1, 2, 4, … s up to 30 s): the GPU work is done, only the storage has to come back."""
+        Past `limit`, a failure with a retry `window` (an upload of a kept image, an unreachable worker) is retried
+        while it has been failing for less than the window's length, with its own backoff (1, 2, 4 … s up to the
+        window's cap): the GPU work is done and only the storage has to come back, or the worker is restarting."""
         if failure.details.get("stopped_by") == "deadline":
             return None  # the call used the time left until the deadline
         if rule == "never":
@@ -383,15 +409,13 @@ class GenerationService:
         if rule == "fresh_url_once" and sum(r.cause == records[-1].cause for r in records) > 1:
             failure.details.setdefault("stopped_by", "refused_again_with_a_fresh_url")
             return None
-        uploading = upload_failing_since is not None and failure.code is GatewayErrorCode.STORAGE_FAILED
-        if uploading and attempt >= limit:
-            assert upload_failing_since is not None
-            failing_for = (self._clock() - upload_failing_since).total_seconds()
-            beyond = attempt - limit  # uploads past the attempts limit so far
-            delay = min(UPLOAD_BACKOFF_MAX_SECONDS, 2.0**beyond) * (0.5 + self._rand() / 2)
-            if failing_for + delay > self._upload_retry:
+        if window is not None and attempt >= limit:
+            failing_for = (self._clock() - window.since).total_seconds()
+            beyond = attempt - limit  # attempts past the limit so far
+            delay = min(window.backoff_max_seconds, 2.0**beyond) * (0.5 + self._rand() / 2)
+            if failing_for + delay > window.seconds:
                 failure.details.setdefault(
-                    "stopped_by", "upload_retry_window" if self._upload_retry else "max_attempts"
+                    "stopped_by", f"{window.name}_retry_window" if window.seconds else "max_attempts"
                 )
                 return None
         elif attempt >= limit:
@@ -580,7 +604,7 @@ class GenerationService:
             error_code=failure.code.value,
             error=sanitize_text(failure.message, self._secrets) or failure.code.value,
             details=sanitize_details(details, self._secrets),
-            retryable=retry_rule(failure)[1] == "retry",
+            retryable=retry_rule(failure)[1] in ("retry", "retry_while_unreachable"),
             attempts=attempts,
         )
         await self._events.publish(failed, generation_id=request.generation_id, traceparent=traceparent)

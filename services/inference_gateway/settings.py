@@ -70,6 +70,11 @@ class GatewaySettings(BrokerSettings, StorageSettings, LoggingSettings, Topology
     gateway_upload_retry_seconds: float = Field(
         default=120.0, ge=0, le=3600, validation_alias="GATEWAY_UPLOAD_RETRY_SECONDS"
     )
+    # How long an unreachable worker (refused/reset connections, 5xx or 429 without a contract body) is retried past
+    # GATEWAY_MAX_ATTEMPTS, from its first such failure: a worker restart shorter than this fails no generation.
+    gateway_worker_retry_seconds: float = Field(
+        default=60.0, ge=0, le=3600, validation_alias="GATEWAY_WORKER_RETRY_SECONDS"
+    )
     # Jobs run at once by this process, i.e. concurrent worker calls (GATEWAY_PREFETCH: its former name).
     gateway_concurrency: int = Field(
         default=1, ge=1, le=100, validation_alias=AliasChoices("GATEWAY_CONCURRENCY", "GATEWAY_PREFETCH")

@@ -2,7 +2,10 @@
 
 Up, it forwards every connection to its target byte for byte. `down()` cuts every open connection at once and
 closes each new one as soon as it is accepted (the port keeps listening, so no other process can take it), as a
-dependency that crashed and is restarting looks to its clients; `up()` forwards again. The proxy runs its own
+dependency that crashed and is restarting looks to its clients; `up()` forwards again. `stall()` keeps every
+connection open but forwards nothing (a hung dependency, a network partition that drops packets) until `resume()`.
+`answer(status)` cuts open connections and answers each new HTTP request itself with that status (a load balancer
+in front of a dependency that is gone), until `up()`. The proxy runs its own
 event loop in a daemon thread, so a test can drive it from any thread or loop (a module-scoped fixture, an async
 test, a sync one).
 """
@@ -29,10 +32,12 @@ def _abort(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy one direction until EOF or a cut; pass the EOF on (the other direction may still be talking)."""
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event) -> None:
+    """Copy one direction until EOF or a cut, holding bytes while stalled; pass the EOF on (the other direction may
+    still be talking)."""
     try:
         while data := await reader.read(_CHUNK):
+            await flowing.wait()
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof() and not writer.transport.is_closing():
@@ -51,6 +56,8 @@ class TcpProxy:
         self.target_port = target_port
         self._port: int | None = None
         self._up = True
+        self._status: int | None = None
+        self._flowing: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -58,6 +65,7 @@ class TcpProxy:
         # What the outages did: connections cut by down(), connections closed on arrival while down.
         self.cut = 0
         self.refused = 0
+        self.answered = 0
 
     def __repr__(self) -> str:
         state = "up" if self._up else "down"
@@ -105,8 +113,27 @@ class TcpProxy:
 
     def up(self) -> None:
         """End the outage: forward new connections again."""
+        self._status = None
         self._up = True
         log.warning("proxy %s up", self.name)
+
+    def stall(self) -> None:
+        """Forward nothing, in either direction, on any connection (they stay open) until `resume()`."""
+        self._call(self._set_flowing(False))
+        log.warning("proxy %s stalled", self.name)
+
+    def resume(self) -> None:
+        """Forward what was held and everything after it."""
+        self._call(self._set_flowing(True))
+        log.warning("proxy %s resumed", self.name)
+
+    def answer(self, status: int) -> int:
+        """Cut every open connection, then answer each new HTTP request with `status` (and `Retry-After: 1`)
+        without forwarding it, until `up()`. Returns how many connections were cut."""
+        cut = self._call(self._go_down())
+        self._status = status
+        log.warning("proxy %s answers %d: %d connection(s) cut", self.name, status, cut)
+        return cut
 
     def __enter__(self) -> TcpProxy:
         return self.start()
@@ -127,7 +154,16 @@ class TcpProxy:
             raise RuntimeError(f"proxy {self.name} is not started")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=_CONTROL_TIMEOUT)
 
+    async def _set_flowing(self, flowing: bool) -> None:
+        assert self._flowing is not None
+        if flowing:
+            self._flowing.set()
+        else:
+            self._flowing.clear()
+
     async def _listen(self) -> None:
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server = await asyncio.start_server(self._serve, self.host, 0)
         self._port = int(self._server.sockets[0].getsockname()[1])
 
@@ -149,6 +185,9 @@ class TcpProxy:
             self._server = None
 
     async def _serve(self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+        if self._status is not None:
+            await self._answer(client_reader, client, self._status)
+            return
         if not self._up:
             self.refused += 1
             _abort(client)
@@ -166,9 +205,27 @@ class TcpProxy:
             return
         pair = (client, upstream)
         self._open.add(pair)
+        assert self._flowing is not None
         try:
-            await asyncio.gather(_pipe(client_reader, upstream), _pipe(upstream_reader, client))
+            await asyncio.gather(
+                _pipe(client_reader, upstream, self._flowing), _pipe(upstream_reader, client, self._flowing)
+            )
         finally:
             self._open.discard(pair)
             _abort(client)
             _abort(upstream)
+
+    async def _answer(self, reader: asyncio.StreamReader, client: asyncio.StreamWriter, status: int) -> None:
+        """Read one request head and answer it with `status`, no body, then close."""
+        self.answered += 1
+        try:
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _CONTROL_TIMEOUT)
+            client.write(
+                f"HTTP/1.1 {status} Proxy Answer\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            await client.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass
+        finally:
+            client.close()

@@ -35,19 +35,23 @@ async def run_one(
     return generation_id, events
 
 
-async def test_no_worker_listening_fails_with_worker_unavailable_after_max_attempts(
+async def test_no_worker_listening_fails_with_worker_unavailable_once_its_retry_window_closes(
     amqp: AbstractRobustConnection, topo: Topology, storage: ObjectStorage, rabbitmq_url: str
 ) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}/generate"
 
-    _, events = await run_one(amqp, topo, storage, rabbitmq_url, nowhere, GATEWAY_MAX_ATTEMPTS=3)
+    _, events = await run_one(
+        amqp, topo, storage, rabbitmq_url, nowhere, GATEWAY_MAX_ATTEMPTS=3, GATEWAY_WORKER_RETRY_SECONDS=2
+    )
 
-    assert [type(e).__name__ for e in events] == ["GenerationStarted"] * 3 + ["GenerationFailed"]
-    assert [e.attempt for e in events if isinstance(e, GenerationStarted)] == [1, 2, 3]
+    started = [e.attempt for e in events if isinstance(e, GenerationStarted)]
+    # Three attempts, then more past the limit while the worker has been unreachable for less than 2 s.
+    assert len(started) >= 4 and started == list(range(1, len(started) + 1))
     failed = events[-1]
     assert isinstance(failed, GenerationFailed)
-    assert (failed.error_code, failed.attempts, failed.retryable) == ("WORKER_UNAVAILABLE", 3, True)
+    assert (failed.error_code, failed.attempts, failed.retryable) == ("WORKER_UNAVAILABLE", len(started), True)
     assert failed.details["reason"] == "ConnectError"
+    assert failed.details["stopped_by"] == "worker_retry_window"
 
 
 async def test_an_expired_deadline_fails_with_timeout_without_calling_the_worker(
@@ -88,7 +92,9 @@ async def test_transient_worker_failures_are_retried_up_to_the_limit(
 ) -> None:
     worker = StandInWorker(fault).start()
     try:
-        _, events = await run_one(amqp, topo, storage, rabbitmq_url, worker.url, GATEWAY_MAX_ATTEMPTS=2)
+        _, events = await run_one(
+            amqp, topo, storage, rabbitmq_url, worker.url, GATEWAY_MAX_ATTEMPTS=2, GATEWAY_WORKER_RETRY_SECONDS=0
+        )
     finally:
         worker.stop()
 
@@ -102,7 +108,9 @@ async def test_each_attempt_gets_a_presigned_lora_url_that_never_reaches_an_even
 ) -> None:
     worker = StandInWorker("html-502").start()
     try:
-        _, events = await run_one(amqp, topo, storage, rabbitmq_url, worker.url, GATEWAY_MAX_ATTEMPTS=2)
+        _, events = await run_one(
+            amqp, topo, storage, rabbitmq_url, worker.url, GATEWAY_MAX_ATTEMPTS=2, GATEWAY_WORKER_RETRY_SECONDS=0
+        )
     finally:
         worker.stop()
 

@@ -9,7 +9,9 @@ import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import IntegrityError, OperationalError
 
+from services.common.db import database_unreachable
 from services.common.http_errors import (
     ConflictError,
     FieldError,
@@ -27,7 +29,7 @@ class Body(BaseModel):
 
 def _app() -> FastAPI:
     app = FastAPI()
-    install_error_handlers(app)
+    install_error_handlers(app, unavailable=database_unreachable)
 
     @app.post("/things")
     async def create(body: Body) -> dict[str, str]:
@@ -47,6 +49,12 @@ def _app() -> FastAPI:
             raise HTTPException(status_code=418, detail="short and stout")
         if kind == "boom":
             raise RuntimeError("secret internals")
+        if kind == "db-refused":
+            raise ConnectionRefusedError(111, "Connect call failed ('10.0.0.9', 5432)")
+        if kind == "db-lost":
+            raise OperationalError("SELECT 1", {}, ConnectionResetError("connection reset by peer"))
+        if kind == "db-integrity":
+            raise IntegrityError("INSERT", {}, ValueError("duplicate key value violates unique constraint"))
         return {"id": str(thing_id)}
 
     return app
@@ -133,3 +141,22 @@ async def test_an_unexpected_exception_is_a_500_that_says_nothing_of_its_cause(c
     assert response.status_code == 500
     assert response.json()["error_code"] == "INTERNAL_ERROR"
     assert "secret" not in response.text
+
+
+@pytest.mark.parametrize("kind", ["db-refused", "db-lost"])
+async def test_a_database_that_cannot_be_reached_is_a_503_with_retry_after(
+    client: httpx.AsyncClient, kind: str
+) -> None:
+    response = await client.get(f"/things/{uuid.uuid4()}", params={"kind": kind})
+
+    assert response.status_code == 503
+    assert response.json()["error_code"] == "SERVICE_UNAVAILABLE"
+    assert int(response.headers["Retry-After"]) > 0
+    assert "10.0.0.9" not in response.text and "reset" not in response.text
+
+
+async def test_a_database_refusing_the_request_itself_stays_a_500(client: httpx.AsyncClient) -> None:
+    # A constraint violation is not an outage: retrying the same request cannot help.
+    response = await client.get(f"/things/{uuid.uuid4()}", params={"kind": "db-integrity"})
+
+    assert response.status_code == 500 and "Retry-After" not in response.headers

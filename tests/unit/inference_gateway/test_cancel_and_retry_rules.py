@@ -161,7 +161,12 @@ async def test_a_worker_call_that_times_out_well_before_the_deadline_is_worker_u
         (GatewayFailure(WorkerErrorCode.CUDA_OOM, "oom"), "cuda_oom", "retry"),
         (GatewayFailure(WorkerErrorCode.MODEL_LOAD_FAILED, "cold"), "model_load_failed", "retry"),
         (GatewayFailure(WorkerErrorCode.GENERATION_FAILED, "x", {"canceled": True}), "canceled_on_worker", "never"),
-        (GatewayFailure(GatewayErrorCode.WORKER_UNAVAILABLE, "x", {"status": 502}), "worker_unavailable", "retry"),
+        (
+            GatewayFailure(GatewayErrorCode.WORKER_UNAVAILABLE, "x", {"status": 502}),
+            "worker_unavailable",
+            "retry_while_unreachable",
+        ),
+        (GatewayFailure(GatewayErrorCode.WORKER_UNAVAILABLE, "x", {"reason": "timeout"}), "worker_timeout", "retry"),
         (GatewayFailure(GatewayErrorCode.INVALID_WORKER_RESPONSE, "x"), "invalid_worker_response", "never"),
     ],
 )

@@ -18,6 +18,7 @@ from services.inference_gateway.provider import (
     outcome_of,
     result_url,
 )
+from services.inference_gateway.retries import retry_rule
 from tests.support.gateway_fakes import success
 
 OK_BODY = success().model_dump_json().encode()
@@ -321,3 +322,38 @@ async def test_a_failed_cancel_does_not_hide_the_cancellation() -> None:
 
     with pytest.raises(asyncio.CancelledError):
         await call
+
+
+async def test_async_waits_out_failing_polls_for_the_outage_window_without_submitting_again() -> None:
+    # A worker unreachable for 10 s while its job runs: the same job is polled until it answers, never resubmitted.
+    submits: list[httpx.Request] = []
+    polls = [502] * 20 + [200]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            submits.append(request)
+            return httpx.Response(202, json={"call_id": "fc-1"})
+        status = polls.pop(0)
+        return httpx.Response(200, content=OK_BODY) if status == 200 else httpx.Response(status, text="down")
+
+    worker, sleeps = client(handler, **async_config(), poll_seconds=0.5, poll_outage_seconds=60.0)
+
+    assert (await worker.generate(REQUEST, 300.0)).generation_time_seconds == 0.25
+    assert len(submits) == 1 and sum(sleeps) == pytest.approx(10.5)
+
+
+async def test_async_gives_up_polling_after_the_outage_window_as_a_call_that_may_have_run() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(202, json={"call_id": "fc-1"})
+        return httpx.Response(503, text="down")
+
+    worker, sleeps = client(handler, **async_config(), poll_seconds=1.0, poll_outage_seconds=5.0)
+
+    with pytest.raises(GatewayFailure) as caught:
+        await worker.generate(REQUEST, 300.0)
+    assert caught.value.code.value == "WORKER_UNAVAILABLE"
+    assert caught.value.details["reason"] == "poll_failed" and caught.value.details["status"] == 503
+    # Not "unreachable": a new attempt (which would run the job again) stays within the attempts limit.
+    assert retry_rule(caught.value) == ("worker_unavailable", "retry")
+    assert 5.0 <= sum(sleeps) <= 7.0

@@ -68,6 +68,11 @@ def test_a_retry_is_granted_only_for_a_retryable_cause(
         assert (rule == "retry") == (http_status >= 500 or http_status in (408, 425, 429))
     elif code is WorkerErrorCode.GENERATION_FAILED and details.get("canceled") is True:
         assert rule == "never"
+    elif code is GatewayErrorCode.WORKER_UNAVAILABLE:
+        # Retried past the attempts limit only when the worker surely did not run it (it was not reached).
+        reason, status = details.get("reason"), details.get("status")
+        may_have_run = reason in ("timeout", "not_resumable", "poll_failed") or status in (404, 410)
+        assert rule == ("retry" if may_have_run else "retry_while_unreachable")
     else:
         assert rule == ("retry" if is_retryable(code) else "never")
     # Whatever the details say, a cause the contract calls permanent (a bad LoRA file, an invalid request) is
