@@ -7,12 +7,12 @@ from pydantic import ValidationError
 from contracts.errors import WORKER_ERROR_HTTP_STATUS, WorkerErrorCode
 from contracts.worker import WorkerError, WorkerRequest, WorkerSuccess
 from gpu.budget import RequestBudget
-from gpu.engine import SdxlLoraEngine
 from gpu.errors import WorkerFailure, validation_error
+from gpu.serving import ServingEngine
 
 
 def run_request(
-    engine: SdxlLoraEngine | None,
+    engine: ServingEngine | None,
     request: WorkerRequest,
     load_error: WorkerFailure | None = None,
     budget: RequestBudget | None = None,
@@ -33,7 +33,7 @@ def status_and_body(outcome: WorkerSuccess | WorkerError) -> tuple[int, dict[str
 
 
 def outcome_for_payload(
-    engine: SdxlLoraEngine | None,
+    engine: ServingEngine | None,
     payload: Any,
     load_error: WorkerFailure | None = None,
     budget: RequestBudget | None = None,
@@ -51,7 +51,7 @@ def outcome_for_payload(
 
 
 def handle_payload(
-    engine: SdxlLoraEngine | None,
+    engine: ServingEngine | None,
     payload: Any,
     load_error: WorkerFailure | None = None,
     budget: RequestBudget | None = None,

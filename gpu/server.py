@@ -21,10 +21,10 @@ from pydantic import BaseModel, Field
 
 from contracts.worker import JobStatus, JobSubmitted, WorkerError, WorkerRequest
 from gpu.budget import RequestBudget
-from gpu.engine import SdxlLoraEngine
 from gpu.errors import WorkerFailure, request_canceled, validation_error
 from gpu.handler import run_request, status_and_body
 from gpu.jobs import CancelState, JobQueue, Outcome, QueueFullError
+from gpu.serving import ServingEngine
 from gpu.settings import WorkerSettings
 from gpu.telemetry import TRACER_NAME, configure_tracing, record_request
 
@@ -36,6 +36,8 @@ class LocalWorkerSettings(WorkerSettings):
 
     mode: Literal["local", "production"] = Field(default="local", alias="WORKER_MODE")
     build_tiny_model: bool = Field(default=True, alias="WORKER_BUILD_TINY_MODEL")
+    # "echo": the platform benchmark's engine (gpu/echo_engine.py), a PNG at once and no model; never for serving.
+    engine: Literal["sdxl", "echo"] = Field(default="sdxl", alias="WORKER_ENGINE")
 
 
 class JobCancel(BaseModel):
@@ -57,7 +59,7 @@ class WorkerState:
     """The engine once loaded, or why it could not be; the job queue over it."""
 
     def __init__(self, max_pending_jobs: int = 64) -> None:
-        self.engine: SdxlLoraEngine | None = None
+        self.engine: ServingEngine | None = None
         self.load_error: WorkerFailure | None = None
         self.jobs = JobQueue(self.run, max_pending=max_pending_jobs)
 
@@ -120,7 +122,7 @@ def record_job_when_done(
 
 def create_app(
     settings: WorkerSettings,
-    load_engine: Callable[[], SdxlLoraEngine],
+    load_engine: Callable[[], ServingEngine],
     tracer_provider: trace.TracerProvider | None = None,
 ) -> FastAPI:
     """Build the app; the engine is loaded in a thread at start-up, not at import.
@@ -246,7 +248,13 @@ def main(argv: list[str] | None = None) -> None:
     configure_tracing()  # the global tracer provider, exporter from OTEL_* (none when unset)
     overrides: dict[str, object] = {"MODEL_DIR": args.model_dir} if args.model_dir else {}
     settings = LocalWorkerSettings(**overrides)  # type: ignore[arg-type]
-    app = create_app(settings, lambda: build_engine(settings))
+    if settings.engine == "echo":
+        from gpu.echo_engine import EchoEngine
+
+        log.warning("WORKER_ENGINE=echo: answering every request with a flat PNG (platform benchmark only)")
+        app = create_app(settings, EchoEngine)
+    else:
+        app = create_app(settings, lambda: build_engine(settings))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
