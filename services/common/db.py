@@ -69,11 +69,13 @@ def create_engine(url: str | URL, *, echo: bool = False, **kwargs: Any) -> Async
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Foreign keys are off by default in SQLite; WAL lets readers run beside the one writer.
+    # Foreign keys are off by default in SQLite; WAL lets readers run beside the one writer. NORMAL: no fsync per
+    # commit; a commit survives a killed process, not a power loss (docs/dev/service-conventions.md).
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 

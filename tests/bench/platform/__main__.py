@@ -109,9 +109,9 @@ def bench_stack(backend: str, pg_admin_url: str, run_dir: Path) -> Iterator[Loca
         bucket=f"vb-{prefix}",
         model_dir=run_dir / "no-model",
         extra_env={
-            "CONTENT_SUBMIT_RATE_PER_MINUTE": "600000",
-            "CONTENT_SUBMIT_BURST": "100000",
-            "CONTENT_MAX_IN_FLIGHT": "100000",
+            "CONTENT_SUBMIT_RATE_PER_MINUTE": "60000",
+            "CONTENT_SUBMIT_BURST": "10000",
+            "CONTENT_MAX_IN_FLIGHT": "10000",
             "GATEWAY_CONCURRENCY": "64",
             "WORKER_MAX_PENDING_JOBS": "10000",
         },
