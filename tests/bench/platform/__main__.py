@@ -26,12 +26,14 @@ from pathlib import Path
 
 import httpx
 
+from contracts.topology import topology
 from scripts.stacklib import flow
 from scripts.stacklib.config import StackConfig
 from scripts.stacklib.runner import LocalStack
+from services.common.broker import connect, delete_topology
 from services.common.db import create_test_database, drop_test_database
 from tests.bench.platform.load import Call, Sample, closed_loop, content_call, open_loop, worker_call
-from tests.bench.platform.procstats import ProcessGroup, pids_of, snapshot
+from tests.bench.platform.procstats import ProcessGroup, cpu_between, snapshot
 
 DEFAULT_RATES = (5.0, 20.0, 50.0, 100.0)
 DEFAULT_PG_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -76,18 +78,22 @@ def percentile(values: list[float], q: float) -> float:
 
 def groups_of(stack: LocalStack) -> list[ProcessGroup]:
     groups = [ProcessGroup(name, [stack.processes[name].pid]) for name in SERVICES]
-    groups.append(ProcessGroup("rabbitmq", pids_of("beam.smp")))
-    # PostgreSQL's backends come and go with connections; the pools keep theirs for the whole run.
-    groups.append(ProcessGroup("postgresql", pids_of("postgres")))
+    groups.append(ProcessGroup("rabbitmq", [], command="beam.smp"))
+    groups.append(ProcessGroup("postgresql", [], command="postgres"))
     return groups
 
 
 async def measure(name: str, groups: list[ProcessGroup], load: asyncio.Future[tuple[list[Sample], float]]) -> Phase:
     before = snapshot(groups)
     samples, wall = await load
-    # Backends of connections opened during the phase are counted from here on only: refresh and read again.
-    after = snapshot(groups)
-    return Phase(name, samples, wall, {key: max(0.0, after[key] - before.get(key, 0.0)) for key in after})
+    return Phase(name, samples, wall, cpu_between(before, snapshot(groups)))
+
+
+async def idle_cpu(groups: list[ProcessGroup], seconds: float) -> dict[str, float]:
+    """CPU milliseconds per second each group spends with no load (pollers, relays, sweepers, heartbeats)."""
+    before = snapshot(groups)
+    await asyncio.sleep(seconds)
+    return {name: 1000.0 * used / seconds for name, used in cpu_between(before, snapshot(groups)).items()}
 
 
 @contextmanager
@@ -123,8 +129,18 @@ def bench_stack(backend: str, pg_admin_url: str, run_dir: Path) -> Iterator[Loca
         yield stack
     finally:
         stack.stop()
+        asyncio.run(delete_run_topology(config.rabbitmq_url, prefix))
         for url in databases:
             asyncio.run(drop_test_database(pg_admin_url, url))
+
+
+async def delete_run_topology(url: str, prefix: str) -> None:
+    """Remove the run's exchanges and queues (quorum queues left behind weigh on the broker for good)."""
+    connection = await connect(url, name="vixenbliss-bench-cleanup")
+    try:
+        await delete_topology(await connection.channel(), topology(prefix))
+    finally:
+        await connection.close()
 
 
 def owner_with_avatar(stack: LocalStack, lora: bytes) -> tuple[dict[str, str], str]:
@@ -139,9 +155,12 @@ def owner_with_avatar(stack: LocalStack, lora: bytes) -> tuple[dict[str, str], s
 
 async def run_phases(
     stack: LocalStack, call: Call, floor: Call, rates: list[float], seconds: float, concurrency: int
-) -> list[tuple[Phase, Phase | None]]:
+) -> tuple[dict[str, float], list[tuple[Phase, Phase | None]]]:
+    """Idle CPU, then each rate open loop beside its floor, then the closed loop."""
     groups = groups_of(stack)
-    await open_loop(call, 10.0, 2.0)  # warm up: connections, caches, JIT-free but first-call paths
+    await open_loop(call, 10.0, 2.0)  # warm up: connections, caches, first-call paths
+    idle = await idle_cpu(groups, seconds)
+    print("  idle CPU ms/s: " + ", ".join(f"{name} {ms:.1f}" for name, ms in idle.items()), flush=True)
     phases: list[tuple[Phase, Phase | None]] = []
     for rate in rates:
         platform_phase = await measure(f"{rate:g}/s", groups, asyncio.ensure_future(open_loop(call, rate, seconds)))
@@ -153,12 +172,15 @@ async def run_phases(
         f"closed loop ×{concurrency}", groups, asyncio.ensure_future(closed_loop(call, concurrency, seconds))
     )
     phases.append((saturation, None))
-    return phases
+    return idle, phases
 
 
-def table(backend: str, phases: list[tuple[Phase, Phase | None]], rss: dict[str, float]) -> list[str]:
+def table(
+    backend: str, idle: dict[str, float], phases: list[tuple[Phase, Phase | None]], rss: dict[str, float]
+) -> list[str]:
     head = (
-        "| load | completed | gen/s | e2e p50 / p95 / p99 ms | overhead p50 / p95 / p99 ms | floor p50 / p99 ms | "
+        "| load | completed in 30 s | gen/s | e2e p50 / p95 / p99 ms | overhead p50 / p95 / p99 ms | "
+        "floor p50 / p99 ms | "
         "CPU ms/gen: " + " · ".join(GROUPS) + " | platform CPU ms/gen |"
     )
     lines = [f"**{backend}**", "", head, "|" + " --- |" * 8]
@@ -171,7 +193,12 @@ def table(backend: str, phases: list[tuple[Phase, Phase | None]], rss: dict[str,
             f"{1000 * phase.overhead(50):.0f} / {1000 * phase.overhead(95):.0f} / {1000 * phase.overhead(99):.0f} | "
             f"{floor_cell} | {' · '.join(f'{c:.1f}' for c in cpu)} | {sum(cpu):.1f} |"
         )
-    lines += ["", "Peak RSS (MiB): " + ", ".join(f"{name} {rss[name]:.0f}" for name in SERVICES)]
+    lines += [
+        "",
+        "Idle CPU (ms per second, no load): " + ", ".join(f"{name} {idle.get(name, 0.0):.1f}" for name in GROUPS),
+        "",
+        "Peak RSS (MiB): " + ", ".join(f"{name} {rss[name]:.0f}" for name in SERVICES),
+    ]
     return lines
 
 
@@ -216,11 +243,11 @@ def main(argv: list[str] | None = None) -> int:
                 auth, avatar_id = owner_with_avatar(stack, lora)
                 urls = stack.urls()
                 call = content_call(urls["content"], auth, avatar_id)
-                phases = asyncio.run(
+                idle, phases = asyncio.run(
                     run_phases(stack, call, worker_call(urls["worker"]), rates, args.seconds, args.concurrency)
                 )
                 rss = {group.name: group.peak_rss() for group in groups_of(stack) if group.name in SERVICES}
-            lines = table(backend, phases, rss)
+            lines = table(backend, idle, phases, rss)
             print("\n".join(lines), flush=True)
             section += [*lines, ""]
     if args.write_docs:

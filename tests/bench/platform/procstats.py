@@ -40,18 +40,35 @@ def pids_of(command_name: str) -> list[int]:
 
 @dataclass
 class ProcessGroup:
-    """A named set of processes measured together (PostgreSQL's backends, one service's process)."""
+    """A named set of processes measured together: fixed pids (one service's process), or every process of a
+    command name found anew at each reading (PostgreSQL's backends come and go with connections)."""
 
     name: str
     pids: list[int]
+    command: str | None = None
 
-    def cpu(self) -> float:
-        return sum(cpu_seconds(pid) for pid in self.pids)
+    def current(self) -> list[int]:
+        return pids_of(self.command) if self.command else self.pids
+
+    def cpu_by_pid(self) -> dict[int, float]:
+        return {pid: cpu_seconds(pid) for pid in self.current()}
 
     def peak_rss(self) -> float:
-        return sum(peak_rss_mib(pid) for pid in self.pids)
+        return sum(peak_rss_mib(pid) for pid in self.current())
 
 
-def snapshot(groups: list[ProcessGroup]) -> dict[str, float]:
-    """CPU seconds so far per group."""
-    return {group.name: group.cpu() for group in groups}
+Snapshot = dict[str, dict[int, float]]
+
+
+def snapshot(groups: list[ProcessGroup]) -> Snapshot:
+    """CPU seconds so far of every process of each group."""
+    return {group.name: group.cpu_by_pid() for group in groups}
+
+
+def cpu_between(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """CPU seconds each group used between two snapshots; a process that appeared meanwhile counts whole (its
+    CPU was all used since), one that ended meanwhile is missed."""
+    return {
+        name: sum(max(0.0, seconds - before.get(name, {}).get(pid, 0.0)) for pid, seconds in pids.items())
+        for name, pids in after.items()
+    }
