@@ -10,28 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from contracts.topology import topology
 from scripts.stacklib.config import LOCAL_ACCESS_KEY, LOCAL_REGION, LOCAL_SECRET_KEY, StackConfig
 from scripts.stacklib.runner import LocalStack
-from services.common.broker import connect, delete_topology
 from services.common.db import create_test_database, drop_test_database
 from services.common.storage import ObjectStorage, StorageConfig
 from tests.integration import conftest as integration
+from tests.support.queues import delete_run_topology
 
 # The integration suite's service fixtures (found by name): real RabbitMQ, PostgreSQL and S3.
 _containers = integration._containers
 amqp = integration.amqp
 pg_admin_url = integration.pg_admin_url
 rabbitmq_url = integration.rabbitmq_url
-
-
-async def _delete_topology(rabbitmq_url: str, prefix: str) -> None:
-    connection = await connect(rabbitmq_url, name="vixenbliss-e2e-cleanup")
-    try:
-        channel = await connection.channel()
-        await delete_topology(channel, topology(prefix))
-    finally:
-        await connection.close()
 
 
 @contextmanager
@@ -58,7 +48,7 @@ def running_stack(
         yield local
     finally:
         local.stop()
-        asyncio.run(_delete_topology(rabbitmq_url, prefix))
+        asyncio.run(delete_run_topology(rabbitmq_url, prefix))
         for url in databases:
             asyncio.run(drop_test_database(pg_admin_url, url))
 

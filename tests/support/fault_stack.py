@@ -30,9 +30,10 @@ from contracts.topology import Topology, topology
 from scripts.stacklib import flow
 from scripts.stacklib.config import StackConfig
 from scripts.stacklib.runner import LocalStack
-from services.common.broker import connect, delete_topology
+from services.common.broker import connect
 from services.common.db import create_test_database, drop_test_database
 from services.common.dlq import QueueCounts, list_counts
+from tests.support.queues import delete_run_topology
 from tests.support.tcp_proxy import TcpProxy
 
 TERMINAL = frozenset(flow.TERMINAL)
@@ -193,18 +194,9 @@ def fault_stack(rabbitmq_url: str, pg_admin_url: str, model_dir: Path, run_dir: 
             local.stop()
         for proxy in proxies.all():
             proxy.stop()
-        asyncio.run(_delete_topology(rabbitmq_url, prefix))
+        asyncio.run(delete_run_topology(rabbitmq_url, prefix))
         for url in (identity_db, content_db):
             asyncio.run(drop_test_database(pg_admin_url, url))
-
-
-async def _delete_topology(url: str, prefix: str) -> None:
-    connection = await connect(url, name="vixenbliss-fault-cleanup")
-    try:
-        channel = await connection.channel()
-        await delete_topology(channel, topology(prefix))
-    finally:
-        await connection.close()
 
 
 def avatar_with_lora(stack: LocalStack, auth: dict[str, str], lora: bytes) -> str:

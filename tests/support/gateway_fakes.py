@@ -6,13 +6,16 @@ import base64
 import io
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image
 
 from contracts.events import EventPayload, GenerationParams, GenerationRequested, LoraRef
 from contracts.worker import ModelInfo, Timings, WorkerRequest, WorkerSuccess
 from services.inference_gateway.errors import GatewayFailure
+from services.inference_gateway.metrics import Metrics
+from services.inference_gateway.retries import RetryPolicy
+from services.inference_gateway.service import GenerationService
 
 LORA_SHA = "ab" * 32
 START = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -164,3 +167,29 @@ class RecordingPublisher:
         assert generation_id == getattr(payload, "generation_id", None)
         self.events.append(payload)
         self.traceparents.append(traceparent)
+
+
+def service_on_fakes(
+    worker: FakeWorker,
+    storage: FakeStorage | None = None,
+    *,
+    policy: RetryPolicy,
+    rand: float = 1.0,
+    **options: Any,
+) -> tuple[GenerationService, FakeClock]:
+    """A GenerationService over fakes, on a fake clock whose sleeps are recorded; `options` go to the service."""
+    clock = FakeClock()
+    service = GenerationService(
+        worker,
+        storage or FakeStorage(),
+        RecordingPublisher(),
+        policy=policy,
+        lora_url_ttl_seconds=300,
+        worker_timeout_seconds=600.0,
+        metrics=Metrics(),
+        clock=clock,
+        sleep=clock.sleep,
+        rand=lambda: rand,
+        **options,
+    )
+    return service, clock

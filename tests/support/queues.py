@@ -1,4 +1,4 @@
-"""Reading events off RabbitMQ queues in tests (basic.get polling, acked on read)."""
+"""Reading events off RabbitMQ queues in tests (basic.get polling, acked on read), and removing a run's topology."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
 from contracts.envelope import EventEnvelope
 from contracts.events import EventPayload
+from contracts.topology import topology
+from services.common.broker import connect, delete_topology
 from services.common.events import from_message
 
 Received = tuple[EventEnvelope, EventPayload]
@@ -50,3 +52,12 @@ async def drain_events(
         return received
     finally:
         await channel.close()
+
+
+async def delete_run_topology(url: str, prefix: str) -> None:
+    """Remove a run's exchanges and queues (quorum queues left behind weigh on the broker for good)."""
+    connection = await connect(url, name="vixenbliss-test-cleanup")
+    try:
+        await delete_topology(await connection.channel(), topology(prefix))
+    finally:
+        await connection.close()

@@ -26,14 +26,13 @@ from pathlib import Path
 
 import httpx
 
-from contracts.topology import topology
 from scripts.stacklib import flow
 from scripts.stacklib.config import StackConfig
 from scripts.stacklib.runner import LocalStack
-from services.common.broker import connect, delete_topology
 from services.common.db import create_test_database, drop_test_database
 from tests.bench.platform.load import Call, Sample, closed_loop, content_call, open_loop, worker_call
 from tests.bench.platform.procstats import ProcessGroup, cpu_between, snapshot
+from tests.support.queues import delete_run_topology
 
 DEFAULT_RATES = (5.0, 20.0, 50.0, 100.0)
 DEFAULT_PG_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -132,15 +131,6 @@ def bench_stack(backend: str, pg_admin_url: str, run_dir: Path) -> Iterator[Loca
         asyncio.run(delete_run_topology(config.rabbitmq_url, prefix))
         for url in databases:
             asyncio.run(drop_test_database(pg_admin_url, url))
-
-
-async def delete_run_topology(url: str, prefix: str) -> None:
-    """Remove the run's exchanges and queues (quorum queues left behind weigh on the broker for good)."""
-    connection = await connect(url, name="vixenbliss-bench-cleanup")
-    try:
-        await delete_topology(await connection.channel(), topology(prefix))
-    finally:
-        await connection.close()
 
 
 def owner_with_avatar(stack: LocalStack, lora: bytes) -> tuple[dict[str, str], str]:

@@ -5,28 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from contracts.events import GenerationCompleted, GenerationFailed
-from services.inference_gateway.metrics import Metrics
 from services.inference_gateway.retries import RetryPolicy
 from services.inference_gateway.service import UPLOAD_BACKOFF_MAX_SECONDS, GenerationService
-from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, requested, success
+from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, requested, service_on_fakes, success
 
 
 def build(storage: FakeStorage, worker: FakeWorker, upload_retry_seconds: float) -> tuple[GenerationService, FakeClock]:
-    clock = FakeClock()
-    service = GenerationService(
-        worker,
-        storage,
-        RecordingPublisher(),
-        policy=RetryPolicy(max_attempts=2, backoff_base_seconds=0.05, backoff_max_seconds=0.2),
-        lora_url_ttl_seconds=300,
-        worker_timeout_seconds=600.0,
-        metrics=Metrics(),
-        clock=clock,
-        sleep=clock.sleep,
-        rand=lambda: 1.0,
-        upload_retry_seconds=upload_retry_seconds,
-    )
-    return service, clock
+    policy = RetryPolicy(max_attempts=2, backoff_base_seconds=0.05, backoff_max_seconds=0.2)
+    return service_on_fakes(worker, storage, policy=policy, upload_retry_seconds=upload_retry_seconds)
 
 
 async def test_storage_down_for_a_minute_still_gets_the_image_without_a_second_gpu_run() -> None:

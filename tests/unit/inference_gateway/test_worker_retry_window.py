@@ -9,30 +9,16 @@ import pytest
 from contracts.errors import GatewayErrorCode
 from contracts.events import GenerationCompleted, GenerationFailed
 from services.inference_gateway.errors import GatewayFailure
-from services.inference_gateway.metrics import Metrics
 from services.inference_gateway.retries import RetryPolicy
 from services.inference_gateway.service import UNREACHABLE_BACKOFF_MAX_SECONDS, GenerationService
-from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, requested, success
+from tests.support.gateway_fakes import FakeClock, FakeWorker, requested, service_on_fakes, success
 
 REFUSED = GatewayFailure(GatewayErrorCode.WORKER_UNAVAILABLE, "worker could not be reached", {"reason": "ConnectError"})
 
 
 def build(worker: FakeWorker, worker_retry_seconds: float) -> tuple[GenerationService, FakeClock]:
-    clock = FakeClock()
-    service = GenerationService(
-        worker,
-        FakeStorage(),
-        RecordingPublisher(),
-        policy=RetryPolicy(max_attempts=3, backoff_base_seconds=1.0, backoff_max_seconds=30.0),
-        lora_url_ttl_seconds=300,
-        worker_timeout_seconds=600.0,
-        metrics=Metrics(),
-        clock=clock,
-        sleep=clock.sleep,
-        rand=lambda: 1.0,
-        worker_retry_seconds=worker_retry_seconds,
-    )
-    return service, clock
+    policy = RetryPolicy(max_attempts=3, backoff_base_seconds=1.0, backoff_max_seconds=30.0)
+    return service_on_fakes(worker, policy=policy, worker_retry_seconds=worker_retry_seconds)
 
 
 async def test_a_worker_down_for_40s_fails_no_generation_within_a_60s_window() -> None:
