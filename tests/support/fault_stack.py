@@ -42,7 +42,7 @@ DOCUMENTED_CODES = frozenset(code.value for code in (*WorkerErrorCode, *GatewayE
 # Consumer retry stages for the suite: 1 + 3 + 8 + 15 + 30 + 60 s outlive a 30 s outage, and an event that first
 # failed as an outage began is handled within ~15 s of its end (the defaults, up to 120 s apart, would make the
 # suite wait minutes for the same proof).
-RETRY_DELAYS = "1,3,8,15,30,60"
+RETRY_DELAY_SECONDS = (1.0, 3.0, 8.0, 15.0, 30.0, 60.0)
 # The gateway's job lease: a killed gateway's jobs are taken over this long after it died.
 LEASE_SECONDS = 6
 POLL_SECONDS = 0.3
@@ -124,7 +124,8 @@ class FaultStack:
 
     @property
     def topology(self) -> Topology:
-        return topology(self.stack.config.topology_prefix)
+        """The run's names, its retry stages the suite's (so that the drain checks see them)."""
+        return topology(self.stack.config.topology_prefix, retry_delays=RETRY_DELAY_SECONDS)
 
     @property
     def content(self) -> str:
@@ -170,7 +171,7 @@ def fault_stack(rabbitmq_url: str, pg_admin_url: str, model_dir: Path, run_dir: 
                 host=proxies.content_db.host, port=proxies.content_db.port
             ).render_as_string(hide_password=False),
             extra_env={
-                "BROKER_RETRY_DELAYS_SECONDS": RETRY_DELAYS,
+                "BROKER_RETRY_DELAYS_SECONDS": ",".join(f"{d:g}" for d in RETRY_DELAY_SECONDS),
                 "R2_ENDPOINT_URL": f"http://{proxies.s3.host}:{proxies.s3.port}",
                 # Many small batches from one owner: admission control is not what this suite measures.
                 "CONTENT_SUBMIT_RATE_PER_MINUTE": "6000",
@@ -194,7 +195,7 @@ def fault_stack(rabbitmq_url: str, pg_admin_url: str, model_dir: Path, run_dir: 
             local.stop()
         for proxy in proxies.all():
             proxy.stop()
-        asyncio.run(delete_run_topology(rabbitmq_url, prefix))
+        asyncio.run(delete_run_topology(rabbitmq_url, prefix, RETRY_DELAY_SECONDS))
         for url in (identity_db, content_db):
             asyncio.run(drop_test_database(pg_admin_url, url))
 

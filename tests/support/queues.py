@@ -10,7 +10,7 @@ from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
 from contracts.envelope import EventEnvelope
 from contracts.events import EventPayload
-from contracts.topology import topology
+from contracts.topology import DEFAULT_RETRY_DELAYS, topology
 from services.common.broker import connect, delete_topology
 from services.common.events import from_message
 
@@ -54,10 +54,11 @@ async def drain_events(
         await channel.close()
 
 
-async def delete_run_topology(url: str, prefix: str) -> None:
-    """Remove a run's exchanges and queues (quorum queues left behind weigh on the broker for good)."""
+async def delete_run_topology(url: str, prefix: str, retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS) -> None:
+    """Remove a run's exchanges and queues, its retry stages named by `retry_delays` (quorum queues left behind
+    weigh on the broker for good)."""
     connection = await connect(url, name="vixenbliss-test-cleanup")
     try:
-        await delete_topology(await connection.channel(), topology(prefix))
+        await delete_topology(await connection.channel(), topology(prefix, retry_delays=retry_delays))
     finally:
         await connection.close()
