@@ -43,7 +43,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flow
         if writer.can_write_eof() and not writer.transport.is_closing():
             writer.write_eof()
     except (ConnectionError, OSError):
-        pass
+        # A reset on one side is passed on as a reset: a peer killed mid-transaction must not leave the other
+        # side's connection (a PostgreSQL backend holding row locks) open behind the proxy.
+        _abort(writer)
 
 
 class TcpProxy:
