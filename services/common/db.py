@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import MetaData, event, make_url
@@ -11,6 +13,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+# Pooled connections older than this are replaced at checkout (no round trip; see create_engine).
+POOL_RECYCLE_SECONDS = 300
 
 # Database errors worth waiting out (a restart, a dropped connection, SQLite busy), for loops that retry.
 TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (DBAPIError, OSError, TimeoutError)
@@ -64,8 +69,21 @@ def create_engine(url: str | URL, *, echo: bool = False, **kwargs: Any) -> Async
         engine = create_async_engine(parsed, echo=echo, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it costs a round trip per checkout (a fifth of them, docs/benchmarks.md). A connection the server
+    # closed fails its first statement instead; SQLAlchemy then drops every pooled connection of that age, and the
+    # failure is a 503 with Retry-After (HTTP), a redelivery (consumers) or a retry (relays, runner). Connections are
+    # replaced after POOL_RECYCLE_SECONDS, before the idle timeouts of proxies and poolers close them.
+    kwargs.setdefault("pool_recycle", POOL_RECYCLE_SECONDS)
     return create_async_engine(parsed, echo=echo, **kwargs)
+
+
+@asynccontextmanager
+async def read_session(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session for reads only: its statements run in autocommit, without the BEGIN and ROLLBACK round trips of
+    a transaction (each statement sees its own snapshot; use a transaction where several reads must agree)."""
+    async with sessions() as session:
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -126,37 +126,46 @@ class OutboxRelay:
         self._wake.set()
 
     async def run_once(self) -> int:
-        """Publish one batch; return how many rows were sent. Raises when a publish failed."""
+        """Publish one batch; return how many rows were sent. Raises when a publish failed.
+
+        The batch's publishes go out in id order (the channel's lock is first come, first served) without waiting
+        for each confirm; the confirms are awaited together and the confirmed rows marked sent in one statement.
+        Only the rows before the first failure count as sent: the rest are published again on the next pass (a
+        duplicate when their confirm had come, which consumers drop), so a failure never lets a later event
+        overtake an earlier one for good.
+        """
         table = self._table
         failure: Exception | None = None
         failed_at: datetime | None = None
-        sent = 0
         async with self._sessions() as session, session.begin():
             query = select(table).where(table.c.sent_at.is_(None)).order_by(table.c.id).limit(self._batch_size)
             if session.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             rows = (await session.execute(query)).mappings().all()
-            for row in rows:
-                try:
-                    await self._publish(row)
-                except Exception as error:
-                    # Stop at the first failure to keep order; what was confirmed is still marked sent.
-                    failure, failed_at = error, row["created_at"]
+            outcomes = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
+            confirmed: list[int] = []
+            for row, outcome in zip(rows, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    failure, failed_at = outcome, row["created_at"]
                     await session.execute(
                         update(table)
                         .where(table.c.id == row["id"])
                         .values(
                             attempts=table.c.attempts + 1,
-                            last_error=f"{type(error).__name__}: {error}"[:2000],
+                            last_error=f"{type(outcome).__name__}: {outcome}"[:2000],
                         )
                     )
                     break
+                if isinstance(outcome, BaseException):
+                    raise outcome  # cancelled or stopping: nothing of this batch is marked
+                confirmed.append(row["id"])
+            if confirmed:
                 await session.execute(
                     update(table)
-                    .where(table.c.id == row["id"])
+                    .where(table.c.id.in_(confirmed))
                     .values(sent_at=datetime.now(UTC), attempts=table.c.attempts + 1, last_error=None)
                 )
-                sent += 1
+        sent = len(confirmed)
         # The lag is read off the batch: the failed row is the oldest left, a short batch left none; only a full
         # one (a backlog) needs a look at what is still waiting.
         if failure is not None:

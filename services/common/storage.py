@@ -1,4 +1,6 @@
-"""Object storage over boto3 for R2 or any S3 endpoint; every boto3 call runs off the event loop."""
+"""Object storage over boto3 for R2 or any S3 endpoint; every boto3 call runs off the event loop. The two calls
+made once per generation (presigning a GET, putting an image) skip boto3's client: signed by botocore's signer
+(s3_signing), the PUT sent with httpx."""
 
 from __future__ import annotations
 
@@ -10,8 +12,12 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 import boto3
+import httpx
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from services.common import telemetry
+from services.common.s3_signing import BucketSigner
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -29,6 +35,15 @@ class ObjectNotFoundError(LookupError):
 
 class ObjectTooLargeError(ValueError):
     """The object is larger than the caller allowed."""
+
+
+class StorageRequestError(RuntimeError):
+    """The endpoint answered a request with an error status (its S3 error code, when the body names one)."""
+
+    def __init__(self, operation: str, key: str, status: int, code: str | None) -> None:
+        super().__init__(f"{operation} {key}: HTTP {status}{f' {code}' if code else ''}")
+        self.status = status
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,10 @@ class ObjectStorage:
         self.config = config
         self._client: S3Client | None = None
         self._client_lock = threading.Lock()
+        self._signer = BucketSigner(
+            config.endpoint_url, config.bucket, config.region, config.access_key_id, config.secret_access_key
+        )
+        self._http: httpx.AsyncClient | None = None
 
     @property
     def bucket(self) -> str:
@@ -102,13 +121,8 @@ class ObjectStorage:
             return self._client
 
     async def presign_get(self, key: str, ttl_seconds: int) -> str:
-        """A URL that downloads `key` until it expires."""
-        return await asyncio.to_thread(
-            self._s3().generate_presigned_url,
-            "get_object",
-            Params={"Bucket": self.bucket, "Key": key},
-            ExpiresIn=ttl_seconds,
-        )
+        """A URL that downloads `key` until it expires (the same URL boto3's client signs)."""
+        return self._signer.presign_get(key, ttl_seconds)
 
     async def presign_put(
         self, key: str, ttl_seconds: int, content_type: str | None = None, content_length: int | None = None
@@ -128,17 +142,22 @@ class ObjectStorage:
         )
 
     async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
-        """Store `data` under `key`, recording its sha256 in the object's metadata."""
+        """Store `data` under `key`, recording its sha256 in the object's metadata. StorageRequestError when the
+        endpoint refuses it, httpx.HTTPError when it cannot be reached."""
         digest = hashlib.sha256(data).hexdigest()
-        response = await asyncio.to_thread(
-            self._s3().put_object,
-            Bucket=self.bucket,
-            Key=key,
-            Body=data,
-            ContentType=content_type,
-            Metadata={SHA256_METADATA_KEY: digest},
+        signed = self._signer.put(
+            key, data, {"Content-Type": content_type, f"x-amz-meta-{SHA256_METADATA_KEY}": digest}
         )
-        return ObjectInfo(key, len(data), digest, content_type, response.get("ETag"))
+        response = await self._client_http().put(signed.url, content=data, headers=signed.headers)
+        if response.status_code >= 300:
+            raise StorageRequestError("PUT", key, response.status_code, _error_code(response.content))
+        return ObjectInfo(key, len(data), digest, content_type, response.headers.get("ETag"))
+
+    def _client_http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0), follow_redirects=False)
+            telemetry.instrument_http_client(self._http)
+        return self._http
 
     async def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         """The object's bytes; ObjectNotFoundError or ObjectTooLargeError (past `max_bytes`)."""
@@ -249,10 +268,22 @@ class ObjectStorage:
         return f"{self.config.public_url.rstrip('/')}/{key}"
 
     async def close(self) -> None:
-        """Release the client's connection pool."""
+        """Release the clients' connection pools."""
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
         if self._client is not None:
             client, self._client = self._client, None
             await asyncio.to_thread(client.close)
+
+
+def _error_code(body: bytes) -> str | None:
+    """The <Code> of an S3 error document, if the body is one."""
+    start = body.find(b"<Code>")
+    end = body.find(b"</Code>", start)
+    if start < 0 or end < 0:
+        return None
+    return body[start + len(b"<Code>") : end].decode("ascii", "replace")[:64] or None
 
 
 def _code(error: ClientError) -> str:

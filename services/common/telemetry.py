@@ -3,8 +3,10 @@ instrumentations, and W3C trace context carried by hand where they cannot reach 
 
 `configure_tracing` runs once per process, at start (`entrypoint.serve`). Until it has run (an app built in a
 test, a command-line tool) every helper here is inert: nothing is instrumented and no global state changes, so
-in-process tests never leave a tracer behind. Once it has run, spans are made even with no exporter (the
-context still travels, so every message of a generation carries its trace id); an exporter is added only when
+in-process tests never leave a tracer behind. Once it has run, the trace context travels even with no exporter
+(every message of a generation carries its trace id, and so do the logs), but with nothing to export to, spans
+are not recorded unless the incoming context was sampled or `OTEL_TRACES_SAMPLER` asks (recording them cost a
+tenth of the platform's CPU per generation: docs/benchmarks.md); an exporter is added only when
 `OTEL_TRACES_EXPORTER` or an OTLP endpoint variable asks for one, and one that cannot be built is logged and
 skipped: tracing is never a reason not to start, and an unreachable collector only drops spans (in the batch
 processor's thread), never slows a request.
@@ -23,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -50,8 +53,9 @@ def configure_tracing(service_name: str, *, processors: tuple[SpanProcessor, ...
     if _provider is not None:
         return _provider
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or service_name})
-    provider = TracerProvider(resource=resource)
     exporter = exporter_from_environment(os.environ)
+    sampler = sampler_for(os.environ, exporting=exporter is not None or bool(processors))
+    provider = TracerProvider(resource=resource, sampler=sampler)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     for processor in processors:
@@ -60,6 +64,15 @@ def configure_tracing(service_name: str, *, processors: tuple[SpanProcessor, ...
     _provider = provider
     _instrument_botocore(provider)
     return provider
+
+
+def sampler_for(env: Mapping[str, str], *, exporting: bool) -> Sampler | None:
+    """None (the SDK's choice: OTEL_TRACES_SAMPLER, else parent-based always-on) when spans go somewhere or a
+    sampler is asked for; else parent-based always-off: ids are still made and passed on, nothing is recorded
+    unless the caller's context was sampled (a caller's decision is kept either way)."""
+    if exporting or env.get("OTEL_TRACES_SAMPLER"):
+        return None
+    return ParentBased(ALWAYS_OFF)
 
 
 def exporter_from_environment(env: Mapping[str, str]) -> SpanExporter | None:

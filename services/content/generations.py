@@ -17,6 +17,7 @@ from contracts.events import EventPayload, EventType, GenerationCanceled
 from contracts.topology import CONTENT_GENERATION_RESULTS, SERVICE_CONTENT, event_source
 from contracts.worker import MAX_SEED
 from services.common.changes import ChangeFeed
+from services.common.db import read_session
 from services.common.events import new_event
 from services.common.http_errors import FieldError, InvalidRequestError, NotFoundError
 from services.common.inbox import mark_processed
@@ -167,7 +168,7 @@ class GenerationService:
 
     async def get(self, owner_id: str, generation_id: uuid.UUID) -> GenerationView:
         """The owner's generation and, once completed, a URL for its image; 404 for anyone else's."""
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             generation = await repository.get_generation(session, generation_id)
         if generation is None or generation.owner_id != owner_id:
             raise NotFoundError("unknown generation")
@@ -175,7 +176,7 @@ class GenerationService:
 
     async def get_unchecked(self, generation_id: uuid.UUID) -> GenerationView:
         """A generation by id alone, for a caller that proved its right another way (a signed stream link)."""
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             generation = await repository.get_generation(session, generation_id)
         if generation is None:
             raise NotFoundError("unknown generation")

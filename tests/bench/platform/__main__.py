@@ -30,6 +30,7 @@ from scripts.stacklib import flow
 from scripts.stacklib.config import StackConfig
 from scripts.stacklib.runner import LocalStack
 from services.common.db import create_test_database, drop_test_database
+from tests.bench.platform import profile
 from tests.bench.platform.load import Call, Sample, closed_loop, content_call, open_loop, worker_call
 from tests.bench.platform.procstats import ProcessGroup, cpu_between, snapshot
 from tests.support.queues import delete_run_topology
@@ -165,6 +166,22 @@ async def run_phases(
     return idle, phases
 
 
+def profiled_phase(stack: LocalStack, call: Call, backend: str, rate: float, seconds: float, folder: Path) -> list[str]:
+    """One more open-loop phase at `rate` while py-spy samples content, the gateway and the worker; the report is
+    written to `folder` and returned."""
+    folder.mkdir(parents=True, exist_ok=True)
+    services = ("content", "gateway", "worker")
+    outputs = {name: folder / f"{backend}-{name}.txt" for name in services}
+    samplers = [profile.start(stack.processes[name].pid, seconds, outputs[name]) for name in services]
+    asyncio.run(open_loop(call, rate, seconds))
+    for sampler in samplers:
+        sampler.wait(timeout=seconds + 30)
+    lines = [f"{backend}: py-spy at {rate:g}/s for {seconds:g} s (inclusive share of busy samples)"]
+    lines += profile.report([profile.read(name, path) for name, path in outputs.items() if path.exists()])
+    (folder / f"{backend}-report.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lines
+
+
 def table(
     backend: str, idle: dict[str, float], phases: list[tuple[Phase, Phase | None]], rss: dict[str, float]
 ) -> list[str]:
@@ -212,8 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="callers of the saturation run")
     parser.add_argument("--pg-admin-url", default=os.environ.get("PG_ADMIN_URL", DEFAULT_PG_ADMIN_URL))
     parser.add_argument("--write-docs", type=Path, default=None)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="after the phases, sample content and the gateway with py-spy at --profile-rate into this folder",
+    )
+    parser.add_argument("--profile-rate", type=float, default=20.0)
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r]
+    if args.profile and not profile.available():
+        parser.error("--profile needs py-spy (pip install py-spy)")
 
     from gpu.tiny.lora import write_lora
 
@@ -237,8 +263,14 @@ def main(argv: list[str] | None = None) -> int:
                     run_phases(stack, call, worker_call(urls["worker"]), rates, args.seconds, args.concurrency)
                 )
                 rss = {group.name: group.peak_rss() for group in groups_of(stack) if group.name in SERVICES}
+                profiled = (
+                    profiled_phase(stack, call, backend, args.profile_rate, args.seconds, args.profile)
+                    if args.profile
+                    else []
+                )
             lines = table(backend, idle, phases, rss)
             print("\n".join(lines), flush=True)
+            print("\n".join(profiled), flush=True)
             section += [*lines, ""]
     if args.write_docs:
         write_docs(args.write_docs, section)

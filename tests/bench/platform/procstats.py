@@ -10,14 +10,15 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the process has used so far (0 once it is gone)."""
+    """User + system CPU seconds the process has used so far, with those of its children that ended and were
+    waited for (0 once it is gone): a PostgreSQL backend that exits moves its CPU into the postmaster's count."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
             fields = handle.read().rpartition(")")[2].split()
     except OSError:
         return 0.0
-    # After the command's closing parenthesis: state is field 3, utime field 14, stime field 15 (1-based).
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    # After the command's closing parenthesis: state is field 3, utime 14, stime 15, cutime 16, cstime 17 (1-based).
+    return sum(int(field) for field in fields[11:15]) / TICKS
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -33,15 +34,23 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def pids_of(command_name: str) -> list[int]:
-    """Every process whose command name is exactly `command_name` (pgrep -x)."""
-    found = subprocess.run(["pgrep", "-x", command_name], capture_output=True, text=True, check=False)
+    """The oldest process whose command name is exactly `command_name` (the server: PostgreSQL's postmaster,
+    RabbitMQ's VM) and its children of that name (the backends); not a younger namesake such as rabbitmqctl's VM."""
+    oldest = _pgrep("-o", "-x", command_name)
+    if not oldest:
+        return []
+    return oldest + _pgrep("-P", str(oldest[0]), "-x", command_name)
+
+
+def _pgrep(*args: str) -> list[int]:
+    found = subprocess.run(["pgrep", *args], capture_output=True, text=True, check=False)
     return [int(pid) for pid in found.stdout.split()]
 
 
 @dataclass
 class ProcessGroup:
-    """A named set of processes measured together: fixed pids (one service's process), or every process of a
-    command name found anew at each reading (PostgreSQL's backends come and go with connections)."""
+    """A named set of processes measured together: fixed pids (one service's process), or a server and its children
+    of a command name, found anew at each reading (PostgreSQL's backends come and go with connections)."""
 
     name: str
     pids: list[int]
@@ -66,9 +75,7 @@ def snapshot(groups: list[ProcessGroup]) -> Snapshot:
 
 
 def cpu_between(before: Snapshot, after: Snapshot) -> dict[str, float]:
-    """CPU seconds each group used between two snapshots; a process that appeared meanwhile counts whole (its
-    CPU was all used since), one that ended meanwhile is missed."""
-    return {
-        name: sum(max(0.0, seconds - before.get(name, {}).get(pid, 0.0)) for pid, seconds in pids.items())
-        for name, pids in after.items()
-    }
+    """CPU seconds each group used between two snapshots: the change of the group's total. A process that
+    appeared meanwhile counts whole (its CPU was all used since); one that ended meanwhile was counted, whole, into
+    its parent's (the postmaster's) total, so that what it had used before is taken away again."""
+    return {name: max(0.0, sum(pids.values()) - sum(before.get(name, {}).values())) for name, pids in after.items()}

@@ -96,6 +96,58 @@ async def test_a_failed_publish_is_recorded_and_retried(db: Db) -> None:
     assert all(r["sent_at"] is not None and r["last_error"] is None for r in rows)
 
 
+class ConfirmsTogetherPublisher:
+    """Confirms nothing until `batch` publishes are in flight: a relay waiting for each confirm before the next
+    publish never gets there."""
+
+    def __init__(self, batch: int) -> None:
+        self.started: list[str] = []
+        self._batch = batch
+        self._all_in_flight = asyncio.Event()
+
+    async def publish_confirmed(self, message: aio_pika.Message, routing_key: str) -> None:
+        self.started.append(str(message.message_id))
+        if len(self.started) >= self._batch:
+            self._all_in_flight.set()
+        await asyncio.wait_for(self._all_in_flight.wait(), 2)
+
+
+async def test_a_batch_is_published_in_order_and_its_confirms_awaited_together(db: Db) -> None:
+    sessions, outbox, _ = db
+    events = [_event(f"g{i}") for i in range(5)]
+    async with sessions() as session, session.begin():
+        for event in events:
+            await add_to_outbox(session, outbox, event)
+    publisher = ConfirmsTogetherPublisher(len(events))
+
+    assert await OutboxRelay(sessions, outbox, publisher).run_once() == len(events)
+    assert publisher.started == [event.id for event in events]
+    async with sessions() as session:
+        rows = (await session.execute(select(outbox))).mappings().all()
+    assert all(r["sent_at"] is not None and r["attempts"] == 1 for r in rows)
+
+
+async def test_rows_after_a_failed_publish_stay_unsent_even_when_confirmed(db: Db) -> None:
+    sessions, outbox, _ = db
+    async with sessions() as session, session.begin():
+        for name in ("g1", "g2", "g3"):
+            await add_to_outbox(session, outbox, _event(name))
+
+    class SecondFails(FakePublisher):
+        async def publish_confirmed(self, message: aio_pika.Message, routing_key: str) -> None:
+            if from_message(message)[0].subject == "g2":
+                raise ConnectionError("nacked")
+            await super().publish_confirmed(message, routing_key)
+
+    with pytest.raises(ConnectionError):
+        await OutboxRelay(sessions, outbox, SecondFails()).run_once()
+    async with sessions() as session:
+        rows = (await session.execute(select(outbox).order_by(outbox.c.id))).mappings().all()
+    # g3 was confirmed, but marking it sent would let it overtake g2: it goes again, after g2, next pass.
+    assert [r["sent_at"] is not None for r in rows] == [True, False, False]
+    assert rows[1]["last_error"] == "ConnectionError: nacked" and rows[2]["attempts"] == 0
+
+
 async def test_run_forever_backs_off_then_delivers_and_stops(db: Db) -> None:
     sessions, outbox, _ = db
     publisher = FakePublisher()

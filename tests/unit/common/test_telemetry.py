@@ -10,7 +10,8 @@ import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.common import telemetry
 from services.common.logging import JsonFormatter, Redaction, generation_context
@@ -53,6 +54,37 @@ def test_helpers_are_inert_until_tracing_is_configured() -> None:
     with telemetry.producer_span("generation.started", None) as headers:
         assert headers == {}
     assert telemetry.current_trace_headers() == {}
+
+
+SAMPLED_PARENT = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+UNSAMPLED_PARENT = "00-" + "c" * 32 + "-" + "d" * 16 + "-00"
+
+
+def sampled(traceparent: str) -> bool:
+    return bool(int(traceparent.rsplit("-", 1)[1], 16) & 1)
+
+
+def test_with_nothing_to_export_spans_are_not_recorded_but_the_context_travels() -> None:
+    recorded = InMemorySpanExporter()
+    provider = TracerProvider(sampler=telemetry.sampler_for({}, exporting=False))
+    provider.add_span_processor(SimpleSpanProcessor(recorded))  # what an exporter would have seen
+    with telemetry.tracing_to(provider):
+        with telemetry.producer_span("generation.started", None) as headers:
+            new_root = headers["traceparent"]
+        with telemetry.producer_span("generation.started", {"traceparent": UNSAMPLED_PARENT}) as headers:
+            kept_unsampled = headers["traceparent"]
+        with telemetry.producer_span("generation.started", {"traceparent": SAMPLED_PARENT}) as headers:
+            kept_sampled = headers["traceparent"]
+    assert new_root.split("-")[1] != "0" * 32 and not sampled(new_root)
+    assert kept_unsampled.split("-")[1] == "c" * 32 and not sampled(kept_unsampled)
+    # A caller that samples is honoured: its span is recorded and the decision passed on.
+    assert kept_sampled.split("-")[1] == "a" * 32 and sampled(kept_sampled)
+    assert [span.context.trace_id for span in recorded.get_finished_spans()] == [int("a" * 32, 16)]
+
+
+@pytest.mark.parametrize(("env", "exporting"), [({}, True), ({"OTEL_TRACES_SAMPLER": "always_on"}, False)])
+def test_an_exporter_or_a_sampler_variable_leaves_the_choice_to_the_sdk(env: dict[str, str], exporting: bool) -> None:
+    assert telemetry.sampler_for(env, exporting=exporting) is None
 
 
 def test_spans_to_an_unreachable_collector_do_not_get_in_the_way() -> None:
