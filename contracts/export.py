@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from contracts.topology import (
     DEFAULT_RETRY_DELAYS,
     EVENT_PRODUCERS,
     EVENTS_EXCHANGE,
+    RETRY_EXCHANGE,
     QueueSpec,
     producer_source,
     topology,
@@ -129,8 +129,11 @@ def asyncapi_document() -> dict[str, Any]:
                 "failure is retried through the queue's retry stages (quorum queues whose message TTL dead-letters "
                 "back to the queue, by default after "
                 + ", ".join(f"{d:g}" for d in DEFAULT_RETRY_DELAYS)
-                + f" s), then sent to the queue's dead-letter queue through {DEAD_LETTER_EXCHANGE}, the reason "
-                "in the x-vixen-death-reason header."
+                + f" s; the consumer publishes to them through the topic exchange {RETRY_EXCHANGE}), then sent to "
+                f"the queue's dead-letter queue (through {RETRY_EXCHANGE} by the consumer, through "
+                f"{DEAD_LETTER_EXCHANGE} by the broker past the delivery limit), the reason in the "
+                "x-vixen-death-reason header. Each service has a broker user of its own that may publish only the "
+                "events it produces and reach only its own queues (docs/deploy.md)."
             ),
         },
         "defaultContentType": STRUCTURED_CONTENT_TYPE,
@@ -158,6 +161,7 @@ def _queue_extension(spec: QueueSpec, routing_key: str) -> dict[str, Any]:
         "x-overflow": "reject-publish",
         "accepted-source": producer_source(routing_key),
         "max-message-bytes": spec.max_message_bytes,
+        "retry-exchange": RETRY_EXCHANGE,
         "retry-queues": [{"name": stage.name, "x-message-ttl": stage.ttl_ms} for stage in spec.retry_stages],
         "dead-letter-queue": spec.dlq_name,
     }
@@ -192,60 +196,11 @@ def _message(event_type: EventType, model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-# A minimal YAML writer: contracts may depend on pydantic only, and the document is plain data.
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_./ -]*$")
-_RESERVED = {"true", "false", "null", "yes", "no", "on", "off", "y", "n", "~"}
-
-
-def _yaml_scalar(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return json.dumps(value)
-    text = str(value)
-    if _PLAIN.match(text) and not text.endswith(" ") and text.lower() not in _RESERVED:
-        return text
-    # A JSON string is a valid YAML double-quoted scalar.
-    return json.dumps(text, ensure_ascii=False)
-
-
-def _yaml_lines(value: Any, indent: int) -> list[str]:
-    pad = " " * indent
-    lines: list[str] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            head = f"{pad}{_yaml_scalar(key)}:"
-            if isinstance(item, dict | list) and item:
-                lines.append(head)
-                lines.extend(_yaml_lines(item, indent + 2))
-            else:
-                lines.append(f"{head} {_yaml_inline(item)}")
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, dict | list) and item:
-                sub = _yaml_lines(item, 0)
-                lines.append(f"{pad}- {sub[0]}")
-                lines.extend(f"{pad}  {line}" for line in sub[1:])
-            else:
-                lines.append(f"{pad}- {_yaml_inline(item)}")
-    else:
-        lines.append(pad + _yaml_scalar(value))
-    return lines
-
-
-def _yaml_inline(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{}"
-    if isinstance(value, list):
-        return "[]"
-    return _yaml_scalar(value)
-
-
 def to_yaml(value: Any) -> str:
-    """YAML text of plain data (dicts, lists, strings, numbers, booleans, None)."""
-    return "\n".join(_yaml_lines(value, 0)) + "\n"
+    """YAML text of plain data, by PyYAML (a development dependency: contracts themselves need pydantic only)."""
+    import yaml
+
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, width=120, default_flow_style=False)
 
 
 def rendered_files() -> dict[str, str]:

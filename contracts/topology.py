@@ -5,7 +5,11 @@ from dataclasses import dataclass
 from contracts.events import EventType
 
 EVENTS_EXCHANGE = "vixen.events"
+# Where the broker dead-letters (direct, keyed by queue name); nobody publishes to it.
 DEAD_LETTER_EXCHANGE = "vixen.dlx"
+# Where a consumer sends a failed message to a retry stage or its copy to the DLQ (topic, keyed by the stage's or
+# the queue's name), so that topic permissions can keep each service to its own queues' keys.
+RETRY_EXCHANGE = "vixen.retries"
 # Deliveries per message before the broker dead-letters it (quorum queue x-delivery-limit): the backstop for a
 # consumer that dies mid-message again and again; a handler failure goes through the retry queues instead.
 DELIVERY_LIMIT = 5
@@ -109,8 +113,10 @@ class QueueSpec:
     delivery_limit: int = DELIVERY_LIMIT
     retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    # Where its consumer sends a message to a retry stage or to the DLQ (the topology's, prefixed).
+    # Where the broker dead-letters this queue's messages (the topology's, prefixed).
     dead_letter_exchange: str = DEAD_LETTER_EXCHANGE
+    # Where its consumer sends a message to a retry stage or to the DLQ (the topology's, prefixed).
+    retry_exchange: str = RETRY_EXCHANGE
 
     @property
     def dlq_name(self) -> str:
@@ -146,6 +152,11 @@ class Topology:
     events_exchange: str
     dead_letter_exchange: str
     queues: tuple[QueueSpec, ...]
+    retry_exchange: str = RETRY_EXCHANGE
+
+    def queues_of(self, service: str) -> tuple[QueueSpec, ...]:
+        """The queues a service consumes (named `<service>.<purpose>`)."""
+        return tuple(spec for spec in self.queues if spec.base_name.startswith(f"{service}."))
 
     def queue(self, base_name: str) -> QueueSpec:
         """The queue whose unprefixed name is `base_name`."""
@@ -186,6 +197,7 @@ def topology(
         prefix=prefix,
         events_exchange=name(EVENTS_EXCHANGE),
         dead_letter_exchange=name(DEAD_LETTER_EXCHANGE),
+        retry_exchange=name(RETRY_EXCHANGE),
         queues=tuple(
             QueueSpec(
                 base_name=base,
@@ -195,6 +207,7 @@ def topology(
                 retry_delays=tuple(retry_delays),
                 max_message_bytes=max_message_bytes,
                 dead_letter_exchange=name(DEAD_LETTER_EXCHANGE),
+                retry_exchange=name(RETRY_EXCHANGE),
             )
             for base, types in _BINDINGS.items()
         ),

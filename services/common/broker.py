@@ -54,31 +54,44 @@ def retry_queue_arguments(spec: QueueSpec, stage: RetryStage) -> dict[str, Any]:
     }
 
 
-async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
-    """Declare exchanges, queues, retry queues, dead-letter queues and bindings; safe to repeat."""
+def dlq_arguments() -> dict[str, Any]:
+    """Arguments of a dead-letter queue."""
+    return {"x-queue-type": "quorum"}
+
+
+def unique_stages(spec: QueueSpec) -> tuple[RetryStage, ...]:
+    """The queue's retry stages, one per retry queue (two equal delays share one)."""
+    return tuple({stage.name: stage for stage in spec.retry_stages}.values())
+
+
+async def declare_topology(channel: AbstractChannel, topo: Topology, *, service: str | None = None) -> None:
+    """Declare exchanges, queues, retry queues, dead-letter queues and bindings; safe to repeat. With `service`,
+    only the exchanges and that service's queues (a broker user of its own may configure nothing else; the rest
+    comes from the broker's definitions, `python -m services.common.broker_definitions`)."""
     events = await channel.declare_exchange(topo.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     dlx = await channel.declare_exchange(topo.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
-    for spec in topo.queues:
-        dlq = await channel.declare_queue(spec.dlq_name, durable=True, arguments={"x-queue-type": "quorum"})
+    retries = await channel.declare_exchange(topo.retry_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+    for spec in topo.queues if service is None else topo.queues_of(service):
+        dlq = await channel.declare_queue(spec.dlq_name, durable=True, arguments=dlq_arguments())
+        # The broker dead-letters into it through the DLX; the consumer sends its copies through the retry exchange.
         await dlq.bind(dlx, routing_key=spec.dead_letter_routing_key)
+        await dlq.bind(retries, routing_key=spec.dead_letter_routing_key)
         queue = await channel.declare_queue(spec.name, durable=True, arguments=queue_arguments(spec, topo))
         for key in spec.routing_keys:
             await queue.bind(events, routing_key=key)
-        declared: set[str] = set()
-        for stage in spec.retry_stages:
-            if stage.name in declared:
-                continue
-            declared.add(stage.name)
+        for stage in unique_stages(spec):
             retry = await channel.declare_queue(stage.name, durable=True, arguments=retry_queue_arguments(spec, stage))
-            # The consumer sends a failed message here through the DLX, under the stage's own name.
-            await retry.bind(dlx, routing_key=stage.name)
+            # The consumer sends a failed message here, under the stage's own name.
+            await retry.bind(retries, routing_key=stage.name)
 
 
-async def declare_topology_on(connection: AbstractRobustConnection, topo: Topology) -> None:
-    """Declare the topology on a short-lived channel of `connection` (what a service does at start)."""
+async def declare_topology_on(
+    connection: AbstractRobustConnection, topo: Topology, *, service: str | None = None
+) -> None:
+    """Declare the topology (or a service's part of it) on a short-lived channel of `connection`."""
     channel = await connection.channel()
     try:
-        await declare_topology(channel, topo)
+        await declare_topology(channel, topo, service=service)
     finally:
         await channel.close()
 
@@ -88,7 +101,7 @@ async def delete_topology(channel: AbstractChannel, topo: Topology) -> None:
     for spec in topo.queues:
         for name in (spec.name, spec.dlq_name, *spec.retry_queue_names):
             await channel.queue_delete(name)
-    for exchange in (topo.events_exchange, topo.dead_letter_exchange):
+    for exchange in (topo.events_exchange, topo.dead_letter_exchange, topo.retry_exchange):
         await channel.exchange_delete(exchange)
 
 

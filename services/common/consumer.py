@@ -133,7 +133,7 @@ class Consumer:
     async def start(self) -> None:
         """Open the retry/DLQ publisher and a channel, set the prefetch, consume the (declared) queue."""
         self._publisher = await Publisher.open(
-            self._connection, self._spec.dead_letter_exchange, publish_timeout=self._publish_timeout
+            self._connection, self._spec.retry_exchange, publish_timeout=self._publish_timeout
         )
         self._channel = await self._connection.channel()
         # Quorum queues do not support global QoS: per-consumer prefetch only.

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from aio_pika.abc import AbstractRobustConnection
 from pydantic import Field
@@ -100,16 +101,22 @@ def broker_topology(prefix: str, delivery: BrokerDeliverySettings | None = None)
 
 @contextlib.asynccontextmanager
 async def open_broker(
-    url: str, prefix: str, *, service: str, delivery: BrokerDeliverySettings | None = None
+    url: str,
+    prefix: str,
+    *,
+    service: str,
+    delivery: BrokerDeliverySettings | None = None,
+    declare: Literal["all", "own"] = "all",
 ) -> AsyncIterator[BrokerRuntime]:
-    """Connect, declare the whole topology (idempotent, so start order does not matter), open a publisher.
+    """Connect, declare the topology (idempotent, so start order does not matter), open a publisher.
 
-    Every queue's retry stages and dead-letter queue are declared with it, so every service gets them.
+    `all` declares every queue with its retry stages and dead-letter queue, so every service gets them; `own` only
+    the exchanges and `service`'s queues (its broker user may configure nothing else; definitions hold the rest).
     """
     names = broker_topology(prefix, delivery)
     connection = await connect(url, name=f"vixenbliss-{service}")
     try:
-        await declare_topology_on(connection, names)
+        await declare_topology_on(connection, names, service=service if declare == "own" else None)
         publisher = await Publisher.open(connection, names.events_exchange)
         try:
             yield BrokerRuntime(connection, names, publisher)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -96,6 +96,9 @@ class BrokerSettings(BrokerDeliverySettings):
     """RabbitMQ connection (the URL carries the password, so it is a secret) and the consumers' delivery rules."""
 
     rabbitmq_url: SecretStr = Field(validation_alias="RABBITMQ_URL")
+    # all: declare the whole topology at start (one broker user for everything: development, tests). own: only
+    # the exchanges and this service's queues, for a broker user of its own loaded with the broker's definitions.
+    rabbitmq_declare: Literal["all", "own"] = Field(default="all", validation_alias="RABBITMQ_DECLARE")
 
 
 class StorageSettings(SecretCheckedSettings):

@@ -69,7 +69,10 @@ def create_app(settings: ContentSettings) -> FastAPI:
                 ) as database,
                 changes.running(database.engine),
                 open_broker(
-                    settings.rabbitmq_url.get_secret_value(), settings.topology_prefix, service=SERVICE_CONTENT
+                    settings.rabbitmq_url.get_secret_value(),
+                    settings.topology_prefix,
+                    service=SERVICE_CONTENT,
+                    declare=settings.rabbitmq_declare,
                 ) as broker,
             ):
                 relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)

@@ -46,7 +46,10 @@ def create_app(settings: IdentitySettings) -> FastAPI:
                     settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start
                 ) as database,
                 open_broker(
-                    settings.rabbitmq_url.get_secret_value(), settings.topology_prefix, service=SERVICE_IDENTITY
+                    settings.rabbitmq_url.get_secret_value(),
+                    settings.topology_prefix,
+                    service=SERVICE_IDENTITY,
+                    declare=settings.rabbitmq_declare,
                 ) as broker,
             ):
                 relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)

@@ -81,7 +81,10 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
                 settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start
             ) as database,
             open_broker(
-                settings.rabbitmq_url.get_secret_value(), settings.topology_prefix, service=SERVICE_INFERENCE_GATEWAY
+                settings.rabbitmq_url.get_secret_value(),
+                settings.topology_prefix,
+                service=SERVICE_INFERENCE_GATEWAY,
+                declare=settings.rabbitmq_declare,
             ) as broker,
         ):
             relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)

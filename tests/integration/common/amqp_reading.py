@@ -74,12 +74,13 @@ async def dead_letter_tap(
     connection: AbstractRobustConnection, spec: QueueSpec
 ) -> AsyncIterator[asyncio.Queue[AbstractIncomingMessage]]:
     """A copy of every message dead-lettered from `spec`'s queue, as it happens, without touching the DLQ: a
-    private queue bound to the dead-letter exchange under the DLQ's routing key."""
+    private queue bound under the DLQ's routing key to the retry exchange (the consumer's copies) and to the
+    dead-letter exchange (the broker's, past the delivery limit)."""
     channel = await connection.channel()
     try:
-        exchange = await channel.get_exchange(spec.dead_letter_exchange)
         tap = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await tap.bind(exchange, routing_key=spec.dead_letter_routing_key)
+        for name in (spec.retry_exchange, spec.dead_letter_exchange):
+            await tap.bind(await channel.get_exchange(name), routing_key=spec.dead_letter_routing_key)
         arrivals: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         await tap.consume(arrivals.put, no_ack=True)
         yield arrivals

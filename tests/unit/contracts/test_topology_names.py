@@ -20,6 +20,7 @@ def test_default_names_match_the_design() -> None:
     topo = topology()
     assert topo.events_exchange == "vixen.events"
     assert topo.dead_letter_exchange == "vixen.dlx"
+    assert topo.retry_exchange == "vixen.retries"
     assert {q.name for q in topo.queues} == {
         "inference-gateway.generation-requested",
         "inference-gateway.generation-canceled",
@@ -35,6 +36,7 @@ def test_prefix_applies_to_every_name_but_not_routing_keys() -> None:
     topo = topology(prefix="t-ab12")
     assert topo.events_exchange == "t-ab12.vixen.events"
     assert topo.dead_letter_exchange == "t-ab12.vixen.dlx"
+    assert topo.retry_exchange == "t-ab12.vixen.retries"
     spec = topo.queue(CONTENT_IDENTITY_EVENTS)
     assert spec.name == "t-ab12.content.identity-events"
     assert spec.dlq_name == "t-ab12.content.identity-events.dlq"

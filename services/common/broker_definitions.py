@@ -1,0 +1,203 @@
+"""RabbitMQ definitions from the code's topology: exchanges, quorum queues with the arguments the services
+declare, bindings, and one broker user per service whose permissions and topic permissions let it publish only
+the events it produces and touch only its own queues.
+
+`python -m services.common.broker_definitions --out definitions.json` (passwords from the environment, see
+--help) writes a file RabbitMQ loads at boot (`load_definitions`) or `rabbitmqctl import_definitions` applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from contracts.topology import (
+    EVENT_PRODUCERS,
+    SERVICE_CONTENT,
+    SERVICE_IDENTITY,
+    SERVICE_INFERENCE_GATEWAY,
+    QueueSpec,
+    Topology,
+    routing_key,
+)
+from services.common.broker import dlq_arguments, queue_arguments, retry_queue_arguments, unique_stages
+
+SERVICES = (SERVICE_IDENTITY, SERVICE_CONTENT, SERVICE_INFERENCE_GATEWAY)
+NOTHING = "^$"
+HASHING = "rabbit_password_hashing_sha256"
+
+
+@dataclass(frozen=True)
+class ServiceGrants:
+    """What one service's broker user may do, as RabbitMQ permission and topic permission patterns."""
+
+    service: str
+    configure: str
+    write: str
+    read: str
+    # Per topic exchange: (write pattern, read pattern) on routing keys (publishing, binding).
+    topics: dict[str, tuple[str, str]]
+
+
+def exactly(names: Iterable[str]) -> str:
+    """A pattern matching exactly these names (and nothing when there are none)."""
+    unique = sorted(set(names))
+    return f"^({'|'.join(re.escape(name) for name in unique)})$" if unique else NOTHING
+
+
+def queue_names(spec: QueueSpec) -> list[str]:
+    """A consumer queue, its retry stages and its dead-letter queue."""
+    return [spec.name, spec.dlq_name, *(stage.name for stage in unique_stages(spec))]
+
+
+def retry_keys(spec: QueueSpec) -> list[str]:
+    """The keys its consumer publishes under on the retry exchange (and binds with): its stages and its DLQ."""
+    return [spec.dead_letter_routing_key, *(stage.name for stage in unique_stages(spec))]
+
+
+def grants(topo: Topology, service: str) -> ServiceGrants:
+    """The least a service needs: declare the exchanges and its queues; publish the events it produces and its own
+    retries; bind and consume its own queues. Nobody may publish to the DLX or the default exchange."""
+    own = topo.queues_of(service)
+    owned_queues = [name for spec in own for name in queue_names(spec)]
+    produced = [routing_key(event) for event, producer in EVENT_PRODUCERS.items() if producer == service]
+    bound = [key for spec in own for key in spec.routing_keys]
+    own_retry_keys = [key for spec in own for key in retry_keys(spec)]
+    exchanges = [topo.events_exchange, topo.dead_letter_exchange, topo.retry_exchange]
+    consumes = bool(own)
+    return ServiceGrants(
+        service=service,
+        # exchange.declare and queue.declare need configure; queue.bind needs write on the queue, read on the
+        # exchange; publishing needs write on the exchange; consuming needs read on the queue.
+        configure=exactly([*exchanges, *owned_queues]),
+        write=exactly([topo.events_exchange, *([topo.retry_exchange] if consumes else []), *owned_queues]),
+        read=exactly([*exchanges, *owned_queues] if consumes else []),
+        topics={
+            topo.events_exchange: (exactly(produced), exactly(bound)),
+            topo.retry_exchange: (exactly(own_retry_keys), exactly(own_retry_keys)),
+        },
+    )
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's salted SHA-256 password hash: base64(salt + sha256(salt + password)), 4 random salt bytes."""
+    salt = salt if salt is not None else secrets.token_bytes(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode("utf-8")).digest()).decode("ascii")
+
+
+def definitions(
+    topo: Topology, passwords: Mapping[str, str], *, vhost: str = "/", user_prefix: str = "vixenbliss-"
+) -> dict[str, Any]:
+    """The whole definitions document: the vhost, its exchanges, queues and bindings as the services declare them,
+    and a user per service in `passwords` (service name → password) with its grants."""
+    exchanges = [
+        (topo.events_exchange, "topic"),
+        (topo.dead_letter_exchange, "direct"),
+        (topo.retry_exchange, "topic"),
+    ]
+    queues: list[dict[str, Any]] = []
+    bindings: list[dict[str, Any]] = []
+
+    def queue(name: str, arguments: dict[str, Any]) -> None:
+        queues.append({"name": name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": arguments})
+
+    def bind(exchange: str, destination: str, key: str) -> None:
+        bindings.append(
+            {
+                "source": exchange,
+                "vhost": vhost,
+                "destination": destination,
+                "destination_type": "queue",
+                "routing_key": key,
+                "arguments": {},
+            }
+        )
+
+    for spec in topo.queues:
+        queue(spec.dlq_name, dlq_arguments())
+        bind(topo.dead_letter_exchange, spec.dlq_name, spec.dead_letter_routing_key)
+        bind(topo.retry_exchange, spec.dlq_name, spec.dead_letter_routing_key)
+        queue(spec.name, queue_arguments(spec, topo))
+        for key in spec.routing_keys:
+            bind(topo.events_exchange, spec.name, key)
+        for stage in unique_stages(spec):
+            queue(stage.name, retry_queue_arguments(spec, stage))
+            bind(topo.retry_exchange, stage.name, stage.name)
+
+    users, permissions, topic_permissions = [], [], []
+    for service, password in passwords.items():
+        user = f"{user_prefix}{service}"
+        granted = grants(topo, service)
+        users.append({"name": user, "password_hash": password_hash(password), "hashing_algorithm": HASHING, "tags": []})
+        permissions.append(
+            {"user": user, "vhost": vhost, "configure": granted.configure, "write": granted.write, "read": granted.read}
+        )
+        for exchange, (write, read) in granted.topics.items():
+            topic_permissions.append({"user": user, "vhost": vhost, "exchange": exchange, "write": write, "read": read})
+    return {
+        "users": users,
+        "vhosts": [{"name": vhost}],
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        "parameters": [],
+        "global_parameters": [],
+        # Every queue argument is set at declaration (quorum, delivery limit, dead-lettering, TTLs): no policy.
+        "policies": [],
+        "exchanges": [
+            {
+                "name": name,
+                "vhost": vhost,
+                "type": kind,
+                "durable": True,
+                "auto_delete": False,
+                "internal": False,
+                "arguments": {},
+            }
+            for name, kind in exchanges
+        ],
+        "queues": queues,
+        "bindings": bindings,
+    }
+
+
+def password_variable(service: str) -> str:
+    """The variable holding a service's broker password: RABBITMQ_PASSWORD_CONTENT, …_INFERENCE_GATEWAY, …"""
+    return "RABBITMQ_PASSWORD_" + service.upper().replace("-", "_")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.common.broker_definitions",
+        description="Write RabbitMQ definitions (topology and per-service users) as JSON. Passwords are read from "
+        + ", ".join(password_variable(s) for s in SERVICES)
+        + "; a service whose variable is unset gets no user.",
+    )
+    parser.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    parser.add_argument("--vhost", default="/")
+    parser.add_argument("--prefix", default="", help="topology prefix (VIXEN_TOPOLOGY_PREFIX of the services)")
+    parser.add_argument("--user-prefix", default="vixenbliss-")
+    args = parser.parse_args(argv)
+    passwords = {s: os.environ[password_variable(s)] for s in SERVICES if os.environ.get(password_variable(s))}
+    from services.common.runtime import broker_topology
+
+    document = definitions(broker_topology(args.prefix), passwords, vhost=args.vhost, user_prefix=args.user_prefix)
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
