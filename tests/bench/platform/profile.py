@@ -51,11 +51,12 @@ _FILE = re.compile(r"\(([^/():]+)/")
 
 
 def _package(frame: str) -> str:
-    # `func (package/module.py:line)`; a frame in a top-level module, or C code under the event loop, is named as is.
+    # `func (package/module.py:line)`. The loop's own frame as the innermost one means C code under it (uvloop, the
+    # drivers' protocols, httptools); a frame in a top-level module is named as is.
+    if frame.startswith("Runner.run ("):
+        return "event loop and C extensions"
     match = _FILE.search(frame)
-    if match:
-        return match.group(1)
-    return "event loop and C extensions" if frame.startswith("Runner.run") else frame.split(" (")[0]
+    return match.group(1) if match else frame.split(" (")[0]
 
 
 def _idle(stack: str) -> bool:
@@ -98,8 +99,10 @@ def report(profiles: list[Profile]) -> list[str]:
     lines: list[str] = []
     for profile in profiles:
         lines.append(f"{profile.service}: {sum(profile.busy.values())} busy samples")
-        lines.append(
-            "  self time by package: " + ", ".join(f"{name} {share:.0f}%" for name, share in profile.by_library())
-        )
-        lines += [f"  {share:5.1f}%  {frame}" for frame, share in profile.own_functions()]
+        packages = ", ".join(f"{name} {share:.0f}%" for name, share in profile.by_library())
+        lines.append(f"  self time by package: {packages}")
+        # The entry points (main, serve, <module>) hold every sample of the main thread: left out.
+        functions = profile.own_functions(25)
+        entry = functions[0][1] if functions else 0.0
+        lines += [f"  {share:5.1f}%  {frame}" for frame, share in functions if share < entry][:15]
     return lines

@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# The three services, one image each, built from one file: `docker build -f deploy/docker/services.Dockerfile
+# --target content .` (or identity, inference-gateway). Only the `services` extra is installed: no torch.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY contracts ./contracts
+COPY services ./services
+RUN /opt/venv/bin/pip install ".[services]"
+
+FROM ${PYTHON_IMAGE} AS runtime
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/vixenbliss --create-home --shell /usr/sbin/nologin vixen
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 LOG_JSON=true
+WORKDIR /var/lib/vixenbliss
+USER 10001:10001
+
+FROM runtime AS content
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+CMD ["python", "-m", "services.content", "--host", "0.0.0.0", "--port", "8000"]
+
+FROM runtime AS identity
+EXPOSE 8001
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/healthz', timeout=2)"]
+CMD ["python", "-m", "services.identity", "--host", "0.0.0.0", "--port", "8001"]
+
+FROM runtime AS inference-gateway
+EXPOSE 8002
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8002/healthz', timeout=2)"]
+CMD ["python", "-m", "services.inference_gateway", "--host", "0.0.0.0", "--port", "8002"]

@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# The GPU worker's contract on CPU (compose, demos, CI of a deployment): torch's CPU build from PyTorch's CPU index,
+# so no CUDA wheels are pulled. With no MODEL_DIR it builds the tiny random-weight SDXL on first use; mount real
+# weights and set MODEL_DIR for anything else. The GPU worker itself runs on Modal (deploy/modal/README.md).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY contracts ./contracts
+COPY services ./services
+COPY gpu ./gpu
+RUN /opt/venv/bin/pip install ".[gpu]"
+
+FROM ${PYTHON_IMAGE} AS worker-cpu
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/vixenbliss --create-home --shell /usr/sbin/nologin vixen
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HF_HUB_OFFLINE=1
+WORKDIR /var/lib/vixenbliss
+USER 10001:10001
+EXPOSE 8003
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8003/healthz', timeout=2)"]
+CMD ["python", "-m", "gpu.server", "--host", "0.0.0.0", "--port", "8003"]
