@@ -91,7 +91,10 @@ def loaded(rabbitmq_url: str) -> Iterator[Loaded]:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60, check=False)
         for service in SERVICES:
             subprocess.run(
-                ["rabbitmqctl", "-q", "delete_user", user_prefix + service], capture_output=True, timeout=60, check=False
+                ["rabbitmqctl", "-q", "delete_user", user_prefix + service],
+                capture_output=True,
+                timeout=60,
+                check=False,
             )
 
 
@@ -124,7 +127,7 @@ async def test_identity_is_refused_when_it_publishes_a_generation_requested(
     loaded: Loaded, as_service: dict[str, aio_pika.abc.AbstractRobustConnection]
 ) -> None:
     events = loaded.topo.events_exchange
-    with pytest.raises(aiormq.exceptions.ChannelAccessRefused, match="generation.requested"):
+    with pytest.raises(aiormq.exceptions.ChannelAccessRefused, match=r"generation\.requested"):
         await publish(as_service[SERVICE_IDENTITY], events, EventType.GENERATION_REQUESTED.value)
     # Its own events go through (routed to content's queue, confirmed).
     await publish(as_service[SERVICE_IDENTITY], events, EventType.AVATAR_CREATED.value)
@@ -154,7 +157,10 @@ async def test_no_service_reaches_another_services_queue_by_a_side_door(
     topo = loaded.topo
     identity_events = topo.queue("content.identity-events")
     target = {
-        "the gateway's result key on content's retry stage": (topo.retry_exchange, identity_events.retry_stages[0].name),
+        "the gateway's result key on content's retry stage": (
+            topo.retry_exchange,
+            identity_events.retry_stages[0].name,
+        ),
         "the dead-letter exchange": (topo.dead_letter_exchange, topo.queue(GATEWAY_GENERATION_REQUESTED).name),
         "the default exchange": ("", topo.queue(GATEWAY_GENERATION_REQUESTED).name),
         "generation.canceled": (topo.events_exchange, EventType.GENERATION_CANCELED.value),
