@@ -13,7 +13,10 @@ COPY services ./services
 RUN /opt/venv/bin/pip install ".[services]"
 
 FROM ${PYTHON_IMAGE} AS runtime
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/vixenbliss --create-home --shell /usr/sbin/nologin vixen
+# broker/: where `python -m services.common.broker_definitions` writes in compose (a named volume mounted there
+# takes this directory's owner, so the non-root user can write it).
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/vixenbliss --create-home --shell /usr/sbin/nologin vixen \
+    && install -d -o 10001 -g 10001 /var/lib/vixenbliss/broker
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 LOG_JSON=true
 WORKDIR /var/lib/vixenbliss

@@ -35,6 +35,7 @@ from services.common.broker import dlq_arguments, queue_arguments, retry_queue_a
 SERVICES = (SERVICE_IDENTITY, SERVICE_CONTENT, SERVICE_INFERENCE_GATEWAY)
 NOTHING = "^$"
 HASHING = "rabbit_password_hashing_sha256"
+ADMIN_PASSWORD_VARIABLE = "RABBITMQ_ADMIN_PASSWORD"  # noqa: S105 (a variable name)
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,16 @@ def password_hash(password: str, salt: bytes | None = None) -> str:
 
 
 def definitions(
-    topo: Topology, passwords: Mapping[str, str], *, vhost: str = "/", user_prefix: str = "vixenbliss-"
+    topo: Topology,
+    passwords: Mapping[str, str],
+    *,
+    vhost: str = "/",
+    user_prefix: str = "vixenbliss-",
+    admin: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The whole definitions document: the vhost, its exchanges, queues and bindings as the services declare them,
-    and a user per service in `passwords` (service name → password) with its grants."""
+    a user per service in `passwords` (service name → password) with its grants, and `admin` (name, password), an
+    operator with every right (a broker that loads definitions at boot creates no default user)."""
     exchanges = [
         (topo.events_exchange, "topic"),
         (topo.dead_letter_exchange, "direct"),
@@ -135,6 +142,17 @@ def definitions(
             bind(topo.retry_exchange, stage.name, stage.name)
 
     users, permissions, topic_permissions = [], [], []
+    if admin is not None:
+        name, secret = admin
+        users.append(
+            {
+                "name": name,
+                "password_hash": password_hash(secret),
+                "hashing_algorithm": HASHING,
+                "tags": ["administrator"],
+            }
+        )
+        permissions.append({"user": name, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"})
     for service, password in passwords.items():
         user = f"{user_prefix}{service}"
         granted = grants(topo, service)
@@ -186,11 +204,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vhost", default="/")
     parser.add_argument("--prefix", default="", help="topology prefix (VIXEN_TOPOLOGY_PREFIX of the services)")
     parser.add_argument("--user-prefix", default="vixenbliss-")
+    parser.add_argument(
+        "--admin-user", help=f"also an administrator of this name, its password from {ADMIN_PASSWORD_VARIABLE}"
+    )
     args = parser.parse_args(argv)
     passwords = {s: os.environ[password_variable(s)] for s in SERVICES if os.environ.get(password_variable(s))}
+    admin = None
+    if args.admin_user:
+        if not os.environ.get(ADMIN_PASSWORD_VARIABLE):
+            parser.error(f"--admin-user needs {ADMIN_PASSWORD_VARIABLE}")
+        admin = (args.admin_user, os.environ[ADMIN_PASSWORD_VARIABLE])
     from services.common.runtime import broker_topology
 
-    document = definitions(broker_topology(args.prefix), passwords, vhost=args.vhost, user_prefix=args.user_prefix)
+    document = definitions(
+        broker_topology(args.prefix), passwords, vhost=args.vhost, user_prefix=args.user_prefix, admin=admin
+    )
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if args.out:
         args.out.write_text(text, encoding="utf-8")

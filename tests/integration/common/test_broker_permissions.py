@@ -75,12 +75,13 @@ def loaded(rabbitmq_url: str) -> Iterator[Loaded]:
     vhost, user_prefix = f"vb-perm-{tag}", f"vb-perm-{tag}-"
     passwords = {service: secrets.token_urlsafe(12) for service in SERVICES}
     topo = topology()
-    loaded_definitions = definitions(topo, passwords, vhost=vhost, user_prefix=user_prefix)
+    admin = (f"{user_prefix}admin", secrets.token_urlsafe(12))
+    loaded_definitions = definitions(topo, passwords, vhost=vhost, user_prefix=user_prefix, admin=admin)
     where = urlsplit(rabbitmq_url)
     urls = {
         service: f"amqp://{quote(user_prefix + service, safe='')}:{quote(password, safe='')}@"
         f"{where.hostname}:{where.port or 5672}/{quote(vhost, safe='')}"
-        for service, password in passwords.items()
+        for service, password in {**passwords, "admin": admin[1]}.items()
     }
     try:
         # On standard input: the broker, not this process, would read a file (and may not see the test's).
@@ -89,7 +90,7 @@ def loaded(rabbitmq_url: str) -> Iterator[Loaded]:
         yield Loaded(topo, urls)
     finally:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60, check=False)
-        for service in SERVICES:
+        for service in (*SERVICES, "admin"):
             subprocess.run(
                 ["rabbitmqctl", "-q", "delete_user", user_prefix + service],
                 capture_output=True,
@@ -182,3 +183,11 @@ async def test_each_service_starts_with_its_own_user_declaring_only_its_part(loa
     with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
         async with open_broker(loaded.urls[SERVICE_IDENTITY], "", service=SERVICE_IDENTITY, declare="all"):
             pass
+
+
+async def test_the_operators_user_may_do_what_no_service_may(loaded: Loaded) -> None:
+    connection = await connect(loaded.urls["admin"], name="perm-test-admin")
+    try:
+        await publish(connection, "", loaded.topo.queue(GATEWAY_GENERATION_REQUESTED).name)  # the replay tool's way
+    finally:
+        await connection.close()

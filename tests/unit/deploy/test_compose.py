@@ -1,0 +1,182 @@
+"""deploy/compose.yaml against the code (no Docker engine here to run it): each service's environment loads with
+its real settings class, ports and URLs agree with the images and the other services, broker users match the
+definitions the broker loads, and every file it mounts exists."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import yaml
+
+from gpu.server import LocalWorkerSettings
+from services.common.broker_definitions import SERVICES, password_variable
+from services.common.settings import load_settings
+from services.content.settings import ContentSettings
+from services.identity.settings import IdentitySettings
+from services.inference_gateway.settings import GatewaySettings
+from tests.unit.deploy.test_images import TARGETS, stages
+
+ROOT = Path(__file__).resolve().parents[3]
+DEPLOY = ROOT / "deploy"
+VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
+# compose service (= broker user's service) → (settings class, image target, its migration job)
+APPS = {
+    "identity": (IdentitySettings, "identity", "identity-migrate"),
+    "content": (ContentSettings, "content", "content-migrate"),
+    "inference-gateway": (GatewaySettings, "inference-gateway", "gateway-migrate"),
+}
+
+
+def secrets_file() -> dict[str, str]:
+    """The example's variables, each given a fresh random value (as an operator filling deploy/.env would)."""
+    names = [
+        line.split("=", 1)[0]
+        for line in (DEPLOY / "compose.env.example").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
+    return {name: secrets.token_hex(16) for name in names}
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's `${NAME}`, `${NAME:?message}`, `${NAME:-default}` on every string (a missing one fails)."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, env) for item in value]
+    if isinstance(value, str):
+        return VARIABLE.sub(lambda match: env[match.group(1)], value).replace("$$", "$")
+    return value
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return secrets_file()
+
+
+@pytest.fixture(scope="module")
+def compose(env: dict[str, str]) -> dict[str, Any]:
+    return interpolate(yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8")), env)
+
+
+def test_every_variable_compose_reads_is_in_the_example_and_the_other_way_round() -> None:
+    used = set(VARIABLE.findall((DEPLOY / "compose.yaml").read_text(encoding="utf-8")))
+    assert used == set(secrets_file())
+
+
+@pytest.mark.parametrize("service", sorted(APPS))
+def test_each_service_starts_with_its_environment_and_talks_to_what_compose_runs(
+    service: str, compose: dict[str, Any], env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings_type, target, migrate = APPS[service]
+    definition = compose["services"][service]
+    settings = settings_from(definition["environment"], settings_type, monkeypatch)
+
+    _, _, port = TARGETS[target]
+    assert definition["build"]["target"] == target
+    assert definition["ports"] == [f"{port}:{port}"]
+    broker = urlsplit(settings.rabbitmq_url.get_secret_value())
+    assert (unquote(broker.username or ""), broker.hostname, broker.port) == (f"vixenbliss-{service}", "rabbitmq", 5672)
+    assert broker.password == env[password_variable(service)]
+    assert settings.rabbitmq_declare == "own" and settings.migrate_on_start is False
+    database = urlsplit(settings.database_url)
+    assert database.hostname == "postgres" and database.path.lstrip("/") in created_databases()
+    assert database.password == env["POSTGRES_PASSWORD"]
+    # Its migration job uses the same database, and the service waits for every job.
+    job = compose["services"][migrate]
+    assert set(job["environment"].values()) == {settings.database_url}
+    assert job["command"][:3] == ["python", "-m", definition_module(target)] and job["command"][3] == "migrate"
+    assert {
+        name for name, rule in definition["depends_on"].items() if rule["condition"] == "service_completed_successfully"
+    } >= {"identity-migrate", "content-migrate", "gateway-migrate", "minio-bucket"}
+    storage = urlsplit(settings.r2_endpoint_url)
+    assert (storage.hostname, storage.port) == ("minio", 9000) and "9000:9000" in compose["services"]["minio"]["ports"]
+    assert settings.r2_access_key_id.get_secret_value() == env["MINIO_ROOT_USER"]
+    assert settings.r2_bucket_name in " ".join(compose["services"]["minio-bucket"]["command"])
+
+
+def test_the_gateway_calls_the_worker_compose_runs_and_the_worker_may_fetch_loras_from_minio(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = settings_from(compose["services"]["inference-gateway"]["environment"], GatewaySettings, monkeypatch)
+    worker = compose["services"]["worker"]
+    _, _, worker_port = TARGETS["worker-cpu"]
+    endpoint = urlsplit(gateway.modal_endpoint_url or "")
+    assert (endpoint.hostname, endpoint.port, endpoint.path) == ("worker", worker_port, "/generate")
+    assert worker["ports"] == [f"{worker_port}:{worker_port}"]
+    assert worker["build"]["dockerfile"] == "deploy/docker/worker-cpu.Dockerfile"
+    assert compose["services"]["inference-gateway"]["depends_on"]["worker"]["condition"] == "service_healthy"
+    settings = settings_from(worker["environment"], LocalWorkerSettings, monkeypatch)
+    assert urlsplit(gateway.r2_endpoint_url).hostname in settings.lora_allowed_hosts
+
+
+def test_the_broker_loads_definitions_that_hold_each_services_user(
+    compose: dict[str, Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    job = compose["services"]["broker-definitions"]
+    out = Path(job["command"][job["command"].index("--out") + 1])
+    (volume,) = [v.split(":")[0] for v in job["volumes"] if v.endswith(str(out.parent))]
+    mounted = [v for v in compose["services"]["rabbitmq"]["volumes"] if v.startswith(f"{volume}:")]
+    (broker_dir,) = [v.split(":")[1] for v in mounted]
+    config = (DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text(encoding="utf-8")
+    assert f"load_definitions = {broker_dir}/{out.name}" in config
+    assert compose["services"]["rabbitmq"]["depends_on"]["broker-definitions"]["condition"] == (
+        "service_completed_successfully"
+    )
+    # The job's command, run here with the job's environment: a user per service and the operator.
+    written = tmp_path / "definitions.json"
+    command = [sys.executable, *job["command"][1:]]
+    command[command.index("--out") + 1] = str(written)
+    subprocess.run(command, env={**os.environ, **job["environment"]}, check=True, timeout=120, cwd=ROOT)
+    users = {user["name"] for user in json.loads(written.read_text(encoding="utf-8"))["users"]}
+    assert users == {f"vixenbliss-{service}" for service in SERVICES} | {"admin"}
+    assert job["build"]["dockerfile"] == "deploy/docker/services.Dockerfile"
+
+
+def test_every_built_target_and_mounted_file_exists_and_every_dependency_is_a_service(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name, definition in services.items():
+        build = definition.get("build")
+        if build:
+            dockerfile = ROOT / build["dockerfile"]
+            assert dockerfile.exists(), name
+            assert build.get("target", "worker-cpu") in stages(dockerfile), name
+        for volume in definition.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (DEPLOY / source).exists(), f"{name} mounts {source}"
+            else:
+                assert source in compose["volumes"], f"{name} mounts an undeclared volume {source}"
+        for dependency in definition.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on {dependency}"
+    scraped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    (targets,) = [c["static_configs"][0]["targets"] for c in scraped["scrape_configs"]]
+    assert targets == [f"{name}:{TARGETS[APPS[name][1]][2]}" for name in ("content", "identity", "inference-gateway")]
+
+
+def settings_from(environment: dict[str, Any], settings_type: type[Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The settings a container with exactly this environment would load."""
+    for name in list(os.environ):
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, str(value))
+    return load_settings(settings_type)
+
+
+def definition_module(target: str) -> str:
+    return "services." + target.replace("-", "_")
+
+
+def created_databases() -> set[str]:
+    sql = (DEPLOY / "postgres" / "databases.sql").read_text(encoding="utf-8")
+    return set(re.findall(r"CREATE DATABASE (\w+);", sql))
