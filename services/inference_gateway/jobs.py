@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.events import (
@@ -32,7 +32,7 @@ from contracts.events import (
     event_type_of,
 )
 from contracts.topology import SERVICE_INFERENCE_GATEWAY, event_source
-from services.common.db import insert_unless_present
+from services.common.db import insert_unless_present, read_session
 from services.common.events import new_event
 from services.common.outbox import add_to_outbox
 from services.common.retention import prune_sent_outbox
@@ -301,6 +301,14 @@ class JobStore:
                 await session.execute(delete(Job).where(Job.generation_id.in_(ids)))
             await prune_sent_outbox(session, outbox_table, cutoff, batch)
         return len(ids)
+
+    async def count_open(self) -> int:
+        """Jobs queued or running, in every runner (the backlog the gateway's replicas share)."""
+        query = (
+            select(func.count()).select_from(Job).where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+        )
+        async with read_session(self._sessions) as session:
+            return int((await session.execute(query)).scalar_one())
 
     async def job(self, generation_id: str) -> Job | None:
         """One job as stored (for health reports and tests)."""

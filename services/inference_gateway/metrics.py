@@ -54,6 +54,8 @@ QUEUE_WAIT = HistogramSpec(
     "vixen_gateway_queue_wait_seconds", "from the request's time to its first attempt (broker and job queue)"
 )
 IN_FLIGHT = "vixen_gateway_worker_calls_in_flight"
+# Queued or running jobs in the shared job table: every replica reports the same count (KEDA scales on its max).
+JOBS_OPEN = "vixen_gateway_jobs_open"
 # Shown at 0 before anything happened (a dashboard tells "nothing yet" from "no data").
 UNLABELED = (REQUESTS, COMPLETED, CANCELS, SKIPPED_CANCELED, CANCELED_RUNNING, FALLBACKS, JOBS_RECOVERED)
 

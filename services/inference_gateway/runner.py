@@ -93,6 +93,7 @@ class JobRunner:
         poll_seconds: float = 1.0,
         retention: timedelta = timedelta(days=7),
         sweep_every_seconds: float = 600.0,
+        backlog_every_seconds: float = 5.0,
     ) -> None:
         self._store = store
         self._service = service
@@ -105,6 +106,14 @@ class JobRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        self._backlog_every = backlog_every_seconds
+        # Queued or running jobs of every runner, as last counted (None before the first count).
+        self.open_jobs: int | None = None
+        metrics.service.gauge(
+            m.JOBS_OPEN,
+            lambda: [] if self.open_jobs is None else [(float(self.open_jobs), {})],
+            "queued or running jobs in the job table, all replicas (the same count from each)",
+        )
 
     def notify(self) -> None:
         """Look for jobs now (a request was just recorded)."""
@@ -158,8 +167,12 @@ class JobRunner:
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         failures = 0
         next_sweep = asyncio.get_running_loop().time() + self._sweep_every
+        next_count = 0.0
         while not stop.is_set():
             self._wake.clear()
+            if asyncio.get_running_loop().time() >= next_count:
+                next_count = asyncio.get_running_loop().time() + self._backlog_every
+                await self._count_backlog()
             try:
                 for job in await self._store.claim(self._concurrency - len(self._tasks)):
                     self._start(job)
@@ -170,10 +183,17 @@ class JobRunner:
             if asyncio.get_running_loop().time() >= next_sweep:
                 next_sweep += self._sweep_every
                 await self._sweep()
+
             wait = self._poll_seconds if failures == 0 else min(30.0, self._poll_seconds * 2**failures)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await _first_of(stop.wait(), self._wake.wait())
+
+    async def _count_backlog(self) -> None:
+        try:
+            self.open_jobs = await self._store.count_open()
+        except TRANSIENT_DB_ERRORS as error:
+            log.warning("counting open jobs failed (%s)", type(error).__name__)
 
     async def _renew_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

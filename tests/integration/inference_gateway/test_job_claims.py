@@ -72,3 +72,17 @@ async def test_an_expired_lease_is_taken_over_by_one_runner_only(sessions: async
     assert len(winners) == 1 and winners[0][0].recovered and winners[0][0].recoveries == 1
     job = await dead.job("gen-1")
     assert job is not None and job.lease_owner != "dead"
+
+
+async def test_the_open_jobs_every_replica_reports_are_the_queued_and_running_ones_of_all(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    intake = JobStore(sessions, owner="intake", lease_seconds=30)
+    for n in range(5):
+        await intake.accept(requested(f"gen-{n}"), None)
+    running = await JobStore(sessions, owner="runner-a", lease_seconds=30).claim(2)
+    await intake.cancel("gen-4")  # a queued job canceled: final, not open
+    other = JobStore(sessions, owner="runner-b", lease_seconds=30)
+
+    assert len(running) == 2
+    assert await intake.count_open() == await other.count_open() == 4

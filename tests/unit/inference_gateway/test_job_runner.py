@@ -4,6 +4,7 @@ the deliveries, crash recovery (async calls polled again, sync jobs rerun once),
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -244,3 +245,21 @@ async def test_only_the_lease_holder_records_attempts(tmp_path: Path, owner: str
             with pytest.raises(LeaseLostError):
                 await store.start_attempt(started, None)
             assert await staged_events(sessions) == []
+
+
+async def test_the_runner_exports_the_open_jobs_it_counted(tmp_path: Path) -> None:
+    async with job_sessions(tmp_path / "jobs.db") as sessions:
+        parts = runner_parts(sessions, FakeWorker(success(request_id="gen-1")))
+        for generation_id in ("gen-1", "gen-2", "gen-3"):
+            await parts.store.accept(requested(generation_id), None)
+        assert "vixen_gateway_jobs_open" not in parts.metrics.render()  # nothing counted yet: no sample
+
+        async with parts.runner.running_jobs(drain_seconds=1.0):
+            async with asyncio.timeout(10):
+                while True:  # the first count, made as the claim loop starts
+                    if parts.runner.open_jobs is not None:
+                        break
+                    await asyncio.sleep(0.02)
+
+        assert parts.runner.open_jobs == 3  # counted before the first claim
+        assert re.search(r"^vixen_gateway_jobs_open(\{[^}]*\})? 3\.0$", parts.metrics.render(), re.M)

@@ -1,0 +1,161 @@
+"""deploy/k8s rendered by `kubectl kustomize` (base and the production overlay), each built-in resource validated
+against the Kubernetes schemas (kubernetes-validate), and the manifests checked against the code: commands,
+ports, probes, settings each service requires, secrets only referenced, disruption budgets, the KEDA triggers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import AliasChoices
+
+from contracts.topology import GATEWAY_GENERATION_REQUESTED, topology
+from services.content.settings import ContentSettings
+from services.identity.settings import IdentitySettings
+from services.inference_gateway.metrics import JOBS_OPEN
+from services.inference_gateway.settings import GatewaySettings
+from tests.unit.deploy.test_images import TARGETS
+
+ROOT = Path(__file__).resolve().parents[3]
+K8S = ROOT / "deploy" / "k8s"
+KUBERNETES_VERSION = "1.31.0"
+# Deployment → (module, settings class, its secret)
+SERVICES = {
+    "identity": ("services.identity", IdentitySettings, "vixenbliss-identity"),
+    "content": ("services.content", ContentSettings, "vixenbliss-content"),
+    "inference-gateway": ("services.inference_gateway", GatewaySettings, "vixenbliss-inference-gateway"),
+}
+# What each secret must hold (docs/deploy.md says the same): the settings no ConfigMap carries.
+SECRET_KEYS = {
+    "vixenbliss-shared": {"R2_ENDPOINT_URL", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "AUTH_JWT_SECRET"},
+    "vixenbliss-identity": {"RABBITMQ_URL", "IDENTITY_DATABASE_URL"},
+    "vixenbliss-content": {"RABBITMQ_URL", "CONTENT_DATABASE_URL"},
+    "vixenbliss-inference-gateway": {"RABBITMQ_URL", "GATEWAY_DATABASE_URL", "MODAL_ENDPOINT_URL", "MODAL_API_KEY"},
+}
+
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (kubectl kustomize)")
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    done = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [document for document in yaml.safe_load_all(done.stdout) if document]
+
+
+@pytest.fixture(scope="module", params=["base", "overlays/production"])
+def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    return render(K8S / request.param)
+
+
+def of_kind(resources: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {r["metadata"]["name"]: r for r in resources if r["kind"] == kind}
+
+
+def test_every_built_in_resource_is_valid_against_the_kubernetes_schemas(rendered: list[dict[str, Any]]) -> None:
+    for resource in rendered:
+        if resource["apiVersion"].startswith("keda.sh/"):
+            continue  # a custom resource: checked below against KEDA's documented fields
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+
+
+def test_no_secret_is_defined_only_referenced(rendered: list[dict[str, Any]]) -> None:
+    assert not of_kind(rendered, "Secret")
+    referenced = {
+        source["secretRef"]["name"]
+        for kind in ("Deployment", "Job")
+        for resource in of_kind(rendered, kind).values()
+        for container in resource["spec"]["template"]["spec"]["containers"]
+        for source in container.get("envFrom", [])
+        if "secretRef" in source
+    }
+    assert referenced == set(SECRET_KEYS)
+    documented = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    for secret, keys in SECRET_KEYS.items():
+        assert secret in documented and all(key in documented for key in keys), secret
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_each_deployment_runs_its_service_with_probes_limits_a_budget_and_every_required_setting(
+    rendered: list[dict[str, Any]], name: str
+) -> None:
+    module, settings_type, secret = SERVICES[name]
+    deployment = of_kind(rendered, "Deployment")[name]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    _, _, port = TARGETS[name]
+    assert container["command"] == ["python", "-m", module, "--host", "0.0.0.0", "--port", str(port)]
+    assert container["ports"] == [{"name": "http", "containerPort": port}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and {"cpu", "memory"} <= set(
+        container["resources"]["limits"]
+    )
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+
+    config = next(iter(of_kind(rendered, "ConfigMap").values()))["data"]
+    provided = set(config) | SECRET_KEYS["vixenbliss-shared"] | SECRET_KEYS[secret]
+    missing = required_variables(settings_type) - provided
+    assert not missing, f"{name} would refuse to start: {sorted(missing)} unset"
+
+    service = of_kind(rendered, "Service")[name]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["port"] == port
+    budget = of_kind(rendered, "PodDisruptionBudget")[name]
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_each_service_has_a_migration_job_with_its_image_and_its_database(
+    rendered: list[dict[str, Any]], name: str
+) -> None:
+    module, _, secret = SERVICES[name]
+    jobs = [
+        job
+        for job in of_kind(rendered, "Job").values()
+        if job["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", module, "migrate"]
+    ]
+    (job,) = jobs
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    deployment = of_kind(rendered, "Deployment")[name]
+    assert container["image"] == deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert container["envFrom"] == [{"secretRef": {"name": secret}}]
+
+
+def test_keda_scales_the_gateway_on_its_open_jobs_and_its_queue(rendered: list[dict[str, Any]]) -> None:
+    (scaled,) = of_kind(rendered, "ScaledObject").values()
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"]["name"] in of_kind(rendered, "Deployment")
+    assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+    triggers = {trigger["type"]: trigger for trigger in scaled["spec"]["triggers"]}
+    config = next(iter(of_kind(rendered, "ConfigMap").values()))["data"]
+    assert triggers["prometheus"]["metadata"]["query"] == f"max({JOBS_OPEN})"
+    assert triggers["prometheus"]["metadata"]["threshold"] == config["GATEWAY_CONCURRENCY"]
+    rabbit = triggers["rabbitmq"]
+    assert rabbit["metadata"]["queueName"] == topology().queue(GATEWAY_GENERATION_REQUESTED).name
+    assert rabbit["metadata"]["mode"] == "QueueLength" and float(rabbit["metadata"]["value"]) > 0
+    (auth,) = of_kind(rendered, "TriggerAuthentication").values()
+    assert rabbit["authenticationRef"]["name"] == auth["metadata"]["name"]
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "host", "name": "vixenbliss-inference-gateway", "key": "RABBITMQ_URL"}
+    ]
+
+
+def required_variables(settings_type: type[Any]) -> set[str]:
+    """The variables a settings class cannot start without (the first alias of each required field), and one of
+    the auth key sources where the class has them."""
+    required: set[str] = set()
+    for name, field in settings_type.model_fields.items():
+        if not field.is_required():
+            continue
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            alias = alias.choices[0]
+        required.add(str(alias or field.alias or name).upper())
+    if "auth_jwt_secret" in settings_type.model_fields:
+        required.add("AUTH_JWT_SECRET")  # or AUTH_JWKS_URL: a service needs one of them
+    return required
