@@ -37,7 +37,11 @@ def build_engine(settings: WorkerSettings, device: torch.device | str | None = N
 
         ensure_tiny_model(model_dir)
     target = torch.device(device) if device is not None else resolve_device(settings.device)
-    pipeline = load_pipeline(model_dir, resolve_dtype(settings.dtype, resolve_device(settings.device)), target)
+    # The dtype follows the device the engine will serve on: the one settings name, else the one it loads on. With
+    # `device` given nothing probes CUDA: on Modal this runs before the memory snapshot, and a process that probed
+    # CUDA then sees no device after restore.
+    serving = torch.device(settings.device) if settings.device != "auto" else target
+    pipeline = load_pipeline(model_dir, resolve_dtype(settings.dtype, serving), target)
     return SdxlLoraEngine(
         pipeline,
         build_store(settings),

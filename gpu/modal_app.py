@@ -6,8 +6,10 @@ Python (gpu.engine, gpu.handler) and is tested on CPU with the tiny model; the w
 FastAPI apps (gpu.modal_endpoints) that this module hands Modal's spawn and FunctionCall lookup.
 """
 
+import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,9 +17,22 @@ import modal
 from annotated_types import Le
 
 from contracts.worker import WorkerRequest
+from gpu import modal_deploy_settings
 
-APP_NAME = os.environ.get("MODAL_APP_NAME", "vixenbliss-sdxl-lora")
-GPU = os.environ.get("MODAL_GPU", "H100")
+log = logging.getLogger("gpu.modal_app")
+
+# Read without failing the import; `modal deploy` refuses to run with a problem (an empty LORA_ALLOWED_HOSTS, a bad
+# container count), naming it.
+DEPLOY = modal_deploy_settings.read(os.environ)
+modal_deploy_settings.refuse_a_broken_deploy(DEPLOY)
+APP_NAME = DEPLOY.app_name
+GPU = DEPLOY.gpu
+# torch's CUDA 12.8 build (the index pins it): PyPI's torch 2.13 wheel is built for CUDA 13, which needs a newer
+# host driver than Modal's GPU hosts are documented to run (deploy/modal/README.md § GPU and CUDA).
+TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
+# Memory of the GPU container, MiB (request, limit): the pipeline is loaded on the CPU in fp16 (~7 GB) and
+# snapshotted from there, so the snapshot needs that much host memory and some room.
+WORKER_MEMORY_MIB = (16_384, 32_768)
 MODELS_PATH = "/models"
 LORA_CACHE_PATH = "/lora-cache"
 
@@ -35,8 +50,8 @@ FORWARDED_OTEL_VARIABLES = (
 
 image = (
     modal.Image.debian_slim(python_version="3.11")
+    .pip_install("torch==2.13.0", index_url=TORCH_CUDA_INDEX)
     .pip_install(
-        "torch==2.13.0",
         "diffusers==0.42.1",
         "transformers==5.23.0",
         "peft==0.21.2",
@@ -58,10 +73,12 @@ image = (
             "MODEL_DIR": f"{MODELS_PATH}/sdxl-base-1.0",
             "LORA_CACHE_DIR": LORA_CACHE_PATH,
             "WORKER_MODE": "production",
-            # Explicit: the load runs before the snapshot, on a CPU, where "auto" would pick fp32.
+            # Named, never probed: the load runs before the snapshot, on a CPU, and CUDA must not be touched then;
+            # after restore the engine moves to it, or every request answers MODEL_LOAD_FAILED.
+            "WORKER_DEVICE": "cuda",
             "WORKER_DTYPE": "float16",
             # The R2 endpoint host(s), taken from the deploying shell: e.g. <account>.r2.cloudflarestorage.com
-            "LORA_ALLOWED_HOSTS": os.environ.get("LORA_ALLOWED_HOSTS", ""),
+            "LORA_ALLOWED_HOSTS": DEPLOY.lora_allowed_hosts,
             "HF_HUB_OFFLINE": "1",
             # The deploying shell's tracing settings, where set (OTLP headers with a token belong in a modal.Secret).
             **{name: value for name in FORWARDED_OTEL_VARIABLES if (value := os.environ.get(name))},
@@ -103,15 +120,21 @@ lora_cache_volume = modal.Volume.from_name("vixenbliss-lora-cache", create_if_mi
 
 
 class WorkerRuntime:
-    """The container's life, in plain Python: load on CPU, move to the GPU, serve one request at a time."""
+    """The container's life, in plain Python: load on CPU, move to the GPU, serve one request at a time.
 
-    def __init__(self) -> None:
+    `reload_weights` refreshes the weights Volume (in a container: `weights_volume.reload`): a load that failed
+    before the snapshot is frozen into it, so after restore the Volume is reloaded and the load tried again.
+    """
+
+    def __init__(self, reload_weights: Callable[[], object] = lambda: None) -> None:
         from opentelemetry import trace
 
         from gpu.telemetry import TRACER_NAME
 
         self.engine: Any = None
         self.load_error: Any = None
+        self.settings: Any = None
+        self._reload_weights = reload_weights
         # The engine's own thread (`start_engine_thread`): Modal's cancel signal never lands in it.
         self.pool: ThreadPoolExecutor | None = None
         # The global provider's tracer (`start_tracing` configures it in the container); tests put their own here.
@@ -127,17 +150,53 @@ class WorkerRuntime:
 
         diffusers_logging.set_verbosity_error()
         setup_worker_logging()  # the services' redaction, with WORKER_API_KEY among its secrets
+        self.settings = WorkerSettings()
         try:
-            # Loaded on the CPU: this runs before the memory snapshot, where no GPU is attached.
-            self.engine = build_engine(WorkerSettings(), device="cpu")
+            # Loaded on the CPU: this runs before the memory snapshot, where no GPU is attached (and CUDA must not
+            # be probed: build_engine does not when given the device).
+            self.engine = build_engine(self.settings, device="cpu")
         except WorkerFailure as failure:
             self.load_error = failure
 
     def move_to_gpu(self) -> None:
-        import torch
+        """After restore: a load that failed is tried again from the reloaded Volume; then the engine goes to the
+        device settings name (WORKER_DEVICE: `cuda` in the image). No GPU where one is named is MODEL_LOAD_FAILED
+        for every request, logged, never a silent CPU worker."""
+        from gpu.errors import WorkerFailure
+        from gpu.pipeline_loader import resolve_device
 
-        if self.engine is not None and torch.cuda.is_available():
-            self.engine.to("cuda")
+        if self.engine is None:
+            self._load_again()
+        if self.engine is None:
+            return
+        try:
+            device = resolve_device(self.settings.device)
+        except WorkerFailure as failure:
+            log.error(
+                "no GPU after restore (WORKER_DEVICE=%s): %s; every request answers MODEL_LOAD_FAILED",
+                self.settings.device,
+                failure.message,
+            )
+            self.engine, self.load_error = None, failure
+            return
+        self.engine.to(device)
+
+    def _load_again(self) -> None:
+        from gpu.bootstrap import build_engine
+        from gpu.errors import WorkerFailure
+
+        log.warning(
+            "the model did not load before the snapshot (%s); reloading the weights Volume and trying again",
+            getattr(self.load_error, "message", self.load_error),
+        )
+        try:
+            self._reload_weights()
+            self.engine, self.load_error = build_engine(self.settings, device="cpu"), None
+        except WorkerFailure as failure:
+            self.load_error = failure
+            log.error("the model did not load after restore either: %s", failure.message)
+        except Exception as error:  # the Volume's reload: the first failure stands
+            log.error("reloading the weights Volume failed: %s: %s", type(error).__name__, error)
 
     def start_tracing(self) -> None:
         """After the snapshot is restored: the exporter's thread must not be started before it."""
@@ -187,8 +246,9 @@ class WorkerRuntime:
     volumes={MODELS_PATH: weights_volume, LORA_CACHE_PATH: lora_cache_volume},
     enable_memory_snapshot=True,
     scaledown_window=300,
-    min_containers=int(os.environ.get("MODAL_MIN_CONTAINERS", "0")),
-    max_containers=int(os.environ.get("MODAL_MAX_CONTAINERS", "10")),
+    min_containers=DEPLOY.min_containers,
+    max_containers=DEPLOY.max_containers,
+    memory=WORKER_MEMORY_MIB,
     timeout=WORKER_TIMEOUT_SECONDS,
     startup_timeout=WORKER_STARTUP_TIMEOUT_SECONDS,
 )
@@ -197,7 +257,8 @@ class SdxlLoraWorker:
 
     @modal.enter(snap=True)
     def load(self) -> None:
-        self.runtime = WorkerRuntime()
+        # In a container the Volume is reloaded before a second try; a local call (a test) has nothing to reload.
+        self.runtime = WorkerRuntime(reload_weights=(lambda: None) if modal.is_local() else weights_volume.reload)
         self.runtime.load_on_cpu()
 
     @modal.enter(snap=False)

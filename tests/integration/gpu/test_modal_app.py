@@ -1,6 +1,8 @@
 """The Modal app imports without network or credentials, and its class serves the contract locally."""
 
 import base64
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,80 @@ def test_modal_class_cancel_stops_the_engine_and_the_container_serves_on(
     body = raw_method(user_cls, "generate")(worker, {**payload, "steps": 2})
     assert body["http_status"] == 200 and body["model_info"]["lora_applied"] is True
     assert fingerprint_pipeline(engine.pipeline) == before
+
+
+def test_loading_before_the_snapshot_never_probes_cuda(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Modal: a process that probed CUDA before the memory snapshot sees no device after restore. The probe is
+    made to fail loudly here (a stand-in for that broken state) and the load must not reach it."""
+    import torch
+
+    from gpu import modal_app
+
+    def probed() -> bool:
+        raise AssertionError("torch.cuda.is_available() was called before the snapshot")
+
+    monkeypatch.setenv("MODEL_DIR", str(tiny_model_dir))
+    monkeypatch.setenv("WORKER_DEVICE", "cuda")  # as in the Modal image
+    monkeypatch.setattr(torch.cuda, "is_available", probed)
+    user_cls = modal_app.SdxlLoraWorker._get_user_cls()
+    worker = user_cls.__new__(user_cls)
+    raw_method(user_cls, "load")(worker)
+    assert worker.runtime.load_error is None and worker.runtime.engine is not None
+
+
+def test_no_gpu_after_restore_is_model_load_failed_and_logged_never_a_cpu_worker(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpu import modal_app
+
+    monkeypatch.setenv("MODEL_DIR", str(tiny_model_dir))
+    monkeypatch.setenv("WORKER_DEVICE", "cuda")
+    user_cls = modal_app.SdxlLoraWorker._get_user_cls()
+    worker = user_cls.__new__(user_cls)
+    raw_method(user_cls, "load")(worker)  # sets up the worker's logging (root handlers): listen on the logger
+    seen = ListHandler()
+    logger = logging.getLogger("gpu.modal_app")
+    logger.addHandler(seen)
+    try:
+        raw_method(user_cls, "to_gpu")(worker)  # this machine has no CUDA device
+    finally:
+        logger.removeHandler(seen)
+
+    body = raw_method(user_cls, "generate")(worker, {"prompt": "sks", "width": 64, "height": 64, "steps": 1})
+    assert (body["http_status"], body["error_code"]) == (503, "MODEL_LOAD_FAILED")
+    assert "no CUDA device" in body["error"]
+    assert any(r.levelno == logging.ERROR and "no GPU after restore" in r.getMessage() for r in seen.records)
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_load_that_failed_before_the_snapshot_is_tried_again_from_the_reloaded_volume(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpu import modal_app
+
+    volume = tmp_path / "volume" / "sdxl-base-1.0"  # empty when the snapshot was taken
+    monkeypatch.setenv("MODEL_DIR", str(volume))
+    monkeypatch.setenv("WORKER_MODE", "local")
+    reloads: list[int] = []
+
+    def reload_volume() -> None:  # the weights arrived on the Volume meanwhile
+        reloads.append(1)
+        shutil.copytree(tiny_model_dir, volume)
+
+    runtime = modal_app.WorkerRuntime(reload_weights=reload_volume)
+    runtime.load_on_cpu()
+    assert runtime.engine is None and runtime.load_error is not None
+    runtime.start_engine_thread()
+    runtime.move_to_gpu()
+
+    status, body = runtime.generate({"prompt": "sks", "width": 64, "height": 64, "steps": 1})
+    assert reloads == [1] and runtime.load_error is None
+    assert status == 200 and image_size(base64.b64decode(body["image_base64"])) == (64, 64)

@@ -1,0 +1,73 @@
+"""What the deploying shell tells `modal deploy gpu/modal_app.py`, read without ever failing the import: a bad or
+missing value becomes a problem that only a deploy refuses on (tests and the web endpoints import the app freely)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+DEFAULT_APP_NAME = "vixenbliss-sdxl-lora"
+DEFAULT_GPU = "H100"
+
+
+class DeployRefusedError(RuntimeError):
+    """`modal deploy` was asked for an app that would not work; the message names every variable at fault."""
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """The app's deploy-time choices and what is wrong with them."""
+
+    app_name: str = DEFAULT_APP_NAME
+    gpu: str = DEFAULT_GPU
+    min_containers: int = 0
+    max_containers: int = 10
+    # The hosts presigned LoRA URLs may come from (the R2 endpoint's), baked into the image's environment.
+    lora_allowed_hosts: str = ""
+    problems: tuple[str, ...] = field(default=())
+
+
+def read(env: Mapping[str, str]) -> DeploySettings:
+    """The settings from `env`; an unusable value keeps its default and is listed in `problems`."""
+    problems: list[str] = []
+
+    def count(name: str, default: int, low: int) -> int:
+        raw = env.get(name, "").strip()
+        if not raw:
+            return default
+        if not raw.isdigit() or int(raw) < low:
+            problems.append(f"{name} must be a whole number ≥ {low}, not {raw!r}")
+            return default
+        return int(raw)
+
+    minimum = count("MODAL_MIN_CONTAINERS", 0, 0)
+    maximum = count("MODAL_MAX_CONTAINERS", 10, 1)
+    if maximum < minimum:
+        problems.append(f"MODAL_MAX_CONTAINERS ({maximum}) is below MODAL_MIN_CONTAINERS ({minimum})")
+    hosts = ",".join(h.strip() for h in env.get("LORA_ALLOWED_HOSTS", "").split(",") if h.strip())
+    if not hosts:
+        # Production mode fetches LoRAs only from allow-listed https hosts: with none, every generation with a LoRA
+        # would fail (LORA_DOWNLOAD_FAILED) once deployed.
+        problems.append(
+            "LORA_ALLOWED_HOSTS is empty: set the R2 endpoint's host (e.g. <account>.r2.cloudflarestorage.com)"
+        )
+    return DeploySettings(
+        app_name=env.get("MODAL_APP_NAME", "").strip() or DEFAULT_APP_NAME,
+        gpu=env.get("MODAL_GPU", "").strip() or DEFAULT_GPU,
+        min_containers=minimum,
+        max_containers=maximum,
+        lora_allowed_hosts=hosts,
+        problems=tuple(problems),
+    )
+
+
+def deploying(argv: Sequence[str]) -> bool:
+    """Whether this process is the Modal CLI deploying (`modal deploy …`), not a test or a container importing."""
+    return len(argv) > 1 and argv[0].rsplit("/", 1)[-1] == "modal" and argv[1] == "deploy"
+
+
+def refuse_a_broken_deploy(settings: DeploySettings, argv: Sequence[str] = tuple(sys.argv)) -> None:
+    """Raise DeployRefusedError, naming every problem, when `modal deploy` runs with them; else nothing."""
+    if settings.problems and deploying(argv):
+        raise DeployRefusedError("not deploying: " + "; ".join(settings.problems))

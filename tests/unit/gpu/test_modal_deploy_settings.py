@@ -1,0 +1,50 @@
+"""The Modal app's deploy-time settings: read without failing an import, refused by `modal deploy` when broken."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gpu.modal_deploy_settings import DeployRefusedError, read, refuse_a_broken_deploy
+
+GOOD = {"LORA_ALLOWED_HOSTS": "acct.r2.cloudflarestorage.com", "MODAL_MIN_CONTAINERS": "1", "MODAL_MAX_CONTAINERS": "4"}
+DEPLOY_ARGV = ["/usr/local/bin/modal", "deploy", "gpu/modal_app.py"]
+
+
+def test_good_settings_have_no_problem_and_deploy() -> None:
+    settings = read({**GOOD, "MODAL_GPU": "H200"})
+    assert (settings.gpu, settings.min_containers, settings.max_containers, settings.problems) == ("H200", 1, 4, ())
+    refuse_a_broken_deploy(settings, DEPLOY_ARGV)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"LORA_ALLOWED_HOSTS": " , "}, "LORA_ALLOWED_HOSTS is empty"),
+        ({"MODAL_MIN_CONTAINERS": "-1"}, "MODAL_MIN_CONTAINERS"),
+        ({"MODAL_MAX_CONTAINERS": "ten"}, "MODAL_MAX_CONTAINERS"),
+        ({"MODAL_MIN_CONTAINERS": "5", "MODAL_MAX_CONTAINERS": "2"}, "below MODAL_MIN_CONTAINERS"),
+    ],
+)
+def test_a_broken_setting_is_refused_by_a_deploy_and_by_nothing_else(change: dict[str, str], named: str) -> None:
+    settings = read({**GOOD, **change})
+    with pytest.raises(DeployRefusedError, match=named):
+        refuse_a_broken_deploy(settings, DEPLOY_ARGV)
+    refuse_a_broken_deploy(settings, ["pytest"])  # a test, a container, the web endpoints: no refusal
+    refuse_a_broken_deploy(settings, ["/usr/local/bin/modal", "serve", "gpu/modal_app.py"])
+
+
+def test_the_app_imports_whatever_the_environment_says() -> None:
+    env = {"PATH": "/usr/bin:/bin", "MODAL_MIN_CONTAINERS": "many", "LORA_ALLOWED_HOSTS": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", "import gpu.modal_app as m; print(len(m.DEPLOY.problems))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "2"
