@@ -1,0 +1,1 @@
+"""`python -m services.smoke`: checks each hop of a configured deployment, one line per hop."""
