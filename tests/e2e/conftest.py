@@ -19,6 +19,7 @@ from tests.support.queues import delete_run_topology
 
 # The integration suite's service fixtures (found by name): real RabbitMQ, PostgreSQL and S3.
 _containers = integration._containers
+_docker = integration._docker
 amqp = integration.amqp
 pg_admin_url = integration.pg_admin_url
 rabbitmq_url = integration.rabbitmq_url

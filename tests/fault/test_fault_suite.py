@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 # Found by name: real RabbitMQ and PostgreSQL, as the integration and e2e suites use them.
 _containers = integration._containers
+_docker = integration._docker
 pg_admin_url = integration.pg_admin_url
 rabbitmq_url = integration.rabbitmq_url
 

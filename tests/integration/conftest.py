@@ -1,20 +1,19 @@
-"""Fixtures for integration tests: real RabbitMQ, PostgreSQL and a moto S3 endpoint, names unique per run.
+"""Fixtures for integration tests: real RabbitMQ, PostgreSQL and an S3 endpoint, names unique per run.
 
 Service URLs come from TEST_RABBITMQ_URL / TEST_DATABASE_URL. With none given and a Docker engine answering
-(and testcontainers installed), containers are started; otherwise the local services on 127.0.0.1 are used.
+(testcontainers is in the test extra), containers of compose's images are started, MinIO among them
+(tests/support/containers.py); otherwise the local services on 127.0.0.1 are used, and moto's S3 server.
 A service that does not answer fails the test with a clear message (TEST_SKIP_UNAVAILABLE=1 skips instead).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,6 +26,7 @@ from services.common.broker import connect, declare_topology_on, delete_topology
 from services.common.db import create_engine, create_test_database, drop_test_database
 from services.common.s3_local import LOCAL_REGION, LocalS3Server
 from services.common.storage import ObjectStorage, StorageConfig
+from tests.support import containers
 
 LOCAL_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOCAL_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -50,52 +50,33 @@ def _require(url: str, default_port: int, what: str) -> None:
     pytest.fail(message)
 
 
-def _docker_answers() -> bool:
-    try:
-        # Optional (comes with testcontainers): imported by name so that type checks need no stubs.
-        docker: Any = importlib.import_module("docker")
-        docker.from_env(timeout=2).ping()
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="session")
 def _containers() -> Iterator[ExitStack]:
     with ExitStack() as stack:
         yield stack
 
 
-def _container_url(stack: ExitStack, kind: str) -> str | None:
-    """Start a container for `kind` when testcontainers and Docker are both available."""
-    try:
-        if kind == "rabbitmq":
-            rabbitmq_module: Any = importlib.import_module("testcontainers.rabbitmq")
-            rabbit: Any = stack.enter_context(rabbitmq_module.RabbitMqContainer("rabbitmq:3.13"))
-            host, port = rabbit.get_container_host_ip(), rabbit.get_exposed_port(5672)
-            return f"amqp://guest:guest@{host}:{port}/"
-        postgres_module: Any = importlib.import_module("testcontainers.postgres")
-        postgres: Any = stack.enter_context(postgres_module.PostgresContainer("postgres:16"))
-        return str(postgres.get_connection_url(driver="asyncpg"))
-    except ImportError:
-        return None
+@pytest.fixture(scope="session")
+def _docker() -> bool:
+    """Whether a Docker engine answers (then the services run in containers)."""
+    return containers.docker_answers()
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_url(_containers: ExitStack) -> str:
+def rabbitmq_url(_containers: ExitStack, _docker: bool) -> str:
     url = os.environ.get("TEST_RABBITMQ_URL")
-    if not url and _docker_answers():
-        url = _container_url(_containers, "rabbitmq")
+    if not url and _docker:
+        url = containers.rabbitmq(_containers)
     url = url or LOCAL_RABBITMQ_URL
     _require(url, 5672, "RabbitMQ")
     return url
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(_containers: ExitStack) -> str:
+def pg_admin_url(_containers: ExitStack, _docker: bool) -> str:
     url = os.environ.get("TEST_DATABASE_URL")
-    if not url and _docker_answers():
-        url = _container_url(_containers, "postgres")
+    if not url and _docker:
+        url = containers.postgres(_containers)
     url = url or LOCAL_DATABASE_URL
     _require(url, 5432, "PostgreSQL")
     return url
@@ -161,23 +142,32 @@ async def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on a free port, for the whole session."""
+def s3_service(_containers: ExitStack, _docker: bool) -> Iterator[containers.S3Service]:
+    """MinIO in a container when Docker answers, else moto's S3 server on a free port, for the whole session."""
+    if _docker:
+        yield containers.minio(_containers)
+        return
     server = LocalS3Server("127.0.0.1", 0).start()
     try:
-        yield server.endpoint_url
+        yield containers.S3Service(server.endpoint_url, "test-access-key", "test-secret-key")
     finally:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_service: containers.S3Service) -> str:
+    """The S3 endpoint's URL."""
+    return s3_service.url
+
+
 @pytest.fixture
-async def storage(s3_endpoint: str, run_prefix: str) -> AsyncIterator[ObjectStorage]:
-    """A bucket unique to this test on the moto endpoint."""
+async def storage(s3_service: containers.S3Service, run_prefix: str) -> AsyncIterator[ObjectStorage]:
+    """A bucket unique to this test on the session's S3 endpoint."""
     store = ObjectStorage(
         StorageConfig(
-            endpoint_url=s3_endpoint,
-            access_key_id="test-access-key",
-            secret_access_key="test-secret-key",
+            endpoint_url=s3_service.url,
+            access_key_id=s3_service.access_key_id,
+            secret_access_key=s3_service.secret_access_key,
             bucket=f"vb-{run_prefix}",
             region=LOCAL_REGION,
         )
