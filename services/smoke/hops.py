@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
+from aio_pika.abc import AbstractRobustConnection
 from PIL import Image
 
 from services.common.broker import connect
@@ -68,29 +69,32 @@ async def broker(settings: SmokeSettings) -> str:
     so a missing one is reported, never created)."""
     topo = broker_topology(settings.topology_prefix)
     connection = await connect(settings.rabbitmq_url.get_secret_value(), name="vixenbliss-smoke")
-    missing: list[str] = []
+    exchanges = (topo.events_exchange, topo.dead_letter_exchange, topo.retry_exchange)
+    queues = [name for spec in topo.queues for name in (spec.name, spec.dlq_name)]
     try:
-        for exchange in (topo.events_exchange, topo.dead_letter_exchange, topo.retry_exchange):
-            channel = await connection.channel()
-            try:
-                await channel.get_exchange(exchange, ensure=True)
-            except Exception:
-                missing.append(exchange)
-            if not channel.is_closed:
-                await channel.close()
-        for name in (n for spec in topo.queues for n in (spec.name, spec.dlq_name)):
-            channel = await connection.channel()
-            try:
-                await channel.get_queue(name, ensure=True)
-            except Exception:
-                missing.append(name)
-            if not channel.is_closed:
-                await channel.close()
+        missing = [name for name in exchanges if not await _present(connection, name, exchange=True)]
+        missing += [name for name in queues if not await _present(connection, name, exchange=False)]
     finally:
         await connection.close()
     if missing:
         raise HopFailedError("missing: " + ", ".join(missing))
-    return f"{3 + 2 * len(topo.queues)} exchanges and queues present"
+    return f"{len(exchanges) + len(queues)} exchanges and queues present"
+
+
+async def _present(connection: AbstractRobustConnection, name: str, *, exchange: bool) -> bool:
+    """Whether the exchange or queue exists: a passive declare on a channel of its own (a missing one closes it)."""
+    channel = await connection.channel()
+    try:
+        if exchange:
+            await channel.get_exchange(name, ensure=True)
+        else:
+            await channel.get_queue(name, ensure=True)
+    except Exception:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return True
 
 
 async def worker(settings: SmokeSettings) -> str:

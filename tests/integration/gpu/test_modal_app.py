@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.support.engine import image_size
+from tests.support.log_records import Records
 
 
 def raw_method(cls: type, name: str) -> Any:
@@ -135,7 +136,7 @@ def test_no_gpu_after_restore_is_model_load_failed_and_logged_never_a_cpu_worker
     user_cls = modal_app.SdxlLoraWorker._get_user_cls()
     worker = user_cls.__new__(user_cls)
     raw_method(user_cls, "load")(worker)  # sets up the worker's logging (root handlers): listen on the logger
-    seen = ListHandler()
+    seen = Records()
     logger = logging.getLogger("gpu.modal_app")
     logger.addHandler(seen)
     try:
@@ -147,15 +148,6 @@ def test_no_gpu_after_restore_is_model_load_failed_and_logged_never_a_cpu_worker
     assert (body["http_status"], body["error_code"]) == (503, "MODEL_LOAD_FAILED")
     assert "no CUDA device" in body["error"]
     assert any(r.levelno == logging.ERROR and "no GPU after restore" in r.getMessage() for r in seen.records)
-
-
-class ListHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 def test_a_load_that_failed_before_the_snapshot_is_tried_again_from_the_reloaded_volume(

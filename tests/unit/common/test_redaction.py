@@ -23,6 +23,7 @@ from services.common.logging import (
     redacting_handler,
     setup_logging,
 )
+from tests.support.log_records import Records
 
 PRESIGNED = (
     "https://acc.r2.cloudflarestorage.com/loras/a1.safetensors?X-Amz-Algorithm=AWS4-HMAC-SHA256"
@@ -30,17 +31,6 @@ PRESIGNED = (
     "&X-Amz-Expires=300&X-Amz-SignedHeaders=host&X-Amz-Signature=0123456789abcdef0123456789abcdef"
 )
 SECRET = "sk-live-very-secret-value"
-
-
-class Records(logging.Handler):
-    """Keeps the records it is given, untouched (as pytest's caplog does)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 @pytest.fixture(params=["plain", "json"])
