@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from gpu.compiled import compile_unet, should_compile
 from gpu.engine import SdxlLoraEngine
 from gpu.lora.cache import DiskLoraCache, MemoryLoraCache
 from gpu.lora.download import DownloadPolicy
@@ -42,6 +43,8 @@ def build_engine(settings: WorkerSettings, device: torch.device | str | None = N
     # CUDA then sees no device after restore.
     serving = torch.device(settings.device) if settings.device != "auto" else target
     pipeline = load_pipeline(model_dir, resolve_dtype(settings.dtype, serving), target)
+    if should_compile(settings.compile, target):
+        compile_unet(pipeline)
     return SdxlLoraEngine(
         pipeline,
         build_store(settings),

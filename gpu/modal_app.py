@@ -77,6 +77,9 @@ image = (
             # after restore the engine moves to it, or every request answers MODEL_LOAD_FAILED.
             "WORKER_DEVICE": "cuda",
             "WORKER_DTYPE": "float16",
+            # Off until the compiled code is cached on the Volume (issue 12): each restored container would compile
+            # on its first request, a cold start the GPU benchmark has not yet measured against the gain.
+            "WORKER_COMPILE": "off",
             # The R2 endpoint host(s), taken from the deploying shell: e.g. <account>.r2.cloudflarestorage.com
             "LORA_ALLOWED_HOSTS": DEPLOY.lora_allowed_hosts,
             "HF_HUB_OFFLINE": "1",
@@ -180,6 +183,10 @@ class WorkerRuntime:
             self.engine, self.load_error = None, failure
             return
         self.engine.to(device)
+        from gpu.compiled import compile_unet, should_compile
+
+        if should_compile(self.settings.compile, device):
+            compile_unet(self.engine.pipeline)  # after the move: the first request compiles, on the GPU
 
     def _load_again(self) -> None:
         from gpu.bootstrap import build_engine

@@ -21,6 +21,8 @@ class WorkerSettings(BaseSettings):
     base_model_name: str | None = Field(default=None, alias="BASE_MODEL_NAME")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", alias="WORKER_DEVICE")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(default="auto", alias="WORKER_DTYPE")
+    # torch.compile of the UNet (gpu/compiled.py): auto = on a GPU only.
+    compile: Literal["auto", "on", "off"] = Field(default="auto", alias="WORKER_COMPILE")
 
     # local: http allowed to loopback hosts (dev, tests); production: https to allow-listed hosts only.
     mode: Literal["local", "production"] = Field(default="production", alias="WORKER_MODE")

@@ -1,0 +1,29 @@
+"""The UNet compiled with torch.compile, in place: the LoRA swaps change its weights' values, never the graph.
+
+The fuser adds a LoRA into the touched weights in place and restores them from pristine copies in place; the
+compiled code reads the parameters as inputs (not frozen constants), so its guards (ids, shapes, dtypes) still hold
+after any swap and nothing recompiles (tests/integration/gpu/test_compiled_swaps.py counts it). Compiled in place
+(`nn.Module.compile`), the module keeps its names, which the LoRA plans address.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+CompileChoice = Literal["auto", "on", "off"]
+
+
+def should_compile(choice: CompileChoice, device: torch.device) -> bool:
+    """`auto` compiles on a GPU only: on a CPU the compile costs more than it saves for a worker's traffic."""
+    return choice == "on" or (choice == "auto" and device.type == "cuda")
+
+
+def compile_unet(pipeline: Any, *, backend: str = "inductor") -> None:
+    """Compile the pipeline's UNet in place; the first denoising step pays the compile, later ones run its code.
+    Shapes are static (one graph per image size and batch), which is what a worker serving a few sizes wants."""
+    unet = pipeline.unet
+    if unet.device.type == "cuda":
+        unet.to(memory_format=torch.channels_last)
+    unet.compile(backend=backend, dynamic=False)
