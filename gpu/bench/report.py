@@ -52,6 +52,7 @@ def table(results: dict[str, Any]) -> str:
         f"| replaced way 2: fuse_lora → unfuse_lora, UNet tensors changed | {residue['changed_tensors']} of "
         f"{residue['total_tensors']} | max abs diff {residue['max_abs_difference']:.3g} | 0 | for comparison |"
     )
+    rows += compiled_rows(results.get("compiled"), results["warm_cached_lora_seconds"])
     rows.append(f"| pristine copies of LoRA-touched layers (GiB) | {results['pristine_copy_gib']} | | | |")
     peak = results["peak_gpu_memory_gib"]
     rows.append(f"| peak GPU memory (GiB) | {peak if peak is not None else 'n/a (CPU)'} | | | |")
@@ -63,6 +64,25 @@ def table(results: dict[str, Any]) -> str:
         f"model: {results['base_model']} · versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
     )
     return header + "\n\n" + "\n".join(rows)
+
+
+def compiled_rows(fast: dict[str, Any] | None, eager: dict[str, float]) -> list[str]:
+    """The compiled UNet's rows, beside the eager figure they compare with (none when it was not asked for)."""
+    if fast is None:
+        return []
+    if "error" in fast:
+        return [f"| compiled UNet | not measured: {fast['error']} | | | |"]
+    warm = fast["warm_cached_lora_seconds"]
+    return [
+        f"| compiled: warm request incl. cached LoRA swap (s) | {warm['p50']} | {warm['p90']} | eager p50 "
+        f"{eager['p50']} | {'faster' if warm['p50'] < eager['p50'] else 'not faster'} |",
+        f"| compiled: first request, compiling (s) | {fast['first_request_seconds']} | | | |",
+        f"| compiled: recompilations over {fast['alternating_requests']} alternating requests | "
+        f"{fast['recompilations']} | | 0 | {'meets' if fast['recompilations'] == 0 else 'misses'} |",
+        f"| compiled: base weights after them | "
+        f"{'bit-identical' if fast['fingerprint_identical'] else 'CHANGED'} | | bit-identical | "
+        f"{'meets' if fast['fingerprint_identical'] else 'misses'} |",
+    ]
 
 
 def write_docs(results: dict[str, Any], docs: Path, measured_at: str) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from contracts.worker import WorkerRequest, WorkerSuccess
 from gpu.bench.compare import diffusers_adapter_swap_ms, fuse_unfuse_residue, synchronize
+from gpu.bench.compiled_phase import compiled_phase
 from gpu.engine import SdxlLoraEngine
 from gpu.fingerprint import fingerprint_pipeline
 from gpu.lora.cache import DiskLoraCache, MemoryLoraCache
@@ -64,8 +65,11 @@ def _swap_ms(outcome: WorkerSuccess) -> float:
     return outcome.timings.load_ms + outcome.timings.restore_ms
 
 
-def run_benchmark(config: BenchConfig, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """Build the model, make three LoRAs, and run every phase; returns a JSON-ready dict."""
+def run_benchmark(
+    config: BenchConfig, device: torch.device, dtype: torch.dtype, *, compiled: bool = False
+) -> dict[str, Any]:
+    """Build the model, make three LoRAs, and run every phase (with `compiled`, the compiled UNet's phase last);
+    returns a JSON-ready dict."""
     from gpu.bench.loras import rank_for_bytes, synthetic_lora
 
     work = Path(tempfile.mkdtemp(prefix="vb-bench-"))
@@ -99,14 +103,14 @@ def run_benchmark(config: BenchConfig, device: torch.device, dtype: torch.dtype)
     store = LoraStore(DownloadPolicy(mode="local"), MemoryLoraCache[LoraPlan](8 * 1024 * MiB), disk)
     engine = SdxlLoraEngine(pipeline, store, base_model=base_model, default_timeout_seconds=3600)
 
-    def request(lora: str | None, small: bool = False, steps: int | None = None) -> WorkerSuccess:
+    def request(lora: str | None, small: bool = False, steps: int | None = None, scale: float = 0.9) -> WorkerSuccess:
         size = config.contamination_size if small else config.width
         outcome = engine.generate(
             WorkerRequest(
                 prompt="a portrait photo of sks person, studio light",
                 negative_prompt="blurry",
                 lora_url=lora,
-                lora_scale=0.9,
+                lora_scale=scale,
                 width=size,
                 height=size if small else config.height,
                 steps=steps or config.steps,
@@ -149,6 +153,19 @@ def run_benchmark(config: BenchConfig, device: torch.device, dtype: torch.dtype)
     adapter_swaps = diffusers_adapter_swap_ms(pipeline, lora_file, config.runs)
     residue = fuse_unfuse_residue(pipeline, lora_file)
     restored_after_comparison = fingerprint_pipeline(pipeline) == fingerprint_before
+    fast = (
+        compiled_phase(
+            pipeline,
+            request,
+            urls,
+            runs=config.runs,
+            alternating=config.contamination_requests,
+            alternating_steps=config.contamination_steps,
+            summarize=summary,
+        )
+        if compiled
+        else None
+    )
 
     return {
         "config": asdict(config),
@@ -173,6 +190,7 @@ def run_benchmark(config: BenchConfig, device: torch.device, dtype: torch.dtype)
             "fuse_unfuse_residue": residue,
             "weights_restored_after_comparison": restored_after_comparison,
         },
+        "compiled": fast,
         "pristine_copy_gib": round(engine.fuser.pristine_bytes / 1024**3, 3),
         "peak_gpu_memory_gib": (
             round(torch.cuda.max_memory_allocated(device) / 1024**3, 2) if device.type == "cuda" else None

@@ -1,4 +1,5 @@
-"""The benchmark runs end to end on CPU with the tiny model and reports every figure it promises."""
+"""The benchmark runs end to end on CPU with the tiny model, the compiled UNet beside the eager one, and reports
+every figure it promises."""
 
 import json
 import subprocess
@@ -24,6 +25,7 @@ def test_tiny_benchmark_runs_and_reports(tmp_path: Path) -> None:
             str(out),
             "--write-docs",
             str(docs),
+            "--compile",
         ],
         capture_output=True,
         text=True,
@@ -37,5 +39,9 @@ def test_tiny_benchmark_runs_and_reports(tmp_path: Path) -> None:
     assert results["contamination"]["fingerprint_identical"] is True
     assert results["contamination"]["first_image_repeats_exactly"] is True
     assert "| cached LoRA swap" in completed.stdout
+    compiled = results["compiled"]
+    assert compiled["recompilations"] == 0 and compiled["fingerprint_identical"] is True
+    assert compiled["first_request_seconds"] > 0 and compiled["warm_cached_lora_seconds"]["n"] == 2
+    assert "| compiled: recompilations over 6 alternating requests | 0 |" in completed.stdout
     written = docs.read_text()
     assert "<!-- gpu-bench:begin -->" in written and "bit-identical" in written
