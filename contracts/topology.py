@@ -129,9 +129,14 @@ class QueueSpec:
         return tuple(RetryStage(retry_stage_name(self.name, d), d) for d in self.retry_delays)
 
     @property
+    def unique_retry_stages(self) -> tuple[RetryStage, ...]:
+        """The stages with a queue of their own (two equal delays share one queue), in order."""
+        return tuple({stage.name: stage for stage in self.retry_stages}.values())
+
+    @property
     def retry_queue_names(self) -> tuple[str, ...]:
         """The distinct retry queue names (two equal delays share one queue)."""
-        return tuple(dict.fromkeys(stage.name for stage in self.retry_stages))
+        return tuple(stage.name for stage in self.unique_retry_stages)
 
     def accepted_source(self, event_type: str) -> str | None:
         """The `source` this queue accepts for `event_type`; None when the type is not bound to this queue."""

@@ -165,6 +165,7 @@ class WorkerRuntime:
         """After restore: a load that failed is tried again from the reloaded Volume; then the engine goes to the
         device settings name (WORKER_DEVICE: `cuda` in the image). No GPU where one is named is MODEL_LOAD_FAILED
         for every request, logged, never a silent CPU worker."""
+        from gpu.compiled import compile_unet, should_compile
         from gpu.errors import WorkerFailure
         from gpu.pipeline_loader import resolve_device
 
@@ -183,8 +184,6 @@ class WorkerRuntime:
             self.engine, self.load_error = None, failure
             return
         self.engine.to(device)
-        from gpu.compiled import compile_unet, should_compile
-
         if should_compile(self.settings.compile, device):
             compile_unet(self.engine.pipeline)  # after the move: the first request compiles, on the GPU
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
@@ -54,35 +55,49 @@ def retry_queue_arguments(spec: QueueSpec, stage: RetryStage) -> dict[str, Any]:
     }
 
 
-def dlq_arguments() -> dict[str, Any]:
-    """Arguments of a dead-letter queue."""
-    return {"x-queue-type": "quorum"}
+@dataclass(frozen=True)
+class Declarations:
+    """Every exchange, queue (with its arguments) and binding of a topology, or of one service's part of it: what
+    `declare_topology` declares, `delete_topology` removes and the broker definitions hold (one list for all)."""
+
+    exchanges: tuple[tuple[str, aio_pika.ExchangeType], ...]
+    queues: tuple[tuple[str, dict[str, Any]], ...]
+    # (exchange, queue, routing key)
+    bindings: tuple[tuple[str, str, str], ...]
 
 
-def unique_stages(spec: QueueSpec) -> tuple[RetryStage, ...]:
-    """The queue's retry stages, one per retry queue (two equal delays share one)."""
-    return tuple({stage.name: stage for stage in spec.retry_stages}.values())
+def declarations(topo: Topology, *, service: str | None = None) -> Declarations:
+    """The topology's declarations; with `service`, the exchanges and that service's queues only."""
+    queues: list[tuple[str, dict[str, Any]]] = []
+    bindings: list[tuple[str, str, str]] = []
+    for spec in topo.queues if service is None else topo.queues_of(service):
+        queues.append((spec.dlq_name, {"x-queue-type": "quorum"}))
+        # The broker dead-letters into it through the DLX; the consumer sends its copies through the retry exchange.
+        bindings.append((topo.dead_letter_exchange, spec.dlq_name, spec.dead_letter_routing_key))
+        bindings.append((topo.retry_exchange, spec.dlq_name, spec.dead_letter_routing_key))
+        queues.append((spec.name, queue_arguments(spec, topo)))
+        bindings += [(topo.events_exchange, spec.name, key) for key in spec.routing_keys]
+        for stage in spec.unique_retry_stages:
+            queues.append((stage.name, retry_queue_arguments(spec, stage)))
+            # The consumer sends a failed message here, under the stage's own name.
+            bindings.append((topo.retry_exchange, stage.name, stage.name))
+    exchanges = (
+        (topo.events_exchange, aio_pika.ExchangeType.TOPIC),
+        (topo.dead_letter_exchange, aio_pika.ExchangeType.DIRECT),
+        (topo.retry_exchange, aio_pika.ExchangeType.TOPIC),
+    )
+    return Declarations(exchanges, tuple(queues), tuple(bindings))
 
 
 async def declare_topology(channel: AbstractChannel, topo: Topology, *, service: str | None = None) -> None:
     """Declare exchanges, queues, retry queues, dead-letter queues and bindings; safe to repeat. With `service`,
     only the exchanges and that service's queues (a broker user of its own may configure nothing else; the rest
     comes from the broker's definitions, `python -m services.common.broker_definitions`)."""
-    events = await channel.declare_exchange(topo.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-    dlx = await channel.declare_exchange(topo.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
-    retries = await channel.declare_exchange(topo.retry_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-    for spec in topo.queues if service is None else topo.queues_of(service):
-        dlq = await channel.declare_queue(spec.dlq_name, durable=True, arguments=dlq_arguments())
-        # The broker dead-letters into it through the DLX; the consumer sends its copies through the retry exchange.
-        await dlq.bind(dlx, routing_key=spec.dead_letter_routing_key)
-        await dlq.bind(retries, routing_key=spec.dead_letter_routing_key)
-        queue = await channel.declare_queue(spec.name, durable=True, arguments=queue_arguments(spec, topo))
-        for key in spec.routing_keys:
-            await queue.bind(events, routing_key=key)
-        for stage in unique_stages(spec):
-            retry = await channel.declare_queue(stage.name, durable=True, arguments=retry_queue_arguments(spec, stage))
-            # The consumer sends a failed message here, under the stage's own name.
-            await retry.bind(retries, routing_key=stage.name)
+    plan = declarations(topo, service=service)
+    exchanges = {name: await channel.declare_exchange(name, kind, durable=True) for name, kind in plan.exchanges}
+    queues = {name: await channel.declare_queue(name, durable=True, arguments=args) for name, args in plan.queues}
+    for exchange, queue, key in plan.bindings:
+        await queues[queue].bind(exchanges[exchange], routing_key=key)
 
 
 async def declare_topology_on(
@@ -98,11 +113,11 @@ async def declare_topology_on(
 
 async def delete_topology(channel: AbstractChannel, topo: Topology) -> None:
     """Delete every queue and exchange of a topology (test teardown)."""
-    for spec in topo.queues:
-        for name in (spec.name, spec.dlq_name, *spec.retry_queue_names):
-            await channel.queue_delete(name)
-    for exchange in (topo.events_exchange, topo.dead_letter_exchange, topo.retry_exchange):
-        await channel.exchange_delete(exchange)
+    plan = declarations(topo)
+    for name, _ in plan.queues:
+        await channel.queue_delete(name)
+    for name, _ in plan.exchanges:
+        await channel.exchange_delete(name)
 
 
 class Publisher:

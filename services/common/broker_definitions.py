@@ -30,7 +30,7 @@ from contracts.topology import (
     Topology,
     routing_key,
 )
-from services.common.broker import dlq_arguments, queue_arguments, retry_queue_arguments, unique_stages
+from services.common.broker import declarations
 
 SERVICES = (SERVICE_IDENTITY, SERVICE_CONTENT, SERVICE_INFERENCE_GATEWAY)
 NOTHING = "^$"
@@ -58,12 +58,12 @@ def exactly(names: Iterable[str]) -> str:
 
 def queue_names(spec: QueueSpec) -> list[str]:
     """A consumer queue, its retry stages and its dead-letter queue."""
-    return [spec.name, spec.dlq_name, *(stage.name for stage in unique_stages(spec))]
+    return [spec.name, spec.dlq_name, *spec.retry_queue_names]
 
 
 def retry_keys(spec: QueueSpec) -> list[str]:
     """The keys its consumer publishes under on the retry exchange (and binds with): its stages and its DLQ."""
-    return [spec.dead_letter_routing_key, *(stage.name for stage in unique_stages(spec))]
+    return [spec.dead_letter_routing_key, *spec.retry_queue_names]
 
 
 def grants(topo: Topology, service: str) -> ServiceGrants:
@@ -104,43 +104,11 @@ def definitions(
     user_prefix: str = "vixenbliss-",
     admin: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The whole definitions document: the vhost, its exchanges, queues and bindings as the services declare them,
-    a user per service in `passwords` (service name → password) with its grants, and `admin` (name, password), an
-    operator with every right (a broker that loads definitions at boot creates no default user)."""
-    exchanges = [
-        (topo.events_exchange, "topic"),
-        (topo.dead_letter_exchange, "direct"),
-        (topo.retry_exchange, "topic"),
-    ]
-    queues: list[dict[str, Any]] = []
-    bindings: list[dict[str, Any]] = []
-
-    def queue(name: str, arguments: dict[str, Any]) -> None:
-        queues.append({"name": name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": arguments})
-
-    def bind(exchange: str, destination: str, key: str) -> None:
-        bindings.append(
-            {
-                "source": exchange,
-                "vhost": vhost,
-                "destination": destination,
-                "destination_type": "queue",
-                "routing_key": key,
-                "arguments": {},
-            }
-        )
-
-    for spec in topo.queues:
-        queue(spec.dlq_name, dlq_arguments())
-        bind(topo.dead_letter_exchange, spec.dlq_name, spec.dead_letter_routing_key)
-        bind(topo.retry_exchange, spec.dlq_name, spec.dead_letter_routing_key)
-        queue(spec.name, queue_arguments(spec, topo))
-        for key in spec.routing_keys:
-            bind(topo.events_exchange, spec.name, key)
-        for stage in unique_stages(spec):
-            queue(stage.name, retry_queue_arguments(spec, stage))
-            bind(topo.retry_exchange, stage.name, stage.name)
-
+    """The whole definitions document: the vhost, its exchanges, queues and bindings (`broker.declarations`: what
+    the services declare), a user per service in `passwords` (service name → password) with its grants, and
+    `admin` (name, password), an operator with every right (a broker that loads definitions at boot creates no
+    default user)."""
+    plan = declarations(topo)
     users, permissions, topic_permissions = [], [], []
     if admin is not None:
         name, secret = admin
@@ -175,16 +143,29 @@ def definitions(
             {
                 "name": name,
                 "vhost": vhost,
-                "type": kind,
+                "type": kind.value,
                 "durable": True,
                 "auto_delete": False,
                 "internal": False,
                 "arguments": {},
             }
-            for name, kind in exchanges
+            for name, kind in plan.exchanges
         ],
-        "queues": queues,
-        "bindings": bindings,
+        "queues": [
+            {"name": name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": arguments}
+            for name, arguments in plan.queues
+        ],
+        "bindings": [
+            {
+                "source": exchange,
+                "vhost": vhost,
+                "destination": queue,
+                "destination_type": "queue",
+                "routing_key": key,
+                "arguments": {},
+            }
+            for exchange, queue, key in plan.bindings
+        ],
     }
 
 

@@ -12,7 +12,7 @@ import httpx
 from aio_pika.abc import AbstractRobustConnection
 from PIL import Image
 
-from services.common.broker import connect
+from services.common.broker import connect, declarations
 from services.common.runtime import broker_topology
 from services.common.storage import ObjectStorage, StorageConfig
 from services.inference_gateway.provider import auth_headers
@@ -67,10 +67,10 @@ async def storage(settings: SmokeSettings) -> str:
 async def broker(settings: SmokeSettings) -> str:
     """The broker takes a connection and holds the topology: every exchange and queue exists (checked passively,
     so a missing one is reported, never created)."""
-    topo = broker_topology(settings.topology_prefix)
+    plan = declarations(broker_topology(settings.topology_prefix))
+    exchanges = [name for name, _ in plan.exchanges]
+    queues = [name for name, _ in plan.queues]
     connection = await connect(settings.rabbitmq_url.get_secret_value(), name="vixenbliss-smoke")
-    exchanges = (topo.events_exchange, topo.dead_letter_exchange, topo.retry_exchange)
-    queues = [name for spec in topo.queues for name in (spec.name, spec.dlq_name)]
     try:
         missing = [name for name in exchanges if not await _present(connection, name, exchange=True)]
         missing += [name for name in queues if not await _present(connection, name, exchange=False)]
