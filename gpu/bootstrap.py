@@ -51,4 +51,5 @@ def build_engine(settings: WorkerSettings, device: torch.device | str | None = N
         base_model=base_model_name(model_dir, settings.base_model_name),
         default_timeout_seconds=settings.request_timeout_seconds,
         pristine_device=settings.lora_pristine_device,
+        vae_half=settings.vae_half,
     )

@@ -27,3 +27,13 @@ def compile_unet(pipeline: Any, *, backend: str = "inductor") -> None:
     if unet.device.type == "cuda":
         unet.to(memory_format=torch.channels_last)
     unet.compile(backend=backend, dynamic=False)
+
+
+def is_compiled(pipeline: Any) -> bool:
+    return getattr(pipeline.unet, "_compiled_call_impl", None) is not None
+
+
+def uncompile_unet(pipeline: Any) -> None:
+    """Back to eager (the way `nn.Module.compile` is undone): for a compile that fails on this machine, so the
+    worker serves slower rather than not at all."""
+    pipeline.unet._compiled_call_impl = None

@@ -13,8 +13,10 @@ from diffusers import StableDiffusionXLPipeline
 from contracts.errors import WorkerErrorCode
 from contracts.worker import ModelInfo, Timings, WorkerError, WorkerRequest, WorkerSuccess
 from gpu.budget import RequestBudget
+from gpu.decode import HalfVaeChoice, VaeDecoder, decodes_in_half
 from gpu.errors import WorkerFailure, request_canceled
 from gpu.lora.fuser import LoraFuser
+from gpu.lora.groups import group_update_bytes
 from gpu.lora.parse import LoraTensors
 from gpu.lora.plan import LoraPlan, pinned, plan_lora
 from gpu.lora.store import FetchedLora, LoraStore
@@ -54,12 +56,14 @@ class SdxlLoraEngine:
         base_model: str,
         default_timeout_seconds: float = 300.0,
         pristine_device: str = "same",
+        vae_half: HalfVaeChoice = "auto",
     ) -> None:
         self.pipeline = pipeline
         self.store = store
         self.base_model = base_model
         self.default_timeout_seconds = default_timeout_seconds
         self.fuser = LoraFuser(pipeline, pristine_device)
+        self.decoder = VaeDecoder(pipeline, decodes_in_half(vae_half, pipeline.vae))
         self.requests_served = 0
         # Set when a restore left the base weights altered: this worker must not serve again.
         self.poisoned: str | None = None
@@ -77,8 +81,9 @@ class SdxlLoraEngine:
         self.pipeline.to(device)
 
     def plan_lora(self, tensors: LoraTensors) -> LoraPlan:
-        """Check the LoRA against this pipeline; on a GPU host, pin it for fast copies to the device."""
-        plan = plan_lora(self.pipeline, tensors)
+        """Check the LoRA against this pipeline, its layers grouped as suits the device; on a GPU host, pin it for
+        fast copies to the device."""
+        plan = plan_lora(self.pipeline, tensors, group_update_bytes(self.device))
         return pinned(plan) if self.device.type == "cuda" else plan
 
     def generate(self, request: WorkerRequest, budget: RequestBudget | None = None) -> WorkerSuccess | WorkerError:
@@ -260,8 +265,9 @@ class SdxlLoraEngine:
                     guidance_scale=request.cfg,
                     generator=generator,
                     callback_on_step_end=on_step_end,
-                    output_type="pil",
+                    output_type="latent",
                 )
+                image = self.decoder.to_image(result.images)
         except _Stopped as stopped:
             progress = {"steps_done": stopped.step, "steps": request.steps}
             if budget.canceled:
@@ -283,7 +289,6 @@ class SdxlLoraEngine:
                 reason=f"{type(exc).__name__}: {str(exc)[:300]}",
             ) from None
         clock.timings.denoise_ms = round((last_step_end[0] - mark) * 1000, 3)
-        image = result.images[0]
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         clock.timings.decode_encode_ms = clock.ms_since(last_step_end[0])

@@ -35,6 +35,7 @@ TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
 WORKER_MEMORY_MIB = (16_384, 32_768)
 MODELS_PATH = "/models"
 LORA_CACHE_PATH = "/lora-cache"
+COMPILE_CACHE_PATH = "/compile-cache"
 
 app = modal.App(APP_NAME)
 
@@ -77,9 +78,11 @@ image = (
             # after restore the engine moves to it, or every request answers MODEL_LOAD_FAILED.
             "WORKER_DEVICE": "cuda",
             "WORKER_DTYPE": "float16",
-            # Off until the compiled code is cached on the Volume (issue 12): each restored container would compile
-            # on its first request, a cold start the GPU benchmark has not yet measured against the gain.
-            "WORKER_COMPILE": "off",
+            # MODAL_WORKER_COMPILE (off unless asked: see modal_deploy_settings); compiled code kept on a Volume, and
+            # the warm-up sizes generated once after restore, before the first input.
+            "WORKER_COMPILE": DEPLOY.worker_compile,
+            "WORKER_COMPILE_CACHE_DIR": COMPILE_CACHE_PATH,
+            "WORKER_WARMUP_SIZES": DEPLOY.warmup_sizes,
             # The R2 endpoint host(s), taken from the deploying shell: e.g. <account>.r2.cloudflarestorage.com
             "LORA_ALLOWED_HOSTS": DEPLOY.lora_allowed_hosts,
             "HF_HUB_OFFLINE": "1",
@@ -120,6 +123,7 @@ WORKER_STARTUP_TIMEOUT_SECONDS = 600
 # Base weights (put there once, see deploy/modal/README.md) and the shared LoRA disk cache.
 weights_volume = modal.Volume.from_name("vixenbliss-sdxl-weights", create_if_missing=True)
 lora_cache_volume = modal.Volume.from_name("vixenbliss-lora-cache", create_if_missing=True)
+compile_cache_volume = modal.Volume.from_name("vixenbliss-compile-cache", create_if_missing=True)
 
 
 class WorkerRuntime:
@@ -204,6 +208,14 @@ class WorkerRuntime:
         except Exception as error:  # the Volume's reload: the first failure stands
             log.error("reloading the weights Volume failed: %s: %s", type(error).__name__, error)
 
+    def warm_up(self, commit: Callable[[], object] = lambda: None) -> None:
+        """After the move to the GPU, before the first input: WORKER_WARMUP_SIZES generated once (compiled code
+        loaded from the Volume or compiled and saved there; a compile that fails falls back to eager)."""
+        from gpu.warmup import warm_up
+
+        if self.engine is not None:
+            warm_up(self.engine, self.settings, commit)
+
     def start_tracing(self) -> None:
         """After the snapshot is restored: the exporter's thread must not be started before it."""
         from gpu.telemetry import configure_tracing
@@ -249,7 +261,7 @@ class WorkerRuntime:
 @app.cls(
     gpu=GPU,
     image=image,
-    volumes={MODELS_PATH: weights_volume, LORA_CACHE_PATH: lora_cache_volume},
+    volumes={MODELS_PATH: weights_volume, LORA_CACHE_PATH: lora_cache_volume, COMPILE_CACHE_PATH: compile_cache_volume},
     enable_memory_snapshot=True,
     scaledown_window=300,
     min_containers=DEPLOY.min_containers,
@@ -273,6 +285,8 @@ class SdxlLoraWorker:
             self.runtime.start_tracing()
         self.runtime.start_engine_thread()
         self.runtime.move_to_gpu()
+        # A compile cache this container wrote is committed for the next one (a local call has no Volume).
+        self.runtime.warm_up(commit=(lambda: None) if modal.is_local() else compile_cache_volume.commit)
 
     @modal.method()
     def generate(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> dict[str, Any]:

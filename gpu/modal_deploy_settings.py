@@ -7,8 +7,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from gpu.image_sizes import parse_sizes
+
 DEFAULT_APP_NAME = "vixenbliss-sdxl-lora"
 DEFAULT_GPU = "H100"
+# Off by default: a restored container would spend its cold start tracing the UNet (cache hits or not) for a warm
+# gain the GPU benchmark has yet to measure (docs/worker.md § Compiled UNet).
+DEFAULT_WORKER_COMPILE = "off"
+DEFAULT_WARMUP_SIZES = "1024x1024"
 
 
 class DeployRefusedError(RuntimeError):
@@ -25,6 +31,9 @@ class DeploySettings:
     max_containers: int = 10
     # The hosts presigned LoRA URLs may come from (the R2 endpoint's), baked into the image's environment.
     lora_allowed_hosts: str = ""
+    # WORKER_COMPILE and WORKER_WARMUP_SIZES of the GPU image (gpu/settings.py).
+    worker_compile: str = DEFAULT_WORKER_COMPILE
+    warmup_sizes: str = DEFAULT_WARMUP_SIZES
     problems: tuple[str, ...] = field(default=())
 
 
@@ -52,14 +61,34 @@ def read(env: Mapping[str, str]) -> DeploySettings:
         problems.append(
             "LORA_ALLOWED_HOSTS is empty: set the R2 endpoint's host (e.g. <account>.r2.cloudflarestorage.com)"
         )
+    compile_choice = env.get("MODAL_WORKER_COMPILE", "").strip().lower() or DEFAULT_WORKER_COMPILE
+    if compile_choice not in ("on", "off"):
+        problems.append(f"MODAL_WORKER_COMPILE must be on or off, not {compile_choice!r}")
+        compile_choice = DEFAULT_WORKER_COMPILE
+    warmup_sizes = env.get("MODAL_WARMUP_SIZES", DEFAULT_WARMUP_SIZES).strip()
+    problem = _sizes_problem(warmup_sizes)
+    if problem:
+        problems.append(f"MODAL_WARMUP_SIZES: {problem}")
+        warmup_sizes = DEFAULT_WARMUP_SIZES
     return DeploySettings(
         app_name=env.get("MODAL_APP_NAME", "").strip() or DEFAULT_APP_NAME,
         gpu=env.get("MODAL_GPU", "").strip() or DEFAULT_GPU,
         min_containers=minimum,
         max_containers=maximum,
         lora_allowed_hosts=hosts,
+        worker_compile=compile_choice,
+        warmup_sizes=warmup_sizes,
         problems=tuple(problems),
     )
+
+
+def _sizes_problem(raw: str) -> str | None:
+    """What is wrong with these warm-up sizes (checked at deploy, not in the GPU container), or None."""
+    try:
+        parse_sizes(raw)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def deploying(argv: Sequence[str]) -> bool:

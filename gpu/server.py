@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from gpu.bootstrap import build_engine
     from gpu.log_setup import setup_worker_logging
+    from gpu.warmup import warmed
 
     # The services' redacting handler, with WORKER_API_KEY among its secrets; httpx kept above INFO (URLs).
     setup_worker_logging()
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("WORKER_ENGINE=echo: answering every request with a flat PNG (platform benchmark only)")
         app = create_app(settings, EchoEngine)
     else:
-        app = create_app(settings, lambda: build_engine(settings))
+        app = create_app(settings, lambda: warmed(build_engine(settings), settings))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

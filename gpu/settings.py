@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gpu.image_sizes import parse_sizes
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -23,6 +25,14 @@ class WorkerSettings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(default="auto", alias="WORKER_DTYPE")
     # torch.compile of the UNet (gpu/compiled.py): auto = on a GPU only.
     compile: Literal["auto", "on", "off"] = Field(default="auto", alias="WORKER_COMPILE")
+    # Where compiled code is kept between containers (gpu/compile_cache.py); None: every process compiles afresh.
+    compile_cache_dir: Path | None = Field(default=None, alias="WORKER_COMPILE_CACHE_DIR")
+    # Image sizes ("1024x1024,832x1216") generated once before serving (gpu/warmup.py): with WORKER_COMPILE, their
+    # compiled code is loaded or compiled then, not on a user's first request of that size.
+    warmup_sizes: Annotated[list[tuple[int, int]], NoDecode] = Field(default_factory=list, alias="WORKER_WARMUP_SIZES")
+    # VAE decode in half precision, decoded again in fp32 only on overflow (gpu/decode.py): auto = unless the
+    # VAE's config asks for the fp32 upcast (SDXL's original VAE does; the fp16-fix VAE does not).
+    vae_half: Literal["auto", "on", "off"] = Field(default="auto", alias="WORKER_VAE_HALF")
 
     # local: http allowed to loopback hosts (dev, tests); production: https to allow-listed hosts only.
     mode: Literal["local", "production"] = Field(default="production", alias="WORKER_MODE")
@@ -48,6 +58,11 @@ class WorkerSettings(BaseSettings):
         if isinstance(value, str):
             return [host.strip().lower() for host in value.split(",") if host.strip()]
         return value
+
+    @field_validator("warmup_sizes", mode="before")
+    @classmethod
+    def _parse_sizes(cls, value: object) -> object:
+        return parse_sizes(value) if isinstance(value, str) else value
 
     @field_validator("api_key")
     @classmethod

@@ -3,10 +3,11 @@
 from pathlib import Path
 from typing import Any
 
+# Issue 12's targets on one H100 (the warm request's first bar was 2.5 s).
 TARGETS = {
-    "warm_cached_lora_seconds": 2.5,
-    "cached_swap_ms": 100.0,
-    "uncached_swap_from_disk_ms": 500.0,
+    "warm_cached_lora_seconds": 1.5,
+    "cached_swap_ms": 10.0,
+    "uncached_swap_from_disk_ms": 300.0,
 }
 BEGIN = "<!-- gpu-bench:begin -->"
 END = "<!-- gpu-bench:end -->"
@@ -52,6 +53,7 @@ def table(results: dict[str, Any]) -> str:
         f"| replaced way 2: fuse_lora → unfuse_lora, UNet tensors changed | {residue['changed_tensors']} of "
         f"{residue['total_tensors']} | max abs diff {residue['max_abs_difference']:.3g} | 0 | for comparison |"
     )
+    rows += half_vae_rows(results.get("half_vae"), results["warm_cached_lora_seconds"])
     rows += compiled_rows(results.get("compiled"), results["warm_cached_lora_seconds"])
     rows.append(f"| pristine copies of LoRA-touched layers (GiB) | {results['pristine_copy_gib']} | | | |")
     peak = results["peak_gpu_memory_gib"]
@@ -66,17 +68,39 @@ def table(results: dict[str, Any]) -> str:
     return header + "\n\n" + "\n".join(rows)
 
 
+def _against(label: str, warm: dict[str, float], eager: dict[str, float]) -> str:
+    return (
+        f"| {label}: warm request incl. cached LoRA swap (s) | {warm['p50']} | {warm['p90']} | eager p50 "
+        f"{eager['p50']} | {'faster' if warm['p50'] < eager['p50'] else 'not faster'} |"
+    )
+
+
+def half_vae_rows(half: dict[str, Any] | None, eager: dict[str, float]) -> list[str]:
+    """The half-precision VAE's row (eager UNet), when measured (a half-precision model with --compile)."""
+    if half is None:
+        return []
+    return [
+        _against("fp16 VAE decode", half["warm_cached_lora_seconds"], eager),
+        f"| fp16 VAE decode: images decoded again in fp32 (overflow) | {half['fp32_retries']} | | 0 | |",
+    ]
+
+
 def compiled_rows(fast: dict[str, Any] | None, eager: dict[str, float]) -> list[str]:
     """The compiled UNet's rows, beside the eager figure they compare with (none when it was not asked for)."""
     if fast is None:
         return []
     if "error" in fast:
         return [f"| compiled UNet | not measured: {fast['error']} | | | |"]
-    warm = fast["warm_cached_lora_seconds"]
+    swap = fast["cached_swap_ms"]
+    peak = fast["peak_gpu_memory_gib"]
     return [
-        f"| compiled: warm request incl. cached LoRA swap (s) | {warm['p50']} | {warm['p90']} | eager p50 "
-        f"{eager['p50']} | {'faster' if warm['p50'] < eager['p50'] else 'not faster'} |",
+        _against("fast path: compiled UNet, fp16 VAE", fast["warm_cached_lora_seconds"], eager),
+        f"| compiled: cached LoRA swap (ms) | {swap['p50']} | {swap['p90']} | {TARGETS['cached_swap_ms']} | |",
         f"| compiled: first request, compiling (s) | {fast['first_request_seconds']} | | | |",
+        f"| compiled: graphs compiled / found in inductor's local cache | {fast['graphs_compiled']} | "
+        f"{fast['graphs_from_cache']} | | |",
+        f"| compiled: portable compile cache, as saved to the Volume (MiB) | {fast['compile_cache_mib']} | | | |",
+        f"| compiled: peak GPU memory (GiB) | {peak if peak is not None else 'n/a (CPU)'} | | | |",
         f"| compiled: recompilations over {fast['alternating_requests']} alternating requests | "
         f"{fast['recompilations']} | | 0 | {'meets' if fast['recompilations'] == 0 else 'misses'} |",
         f"| compiled: base weights after them | "

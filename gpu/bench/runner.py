@@ -12,7 +12,7 @@ import torch
 
 from contracts.worker import WorkerRequest, WorkerSuccess
 from gpu.bench.compare import diffusers_adapter_swap_ms, fuse_unfuse_residue, synchronize
-from gpu.bench.compiled_phase import compiled_phase
+from gpu.bench.compiled_phase import compiled_phase, half_vae_phase
 from gpu.engine import SdxlLoraEngine
 from gpu.fingerprint import fingerprint_pipeline
 from gpu.lora.cache import DiskLoraCache, MemoryLoraCache
@@ -153,9 +153,10 @@ def run_benchmark(
     adapter_swaps = diffusers_adapter_swap_ms(pipeline, lora_file, config.runs)
     residue = fuse_unfuse_residue(pipeline, lora_file)
     restored_after_comparison = fingerprint_pipeline(pipeline) == fingerprint_before
+    half_vae = half_vae_phase(engine, request, urls[0], runs=config.runs, summarize=summary) if compiled else None
     fast = (
         compiled_phase(
-            pipeline,
+            engine,
             request,
             urls,
             runs=config.runs,
@@ -190,6 +191,7 @@ def run_benchmark(
             "fuse_unfuse_residue": residue,
             "weights_restored_after_comparison": restored_after_comparison,
         },
+        "half_vae": half_vae,
         "compiled": fast,
         "pristine_copy_gib": round(engine.fuser.pristine_bytes / 1024**3, 3),
         "peak_gpu_memory_gib": (

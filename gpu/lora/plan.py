@@ -9,6 +9,7 @@ from torch import nn
 
 from contracts.lora_keys import MAX_RANK
 from gpu.errors import lora_load_failed
+from gpu.lora.groups import MAX_GROUP_UPDATE_BYTES, FuseGroup, stack_groups
 from gpu.lora.parse import LoraTensors
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -38,9 +39,11 @@ class LayerDelta:
 
 @dataclass(frozen=True)
 class LoraPlan:
-    """Every layer delta of one LoRA, ready to fuse into this pipeline's architecture."""
+    """Every layer delta of one LoRA, ready to fuse into this pipeline's architecture. `groups` holds the deltas
+    stacked by shape (`grouped`); the fuser stacks them itself for a plan made without."""
 
     deltas: tuple[LayerDelta, ...]
+    groups: tuple[FuseGroup, ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -95,8 +98,11 @@ def _split(key: str) -> tuple[str, str, str]:
     return component, path, side
 
 
-def plan_lora(pipeline: StableDiffusionXLPipeline, tensors: LoraTensors) -> LoraPlan:
-    """Raise LORA_LOAD_FAILED unless every weight pairs up and fits a Linear/Conv2d layer of this pipeline."""
+def plan_lora(
+    pipeline: StableDiffusionXLPipeline, tensors: LoraTensors, group_bytes: int = MAX_GROUP_UPDATE_BYTES
+) -> LoraPlan:
+    """Raise LORA_LOAD_FAILED unless every weight pairs up and fits a Linear/Conv2d layer of this pipeline; the
+    plan's deltas stacked in groups of at most `group_bytes` of updates."""
     dora = next((key for key in tensors if "dora_scale" in key), None)
     if dora is not None:
         # diffusers' converter drops DoRA magnitudes with a warning: applying the rest would not be the trained LoRA.
@@ -118,7 +124,31 @@ def plan_lora(pipeline: StableDiffusionXLPipeline, tensors: LoraTensors) -> Lora
         deltas.append(LayerDelta(component, resolved, down, up, alpha / down.shape[0] if alpha else 1.0))
     if not deltas:
         raise lora_load_failed("LoRA file holds no LoRA weights")
-    return LoraPlan(tuple(deltas))
+    return grouped(deltas, group_bytes)
+
+
+def layers_of(
+    deltas: tuple[LayerDelta, ...] | list[LayerDelta],
+) -> list[tuple[tuple[str, str], torch.Tensor, torch.Tensor, float]]:
+    """The deltas as the (key, down, up, alpha_scale) rows that `stack_groups` takes."""
+    return [((d.component, d.module_path), d.down, d.up, d.alpha_scale) for d in deltas]
+
+
+def _with_groups(deltas: tuple[LayerDelta, ...] | list[LayerDelta], groups: tuple[FuseGroup, ...]) -> LoraPlan:
+    """A plan over `groups` whose deltas are views into the stacks (so nothing is held twice)."""
+    rows = {key: (group.down[i], group.up[i]) for group in groups for i, key in enumerate(group.keys)}
+    views = []
+    for d in deltas:
+        down, up = rows[(d.component, d.module_path)]
+        views.append(
+            LayerDelta(d.component, d.module_path, down.view(d.down.shape), up.view(d.up.shape), d.alpha_scale)
+        )
+    return LoraPlan(tuple(views), groups)
+
+
+def grouped(deltas: tuple[LayerDelta, ...] | list[LayerDelta], group_bytes: int = MAX_GROUP_UPDATE_BYTES) -> LoraPlan:
+    """The plan of these deltas with their stacks made (once, when the plan is made and cached)."""
+    return _with_groups(deltas, stack_groups(layers_of(deltas), group_bytes))
 
 
 def _resolve(encoder: nn.Module, component: str, path: str) -> tuple[nn.Module, str]:
@@ -167,9 +197,5 @@ def _check_shapes(layer: str, module: nn.Module, down: torch.Tensor, up: torch.T
 
 def pinned(plan: LoraPlan) -> LoraPlan:
     """The same plan with page-locked host tensors, so copies to the GPU run at full speed."""
-    return LoraPlan(
-        tuple(
-            LayerDelta(d.component, d.module_path, d.down.pin_memory(), d.up.pin_memory(), d.alpha_scale)
-            for d in plan.deltas
-        )
-    )
+    groups = plan.groups or stack_groups(layers_of(plan.deltas))
+    return _with_groups(plan.deltas, tuple(group.pinned() for group in groups))

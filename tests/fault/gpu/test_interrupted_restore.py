@@ -1,8 +1,10 @@
 """An interruption (a BaseException raised at any line, as Modal's `InputCancellation` is by its SIGUSR1 handler)
 in the middle of a request, or in the middle of restoring the base weights, never leaves them altered.
 
-The interruption is injected where a signal could land: `InterruptedCopy` stands in for the fuser's per-layer copy
-and raises `InputCancellation` before or after copying the k-th layer back; a UNet hook raises it mid-denoise.
+The interruption is injected where a signal could land: `InterruptedCopy` stands in for the fuser's copy of a batch
+of layers and raises `InputCancellation` before or after copying the k-th batch back; a UNet hook raises it
+mid-denoise. The engine here copies back 3 layers per batch (a worker does up to 1,024 in one foreach call), so
+that an interruption can land between batches as well as before the first and after the last.
 """
 
 from collections.abc import Iterator
@@ -21,10 +23,13 @@ from gpu.lora.fuser import LoraFuser
 from tests.support.engine import error_of, png_of, request, tiny_engine
 from tests.support.file_server import FileServer
 
+RESTORE_BATCH = 3
+
 
 class InterruptedCopy:
-    """Fault injection: the fuser's copy of one layer back to its original is interrupted by InputCancellation,
-    at the k-th layer (0-based), before or after the copy, `times` times (None: every time from then on)."""
+    """Fault injection: the fuser's copy of a batch of layers back to their originals is interrupted by
+    InputCancellation, at the k-th batch (0-based), before or after the copy, `times` times (None: every time
+    from then on)."""
 
     def __init__(self, fuser: LoraFuser, k: int, after_copy: bool = False, times: int | None = 1) -> None:
         self.real = fuser._copy_back
@@ -35,13 +40,13 @@ class InterruptedCopy:
     def _interrupt(self) -> None:
         if self.calls - 1 >= self.k and (self.times is None or self.raised < self.times):
             self.raised += 1
-            raise InputCancellation(f"interrupted at layer {self.calls - 1}")
+            raise InputCancellation(f"interrupted at batch {self.calls - 1}")
 
-    def __call__(self, key: tuple[str, str]) -> None:
+    def __call__(self, keys: list[tuple[str, str]]) -> None:
         self.calls += 1
         if not self.after_copy:
             self._interrupt()
-        self.real(key)
+        self.real(keys)
         if self.after_copy:
             self._interrupt()
 
@@ -62,7 +67,9 @@ def unet_interrupted(engine: SdxlLoraEngine) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path) -> SdxlLoraEngine:
-    return tiny_engine(tiny_model_dir)
+    engine = tiny_engine(tiny_model_dir)
+    engine.fuser.restore_batch = RESTORE_BATCH
+    return engine
 
 
 @pytest.fixture
@@ -82,8 +89,9 @@ def test_a_restore_interrupted_after_k_layers_is_finished_by_the_next_restore(
 ) -> None:
     before = fingerprint_pipeline(engine.pipeline)
     layers = fused_layers(engine, lora_files)
-    assert layers > 4 and fingerprint_pipeline(engine.pipeline) != before
-    k = {"first": 0, "second": 1, "middle": layers // 2, "last": layers - 1}[where]
+    batches = -(-layers // RESTORE_BATCH)
+    assert batches > 4 and fingerprint_pipeline(engine.pipeline) != before
+    k = {"first": 0, "second": 1, "middle": batches // 2, "last": batches - 1}[where]
     interrupted = InterruptedCopy(engine.fuser, k, after_copy)
     monkeypatch.setattr(engine.fuser, "_copy_back", interrupted)
 
@@ -95,8 +103,8 @@ def test_a_restore_interrupted_after_k_layers_is_finished_by_the_next_restore(
     assert engine.fuser.restore() == []
     assert fingerprint_pipeline(engine.pipeline) == before
     assert engine.fuser.pending == []
-    # Nothing was forgotten: the k-th layer (copied or not) and every one after it had stayed pending.
-    assert pending_after_interruption == layers - k
+    # Nothing was forgotten: the k-th batch (copied or not) and every one after it had stayed pending.
+    assert pending_after_interruption == layers - k * RESTORE_BATCH
 
 
 def test_a_restore_interrupted_in_its_comparison_is_verified_by_the_next_one(
@@ -152,7 +160,7 @@ def test_a_second_interruption_during_the_restore_does_not_skip_it(
     with unet_interrupted(engine), pytest.raises(InputCancellation) as caught:
         engine.generate(request(lora_url=lora_url))
     # The restore's interruption goes on once the restore is done, with the one that stopped the request in its chain.
-    assert str(caught.value) == "interrupted at layer 3"
+    assert str(caught.value) == "interrupted at batch 3"
     assert str(caught.value.__context__) == "Input was cancelled by user"
     assert interrupted.raised == 2
     assert fingerprint_pipeline(engine.pipeline) == before
@@ -165,6 +173,7 @@ def test_a_restore_interrupted_over_and_over_retires_the_worker(
     tiny_model_dir: Path, lora_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = tiny_engine(tiny_model_dir)
+    engine.fuser.restore_batch = RESTORE_BATCH
     interrupted = InterruptedCopy(engine.fuser, k=0, times=None)
     monkeypatch.setattr(engine.fuser, "_copy_back", interrupted)
     with pytest.raises(InputCancellation):

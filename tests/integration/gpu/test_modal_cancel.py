@@ -107,15 +107,15 @@ def test_a_cancel_while_the_engine_runs_stops_it_restores_the_weights_then_propa
 class CancelDuringCopy:
     """Fault injection: the first copy of a layer back to its original sends a cancel, then takes 0.3 s."""
 
-    def __init__(self, real_copy: Callable[[tuple[str, str]], None], cancel: CancelSignal) -> None:
+    def __init__(self, real_copy: Callable[[list[tuple[str, str]]], None], cancel: CancelSignal) -> None:
         self.real_copy, self.cancel, self.sent = real_copy, cancel, False
 
-    def __call__(self, key: tuple[str, str]) -> None:
+    def __call__(self, keys: list[tuple[str, str]]) -> None:
         if not self.sent:
             self.sent = True
             self.cancel.send()
             time.sleep(0.3)
-        self.real_copy(key)
+        self.real_copy(keys)
 
 
 def test_a_second_cancel_while_the_weights_are_restored_does_not_skip_the_wait(

@@ -26,6 +26,9 @@ def test_good_settings_have_no_problem_and_deploy() -> None:
         ({"MODAL_MIN_CONTAINERS": "-1"}, "MODAL_MIN_CONTAINERS"),
         ({"MODAL_MAX_CONTAINERS": "ten"}, "MODAL_MAX_CONTAINERS"),
         ({"MODAL_MIN_CONTAINERS": "5", "MODAL_MAX_CONTAINERS": "2"}, "below MODAL_MIN_CONTAINERS"),
+        ({"MODAL_WORKER_COMPILE": "auto"}, "MODAL_WORKER_COMPILE must be on or off"),
+        ({"MODAL_WARMUP_SIZES": "1024x1000x"}, "MODAL_WARMUP_SIZES: '1024x1000x' is not WIDTHxHEIGHT"),
+        ({"MODAL_WARMUP_SIZES": "1024x1020"}, "MODAL_WARMUP_SIZES: '1024x1020': sides are multiples of 8"),
     ],
 )
 def test_a_broken_setting_is_refused_by_a_deploy_and_by_nothing_else(change: dict[str, str], named: str) -> None:
@@ -34,6 +37,14 @@ def test_a_broken_setting_is_refused_by_a_deploy_and_by_nothing_else(change: dic
         refuse_a_broken_deploy(settings, DEPLOY_ARGV)
     refuse_a_broken_deploy(settings, ["pytest"])  # a test, a container, the web endpoints: no refusal
     refuse_a_broken_deploy(settings, ["/usr/local/bin/modal", "serve", "gpu/modal_app.py"])
+
+
+def test_compile_is_off_and_1024_warmed_unless_asked() -> None:
+    settings = read(GOOD)
+    assert (settings.worker_compile, settings.warmup_sizes) == ("off", "1024x1024")
+    asked = read({**GOOD, "MODAL_WORKER_COMPILE": "ON", "MODAL_WARMUP_SIZES": "1024x1024,832x1216"})
+    assert (asked.worker_compile, asked.warmup_sizes, asked.problems) == ("on", "1024x1024,832x1216", ())
+    assert read({**GOOD, "MODAL_WARMUP_SIZES": ""}).warmup_sizes == ""  # no warm-up at all
 
 
 def test_the_app_imports_whatever_the_environment_says() -> None:

@@ -1,0 +1,106 @@
+"""Before serving: one short generation per warm-up size, so compiled code is loaded (or compiled) then, not on a
+user's request; the compile cache is saved when this process compiled anything new.
+
+`python -m gpu.warmup` does it for the engine the environment describes and prints what happened as JSON (the
+deployment can run it to fill the cache Volume; the tests run it twice to see the second process load the first's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from contracts.worker import WorkerError, WorkerRequest, WorkerSuccess
+from gpu.compile_cache import CacheCounts, CompileCache
+from gpu.compiled import is_compiled, uncompile_unet
+from gpu.engine import SdxlLoraEngine
+from gpu.settings import WorkerSettings
+
+log = logging.getLogger("gpu.warmup")
+WARMUP_STEPS = 2  # the first step compiles, the second runs the compiled code through its guards
+
+
+@dataclass
+class WarmUpReport:
+    """What the warm-up did: per size its seconds and image digest; the cache's hits and misses; what was saved."""
+
+    compiled: bool
+    # Why the compiled UNet was dropped for eager (its warm-up failed), if it was.
+    compile_failed: str | None = None
+    cache_loaded: bool = False
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_bytes_saved: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    image_sha256: dict[str, str] = field(default_factory=dict)
+
+
+def warm_up(
+    engine: SdxlLoraEngine, settings: WorkerSettings, commit: Callable[[], object] = lambda: None
+) -> WarmUpReport:
+    """Generate at each of `settings.warmup_sizes`; with a compiled UNet and a cache folder, load the cache first and
+    save it (then `commit`, e.g. the Volume's) when anything was compiled rather than loaded. A compiled UNet whose
+    warm-up fails is dropped for eager and the size tried again: the worker serves slower rather than not at all.
+    A failed eager warm-up is logged, never raised (each request answers for itself)."""
+    report = WarmUpReport(compiled=is_compiled(engine.pipeline))
+    cache_dir = settings.compile_cache_dir
+    cache = CompileCache(cache_dir, engine.device) if report.compiled and cache_dir is not None else None
+    if cache is not None:
+        report.cache_loaded = cache.load()
+    before = CacheCounts.now()
+    for width, height in settings.warmup_sizes:
+        label = f"{width}x{height}"
+        started = time.perf_counter()
+        outcome = _generate(engine, width, height)
+        if isinstance(outcome, WorkerError) and report.compiled:
+            report.compiled, report.compile_failed = False, f"{outcome.error_code}: {outcome.error}"[:300]
+            log.error("the compiled UNet failed its warm-up at %s (%s): serving eager", label, report.compile_failed)
+            uncompile_unet(engine.pipeline)
+            outcome = _generate(engine, width, height)
+        report.seconds[label] = round(time.perf_counter() - started, 3)
+        if isinstance(outcome, WorkerSuccess):
+            report.image_sha256[label] = hashlib.sha256(outcome.image_base64.encode()).hexdigest()
+        else:
+            log.error("warm-up at %s failed: %s (%s)", label, outcome.error, outcome.error_code)
+    counts = CacheCounts.now().since(before)
+    report.cache_hits, report.cache_misses = counts.hits, counts.misses
+    if cache is not None and report.compiled and counts.misses > 0:
+        report.cache_bytes_saved = cache.save()
+        commit()
+    log.info("warm-up done: %s", json.dumps(asdict(report)))
+    return report
+
+
+def _generate(engine: SdxlLoraEngine, width: int, height: int) -> WorkerSuccess | WorkerError:
+    return engine.generate(WorkerRequest(prompt="warm-up", width=width, height=height, steps=WARMUP_STEPS, seed=0))
+
+
+def warmed(engine: SdxlLoraEngine, settings: WorkerSettings) -> SdxlLoraEngine:
+    """The engine after its warm-up (for a factory that must return it)."""
+    warm_up(engine, settings)
+    return engine
+
+
+def main() -> int:
+    from gpu.bootstrap import build_engine
+    from gpu.log_setup import setup_worker_logging
+
+    setup_worker_logging()
+    settings = WorkerSettings()
+    engine = build_engine(settings)
+    report = warm_up(engine, settings)
+    print(json.dumps(asdict(report)))
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return 0 if len(report.image_sha256) == len(settings.warmup_sizes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
