@@ -31,6 +31,7 @@ typecheck: install
 # The whole suite: lint, types, then unit, integration, fault, e2e and the tiny benchmark test.
 test: install
 	scripts/ensure-services.sh
+	scripts/ensure-browser.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider

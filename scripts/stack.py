@@ -175,6 +175,7 @@ def usage_text(stack: LocalStack) -> str:
 stack is up (logs: {stack.config.run_dir}/<name>.log; stop it with `python scripts/stack.py down`)
   content  {content}    identity {identity}    gateway {gateway}/readyz {gateway}/metrics
   worker   {urls["worker"]}/healthz    S3 {urls["s3"]} (bucket {stack.config.bucket})
+  playground {content}/playground    (token: .venv/bin/python -m services.common.auth mint --sub <you>)
 
 curl session (needs jq; run it from the project root, where .run/auth-dev-secret is):
   AUTH="authorization: Bearer $(.venv/bin/python -m services.common.auth mint --sub demo-user)"

@@ -24,6 +24,8 @@ from services.content.generations import GenerationService, GenerationView
 from services.content.models import GenerationStatus
 from services.content.projection import IdentityProjection
 from services.content.schemas import (
+    AvatarOut,
+    AvatarPage,
     AvatarStatusOut,
     GenerateRequest,
     GenerationErrorOut,
@@ -213,6 +215,26 @@ async def list_generations(
     """The caller's generations, newest first; pass `next_cursor` back as `cursor` for the next page."""
     page = await api.generations.list(principal.subject, limit=limit, cursor=cursor, avatar_id=avatar_id, status=status)
     return GenerationPage(items=[generation_out(view) for view in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/avatars")
+async def list_avatars(
+    principal: CurrentPrincipal, api: Api, limit: PageLimit = DEFAULT_PAGE_SIZE, cursor: PageCursor = None
+) -> AvatarPage:
+    """The caller's avatars that content knows from identity's events (deleted ones left out), newest first, each
+    with whether it can generate now; pass `next_cursor` back as `cursor` for the next page."""
+    page = await api.projection.list_avatars(principal.subject, limit=limit, cursor=cursor)
+    items = [
+        AvatarOut(
+            id=status.avatar.id,
+            name=status.avatar.name,
+            active_lora_id=status.avatar.active_lora_id,
+            ready=status.ready,
+            created_at=status.avatar.created_at,
+        )
+        for status in page.items
+    ]
+    return AvatarPage(items=items, next_cursor=page.next_cursor)
 
 
 @router.get("/avatars/{avatar_id}", responses=error_responses(404))

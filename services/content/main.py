@@ -14,6 +14,7 @@ from services.common import metrics as service_metrics
 from services.common.auth import TokenVerifier, install_verifier
 from services.common.changes import ChangeFeed, ChangeHub
 from services.common.consumer import Consumer
+from services.common.cors import install_cors
 from services.common.db import database_unreachable
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
@@ -22,6 +23,7 @@ from services.common.retention import Bookkeeping, running_retention
 from services.common.runtime import open_broker, open_database, running_consumers, running_relay
 from services.common.signed_links import LinkSigner
 from services.common.storage import ObjectStorage, StorageConfig
+from services.content import playground
 from services.content.admission import AdmissionLimits
 from services.content.api import ContentApi, router
 from services.content.consumers import generation_results_handler, identity_events_handler
@@ -135,6 +137,7 @@ def create_app(settings: ContentSettings) -> FastAPI:
 
     app = build_app(lifespan)
     install_verifier(app, TokenVerifier.from_settings(settings))
+    install_cors(app, settings.cors_origins)
     return app
 
 
@@ -152,6 +155,7 @@ def build_app(lifespan: Lifespan | None = None) -> FastAPI:
     )
     install_error_handlers(app, unavailable=database_unreachable)
     app.include_router(router)
+    app.include_router(playground.router)
     app.include_router(health.router)
     app.include_router(service_metrics.router)
     return app

@@ -44,12 +44,16 @@ class AvatarProjection(Base):
     """What content knows of an avatar, from identity's events (ids as identity sends them)."""
 
     __tablename__ = "content_avatars"
+    # The owner's avatars, newest first (GET /api/v1/content/avatars).
+    __table_args__ = (Index("ix_content_avatars_owner_created", "owner_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     owner_id: Mapped[str] = mapped_column(String(128))
     name: Mapped[str] = mapped_column(String(200))
     active_lora_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The time of the first identity event applied (the avatar's creation, when events come in order).
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # The time of the newest identity event applied: an older one arriving late changes nothing.
     source_time: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)

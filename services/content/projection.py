@@ -14,6 +14,7 @@ from contracts.events import AvatarEvent, EventPayload, EventType, LoraEvent
 from contracts.topology import CONTENT_IDENTITY_EVENTS
 from services.common.http_errors import NotFoundError
 from services.common.inbox import mark_processed
+from services.common.pagination import Cursor, Page, page_of
 from services.content import decisions, repository
 from services.content.decisions import UnexpectedEventError
 from services.content.generations import utc_now
@@ -45,6 +46,21 @@ class IdentityProjection:
             lora = await repository.get_lora(session, avatar.active_lora_id) if avatar.active_lora_id else None
         return AvatarStatus(avatar, decisions.avatar_is_ready(avatar, lora))
 
+    async def list_avatars(self, owner_id: str, *, limit: int, cursor: str | None) -> Page[AvatarStatus]:
+        """A page of the owner's avatars content knows (deleted ones left out), newest first, each with whether a
+        generation for it would be accepted now."""
+        after = Cursor.decode(cursor) if cursor else None
+        async with self._sessions() as session:
+            rows = await repository.list_avatars(session, owner_id, limit=limit + 1, after=after)
+            page = page_of(rows, limit)
+            lora_ids = [avatar.active_lora_id for avatar in page.items if avatar.active_lora_id]
+            loras = await repository.get_loras(session, lora_ids)
+        items = [
+            AvatarStatus(avatar, decisions.avatar_is_ready(avatar, loras.get(avatar.active_lora_id or "")))
+            for avatar in page.items
+        ]
+        return Page(items, page.next_cursor)
+
     async def apply(self, envelope: EventEnvelope, payload: EventPayload) -> None:
         """Project an avatar.* or lora.* event, once (inbox), in one transaction."""
         event_type = EventType(envelope.type)
@@ -65,7 +81,7 @@ class IdentityProjection:
         if not decisions.avatar_event_applies(row, event_type, event_time):
             return
         if row is None:
-            row = AvatarProjection(id=payload.avatar_id, deleted=False)
+            row = AvatarProjection(id=payload.avatar_id, deleted=False, created_at=event_time)
             session.add(row)
         row.owner_id = payload.owner_id
         row.name = payload.name

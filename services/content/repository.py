@@ -39,6 +39,31 @@ async def get_lora(session: AsyncSession, lora_id: str, *, for_update: bool = Fa
     return (await session.execute(query)).scalar_one_or_none()
 
 
+async def list_avatars(
+    session: AsyncSession, owner_id: str, *, limit: int, after: Cursor | None
+) -> list[AvatarProjection]:
+    """Up to `limit` of the owner's avatars that are not deleted, newest first, after the cursor's row (keyset:
+    created_at, id)."""
+    query = select(AvatarProjection).where(AvatarProjection.owner_id == owner_id, AvatarProjection.deleted.is_(False))
+    if after is not None:
+        query = query.where(
+            or_(
+                AvatarProjection.created_at < after.created_at,
+                (AvatarProjection.created_at == after.created_at) & (AvatarProjection.id < str(after.id)),
+            )
+        )
+    query = query.order_by(AvatarProjection.created_at.desc(), AvatarProjection.id.desc()).limit(limit)
+    return list((await session.execute(query)).scalars())
+
+
+async def get_loras(session: AsyncSession, lora_ids: Sequence[str]) -> dict[str, LoraProjection]:
+    """The projected LoRAs among `lora_ids`, by id."""
+    if not lora_ids:
+        return {}
+    query = select(LoraProjection).where(LoraProjection.id.in_(lora_ids))
+    return {lora.id: lora for lora in (await session.execute(query)).scalars()}
+
+
 async def get_generation(
     session: AsyncSession, generation_id: uuid.UUID, *, for_update: bool = False
 ) -> Generation | None:

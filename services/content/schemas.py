@@ -187,3 +187,17 @@ class AvatarStatusOut(BaseModel):
     active_lora_id: str | None
     ready: bool
     deleted: bool
+
+
+class AvatarOut(BaseModel):
+    """One of the caller's avatars as content knows it from identity's events."""
+
+    id: str
+    name: str
+    active_lora_id: str | None
+    ready: bool = Field(description="a generation for it would be accepted now (its active LoRA is ready)")
+    created_at: datetime = Field(description="when content first heard of it")
+
+
+class AvatarPage(PageOut[AvatarOut]):
+    """A page of the caller's avatars (deleted ones left out), newest first."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from services.common.auth import AuthSettings, auth_secret_values
 from services.common.auth.settings import short_secret_reason
+from services.common.cors import parse_origins
 from services.common.migrations import migrate_on_start_field
 from services.common.retention import RetentionSettings
 from services.common.runtime import TopologySettings
@@ -118,6 +120,14 @@ class ContentSettings(
         default=600, ge=10, le=24 * 3600, validation_alias="CONTENT_STREAM_LINK_TTL_SECONDS"
     )
     stream_link_secret: SecretStr | None = Field(default=None, validation_alias="CONTENT_STREAM_LINK_SECRET")
+    # Origins of browser pages on other hosts that may call the API ("https://app.example.com,http://localhost:5173"
+    # or a JSON list). Empty: no CORS headers at all; the playground at /playground is same-origin and needs none.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(default=(), validation_alias="CONTENT_CORS_ORIGINS")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> tuple[str, ...]:
+        return parse_origins(value, "CONTENT_CORS_ORIGINS")
 
     @field_validator("stream_link_secret", mode="before")
     @classmethod

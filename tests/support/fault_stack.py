@@ -200,11 +200,11 @@ def fault_stack(rabbitmq_url: str, pg_admin_url: str, model_dir: Path, run_dir: 
             asyncio.run(drop_test_database(pg_admin_url, url))
 
 
-def avatar_with_lora(stack: LocalStack, auth: dict[str, str], lora: bytes) -> str:
-    """A new avatar of the owner with a ready LoRA (uploaded through the S3 proxy's presigned URL)."""
+def avatar_with_lora(stack: LocalStack, auth: dict[str, str], lora: bytes, name: str = "fault avatar") -> str:
+    """A new avatar of the owner with a ready LoRA (uploaded through the stack's presigned URL)."""
     urls = stack.urls()
     with httpx.Client(timeout=30.0) as client:
-        avatar_id = flow.create_avatar(client, urls["identity"], auth, name="fault avatar")
+        avatar_id = flow.create_avatar(client, urls["identity"], auth, name=name)
         flow.register_lora(client, urls["identity"], auth, avatar_id, lora)
         flow.wait_avatar_ready(client, urls["content"], auth, avatar_id)
     return avatar_id

@@ -148,6 +148,27 @@ async def test_someone_elses_avatar_is_404_on_its_status_and_on_generate(
     assert (await content.get(f"{PREFIX}/avatars/{avatar_id}", headers=owner)).json()["ready"] is True
 
 
+async def test_the_avatar_list_holds_only_the_callers_avatars_and_needs_a_token(
+    content: httpx.AsyncClient, publisher: Publisher
+) -> None:
+    owner_id = new_owner()
+    owner = bearer(owner_id)
+    first, _ = await ready_avatar(content, publisher, owner_id, owner)
+    second, _ = await ready_avatar(content, publisher, owner_id, owner)
+    stranger_id = new_owner()
+    await ready_avatar(content, publisher, stranger_id, bearer(stranger_id))
+
+    mine = await content.get(f"{PREFIX}/avatars", headers=owner)
+    theirs = await content.get(f"{PREFIX}/avatars", headers=bearer(new_owner()))
+    anonymous = await content.get(f"{PREFIX}/avatars")
+
+    assert mine.status_code == 200, mine.text
+    assert [(item["id"], item["ready"]) for item in mine.json()["items"]] == [(second, True), (first, True)]
+    assert mine.json()["items"][0]["name"] and mine.json()["next_cursor"] is None
+    assert theirs.json() == {"items": [], "next_cursor": None}
+    assert (anonymous.status_code, anonymous.json()["error_code"]) == (401, "UNAUTHORIZED")
+
+
 async def test_someone_elses_generation_is_404_on_get_cancel_and_events(
     content: httpx.AsyncClient, publisher: Publisher
 ) -> None:

@@ -156,3 +156,34 @@ async def test_a_payload_that_is_not_an_identity_event_is_refused_and_not_marked
         await projection.apply(*_pair(started))
 
     assert await _inbox_rows(sessions) == 0
+
+
+async def test_the_owners_avatars_list_newest_first_with_names_and_readiness_and_pages(
+    projection: IdentityProjection,
+) -> None:
+    ready_id, _ = await _known_avatar(projection)  # created at T0
+    later = [uuid.uuid4() for _ in range(2)]
+    for offset, avatar_id in enumerate(later, start=1):
+        created = AvatarCreated(avatar_id=str(avatar_id), owner_id=OWNER, name=f"later {offset}")
+        await projection.apply(*_pair(created, T0 + timedelta(minutes=offset)))
+    gone = uuid.uuid4()
+    await projection.apply(*_pair(AvatarCreated(avatar_id=str(gone), owner_id=OWNER, name="gone"), T0))
+    await projection.apply(*_pair(AvatarDeleted(avatar_id=str(gone), owner_id=OWNER, name="gone"), T0))
+    await _known_avatar(projection, owner_id="o2")
+    # A later rename does not move an avatar up: the order is when content first heard of it.
+    renamed = AvatarUpdated(avatar_id=str(ready_id), owner_id=OWNER, name="renamed", active_lora_model_id=None)
+    await projection.apply(*_pair(renamed, T0 + timedelta(hours=1)))
+
+    first = await projection.list_avatars(OWNER, limit=2, cursor=None)
+    assert first.next_cursor is not None
+    rest = await projection.list_avatars(OWNER, limit=2, cursor=first.next_cursor)
+
+    listed = [(s.avatar.id, s.avatar.name, s.ready) for s in [*first.items, *rest.items]]
+    assert listed == [
+        (str(later[1]), "later 2", False),
+        (str(later[0]), "later 1", False),
+        (str(ready_id), "renamed", False),  # the rename took its active LoRA away
+    ]
+    assert rest.next_cursor is None
+    everything = await projection.list_avatars("o2", limit=10, cursor=None)
+    assert [s.ready for s in everything.items] == [True]

@@ -145,4 +145,7 @@ def test_the_wheel_the_images_install_carries_what_the_services_read_at_run_time
         assert f"services/{service}/migrations/script.py.mako" in names
         assert any(n.startswith(f"services/{service}/migrations/versions/0001_") for n in names), service
     assert "contracts/lora_targets/sdxl-base-1.0.json" in names
+    # The playground's page, served by content from its package folder.
+    for asset in ("index.html", "playground.css", "playground.js"):
+        assert f"services/content/playground/{asset}" in names
     assert not [n for n in names if n.startswith("tests/")]

@@ -1,4 +1,5 @@
-"""The launcher's pure parts: ports and names from the environment, database URLs, commands, health answers."""
+"""The launcher's pure parts: ports and names from the environment, database URLs, commands, health answers, and
+what `up` prints."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from scripts.stack import usage_text
 from scripts.stacklib.config import DEFAULT_PORTS, StackConfig, database_urls, from_environment, service_specs
 from scripts.stacklib.processes import (
     FALLBACK_PORTS,
@@ -15,6 +17,7 @@ from scripts.stacklib.processes import (
     listen_ports,
     read_ephemeral_range,
 )
+from scripts.stacklib.runner import LocalStack
 
 
 def test_defaults_are_the_documented_ports() -> None:
@@ -85,3 +88,10 @@ def test_a_start_failure_names_the_last_log_line_on_its_first_line() -> None:
     tail = "INFO: loading\nERROR: [Errno 98] address already in use\n\n"
     assert last_line(tail) == "ERROR: [Errno 98] address already in use"
     assert last_line("") == "(empty log)"
+
+
+def test_up_names_the_playground_and_how_to_mint_its_token() -> None:
+    text = usage_text(LocalStack(from_environment({})))
+
+    assert "playground http://127.0.0.1:8000/playground" in text
+    assert "python -m services.common.auth mint --sub" in text
