@@ -69,8 +69,15 @@ class LoraFuser:
         return [f"{c}.{p}" for c, p in dict.fromkeys(self._touched)]
 
     def _copy_back(self, keys: list[LayerKey]) -> None:
-        """Copy these layers' pristine originals over them (exact), in one foreach copy."""
-        torch._foreach_copy_([self._weight(*key) for key in keys], [self._pristine[key] for key in keys])
+        """Copy these layers' pristine originals over them (exact), in one foreach copy; from host memory a copy
+        per layer (the transfers dominate there, and the foreach kernels are made for lists on one device)."""
+        weights = [self._weight(*key) for key in keys]
+        originals = [self._pristine[key] for key in keys]
+        if self.pristine_device == "cpu":
+            for weight, original in zip(weights, originals, strict=True):
+                weight.copy_(original)
+        else:
+            torch._foreach_copy_(weights, originals)
 
     def _altered(self, keys: list[LayerKey]) -> list[str]:
         """The layers that differ from their originals."""
