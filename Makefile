@@ -8,7 +8,7 @@ EXTRAS := services,gpu,s3local,modal,test
 FIND_LINKS := $(shell [ -d /opt/wheels ] && echo --find-links /opt/wheels)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: install test lint typecheck unit demo up down bench bench-tiny bench-platform tiny-model clean schemas
+.PHONY: install test lint typecheck unit demo up down playground bench bench-tiny bench-platform tiny-model clean schemas
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,10 @@ demo: install
 
 up: install
 	$(BIN)/python scripts/stack.py up
+
+# On the stack `make up` started: a token for SUB (default playground-user) and an avatar of theirs with a ready LoRA.
+playground: install
+	$(BIN)/python scripts/stack.py playground --sub $(or $(SUB),playground-user)
 
 down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/stack.py down; else echo "nothing to stop"; fi

@@ -3,6 +3,7 @@
 demo  start S3, worker, identity, content and gateway; make one image through the public APIs into ./out/;
       stop everything it started (on success, failure or Ctrl-C).
 up    start the same stack and leave it running (logs in .run/<name>.log, PIDs in .run/stack.json).
+playground  on the running stack: print a token for --sub, with an avatar of theirs ready (made if they have none).
 down  stop what .run/stack.json lists.
 """
 
@@ -38,10 +39,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Subcommand and the overrides of ports, names and folders."""
     parser = argparse.ArgumentParser(prog="python scripts/stack.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("demo", "up", "down"):
+    for name in ("demo", "up", "playground", "down"):
         sub = commands.add_parser(name)
         sub.add_argument("--run-dir", type=Path, default=None, help="logs, stack.json, SQLite files (.run)")
-        if name == "down":
+        if name == "playground":
+            sub.add_argument("--sub", default="playground-user", help="the owner the token speaks for")
+        if name in ("down", "playground"):
             continue
         sub.add_argument("--host", default=None, help="interface every service binds (127.0.0.1)")
         for service in SERVICE_NAMES:
@@ -63,7 +66,7 @@ def config_from(args: argparse.Namespace) -> StackConfig:
     config = from_environment()
     if args.run_dir is not None:
         config = replace(config, run_dir=args.run_dir.resolve())
-    if args.command == "down":
+    if args.command in ("down", "playground"):
         return config
     if args.free_ports:
         config = config.with_free_ports()
@@ -167,6 +170,23 @@ def up(config: StackConfig) -> int:
     return 0
 
 
+def playground(args: argparse.Namespace, config: StackConfig) -> int:
+    """A token and a ready avatar for the playground, on the stack `up` started."""
+    from scripts.stacklib.playground import prepare
+
+    try:
+        access = prepare(config, args.sub)
+    except StackError as error:
+        report_failure(error)
+        return EXIT_FAILED
+    made = "made now, with the tiny LoRA" if access.created else "already there"
+    print(f"playground  {access.url}", flush=True)
+    print(f"avatar      {access.avatar_id} ({made})", flush=True)
+    print(f"token       {access.token}", flush=True)
+    print(f"            (owner {args.sub!r}; paste it into the page's token field; valid 8 hours)", flush=True)
+    return 0
+
+
 def usage_text(stack: LocalStack) -> str:
     """The URLs and a curl session against the running stack."""
     urls = stack.urls()
@@ -175,7 +195,7 @@ def usage_text(stack: LocalStack) -> str:
 stack is up (logs: {stack.config.run_dir}/<name>.log; stop it with `python scripts/stack.py down`)
   content  {content}    identity {identity}    gateway {gateway}/readyz {gateway}/metrics
   worker   {urls["worker"]}/healthz    S3 {urls["s3"]} (bucket {stack.config.bucket})
-  playground {content}/playground    (token: .venv/bin/python -m services.common.auth mint --sub <you>)
+  playground {content}/playground    (a token and a ready avatar: `make playground SUB=<you>`)
 
 curl session (needs jq; run it from the project root, where .run/auth-dev-secret is):
   AUTH="authorization: Bearer $(.venv/bin/python -m services.common.auth mint --sub demo-user)"
@@ -212,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from(args)
     if args.command == "down":
         return down(config)
+    if args.command == "playground":
+        return playground(args, config)
     # Explicit, so that Ctrl-C works even where SIGINT arrives ignored (a background job of a script).
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)

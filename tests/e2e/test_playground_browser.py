@@ -115,6 +115,12 @@ def test_the_playground_generates_cancels_compares_pages_and_shows_field_errors(
     avatar_id = avatar_with_lora(stack, auth, lora_files["a"].read_bytes(), name="Vixen (tiny LoRA)")
 
     page.goto(f"{content}/playground")
+    # An owner without avatars is told how to get one.
+    newcomer = stack.bearer(f"newcomer-{uuid.uuid4()}")["Authorization"].removeprefix("Bearer ")
+    page.get_by_test_id("token").fill(newcomer)
+    page.get_by_test_id("token-use").click()
+    expect(page.get_by_test_id("token-status")).to_contain_text("no avatar yet: run `make playground SUB=<you>`")
+
     page.get_by_test_id("token").fill(auth["Authorization"].removeprefix("Bearer "))
     page.get_by_test_id("token-use").click()
     expect(page.get_by_test_id("token-status")).to_contain_text("token accepted")

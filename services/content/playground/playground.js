@@ -75,7 +75,12 @@ async function start() {
   try {
     showLimits(await api(`${API}/limits`));
     const count = await loadAvatars();
-    setTokenStatus(`token accepted · ${count} avatar(s) known to content`, true);
+    if (count === 0) {
+      // Avatars are made through identity's API; `make playground` makes one with a tiny LoRA for the token's owner.
+      setTokenStatus("token accepted, but its owner has no avatar yet: run `make playground SUB=<you>`", false);
+    } else {
+      setTokenStatus(`token accepted · ${count} avatar(s) known to content`, true);
+    }
   } catch (error) {
     setTokenStatus(`token refused: ${error.message}`, false);
     return;
