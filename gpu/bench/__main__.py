@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,17 +41,26 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: the full benchmark needs a GPU (use --tiny on CPU)", file=sys.stderr)
         return 2
 
-    results = run_benchmark(config, device, dtype, compiled=args.compile)
-    measured_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results["measured_at"] = measured_at
-    print(table(results))
     out = args.out or Path("bench-results") / f"gpu-bench-{'tiny' if args.tiny else 'full'}-{int(time.time())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    print(f"\nresults: {out}")
-    if args.write_docs:
-        write_docs(results, args.write_docs, measured_at)
-        print(f"table written to {args.write_docs}")
+
+    def record(results: dict[str, Any]) -> None:
+        measured_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        results["measured_at"] = measured_at
+        print(table(results), flush=True)
+        out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print(f"\nresults: {out}", flush=True)
+        if args.write_docs:
+            write_docs(results, args.write_docs, measured_at)
+            print(f"table written to {args.write_docs}", flush=True)
+
+    def eager_done(results: dict[str, Any]) -> None:
+        # Recorded now: a run stopped while compiling (a device's time limit) still leaves the eager figures.
+        record(results)
+        print("\neager phases recorded; the fast path's phases follow (compiling takes minutes)\n", flush=True)
+
+    results = run_benchmark(config, device, dtype, compiled=args.compile, on_eager_done=eager_done)
+    record(results)
     contamination = results["contamination"]
     fast = results["compiled"] or {}
     exact = contamination["fingerprint_identical"] and contamination["first_image_repeats_exactly"]

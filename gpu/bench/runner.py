@@ -4,6 +4,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,10 +67,16 @@ def _swap_ms(outcome: WorkerSuccess) -> float:
 
 
 def run_benchmark(
-    config: BenchConfig, device: torch.device, dtype: torch.dtype, *, compiled: bool = False
+    config: BenchConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    compiled: bool = False,
+    on_eager_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Build the model, make three LoRAs, and run every phase (with `compiled`, the compiled UNet's phase last);
-    returns a JSON-ready dict."""
+    """Build the model, make three LoRAs, and run every phase (with `compiled`, the fast path's phases last, after
+    `on_eager_done` got the eager results: a run cut short while compiling still leaves them); returns a
+    JSON-ready dict."""
     from gpu.bench.loras import rank_for_bytes, synthetic_lora
 
     work = Path(tempfile.mkdtemp(prefix="vb-bench-"))
@@ -153,22 +160,7 @@ def run_benchmark(
     adapter_swaps = diffusers_adapter_swap_ms(pipeline, lora_file, config.runs)
     residue = fuse_unfuse_residue(pipeline, lora_file)
     restored_after_comparison = fingerprint_pipeline(pipeline) == fingerprint_before
-    half_vae = half_vae_phase(engine, request, urls[0], runs=config.runs, summarize=summary) if compiled else None
-    fast = (
-        compiled_phase(
-            engine,
-            request,
-            urls,
-            runs=config.runs,
-            alternating=config.contamination_requests,
-            alternating_steps=config.contamination_steps,
-            summarize=summary,
-        )
-        if compiled
-        else None
-    )
-
-    return {
+    results = {
         "config": asdict(config),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": str(dtype).removeprefix("torch."),
@@ -191,13 +183,28 @@ def run_benchmark(
             "fuse_unfuse_residue": residue,
             "weights_restored_after_comparison": restored_after_comparison,
         },
-        "half_vae": half_vae,
-        "compiled": fast,
+        "half_vae": None,
+        "compiled": None,
         "pristine_copy_gib": round(engine.fuser.pristine_bytes / 1024**3, 3),
         "peak_gpu_memory_gib": (
             round(torch.cuda.max_memory_allocated(device) / 1024**3, 2) if device.type == "cuda" else None
         ),
     }
+    if not compiled:
+        return results
+    if on_eager_done is not None:
+        on_eager_done(results)
+    results["half_vae"] = half_vae_phase(engine, request, urls[0], runs=config.runs, summarize=summary)
+    results["compiled"] = compiled_phase(
+        engine,
+        request,
+        urls,
+        runs=config.runs,
+        alternating=config.contamination_requests,
+        alternating_steps=config.contamination_steps,
+        summarize=summary,
+    )
+    return results
 
 
 def _versions() -> dict[str, str]:
