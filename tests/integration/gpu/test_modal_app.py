@@ -37,11 +37,13 @@ def test_modal_class_generate_path_runs_the_tiny_model(
 
     monkeypatch.setenv("MODEL_DIR", str(tiny_model_dir))
     monkeypatch.setenv("WORKER_MODE", "local")
+    monkeypatch.setenv("WORKER_WARMUP_SIZES", "64x64")
     monkeypatch.delenv("LORA_CACHE_DIR", raising=False)
     user_cls = modal_app.SdxlLoraWorker._get_user_cls()
     worker = user_cls.__new__(user_cls)
     raw_method(user_cls, "load")(worker)  # before the snapshot: CPU
-    raw_method(user_cls, "to_gpu")(worker)  # after restore: no GPU here, stays on CPU
+    raw_method(user_cls, "to_gpu")(worker)  # after restore: no GPU here, stays on CPU; then the warm-up
+    assert worker.runtime.engine.requests_served == 1  # the warm-up's generation, before the first input
 
     url = file_server.add("/a.safetensors", lora_files["a"].read_bytes())
     payload = {"prompt": "sks", "width": 64, "height": 64, "steps": 2, "lora_url": url}
