@@ -7,13 +7,14 @@ PLAYGROUND_SCREENSHOT names where the screenshot goes (docs/playground.png for t
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect, sync_playwright
 
 from scripts.stacklib.runner import LocalStack
 from tests.support.fault_stack import avatar_with_lora
@@ -102,6 +103,18 @@ def _image_size(page: Page, run: int) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def _submit(page: Page) -> Locator:
+    """Submit the form; the card of the new generation, once it has replaced the previous run's (which stays on
+    the page until the API has answered: a locator taken before would find the old card's statuses)."""
+    runs = page.get_by_test_id("run")
+    before = runs.first.get_attribute("data-id") if runs.count() else None
+    page.get_by_test_id("submit").click()
+    if before is not None:
+        expect(runs.first).not_to_have_attribute("data-id", before)
+    expect(runs.first).to_have_attribute("data-id", re.compile(r"^[0-9a-f-]{36}$"))
+    return page.locator(f'[data-testid="run"][data-id="{runs.first.get_attribute("data-id")}"]')
+
+
 def _gallery_ids(page: Page) -> list[str]:
     items = page.get_by_test_id("gallery-item")
     return list(items.evaluate_all("items => items.map(item => item.dataset.id)"))
@@ -129,8 +142,7 @@ def test_the_playground_generates_cancels_compares_pages_and_shows_field_errors(
 
     # One generation, followed through EventSource to its image.
     _fill(page, width="64", height="96", steps="3", seed="7", lora_scale="0.8")
-    page.get_by_test_id("submit").click()
-    run = page.get_by_test_id("run").first
+    run = _submit(page)
     expect(run.locator('li[data-status="completed"]')).to_be_visible(timeout=FINAL_WAIT_MS)
     assert _statuses(page) == ["queued", "running", "completed"]
     assert page.evaluate("window.__sse") == ["queued", "running", "completed"]
@@ -138,11 +150,20 @@ def test_the_playground_generates_cancels_compares_pages_and_shows_field_errors(
     expect(run.get_by_test_id("caption")).to_contain_text("seed 7 · 64×96 · 3 steps")
     expect(run.get_by_test_id("cancel")).to_be_hidden()
 
+    # The stream refused (as when its signed link has expired): the page follows the run with the token instead.
+    refuse_stream = "**/api/v1/content/*/events?*"
+    page.route(refuse_stream, lambda route: route.fulfill(status=401, content_type="application/json", body="{}"))
+    _fill(page, width="64", height="64", steps="2", seed="5")
+    run = _submit(page)
+    expect(run.locator('li[data-status="completed"]')).to_be_visible(timeout=FINAL_WAIT_MS)
+    assert _statuses(page) == ["queued", "running", "completed"]
+    assert _image_size(page, 0) == (64, 64)
+    page.unroute(refuse_stream)
+
     # A longer one (seconds on the tiny model's CPU), canceled while it is open. Not longer still: the worker may
     # finish it anyway, and the next runs wait for that.
     _fill(page, width="256", height="256", steps="40", seed="")
-    page.get_by_test_id("submit").click()
-    run = page.get_by_test_id("run").first
+    run = _submit(page)
     expect(run.locator('li[data-status="queued"]')).to_be_visible()
     run.get_by_test_id("cancel").click()
     expect(run.locator('li[data-status="canceled"]')).to_be_visible(timeout=FINAL_WAIT_MS)
@@ -160,7 +181,7 @@ def test_the_playground_generates_cancels_compares_pages_and_shows_field_errors(
     # Side by side: one prompt and seed, with the LoRA at 0.8 and without it.
     _fill(page, width="64", height="64", steps="3", seed="11", lora_scale="0.8", lora_scale_b="0")
     page.get_by_test_id("compare").check()
-    page.get_by_test_id("submit").click()
+    _submit(page)
     expect(page.get_by_test_id("error-width")).to_be_empty()
     expect(page.get_by_test_id("run")).to_have_count(2)
     for index in range(2):
@@ -175,17 +196,18 @@ def test_the_playground_generates_cancels_compares_pages_and_shows_field_errors(
         images = [client.get(f"{content}/api/v1/content/{run_id}", headers=auth).json()["image"] for run_id in pair]
     assert images[0]["sha256"] != images[1]["sha256"]  # the LoRA made a difference
 
-    # The gallery in pages of two: four generations, the second page holds the two older ones.
+    # The gallery in pages of two: five generations, so three pages, each of different ones, the last of one.
     _fill(page, **{"page-size": "2"})
     page.get_by_test_id("gallery-reload").click()
     expect(page.get_by_test_id("gallery-item")).to_have_count(2)
-    first_page = _gallery_ids(page)
-    page.get_by_test_id("gallery-more").click()
-    expect(page.get_by_test_id("gallery-item")).to_have_count(4)
-    second_page = _gallery_ids(page)[2:]
-    assert not set(first_page) & set(second_page)
+    pages = [_gallery_ids(page)]
+    for shown in (4, 5):
+        page.get_by_test_id("gallery-more").click()
+        expect(page.get_by_test_id("gallery-item")).to_have_count(shown)
+        pages.append(_gallery_ids(page)[len(pages) * 2 :])
+    assert [len(ids) for ids in pages] == [2, 2, 1] and len({i for ids in pages for i in ids}) == 5
     expect(page.get_by_test_id("gallery-more")).to_be_hidden()
-    oldest = page.get_by_test_id("gallery-item").nth(3)
+    oldest = page.get_by_test_id("gallery-item").nth(4)
     expect(oldest).to_have_attribute("data-status", "completed")
     oldest.get_by_test_id("same-seed").click()
     expect(page.get_by_test_id("seed")).to_have_value("7")
@@ -193,7 +215,7 @@ def test_the_playground_generates_cancels_compares_pages_and_shows_field_errors(
 
     _fill(page, **{"page-size": "8"})
     page.get_by_test_id("gallery-reload").click()
-    expect(page.get_by_test_id("gallery-item")).to_have_count(4)
+    expect(page.get_by_test_id("gallery-item")).to_have_count(5)
     for image in page.get_by_test_id("gallery-item").locator("img:visible").all():
         image.evaluate("img => img.decode()")
     screenshot = Path(os.environ.get("PLAYGROUND_SCREENSHOT") or tmp_path / "playground.png")

@@ -277,8 +277,9 @@ function follow(card, generation) {
     }
   });
   events.onerror = () => {
+    // CLOSED: the stream was refused (its signed link expired, say), not merely cut (EventSource reconnects then).
     if (events.readyState === EventSource.CLOSED && !FINAL.has(card.dataset.status)) {
-      card.querySelector(".run-error").textContent = "the event stream closed; reload the gallery to see the end";
+      pollUntilFinal(card);
     }
   };
   card.querySelector(".cancel").addEventListener("click", async (click) => {
@@ -294,6 +295,28 @@ function follow(card, generation) {
       click.target.disabled = false;
     }
   });
+}
+
+// Without the stream: ask with the token, each answer held until the generation changes or 30 s pass.
+async function pollUntilFinal(card) {
+  card.querySelector(".run-error").textContent = "the event stream was refused; following with the token instead";
+  while (!FINAL.has(card.dataset.status)) {
+    let generation;
+    try {
+      generation = await api(`${API}/${card.dataset.id}`, { headers: { Prefer: "wait=30" } });
+    } catch (error) {
+      card.querySelector(".run-error").textContent = error.message;
+      return;
+    }
+    addStatus(card, "queued", generation.created_at, generation);
+    if (generation.started_at) addStatus(card, "running", generation.started_at, generation);
+    if (FINAL.has(generation.status)) {
+      addStatus(card, generation.status, generation.finished_at || generation.updated_at, generation);
+    }
+    render(card, generation);
+  }
+  card.querySelector(".run-error").textContent = "";
+  loadGallery(true);
 }
 
 // ---- the gallery: keyset pages, "same seed again" ------------------------------------------------------------
