@@ -103,14 +103,15 @@ def demo(args: argparse.Namespace, config: StackConfig) -> int:
     began = time.monotonic()
     stack = LocalStack(config, say=say)
     lora_path = config.run_dir / "demo-lora.safetensors"
+    lora_log = config.run_dir / "demo-lora.log"
     writer = None
     try:
         stack.preflight()
         config.run_dir.mkdir(parents=True, exist_ok=True)
-        writer = start_lora_writer(stack, lora_path)
+        writer = start_lora_writer(config, lora_path, lora_log)
         stack.start()
         started = time.monotonic() - began
-        lora_bytes = finish_lora_writer(writer, lora_path, config.run_dir / "demo-lora.log")
+        lora_bytes = finish_lora_writer(writer, lora_path, lora_log)
         result = run_flow(
             stack,
             lora_bytes,

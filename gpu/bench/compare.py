@@ -1,4 +1,5 @@
-"""Side by side on the same model: the replaced LoRA strategies (diffusers adapters, fuse/unfuse) vs ours."""
+"""Side by side on the same model: the replaced LoRA strategies (diffusers adapters, fuse/unfuse) vs ours, and what
+the phases share to time them (our swap's cost in a request, a device sync)."""
 
 import time
 from typing import Any
@@ -6,6 +7,14 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load as load_safetensors
+
+from contracts.worker import WorkerSuccess
+
+
+def swap_ms(outcome: WorkerSuccess) -> float:
+    """Our swap's cost in a request: fusing the LoRA (load_ms) plus restoring the base weights (restore_ms)."""
+    assert outcome.timings is not None
+    return outcome.timings.load_ms + outcome.timings.restore_ms
 
 
 def synchronize(device: torch.device) -> None:

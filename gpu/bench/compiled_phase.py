@@ -13,8 +13,10 @@ from typing import Any
 import torch
 
 from contracts.worker import WorkerSuccess
+from gpu.bench.compare import swap_ms
 from gpu.compile_cache import CacheCounts, CompileCache
 from gpu.compiled import compile_unet, uncompile_unet
+from gpu.decode import decodes_in_half
 from gpu.engine import SdxlLoraEngine
 from gpu.fingerprint import fingerprint_pipeline
 
@@ -22,15 +24,10 @@ Request = Callable[..., WorkerSuccess]
 Summary = Callable[[list[float]], dict[str, float]]
 
 
-def _swap_ms(outcome: WorkerSuccess) -> float:
-    assert outcome.timings is not None
-    return outcome.timings.load_ms + outcome.timings.restore_ms
-
-
 def half_vae_phase(engine: SdxlLoraEngine, request: Request, url: str, *, runs: int, summarize: Summary) -> Any:
     """Warm requests with a cached LoRA swap, the VAE decoding in half precision first (WORKER_VAE_HALF=on); the
     decoder is left in that mode for the compiled phase."""
-    engine.decoder.half_first = engine.pipeline.vae.dtype in (torch.float16, torch.bfloat16)
+    engine.decoder.half_first = decodes_in_half("on", engine.pipeline.vae)
     if not engine.decoder.half_first:
         return None  # a fp32 model (the tiny one on CPU): nothing to halve
     request(url)
@@ -82,7 +79,7 @@ def compiled_phase(
     return {
         "first_request_seconds": round(first_seconds, 2),
         "warm_cached_lora_seconds": summarize([o.generation_time_seconds for o in warm]),
-        "cached_swap_ms": summarize([_swap_ms(o) for o in warm]),
+        "cached_swap_ms": summarize([swap_ms(o) for o in warm]),
         "alternating_requests": alternating,
         "recompilations": counters["stats"]["unique_graphs"] - graphs_after_first,
         "fingerprint_identical": fingerprint_pipeline(pipeline) == before,

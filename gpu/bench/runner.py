@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from contracts.worker import WorkerRequest, WorkerSuccess
-from gpu.bench.compare import diffusers_adapter_swap_ms, fuse_unfuse_residue, synchronize
+from gpu.bench.compare import diffusers_adapter_swap_ms, fuse_unfuse_residue, swap_ms, synchronize
 from gpu.bench.compiled_phase import compiled_phase, half_vae_phase
 from gpu.engine import SdxlLoraEngine
 from gpu.fingerprint import fingerprint_pipeline
@@ -59,11 +59,6 @@ def _ok(outcome: object) -> WorkerSuccess:
     if not isinstance(outcome, WorkerSuccess):
         raise RuntimeError(f"benchmark request failed: {outcome}")
     return outcome
-
-
-def _swap_ms(outcome: WorkerSuccess) -> float:
-    assert outcome.timings is not None
-    return outcome.timings.load_ms + outcome.timings.restore_ms
 
 
 def run_benchmark(
@@ -138,7 +133,7 @@ def run_benchmark(
         store.memory = MemoryLoraCache[LoraPlan](8 * 1024 * MiB)
         outcome = request(urls[1], small=True, steps=1)
         assert outcome.timings is not None and outcome.timings.lora_source == "disk_cache"
-        uncached.append(_swap_ms(outcome))
+        uncached.append(swap_ms(outcome))
 
     request(None)  # warm-up at full size
     request(urls[0])  # puts LoRA 0 in the memory cache
@@ -170,7 +165,7 @@ def run_benchmark(
         "lora": {"rank": rank, "bytes": lora_bytes, "count": 3},
         "warm_no_lora_seconds": summary(base),
         "warm_cached_lora_seconds": summary([o.generation_time_seconds for o in with_lora]),
-        "cached_swap_ms": summary([_swap_ms(o) for o in with_lora]),
+        "cached_swap_ms": summary([swap_ms(o) for o in with_lora]),
         "uncached_swap_from_disk_ms": summary(uncached),
         "contamination": {
             "requests": config.contamination_requests,

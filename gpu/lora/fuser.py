@@ -9,8 +9,8 @@ not a layer: a full-size LoRA touches ~560 layers, and kernel launches, not arit
 import torch
 
 from gpu.errors import lora_load_failed
-from gpu.lora.groups import LayerKey, stack_groups
-from gpu.lora.plan import LoraPlan, layers_of
+from gpu.lora.groups import LayerKey
+from gpu.lora.plan import LoraPlan
 
 # Layers copied back per `_copy_back` call: one foreach copy each (the foreach kernels chunk lists themselves).
 RESTORE_BATCH = 1024
@@ -49,7 +49,7 @@ class LoraFuser:
         """Add every delta of the plan (times scale) into its layer; returns the number of layers changed."""
         if self._touched:
             raise RuntimeError("a LoRA is already fused: restore first")
-        for group in plan.groups or stack_groups(layers_of(plan.deltas)):
+        for group in plan.fuse_groups():
             weights = [self._weight(*key) for key in group.keys]
             for key, weight in zip(group.keys, weights, strict=True):
                 self._keep_pristine(key, weight)

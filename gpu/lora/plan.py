@@ -40,10 +40,14 @@ class LayerDelta:
 @dataclass(frozen=True)
 class LoraPlan:
     """Every layer delta of one LoRA, ready to fuse into this pipeline's architecture. `groups` holds the deltas
-    stacked by shape (`grouped`); the fuser stacks them itself for a plan made without."""
+    stacked by shape (`grouped`); `fuse_groups` stacks them for a plan made without."""
 
     deltas: tuple[LayerDelta, ...]
     groups: tuple[FuseGroup, ...] = ()
+
+    def fuse_groups(self) -> tuple[FuseGroup, ...]:
+        """The stacks to fuse: the plan's own, else made now from its deltas (a plan built by hand)."""
+        return self.groups or stack_groups(layers_of(self.deltas))
 
     @property
     def nbytes(self) -> int:
@@ -197,5 +201,4 @@ def _check_shapes(layer: str, module: nn.Module, down: torch.Tensor, up: torch.T
 
 def pinned(plan: LoraPlan) -> LoraPlan:
     """The same plan with page-locked host tensors, so copies to the GPU run at full speed."""
-    groups = plan.groups or stack_groups(layers_of(plan.deltas))
-    return _with_groups(plan.deltas, tuple(group.pinned() for group in groups))
+    return _with_groups(plan.deltas, tuple(group.pinned() for group in plan.fuse_groups()))

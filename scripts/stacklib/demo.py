@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from scripts.stacklib import flow
+from scripts.stacklib.config import StackConfig
 from scripts.stacklib.runner import LocalStack, Say, StackError
 
 
@@ -28,14 +29,14 @@ class DemoResult:
     phases: dict[str, float] = field(default_factory=dict)
 
 
-def start_lora_writer(stack: LocalStack, path: Path, seed: int = 1) -> subprocess.Popen[bytes]:
-    """Write the tiny LoRA in the background while the stack starts (it loads torch: a few seconds)."""
+def start_lora_writer(config: StackConfig, path: Path, log: Path, seed: int = 1) -> subprocess.Popen[bytes]:
+    """Write the tiny LoRA in the background (it loads torch: a few seconds), e.g. while the stack starts."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    log = stack.config.run_dir / "demo-lora.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as handle:
         return subprocess.Popen(  # noqa: S603 - fixed module, a path we chose
-            [stack.config.python, "-m", "gpu.tiny", "lora", "--out", str(path), "--seed", str(seed)],
-            cwd=stack.config.root,
+            [config.python, "-m", "gpu.tiny", "lora", "--out", str(path), "--seed", str(seed)],
+            cwd=config.root,
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -3,14 +3,13 @@ owner and, unless the owner has one already, an avatar with a ready tiny LoRA, m
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
 from scripts.stacklib import flow
 from scripts.stacklib.config import StackConfig
+from scripts.stacklib.demo import finish_lora_writer, start_lora_writer
 from scripts.stacklib.runner import StackError, read_state
 
 # A working session's length: long enough not to paste a new token every hour.
@@ -37,21 +36,11 @@ def running_urls(config: StackConfig) -> dict[str, str]:
     return {str(name): str(url) for name, url in urls.items()}
 
 
-def tiny_lora(config: StackConfig, path: Path) -> bytes:
-    """The tiny LoRA the local worker can load (written by `python -m gpu.tiny lora`, which loads torch)."""
-    with flow.step("write a tiny LoRA (python -m gpu.tiny lora)"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(  # noqa: S603 - fixed module, a path we chose
-            [config.python, "-m", "gpu.tiny", "lora", "--out", str(path), "--seed", "1"],
-            cwd=config.root,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"exited with status {done.returncode}: {done.stderr[-400:]}")
-        return path.read_bytes()
+def tiny_lora(config: StackConfig) -> bytes:
+    """The tiny LoRA the local worker can load (the demo's writer: `python -m gpu.tiny lora`, which loads torch)."""
+    path = config.run_dir / "playground-lora.safetensors"
+    log = config.run_dir / "playground-lora.log"
+    return finish_lora_writer(start_lora_writer(config, path, log), path, log)
 
 
 def ready_avatar(client: httpx.Client, content: str, auth: dict[str, str]) -> str | None:
@@ -74,7 +63,7 @@ def prepare(config: StackConfig, subject: str) -> PlaygroundAccess:
         found = ready_avatar(client, urls["content"], auth)
         if found is not None:
             return PlaygroundAccess(page, token, found, created=False)
-        lora = tiny_lora(config, config.run_dir / "playground-lora.safetensors")
+        lora = tiny_lora(config)
         with flow.step("create an avatar with the tiny LoRA", "identity"):
             avatar_id = flow.create_avatar(client, urls["identity"], auth, name=AVATAR_NAME)
             flow.register_lora(client, urls["identity"], auth, avatar_id, lora)
