@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractRobustConnection,
 )
@@ -21,6 +23,12 @@ from services.common.events import to_message
 log = logging.getLogger(__name__)
 
 DEFAULT_PUBLISH_TIMEOUT = 10.0
+# The deploy-time step that declares what a service with RABBITMQ_DECLARE=check only looks for.
+DECLARE_COMMAND = "python -m services.common.broker_declare"
+
+
+class TopologyMissingError(RuntimeError):
+    """The broker lacks exchanges or queues a service needs and may not declare itself (RABBITMQ_DECLARE=check)."""
 
 
 async def connect(url: str, *, name: str | None = None, connect_timeout: float = 10.0) -> AbstractRobustConnection:
@@ -90,9 +98,9 @@ def declarations(topo: Topology, *, service: str | None = None) -> Declarations:
 
 
 async def declare_topology(channel: AbstractChannel, topo: Topology, *, service: str | None = None) -> None:
-    """Declare exchanges, queues, retry queues, dead-letter queues and bindings; safe to repeat. With `service`,
-    only the exchanges and that service's queues (a broker user of its own may configure nothing else; the rest
-    comes from the broker's definitions, `python -m services.common.broker_definitions`)."""
+    """Declare exchanges, queues, retry queues, dead-letter queues and bindings; safe to repeat (it needs configure,
+    write and read on every name: a service's own broker user has none of them, see `check_topology_on`). With
+    `service`, only the exchanges and that service's queues."""
     plan = declarations(topo, service=service)
     exchanges = {name: await channel.declare_exchange(name, kind, durable=True) for name, kind in plan.exchanges}
     queues = {name: await channel.declare_queue(name, durable=True, arguments=args) for name, args in plan.queues}
@@ -109,6 +117,46 @@ async def declare_topology_on(
         await declare_topology(channel, topo, service=service)
     finally:
         await channel.close()
+
+
+async def missing_declarations(
+    connection: AbstractConnection, topo: Topology, *, service: str | None = None
+) -> list[str]:
+    """The exchanges and queues of the topology (or of `service`'s part) that the broker lacks, as `exchange NAME`
+    / `queue NAME`. Checked with passive declares, which create nothing and need no permission."""
+    plan = declarations(topo, service=service)
+    wanted = [("exchange", name) for name, _ in plan.exchanges] + [("queue", name) for name, _ in plan.queues]
+    missing: list[str] = []
+    channel = await connection.channel()
+    try:
+        for kind, name in wanted:
+            try:
+                if kind == "exchange":
+                    await channel.get_exchange(name, ensure=True)
+                else:
+                    await channel.get_queue(name, ensure=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                missing.append(f"{kind} {name}")
+                # The broker closed the channel with the NOT_FOUND. Closed here too, or a robust channel would
+                # reopen itself and stay open; then on with a fresh one.
+                await channel.close()
+                channel = await connection.channel()
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return missing
+
+
+async def check_topology_on(connection: AbstractRobustConnection, topo: Topology, *, service: str) -> None:
+    """Raise TopologyMissingError (one line: what is missing, what to run) unless the broker holds the exchanges
+    and `service`'s queues. Bindings cannot be checked over AMQP: the deploy step declares them with the rest."""
+    missing = await missing_declarations(connection, topo, service=service)
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise TopologyMissingError(
+            f"the broker lacks what {service} needs ({shown}); with RABBITMQ_DECLARE=check a service declares "
+            f"nothing: run `{DECLARE_COMMAND}` with an operator's credential first (docs/deploy.md)"
+        )
 
 
 async def delete_topology(channel: AbstractChannel, topo: Topology) -> None:

@@ -1,6 +1,7 @@
 """RabbitMQ definitions from the code's topology: exchanges, quorum queues with the arguments the services
-declare, bindings, and one broker user per service whose permissions and topic permissions let it publish only
-the events it produces and touch only its own queues.
+declare, bindings, one broker user per service whose permissions and topic permissions let it publish only the
+events it produces and consume only its own queues (and configure nothing: the topology is declared at deploy time,
+`python -m services.common.broker_declare`), and the autoscaler's user, which may only read queue depths.
 
 `python -m services.common.broker_definitions --out definitions.json` (passwords from the environment, see
 --help) writes a file RabbitMQ loads at boot (`load_definitions`) or `rabbitmqctl import_definitions` applies.
@@ -33,6 +34,14 @@ from contracts.topology import (
 from services.common.broker import declarations
 
 SERVICES = (SERVICE_IDENTITY, SERVICE_CONTENT, SERVICE_INFERENCE_GATEWAY)
+# KEDA's user: it reads the gateway queue's depth with a passive queue.declare, which RabbitMQ answers without
+# checking any permission, so it is granted none (and no management tag: the amqp protocol needs none).
+AUTOSCALER = "autoscaler"
+# Every broker user the definitions may hold besides the operator: the services and the autoscaler.
+ROLES = (*SERVICES, AUTOSCALER)
+# KEDA holds one connection with one channel per scaler (rebuilt after an error): room for a few, so that a leaked
+# credential cannot exhaust the broker's connections or channels.
+AUTOSCALER_LIMITS = {"max-connections": 4, "max-channels": 8}
 NOTHING = "^$"
 HASHING = "rabbit_password_hashing_sha256"
 ADMIN_PASSWORD_VARIABLE = "RABBITMQ_ADMIN_PASSWORD"  # noqa: S105 (a variable name)
@@ -40,13 +49,13 @@ ADMIN_PASSWORD_VARIABLE = "RABBITMQ_ADMIN_PASSWORD"  # noqa: S105 (a variable na
 
 @dataclass(frozen=True)
 class ServiceGrants:
-    """What one service's broker user may do, as RabbitMQ permission and topic permission patterns."""
+    """What one role's broker user may do, as RabbitMQ permission and topic permission patterns."""
 
-    service: str
+    role: str
     configure: str
     write: str
     read: str
-    # Per topic exchange: (write pattern, read pattern) on routing keys (publishing, binding).
+    # Per topic exchange it may publish on: (write pattern, read pattern) on routing keys (publishing, binding).
     topics: dict[str, tuple[str, str]]
 
 
@@ -56,37 +65,34 @@ def exactly(names: Iterable[str]) -> str:
     return f"^({'|'.join(re.escape(name) for name in unique)})$" if unique else NOTHING
 
 
-def queue_names(spec: QueueSpec) -> list[str]:
-    """A consumer queue, its retry stages and its dead-letter queue."""
-    return [spec.name, spec.dlq_name, *spec.retry_queue_names]
-
-
 def retry_keys(spec: QueueSpec) -> list[str]:
-    """The keys its consumer publishes under on the retry exchange (and binds with): its stages and its DLQ."""
+    """The keys its consumer publishes under on the retry exchange: its stages' names and its DLQ's key."""
     return [spec.dead_letter_routing_key, *spec.retry_queue_names]
 
 
-def grants(topo: Topology, service: str) -> ServiceGrants:
-    """The least a service needs: declare the exchanges and its queues; publish the events it produces and its own
-    retries; bind and consume its own queues. Nobody may publish to the DLX or the default exchange."""
-    own = topo.queues_of(service)
-    owned_queues = [name for spec in own for name in queue_names(spec)]
-    produced = [routing_key(event) for event, producer in EVENT_PRODUCERS.items() if producer == service]
-    bound = [key for spec in own for key in spec.routing_keys]
+def grants(topo: Topology, role: str) -> ServiceGrants:
+    """The least a role needs once the topology is declared (at deploy time, with an operator's credential).
+
+    A service publishes the events it produces (write on the events exchange, topic write on those keys), consumes
+    its own queues (read on them), and sends its own failed messages to their retry stages and DLQs (write on the
+    retry exchange, topic write on its queues' keys). It configures nothing: a passive declare, all a service does
+    with RABBITMQ_DECLARE=check, needs no permission. Nobody may publish to the DLX or the default exchange, bind a
+    queue (write on the queue, read on the exchange) or read another service's queue. The autoscaler (no queue, no
+    event) gets nothing at all."""
+    own = topo.queues_of(role)
+    produced = [routing_key(event) for event, producer in EVENT_PRODUCERS.items() if producer == role]
     own_retry_keys = [key for spec in own for key in retry_keys(spec)]
-    exchanges = [topo.events_exchange, topo.dead_letter_exchange, topo.retry_exchange]
-    consumes = bool(own)
+    topics: dict[str, tuple[str, str]] = {}
+    if produced:
+        topics[topo.events_exchange] = (exactly(produced), NOTHING)
+    if own:
+        topics[topo.retry_exchange] = (exactly(own_retry_keys), NOTHING)
     return ServiceGrants(
-        service=service,
-        # exchange.declare and queue.declare need configure; queue.bind needs write on the queue, read on the
-        # exchange; publishing needs write on the exchange; consuming needs read on the queue.
-        configure=exactly([*exchanges, *owned_queues]),
-        write=exactly([topo.events_exchange, *([topo.retry_exchange] if consumes else []), *owned_queues]),
-        read=exactly([*exchanges, *owned_queues] if consumes else []),
-        topics={
-            topo.events_exchange: (exactly(produced), exactly(bound)),
-            topo.retry_exchange: (exactly(own_retry_keys), exactly(own_retry_keys)),
-        },
+        role=role,
+        configure=NOTHING,
+        write=exactly(topics),
+        read=exactly(spec.name for spec in own),
+        topics=topics,
     )
 
 
@@ -105,8 +111,8 @@ def definitions(
     admin: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The whole definitions document: the vhost, its exchanges, queues and bindings (`broker.declarations`: what
-    the services declare), a user per service in `passwords` (service name → password) with its grants, and
-    `admin` (name, password), an operator with every right (a broker that loads definitions at boot creates no
+    the deploy step declares), a user per role in `passwords` (a service or AUTOSCALER → password) with its grants,
+    and `admin` (name, password), an operator with every right (a broker that loads definitions at boot creates no
     default user)."""
     plan = declarations(topo)
     users, permissions, topic_permissions = [], [], []
@@ -121,10 +127,20 @@ def definitions(
             }
         )
         permissions.append({"user": name, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"})
-    for service, password in passwords.items():
-        user = f"{user_prefix}{service}"
-        granted = grants(topo, service)
-        users.append({"name": user, "password_hash": password_hash(password), "hashing_algorithm": HASHING, "tags": []})
+    for role, password in passwords.items():
+        if role not in ROLES:
+            raise ValueError(f"no broker role named {role!r} (one of {', '.join(ROLES)})")
+        user = f"{user_prefix}{role}"
+        granted = grants(topo, role)
+        entry: dict[str, Any] = {
+            "name": user,
+            "password_hash": password_hash(password),
+            "hashing_algorithm": HASHING,
+            "tags": [],
+        }
+        if role == AUTOSCALER:
+            entry["limits"] = dict(AUTOSCALER_LIMITS)
+        users.append(entry)
         permissions.append(
             {"user": user, "vhost": vhost, "configure": granted.configure, "write": granted.write, "read": granted.read}
         )
@@ -169,17 +185,18 @@ def definitions(
     }
 
 
-def password_variable(service: str) -> str:
-    """The variable holding a service's broker password: RABBITMQ_PASSWORD_CONTENT, …_INFERENCE_GATEWAY, …"""
-    return "RABBITMQ_PASSWORD_" + service.upper().replace("-", "_")
+def password_variable(role: str) -> str:
+    """The variable holding a role's broker password: RABBITMQ_PASSWORD_CONTENT, …_INFERENCE_GATEWAY, …_AUTOSCALER"""
+    return "RABBITMQ_PASSWORD_" + role.upper().replace("-", "_")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m services.common.broker_definitions",
-        description="Write RabbitMQ definitions (topology and per-service users) as JSON. Passwords are read from "
-        + ", ".join(password_variable(s) for s in SERVICES)
-        + "; a service whose variable is unset gets no user.",
+        description="Write RabbitMQ definitions (topology, per-service users, the autoscaler's user) as JSON. "
+        "Passwords are read from "
+        + ", ".join(password_variable(role) for role in ROLES)
+        + "; a role whose variable is unset gets no user.",
     )
     parser.add_argument("--out", type=Path, help="file to write (default: standard output)")
     parser.add_argument("--vhost", default="/")
@@ -189,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--admin-user", help=f"also an administrator of this name, its password from {ADMIN_PASSWORD_VARIABLE}"
     )
     args = parser.parse_args(argv)
-    passwords = {s: os.environ[password_variable(s)] for s in SERVICES if os.environ.get(password_variable(s))}
+    passwords = {role: os.environ[password_variable(role)] for role in ROLES if os.environ.get(password_variable(role))}
     admin = None
     if args.admin_user:
         if not os.environ.get(ADMIN_PASSWORD_VARIABLE):
