@@ -19,6 +19,9 @@ class SmokeSettings(BrokerSettings, StorageSettings, TopologySettings):
     # Development deployments: a token minted with the services' HS256 key for SMOKE_SUBJECT.
     auth_jwt_secret: SecretStr | None = Field(default=None, validation_alias="AUTH_JWT_SECRET")
     subject: str = Field(default="smoke-test", validation_alias="SMOKE_SUBJECT")
+    # As the services read them: a deployment that names an audience and an issuer refuses tokens without them.
+    auth_audience: str | None = Field(default=None, validation_alias="AUTH_AUDIENCE")
+    auth_issuer: str | None = Field(default=None, validation_alias="AUTH_ISSUER")
     # The worker: the async submit endpoint when there is one (it validates without starting a GPU), else the sync one.
     modal_submit_url: str | None = Field(default=None, validation_alias="MODAL_SUBMIT_URL")
     modal_endpoint_url: str | None = Field(default=None, validation_alias="MODAL_ENDPOINT_URL")
@@ -43,7 +46,13 @@ class SmokeSettings(BrokerSettings, StorageSettings, TopologySettings):
         from services.common.auth import mint_token
 
         assert self.auth_jwt_secret is not None
-        return mint_token(self.auth_jwt_secret.get_secret_value(), self.subject, ttl_seconds=600)
+        return mint_token(
+            self.auth_jwt_secret.get_secret_value(),
+            self.subject,
+            ttl_seconds=600,
+            audience=self.auth_audience or None,
+            issuer=self.auth_issuer or None,
+        )
 
     def secret_values(self) -> list[str]:
         """Every secret, for the log's redaction: the secret settings and the passwords in URLs."""

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.common.auth.claims import DEFAULT_MAX_TOKEN_LIFETIME_SECONDS
 from services.common.auth.dev_secret import DEV_SECRET_FILENAME, read_dev_secret
 from services.common.auth.settings import DEFAULT_ROLES_CLAIM
 from services.common.auth.tokens import mint_token
@@ -29,7 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mint", help=f"print an HS256 token signed with AUTH_JWT_SECRET, else {RUN_DIR / DEV_SECRET_FILENAME}"
     )
     mint.add_argument("--sub", required=True, help="the owner id the token speaks for")
-    mint.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    mint.add_argument(
+        "--ttl",
+        type=int,
+        default=3600,
+        help="seconds until it expires (default 3600; at most AUTH_MAX_TOKEN_LIFETIME_SECONDS, default 86400)",
+    )
     mint.add_argument("--admin", action="store_true", help="grant the admin role")
     args = parser.parse_args(argv)
 
@@ -38,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(NO_SECRET, file=sys.stderr)
         return 2
     try:
+        max_lifetime = int(_env("AUTH_MAX_TOKEN_LIFETIME_SECONDS") or DEFAULT_MAX_TOKEN_LIFETIME_SECONDS)
         token = mint_token(
             secret,
             args.sub,
@@ -46,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             audience=_env("AUTH_AUDIENCE"),
             issuer=_env("AUTH_ISSUER"),
             roles_claim=_env("AUTH_ROLES_CLAIM") or DEFAULT_ROLES_CLAIM,
+            max_lifetime_seconds=max_lifetime,
         )
     except ValueError as error:
         print(f"cannot mint a token: {error}", file=sys.stderr)

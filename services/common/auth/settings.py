@@ -6,8 +6,9 @@ from typing import Any, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from services.common.auth.claims import DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MAX_TOKEN_LIFETIME_SECONDS
 from services.common.auth.jwks import insecure_url_reason
-from services.common.settings import SecretCheckedSettings
+from services.common.deployment import PRODUCTION, DeploymentSettings
 
 # HS256 with a key shorter than its 32-byte digest is weaker than the algorithm (RFC 7518 §3.2).
 MIN_HS256_SECRET_BYTES = 32
@@ -24,8 +25,19 @@ def short_secret_reason(secret: str) -> str | None:
     )
 
 
-class AuthSettings(SecretCheckedSettings):
-    """How bearer JWTs are verified: an HS256 secret, a JWKS URL (RS256/ES256), or both."""
+def production_auth_problem(environment: str, audience: str | None, issuer: str | None) -> str | None:
+    """Why a deployment of this kind may not start with this audience and issuer, or None when it may."""
+    if environment != PRODUCTION:
+        return None
+    # Without them, a token any other service of the same IdP (or the same HS256 key) obtained would be accepted.
+    unset = [name for name, value in (("AUTH_AUDIENCE", audience), ("AUTH_ISSUER", issuer)) if value is None]
+    if not unset:
+        return None
+    return f"VIXEN_ENVIRONMENT=production needs AUTH_AUDIENCE and AUTH_ISSUER; not set: {', '.join(unset)}"
+
+
+class AuthSettings(DeploymentSettings):
+    """How bearer JWTs are verified: an HS256 secret, a JWKS URL (RS256/ES256), or both; what a token may be."""
 
     auth_jwt_secret: SecretStr | None = Field(default=None, validation_alias="AUTH_JWT_SECRET")
     auth_jwks_url: str | None = Field(default=None, validation_alias="AUTH_JWKS_URL")
@@ -36,6 +48,15 @@ class AuthSettings(SecretCheckedSettings):
     auth_jwks_cache_seconds: float = Field(default=600.0, gt=0, validation_alias="AUTH_JWKS_CACHE_SECONDS")
     auth_jwks_min_refresh_seconds: float = Field(default=30.0, ge=0, validation_alias="AUTH_JWKS_MIN_REFRESH_SECONDS")
     auth_jwks_timeout_seconds: float = Field(default=5.0, gt=0, le=60, validation_alias="AUTH_JWKS_TIMEOUT_SECONDS")
+    auth_max_token_bytes: int = Field(
+        default=DEFAULT_MAX_TOKEN_BYTES, ge=1024, le=64 * 1024, validation_alias="AUTH_MAX_TOKEN_BYTES"
+    )
+    auth_max_token_lifetime_seconds: int = Field(
+        default=DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
+        ge=60,
+        le=30 * 24 * 3600,
+        validation_alias="AUTH_MAX_TOKEN_LIFETIME_SECONDS",
+    )
 
     @field_validator("auth_jwt_secret", "auth_jwks_url", "auth_audience", "auth_issuer", mode="before")
     @classmethod
@@ -63,6 +84,13 @@ class AuthSettings(SecretCheckedSettings):
     def _some_key_source(self) -> Self:
         if self.auth_jwt_secret is None and self.auth_jwks_url is None:
             raise ValueError("set AUTH_JWT_SECRET (HS256) or AUTH_JWKS_URL (RS256/ES256): neither is set")
+        return self
+
+    @model_validator(mode="after")
+    def _production_names_audience_and_issuer(self) -> Self:
+        problem = production_auth_problem(self.vixen_environment, self.auth_audience, self.auth_issuer)
+        if problem:
+            raise ValueError(problem)
         return self
 
 

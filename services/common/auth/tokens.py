@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
 from jwt.exceptions import InvalidSubjectError
 
+from services.common.auth.claims import (
+    DEFAULT_MAX_TOKEN_BYTES,
+    DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
+    date_claims_problem,
+    token_shape_problem,
+)
 from services.common.auth.jwks import JWKS_ALGORITHMS, JwksCache, KeyNotFound
 from services.common.auth.principal import ADMIN_ROLE, Principal, holds_admin_role, subject_problem
 from services.common.auth.settings import DEFAULT_ROLES_CLAIM, AuthSettings, short_secret_reason
@@ -55,6 +62,9 @@ class TokenVerifier:
         issuer: str | None = None,
         leeway_seconds: float = 30.0,
         roles_claim: str = DEFAULT_ROLES_CLAIM,
+        max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+        max_lifetime_seconds: float = DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if hs256_secret is None and jwks is None:
             raise ValueError("a TokenVerifier needs an HS256 secret, a JWKS, or both")
@@ -67,6 +77,9 @@ class TokenVerifier:
         self._issuer = issuer
         self._leeway = leeway_seconds
         self._roles_claim = roles_claim
+        self._max_token_bytes = max_token_bytes
+        self._max_lifetime = max_lifetime_seconds
+        self._clock = clock
 
     @classmethod
     def from_settings(cls, settings: AuthSettings) -> TokenVerifier:
@@ -87,10 +100,16 @@ class TokenVerifier:
             issuer=settings.auth_issuer,
             leeway_seconds=settings.auth_leeway_seconds,
             roles_claim=settings.auth_roles_claim,
+            max_token_bytes=settings.auth_max_token_bytes,
+            max_lifetime_seconds=settings.auth_max_token_lifetime_seconds,
         )
 
     async def verify(self, token: str) -> Principal:
         """The principal `token` speaks for; InvalidToken when it is refused for any reason."""
+        # Before any decoding: a 100 KiB token costs a length check, not a base64 and JSON parse.
+        shape = token_shape_problem(token, self._max_token_bytes)
+        if shape:
+            raise InvalidToken(shape)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -104,12 +123,24 @@ class TokenVerifier:
                 algorithms=[algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
-                leeway=self._leeway,
-                # An audience is checked only when one is configured (PyJWT would refuse any token with one).
-                options={"require": REQUIRED_CLAIMS, "verify_aud": self._audience is not None},
+                options={
+                    "require": REQUIRED_CLAIMS,
+                    # An audience is checked only when one is configured (PyJWT would refuse any token with one).
+                    "verify_aud": self._audience is not None,
+                    # PyJWT reads date claims through int(), which takes "1700000000", true and 1e30:
+                    # date_claims_problem checks them instead, as RFC 7519 NumericDates.
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
         except jwt.PyJWTError as error:
             raise InvalidToken(_reason(error)) from None
+        dates = date_claims_problem(
+            claims, now=self._clock(), leeway_seconds=self._leeway, max_lifetime_seconds=self._max_lifetime
+        )
+        if dates:
+            raise InvalidToken(dates)
         problem = subject_problem(claims["sub"])
         if problem:
             raise InvalidToken(f"sub claim {problem}")
@@ -139,8 +170,9 @@ def mint_token(
     audience: str | None = None,
     issuer: str | None = None,
     roles_claim: str = DEFAULT_ROLES_CLAIM,
+    max_lifetime_seconds: int = DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
 ) -> str:
-    """An HS256 token for development and tests, shaped as the verifier expects."""
+    """An HS256 token for development and tests, shaped as the verifier expects (and refused as it would refuse)."""
     reason = short_secret_reason(secret)
     if reason:
         raise ValueError(f"the signing secret {reason}")
@@ -149,6 +181,8 @@ def mint_token(
         raise ValueError(f"the subject {problem}")
     if ttl_seconds < 1:
         raise ValueError("the ttl must be at least one second")
+    if ttl_seconds > max_lifetime_seconds:
+        raise ValueError(f"the ttl is longer than the maximum token lifetime ({max_lifetime_seconds} s)")
     issued_at = int(time.time())
     claims: dict[str, Any] = {"sub": subject, "iat": issued_at, "exp": issued_at + ttl_seconds}
     if audience:

@@ -96,3 +96,14 @@ def test_mint_refuses_a_subject_the_services_would_refuse(tmp_path: Path) -> Non
 
     assert result.returncode == 2
     assert "cannot mint a token: the subject is longer than 128 characters" in result.stderr
+
+
+def test_mint_refuses_a_ttl_beyond_the_maximum_token_lifetime(tmp_path: Path) -> None:
+    env = {"AUTH_JWT_SECRET": HS_SECRET}
+
+    refused = mint(tmp_path, "--sub", "owner-1", "--ttl", "86401", env=env)
+    shorter = mint(tmp_path, "--sub", "owner-1", "--ttl", "600", env={**env, "AUTH_MAX_TOKEN_LIFETIME_SECONDS": "300"})
+
+    assert refused.returncode == 2 and shorter.returncode == 2
+    assert "cannot mint a token: the ttl is longer than the maximum token lifetime (86400 s)" in refused.stderr
+    assert "(300 s)" in shorter.stderr

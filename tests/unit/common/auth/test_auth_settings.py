@@ -1,4 +1,5 @@
-"""AuthSettings: a key source is required, short or placeholder secrets and plain-http JWKS are refused."""
+"""AuthSettings: a key source is required, short or placeholder secrets and plain-http JWKS are refused, and a
+production deployment (VIXEN_ENVIRONMENT) must name the audience and the issuer."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.auth_leeway_seconds == 30
     assert settings.auth_roles_claim == "roles"
     assert (settings.auth_jwks_cache_seconds, settings.auth_jwks_min_refresh_seconds) == (600, 30)
+    assert (settings.auth_max_token_bytes, settings.auth_max_token_lifetime_seconds) == (8192, 86400)
+    assert settings.vixen_environment == "development" and not settings.is_production
     assert auth_secret_values(settings) == [HS_SECRET]
     assert HS_SECRET not in repr(settings)
 
@@ -89,3 +92,70 @@ def test_plain_http_is_allowed_for_a_loopback_jwks(monkeypatch: pytest.MonkeyPat
     settings_env(monkeypatch, AuthSettings, {"AUTH_JWKS_URL": f"http://{host}:8080/jwks.json"})
 
     assert AuthSettings().auth_jwks_url == f"http://{host}:8080/jwks.json"
+
+
+@pytest.mark.parametrize(
+    ("values", "unset"),
+    [
+        ({}, "AUTH_AUDIENCE, AUTH_ISSUER"),
+        ({"AUTH_AUDIENCE": "vixen-api"}, "AUTH_ISSUER"),
+        ({"AUTH_ISSUER": "https://idp.example.com/", "AUTH_AUDIENCE": " "}, "AUTH_AUDIENCE"),
+    ],
+)
+def test_production_without_audience_or_issuer_stops_with_one_line_naming_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], values: dict[str, str], unset: str
+) -> None:
+    settings_env(monkeypatch, AuthSettings, {"AUTH_JWT_SECRET": HS_SECRET, "VIXEN_ENVIRONMENT": "production", **values})
+
+    with pytest.raises(SystemExit) as stopped:
+        load_settings(AuthSettings)
+
+    assert stopped.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line == (
+        "configuration error: VIXEN_ENVIRONMENT=production needs AUTH_AUDIENCE and AUTH_ISSUER; not set: " + unset
+    )
+
+
+@pytest.mark.parametrize("environment", ["production", "Production", " PRODUCTION "])
+def test_production_with_audience_and_issuer_starts(monkeypatch: pytest.MonkeyPatch, environment: str) -> None:
+    values = {"AUTH_AUDIENCE": "vixen-api", "AUTH_ISSUER": "https://idp.example.com/"}
+    settings_env(monkeypatch, AuthSettings, {"AUTH_JWT_SECRET": HS_SECRET, "VIXEN_ENVIRONMENT": environment, **values})
+
+    settings = AuthSettings()
+
+    assert settings.is_production and (settings.auth_audience, settings.auth_issuer) == tuple(values.values())
+
+
+def test_development_leaves_audience_and_issuer_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings_env(monkeypatch, AuthSettings, {"AUTH_JWT_SECRET": HS_SECRET, "VIXEN_ENVIRONMENT": "development"})
+
+    assert AuthSettings().auth_audience is None
+
+
+@pytest.mark.parametrize("environment", ["prod", "staging", ""])
+def test_an_unknown_environment_stops_the_start_instead_of_meaning_development(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], environment: str
+) -> None:
+    settings_env(monkeypatch, AuthSettings, {"AUTH_JWT_SECRET": HS_SECRET, "VIXEN_ENVIRONMENT": environment})
+
+    with pytest.raises(SystemExit):
+        load_settings(AuthSettings)
+
+    assert "VIXEN_ENVIRONMENT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AUTH_MAX_TOKEN_BYTES", "1023"),
+        ("AUTH_MAX_TOKEN_BYTES", "65537"),
+        ("AUTH_MAX_TOKEN_LIFETIME_SECONDS", "59"),
+        ("AUTH_MAX_TOKEN_LIFETIME_SECONDS", str(30 * 24 * 3600 + 1)),
+    ],
+)
+def test_the_token_limits_have_bounds(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    settings_env(monkeypatch, AuthSettings, {"AUTH_JWT_SECRET": HS_SECRET, name: value})
+
+    with pytest.raises(ValidationError, match=name):
+        AuthSettings()

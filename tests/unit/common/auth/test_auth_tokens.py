@@ -93,6 +93,44 @@ async def test_a_token_expired_within_the_leeway_is_accepted_beyond_it_refused()
     assert await refusal(verifier, hs256(claims(nbf=now + 120))) == "token not yet valid"
 
 
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"exp": "4102444800"}, "exp claim is not a NumericDate"),
+        ({"exp": True}, "exp claim is not a NumericDate"),
+        ({"exp": 1e30}, "exp claim is out of range"),
+        ({"exp": 10**30}, "exp claim is out of range"),
+        ({"nbf": True}, "nbf claim is not a NumericDate"),
+        ({"nbf": "0"}, "nbf claim is not a NumericDate"),
+        ({"iat": "0"}, "iat claim is not a NumericDate"),
+        ({"iat": -1}, "iat claim is out of range"),
+    ],
+)
+async def test_date_claims_must_be_numeric_dates(extra: dict[str, Any], reason: str) -> None:
+    assert await refusal(TokenVerifier(hs256_secret=HS_SECRET), hs256(claims() | extra)) == reason
+
+
+async def test_exp_at_most_the_maximum_lifetime_ahead_and_iat_not_ahead() -> None:
+    now = 1_800_000_000
+    verifier = TokenVerifier(hs256_secret=HS_SECRET, max_lifetime_seconds=3600, leeway_seconds=30, clock=lambda: now)
+
+    assert (await verifier.verify(hs256({"sub": "o", "exp": now + 3630, "iat": now + 30}))).subject == "o"
+    assert await refusal(verifier, hs256({"sub": "o", "exp": now + 3631})) == "exp claim is too far in the future"
+    assert (
+        await refusal(verifier, hs256({"sub": "o", "exp": now + 60, "iat": now + 31})) == "iat claim is in the future"
+    )
+    assert (await verifier.verify(hs256({"sub": "o", "exp": now + 60.5}))).claims["exp"] == now + 60.5
+
+
+async def test_a_token_over_the_size_limit_is_refused_before_it_is_decoded() -> None:
+    padded = hs256(claims(pad="x" * 6000))
+    verifier = TokenVerifier(hs256_secret=HS_SECRET, max_token_bytes=len(padded) - 1)
+
+    assert await refusal(verifier, padded) == "token too large"
+    assert (await TokenVerifier(hs256_secret=HS_SECRET).verify(padded)).subject == "owner-1"
+    assert await refusal(TokenVerifier(hs256_secret=HS_SECRET), hs256(claims(pad="x" * 9000))) == "token too large"
+
+
 async def test_exp_and_sub_are_required() -> None:
     verifier = TokenVerifier(hs256_secret=HS_SECRET)
 
@@ -173,6 +211,17 @@ def test_mint_refuses_what_the_services_would_refuse() -> None:
         mint_token(HS_SECRET, "owner\x00")
     with pytest.raises(ValueError, match="ttl"):
         mint_token(HS_SECRET, "owner", ttl_seconds=0)
+    with pytest.raises(ValueError, match="format characters"):
+        mint_token(HS_SECRET, "owner\u202e")
+    with pytest.raises(ValueError, match="leading or trailing spaces"):
+        mint_token(HS_SECRET, "owner ")
+    with pytest.raises(ValueError, match="NFC"):
+        mint_token(HS_SECRET, "e\u0301")
+    with pytest.raises(ValueError, match="maximum token lifetime"):
+        mint_token(HS_SECRET, "owner", ttl_seconds=24 * 3600 + 1)
+    with pytest.raises(ValueError, match="maximum token lifetime"):
+        mint_token(HS_SECRET, "owner", ttl_seconds=3601, max_lifetime_seconds=3600)
+    assert mint_token(HS_SECRET, "owner", ttl_seconds=24 * 3600)
 
 
 def test_mint_sets_audience_issuer_and_ttl() -> None:
