@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +34,15 @@ class RetentionSettings(SecretCheckedSettings):
     retention_interval_seconds: float = Field(
         default=600.0, ge=1, le=24 * 3600, validation_alias="RETENTION_INTERVAL_SECONDS"
     )
+
+
+@dataclass(frozen=True)
+class RetentionTask:
+    """A service's own clean-up that runs in the same loop after the bookkeeping tables are pruned (identity: expiring
+    LoRA registrations and their upload objects)."""
+
+    name: str
+    run: Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -86,11 +95,16 @@ async def prune_bookkeeping(
 
 @contextlib.asynccontextmanager
 async def running_retention(
-    sessions: async_sessionmaker[AsyncSession], tables: Bookkeeping, settings: RetentionSettings
+    sessions: async_sessionmaker[AsyncSession],
+    tables: Bookkeeping,
+    settings: RetentionSettings,
+    *,
+    tasks: Sequence[RetentionTask] = (),
 ) -> AsyncIterator[None]:
-    """Prune in the background every `retention_interval_seconds` while the service runs."""
+    """Prune in the background every `retention_interval_seconds` while the service runs, then run `tasks`."""
     stop = asyncio.Event()
     horizon = timedelta(hours=settings.event_retention_hours)
+    wait = settings.retention_interval_seconds
 
     async def loop() -> None:
         while not stop.is_set():
@@ -99,8 +113,13 @@ async def running_retention(
                 if removed:
                     log.info("retention: removed %d outbox/inbox rows older than %s", removed, horizon)
             except TRANSIENT_DB_ERRORS as error:
-                wait = settings.retention_interval_seconds
                 log.warning("retention: pruning failed (%s); next try in %.0fs", type(error).__name__, wait)
+            for extra in tasks:
+                try:
+                    await extra.run()
+                except Exception as error:
+                    # One failing round (a database restarting) must not end the loop: the task runs again next time.
+                    log.warning("retention: %s failed (%s); next try in %.0fs", extra.name, type(error).__name__, wait)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settings.retention_interval_seconds):
                     await stop.wait()

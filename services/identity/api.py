@@ -87,13 +87,18 @@ def lora_out(view: LoraView) -> LoraOut:
             "created_at": lora.created_at,
             "ready_at": lora.ready_at,
             "retired_at": lora.retired_at,
+            "expires_at": lora.expires_at,
         }
     )
 
 
-@router.post("/avatars", status_code=201)
+@router.post(
+    "/avatars",
+    status_code=201,
+    responses=error_responses(409, described={409: "TOO_MANY_AVATARS: the owner has as many avatars as it may"}),
+)
 async def create_avatar(body: AvatarCreate, caller: CurrentPrincipal, avatars: Avatars) -> AvatarOut:
-    """Create an avatar owned by the caller (emits avatar.created)."""
+    """Create an avatar owned by the caller (emits avatar.created); 409 `TOO_MANY_AVATARS` past the owner's quota."""
     return avatar_out(await avatars.create(caller.subject, body))
 
 
@@ -130,9 +135,23 @@ async def delete_avatar(avatar_id: uuid.UUID, caller: CurrentPrincipal, avatars:
     return Response(status_code=204)
 
 
-@router.post("/avatars/{avatar_id}/loras", status_code=201, responses=NOT_FOUND)
+@router.post(
+    "/avatars/{avatar_id}/loras",
+    status_code=201,
+    responses=error_responses(
+        404,
+        409,
+        429,
+        described={
+            409: "LORA_BYTES_QUOTA_EXCEEDED: size_bytes does not fit in the owner's LoRA storage quota",
+            429: "TOO_MANY_OPEN_UPLOADS: the owner has as many open registrations as it may; Retry-After says when "
+            "the first of them expires",
+        },
+    ),
+)
 async def register_lora(avatar_id: uuid.UUID, body: LoraCreate, caller: CurrentPrincipal, loras: Loras) -> LoraUpload:
-    """Register a LoRA version and get a presigned PUT URL for exactly `size_bytes` bytes."""
+    """Register a LoRA version and get a presigned PUT URL for exactly `size_bytes` bytes, within the owner's quotas
+    (open registrations: 429 `TOO_MANY_OPEN_UPLOADS`; bytes: 409 `LORA_BYTES_QUOTA_EXCEEDED`)."""
     registration = await loras.register(caller.subject, avatar_id, body)
     return LoraUpload(
         lora_id=registration.lora.id,
@@ -163,7 +182,8 @@ async def list_loras(
         409,
         422,
         described={
-            409: "nothing was uploaded yet, or the version was retired",
+            409: "nothing was uploaded yet, the version was retired, or REGISTRATION_EXPIRED: it was not completed "
+            "in time",
             422: "LORA_REJECTED: the file is refused; details.reason_code says why (docs/identity.md)",
         },
     ),

@@ -20,6 +20,13 @@ from services.identity import repository
 from services.identity.events import lora_event
 from services.identity.lora_files import LoraFiles, StoredLora, upload_key
 from services.identity.models import Avatar, LoraModel, LoraStatus, outbox_table
+from services.identity.quotas import (
+    OwnerQuotas,
+    check_registration,
+    check_still_open,
+    registration_expired,
+    registration_expiry,
+)
 from services.identity.schemas import LoraCreate, LoraImport
 from services.identity.service import (
     Clock,
@@ -29,6 +36,7 @@ from services.identity.service import (
     retire_version,
     utc_now,
 )
+from services.identity.settings import IdentitySettings
 from services.identity.verification import RejectedFileError
 
 log = logging.getLogger(__name__)
@@ -45,11 +53,26 @@ class LoraRejectedError(DomainError):
 
 @dataclass(frozen=True)
 class LoraLimits:
-    """LORA_MAX_BYTES, LORA_UPLOAD_URL_TTL_SECONDS and LORA_BASE_MODELS."""
+    """LORA_MAX_BYTES, LORA_UPLOAD_URL_TTL_SECONDS, LORA_BASE_MODELS, LORA_REGISTRATION_TTL_SECONDS and the owner's
+    quotas."""
 
     max_bytes: int
     upload_url_ttl_seconds: int
     base_models: tuple[str, ...]
+    # At least upload_url_ttl_seconds (IdentitySettings checks it).
+    registration_ttl_seconds: int
+    quotas: OwnerQuotas
+
+    @classmethod
+    def from_settings(cls, settings: IdentitySettings) -> LoraLimits:
+        """The limits the service's settings give."""
+        return cls(
+            max_bytes=settings.lora_max_bytes,
+            upload_url_ttl_seconds=settings.lora_upload_url_ttl_seconds,
+            base_models=settings.lora_base_models,
+            registration_ttl_seconds=settings.lora_registration_ttl_seconds,
+            quotas=settings.owner_quotas(),
+        )
 
 
 @dataclass(frozen=True)
@@ -129,13 +152,21 @@ class LoraService:
         return load_target_table(base_model)
 
     async def register(self, owner_id: str, avatar_id: uuid.UUID, request: LoraCreate) -> LoraRegistration:
-        """Record a pending version of the caller's avatar and sign a PUT URL for exactly its declared size."""
+        """Record a pending version of the caller's avatar and sign a PUT URL for exactly its declared size.
+
+        Within the owner's quotas (429 TOO_MANY_OPEN_UPLOADS, 409 LORA_BYTES_QUOTA_EXCEEDED), counted after the
+        owner's lock row was taken, so concurrent registrations cannot all see room for one more. The registration
+        is open until `registration_ttl_seconds` from now; then the retention loop expires it.
+        """
         check_declared_size(request.size_bytes, self._limits.max_bytes)
         self.target_table(request.base_model)
         lora_id, now = uuid.uuid4(), self._clock()
         async with self._sessions() as session, session.begin():
             if await repository.get_owned_avatar(session, owner_id, avatar_id) is None:
                 raise avatar_not_found()
+            await repository.lock_owner(session, owner_id, now)
+            usage = await repository.upload_usage(session, owner_id, now)
+            check_registration(usage, request.size_bytes, self._limits.quotas, now)
             lora = LoraModel(
                 id=lora_id,
                 avatar_id=avatar_id,
@@ -149,6 +180,7 @@ class LoraService:
                 declared_size_bytes=request.size_bytes,
                 created_at=now,
                 updated_at=now,
+                expires_at=registration_expiry(now, self._limits.registration_ttl_seconds),
             )
             session.add(lora)
         ttl = self._limits.upload_url_ttl_seconds
@@ -178,7 +210,8 @@ class LoraService:
     async def complete(self, owner_id: str, lora_id: uuid.UUID) -> LoraView:
         """Verify the uploaded file and make the version ready (and active when asked); announce it.
 
-        Idempotent: a ready version is returned as is, a rejected one is refused again with its reason.
+        Idempotent: a ready version is returned as is, a rejected one is refused again with its reason, an expired
+        one (or one past its expiry) is a 409 REGISTRATION_EXPIRED.
         """
         async with self._sessions() as session:
             lora = await repository.get_owned_lora(session, owner_id, lora_id)
@@ -188,8 +221,12 @@ class LoraService:
                 return await self._view(session, lora)
         if lora.status == LoraStatus.REJECTED.value:
             raise rejected(lora.rejection_reason or "rejected", lora.rejection_message or "the file was rejected")
+        if lora.status == LoraStatus.EXPIRED.value:
+            raise registration_expired()
         if lora.status != LoraStatus.PENDING_UPLOAD.value:
             raise ConflictError(f"the LoRA version is {lora.status}")
+        # The retention loop may not have swept it yet: past its expiry it is expired all the same.
+        check_still_open(lora.expires_at, self._clock())
         table = load_target_table(lora.base_model)
         try:
             stored = await self._files.verify_and_store(lora.upload_key, table, declared_size=lora.declared_size_bytes)
@@ -273,8 +310,8 @@ class LoraService:
                 raise lora_not_found()
             if lora.status == LoraStatus.RETIRED.value:
                 return await self._view(session, lora)
-            if lora.status == LoraStatus.REJECTED.value:
-                raise ConflictError("a rejected LoRA version cannot be retired; it is never used")
+            if lora.status in (LoraStatus.REJECTED.value, LoraStatus.EXPIRED.value):
+                raise ConflictError(f"a {lora.status} LoRA version cannot be retired; it is never used")
             await retire_version(session, lora, now)
             avatar = await repository.get_owned_avatar(session, owner_id, lora.avatar_id, for_update=True)
             if avatar is not None and avatar.active_lora_id == lora.id:
@@ -326,8 +363,8 @@ class LoraService:
         return won
 
     async def _discard(self, key: str) -> None:
-        # Best effort: a leftover upload object is never used (nothing points at it) and a lifecycle rule on
-        # uploads/ can expire it; failing the request over it would only make the client retry.
+        # Best effort: a leftover upload object is never used (nothing points at it), and the retention loop deletes
+        # it once the registration's expiry has passed; failing the request over it would only make the client retry.
         try:
             await self._files.discard(key)
         except Exception as error:

@@ -1,4 +1,5 @@
-"""Identity tables (prefixed `identity_`): avatars, LoRA versions, and the outbox (its own metadata)."""
+"""Identity tables (prefixed `identity_`): avatars, LoRA versions, owners' lock rows, and the outbox (its own
+metadata)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import make_metadata
@@ -26,12 +27,24 @@ class Base(DeclarativeBase):
 
 
 class LoraStatus(StrEnum):
-    """Where a LoRA version is in its life: pending → ready | rejected; pending or ready → retired."""
+    """Where a LoRA version is in its life: pending → ready | rejected | expired; pending or ready → retired."""
 
     PENDING_UPLOAD = "pending_upload"
     READY = "ready"
     REJECTED = "rejected"
     RETIRED = "retired"
+    # Not completed within LORA_REGISTRATION_TTL_SECONDS: never used, its upload object deleted.
+    EXPIRED = "expired"
+
+
+class Owner(Base):
+    """One row per owner that added an avatar or a LoRA version: locked by every write a per-owner quota bounds, so
+    that counting and adding take turns across requests and replicas (services/identity/quotas.py)."""
+
+    __tablename__ = f"{TABLE_PREFIX}owners"
+
+    owner_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Avatar(Base):
@@ -57,7 +70,18 @@ class LoraModel(Base):
     """A LoRA version of an avatar: registered, uploaded by the client, verified, then used or retired."""
 
     __tablename__ = f"{TABLE_PREFIX}lora_models"
-    __table_args__ = (Index(f"ix_{TABLE_PREFIX}lora_models_avatar_created", "avatar_id", "created_at", "id"),)
+    __table_args__ = (
+        Index(f"ix_{TABLE_PREFIX}lora_models_avatar_created", "avatar_id", "created_at", "id"),
+        # An owner's open registrations and ready versions, counted by each registration (quotas).
+        Index(f"ix_{TABLE_PREFIX}lora_models_owner_status", "owner_id", "status"),
+        # Registrations whose upload object the retention loop has still to delete.
+        Index(
+            f"ix_{TABLE_PREFIX}lora_models_upload_due",
+            "expires_at",
+            postgresql_where=text("upload_deleted_at IS NULL"),
+            sqlite_where=text("upload_deleted_at IS NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     avatar_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey(f"{TABLE_PREFIX}avatars.id"))
@@ -88,6 +112,11 @@ class LoraModel(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     ready_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # When a registration stops being open (set at registration; none for an admin import, which has no upload URL).
+    # Past it the upload URL is dead, so the upload object can go, whatever became of the version.
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # When the retention loop deleted the upload object (or found none): the row is done with.
+    upload_deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 outbox_table = make_outbox_table(Base.metadata, f"{TABLE_PREFIX}outbox")

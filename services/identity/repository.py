@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, Select, and_, or_, select, update
+from sqlalchemy import CursorResult, Select, Table, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.common.owner_locks import lock_owner_row
 from services.common.pagination import Cursor
-from services.identity.models import Avatar, LoraModel, LoraStatus
+from services.identity.models import Avatar, LoraModel, LoraStatus, Owner
+from services.identity.quotas import UploadUsage
 
 Row = TypeVar("Row", Avatar, LoraModel)
 
@@ -91,6 +94,86 @@ async def move_lora(
     )
     result = cast(CursorResult[Any], await session.execute(statement))
     return result.rowcount == 1
+
+
+async def lock_owner(session: AsyncSession, owner_id: str, now: datetime) -> None:
+    """Take the owner's lock row until the transaction ends (created on the owner's first write)."""
+    await lock_owner_row(session, cast(Table, Owner.__table__), owner_id, {"created_at": now})
+
+
+async def count_live_avatars(session: AsyncSession, owner_id: str) -> int:
+    """How many of the owner's avatars are not deleted."""
+    query = select(func.count()).where(Avatar.owner_id == owner_id, Avatar.deleted_at.is_(None))
+    return int((await session.execute(query)).scalar_one())
+
+
+async def upload_usage(session: AsyncSession, owner_id: str, now: datetime) -> UploadUsage:
+    """The owner's open registrations (pending, not past their expiry) and the bytes that count: ready versions'
+    verified sizes plus open registrations' declared ones. Rejected, expired and retired versions count for nothing."""
+    still_open = or_(LoraModel.expires_at.is_(None), LoraModel.expires_at > now)
+    pending = select(LoraModel.expires_at, LoraModel.declared_size_bytes).where(
+        LoraModel.owner_id == owner_id, LoraModel.status == LoraStatus.PENDING_UPLOAD.value, still_open
+    )
+    open_rows = (await session.execute(pending)).all()
+    ready = select(func.coalesce(func.sum(LoraModel.size_bytes), 0)).where(
+        LoraModel.owner_id == owner_id, LoraModel.status == LoraStatus.READY.value
+    )
+    ready_bytes = int((await session.execute(ready)).scalar_one() or 0)
+    expiries = [expires_at for expires_at, _ in open_rows if expires_at is not None]
+    return UploadUsage(
+        open_uploads=len(open_rows),
+        first_open_expiry=min(expiries) if expiries else None,
+        lora_bytes=ready_bytes + sum(size or 0 for _, size in open_rows),
+    )
+
+
+async def expire_registrations(session: AsyncSession, now: datetime) -> int:
+    """Move every pending registration whose expiry has passed to expired; how many moved.
+
+    Guarded on the status like move_lora: a complete that settles the same version first wins, and this skips it.
+    """
+    statement = (
+        update(LoraModel)
+        .where(
+            LoraModel.status == LoraStatus.PENDING_UPLOAD.value,
+            # Always true of a pending row; stated so that the partial index of due uploads serves this query.
+            LoraModel.upload_deleted_at.is_(None),
+            LoraModel.expires_at.is_not(None),
+            LoraModel.expires_at <= now,
+        )
+        .values(status=LoraStatus.EXPIRED.value, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    result = cast(CursorResult[Any], await session.execute(statement))
+    return int(result.rowcount or 0)
+
+
+async def uploads_due(session: AsyncSession, now: datetime, limit: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(id, avatar id) of up to `limit` versions past their registration's expiry whose upload object is still to
+    delete: expired, ready, rejected or retired alike (the URL is dead, nothing can write there any more)."""
+    query = (
+        select(LoraModel.id, LoraModel.avatar_id)
+        .where(
+            LoraModel.upload_deleted_at.is_(None),
+            LoraModel.expires_at.is_not(None),
+            LoraModel.expires_at <= now,
+            LoraModel.status != LoraStatus.PENDING_UPLOAD.value,
+        )
+        .order_by(LoraModel.expires_at)
+        .limit(limit)
+    )
+    return [(lora_id, avatar_id) for lora_id, avatar_id in (await session.execute(query)).all()]
+
+
+async def mark_uploads_deleted(session: AsyncSession, lora_ids: Sequence[uuid.UUID], now: datetime) -> None:
+    """Record that these versions' upload objects are gone."""
+    statement = (
+        update(LoraModel)
+        .where(LoraModel.id.in_(list(lora_ids)))
+        .values(upload_deleted_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(statement)
 
 
 def _keyset(

@@ -121,7 +121,7 @@ class LoraOut(BaseModel):
 
     lora_id: uuid.UUID
     avatar_id: uuid.UUID
-    status: Literal["pending_upload", "ready", "rejected", "retired"]
+    status: Literal["pending_upload", "ready", "rejected", "retired", "expired"]
     active: bool = Field(description="whether it is its avatar's active version")
     object_key: ObjectKey | None = Field(
         description="the verified, immutable copy (content-addressed); null until ready"
@@ -140,3 +140,7 @@ class LoraOut(BaseModel):
     created_at: datetime
     ready_at: datetime | None
     retired_at: datetime | None
+    expires_at: datetime | None = Field(
+        description="when the registration stops being open: a version still pending then becomes expired "
+        "(null for an admin import)"
+    )

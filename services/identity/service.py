@@ -16,6 +16,7 @@ from services.common.pagination import Cursor, Page, page_of
 from services.identity import repository
 from services.identity.events import avatar_event, lora_event
 from services.identity.models import Avatar, LoraModel, LoraStatus, outbox_table
+from services.identity.quotas import DEFAULT_QUOTAS, OwnerQuotas, check_avatar_quota
 from services.identity.schemas import AvatarCreate, AvatarUpdate
 
 log = logging.getLogger(__name__)
@@ -75,16 +76,21 @@ class AvatarService:
         self,
         sessions: async_sessionmaker[AsyncSession],
         *,
+        quotas: OwnerQuotas = DEFAULT_QUOTAS,
         on_commit: Callable[[], None] = lambda: None,
         clock: Clock = utc_now,
     ) -> None:
         self._sessions = sessions
+        self._quotas = quotas
         # Called after a commit that wrote outbox rows: wakes the relay.
         self._on_commit = on_commit
         self._clock = clock
 
     async def create(self, owner_id: str, request: AvatarCreate) -> Avatar:
-        """Create an avatar for the caller and announce it (avatar.created)."""
+        """Create an avatar for the caller and announce it (avatar.created); 409 TOO_MANY_AVATARS past the quota.
+
+        The owner's lock row is taken before counting, so concurrent creates cannot all see room for one more.
+        """
         now = self._clock()
         avatar = Avatar(
             id=uuid.uuid4(),
@@ -96,6 +102,8 @@ class AvatarService:
             updated_at=now,
         )
         async with self._sessions() as session, session.begin():
+            await repository.lock_owner(session, owner_id, now)
+            check_avatar_quota(await repository.count_live_avatars(session, owner_id), self._quotas)
             session.add(avatar)
             await add_to_outbox(session, outbox_table, avatar_event(AvatarCreated, avatar, str(avatar.id)))
         self._on_commit()
