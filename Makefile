@@ -8,7 +8,7 @@ EXTRAS := services,gpu,s3local,modal,test
 FIND_LINKS := $(shell [ -d /opt/wheels ] && echo --find-links /opt/wheels)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: install test lint typecheck unit demo up down playground bench bench-tiny bench-platform tiny-model clean schemas
+.PHONY: install test lint typecheck unit demo up down playground bench bench-tiny bench-platform bench-streams tiny-model clean schemas
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench-tiny: install
 # The platform's own cost per generation (echo worker, SQLite and PostgreSQL, ~8 min); rewrites its docs section.
 bench-platform: install
 	$(BIN)/python -m tests.bench.platform --write-docs docs/benchmarks.md
+
+# 5,000 event streams on one generation (content, PostgreSQL, RabbitMQ; ~2 min); rewrites its docs section.
+bench-streams: install
+	$(BIN)/python -m tests.bench.streams --write-docs docs/benchmarks.md
 
 clean:
 	rm -rf .run out .cache .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,8 @@ MAX_RETRY_DELAY = 5.0
 HEALTH_CHECK_INTERVAL = 15.0
 HEALTH_CHECK_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 10.0
+# Watches a notice wakes per turn of the event loop.
+WAKE_BATCH = 20
 
 # session.info key: (hub, key) pairs announced in the session's current transaction, on backends without NOTIFY.
 _PENDING = "services.common.changes.pending"
@@ -51,16 +53,27 @@ class Watch:
 
 
 class ChangeHub:
-    """In-process waiters keyed by a string: wake the waiters of one key, or all of them."""
+    """In-process waiters keyed by a string: wake the waiters of one key, or all of them.
+
+    It also numbers what it heard (`version`), so that waiters of one key can share a read: a read begun at a key's
+    version shows every change whose notice had arrived by then, and a change it may have missed brings a notice
+    that moves the version on and wakes everyone watching.
+    """
 
     def __init__(self) -> None:
         self._watches: dict[str, set[Watch]] = {}
+        # One count for every notice heard; a watched key keeps the count of the last notice that concerned it.
+        self._notices = 0
+        self._versions: dict[str, int] = {}
 
     @contextlib.contextmanager
     def watch(self, key: str) -> Iterator[Watch]:
         """Register a Watch of `key` for the duration of the block."""
         watch = Watch(key)
-        self._watches.setdefault(key, set()).add(watch)
+        if key not in self._watches:
+            self._watches[key] = set()
+            self._versions[key] = self._notices
+        self._watches[key].add(watch)
         try:
             yield watch
         finally:
@@ -68,19 +81,53 @@ class ChangeHub:
             watches.discard(watch)
             if not watches:
                 del self._watches[key]
+                del self._versions[key]
 
     def notify(self, key: str) -> None:
-        for watch in self._watches.get(key, ()):
-            watch._wake()
+        self._notices += 1
+        watches = self._watches.get(key)
+        if watches is None:
+            return
+        self._versions[key] = self._notices
+        _wake_in_batches(list(watches))
 
     def notify_all(self) -> None:
-        for watches in self._watches.values():
-            for watch in watches:
-                watch._wake()
+        self._notices += 1
+        woken: list[Watch] = []
+        for key, watches in self._watches.items():
+            self._versions[key] = self._notices
+            woken.extend(watches)
+        _wake_in_batches(woken)
+
+    def version(self, key: str) -> int:
+        """A number that grows whenever a notice may concern `key`: the count of its last notice while it is watched,
+        else the count of every notice heard (an unwatched key's notices are not remembered one by one)."""
+        return self._versions.get(key, self._notices)
+
+    def watchers(self, key: str) -> int:
+        """How many watches of `key` are registered."""
+        return len(self._watches.get(key, ()))
 
     @property
     def watching(self) -> int:
         return sum(len(watches) for watches in self._watches.values())
+
+
+def _wake_in_batches(watches: list[Watch], start: int = 0) -> None:
+    # WAKE_BATCH now, the next batch at the loop's next turn (after it polled for I/O): thousands of streams of one
+    # generation do not hold the loop for their whole fan-out, and the other requests are served between batches.
+    end = start + WAKE_BATCH
+    for watch in watches[start:end]:
+        watch._wake()
+    if end >= len(watches):
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop (a synchronous caller): nothing else to be fair to
+        for watch in watches[end:]:
+            watch._wake()
+        return
+    loop.call_soon(_wake_in_batches, watches, end)
 
 
 class ChangeFeed:

@@ -6,19 +6,28 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import MetaData, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 # Pooled connections older than this are replaced at checkout (no round trip; see create_engine).
 POOL_RECYCLE_SECONDS = 300
 
-# Database errors worth waiting out (a restart, a dropped connection, SQLite busy), for loops that retry.
-TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (DBAPIError, OSError, TimeoutError)
+# Database errors worth waiting out (a restart, a dropped connection, SQLite busy, a pool with no connection free
+# in time), for loops that retry.
+TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (DBAPIError, OSError, TimeoutError, PoolTimeoutError)
+
+
+def pool_exhausted(error: BaseException) -> bool:
+    """Whether a request failed because no pooled connection came free within the pool's timeout (too much at
+    once): nothing was done, and the same request may be sent again shortly."""
+    return isinstance(error, PoolTimeoutError)
 
 
 def database_unreachable(error: BaseException) -> bool:
@@ -62,9 +71,24 @@ def make_metadata(schema: str | None = None) -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION, schema=schema)
 
 
-def create_engine(url: str | URL, *, echo: bool = False, **kwargs: Any) -> AsyncEngine:
-    """An async engine: postgresql+asyncpg or sqlite+aiosqlite."""
+@dataclass(frozen=True)
+class PoolLimits:
+    """How many connections a pool keeps, how many more it may open, and how long a checkout waits for one before
+    it fails (sqlalchemy.exc.TimeoutError, which the HTTP handlers answer with a 503 and Retry-After)."""
+
+    size: int
+    max_overflow: int
+    timeout_seconds: float
+
+
+def create_engine(url: str | URL, *, echo: bool = False, pool: PoolLimits | None = None, **kwargs: Any) -> AsyncEngine:
+    """An async engine: postgresql+asyncpg or sqlite+aiosqlite; `pool` bounds its connection pool (an in-memory
+    SQLite database has one connection and no pool to bound)."""
     parsed = make_url(url)
+    if pool is not None and parsed.database not in (None, "", ":memory:"):
+        kwargs.setdefault("pool_size", pool.size)
+        kwargs.setdefault("max_overflow", pool.max_overflow)
+        kwargs.setdefault("pool_timeout", pool.timeout_seconds)
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(parsed, echo=echo, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -26,6 +26,9 @@ INTERNAL_ERROR = "INTERNAL_ERROR"
 SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
 # What a 503 asks the caller to wait before trying again (a database restarting takes seconds).
 UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+# A 503 for a pool with no connection free: a burst that passes in a moment.
+DATABASE_BUSY = "DATABASE_BUSY"
+BUSY_RETRY_AFTER_SECONDS = 2
 
 # Statuses without a code of their own (405, 413, 415, …) are requests the service cannot take as sent.
 _CODE_BY_STATUS: dict[int, str] = {
@@ -238,10 +241,30 @@ def unavailable_response() -> JSONResponse:
     )
 
 
+def busy_response() -> JSONResponse:
+    """503 SERVICE_UNAVAILABLE (`reason_code` DATABASE_BUSY) with a short Retry-After: no database connection came
+    free in time, nothing was done, the same request may be sent again."""
+    return JSONResponse(
+        error_body(
+            "the service is too busy to take this request now; nothing was done, try again",
+            SERVICE_UNAVAILABLE,
+            reason_code=DATABASE_BUSY,
+        ),
+        status_code=503,
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _on_pool_timeout(_request: Request, exc: Exception) -> Response:
+    # Handled here rather than as an unexpected error: an answer, not a traceback in the log for each request.
+    log.warning("answered 503: no database connection came free in time (%s)", type(exc).__name__)
+    return busy_response()
+
+
 def install_error_handlers(app: FastAPI, unavailable: Callable[[BaseException], bool] | None = None) -> None:
     """Make every error response of `app` use the uniform shape. An unhandled error for which `unavailable` is true
     (the database could not be reached) is a 503 with Retry-After rather than a 500: the request's transaction
-    did not commit, so nothing of it was written."""
+    did not commit, so nothing of it was written. So is, in every app, a database pool checkout that timed out."""
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         if unavailable is not None and unavailable(exc):
@@ -252,6 +275,10 @@ def install_error_handlers(app: FastAPI, unavailable: Callable[[BaseException], 
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(DomainError, _on_domain_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    # Imported here: what only needs the error shape (the token CLI) does not load the database library.
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    app.add_exception_handler(PoolTimeoutError, _on_pool_timeout)
     app.add_exception_handler(Exception, on_unexpected)
 
 

@@ -132,7 +132,10 @@ def instrument_app(app: FastAPI) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=_provider, excluded_urls=EXCLUDED_URLS)
+    # No span per ASGI message: an event stream sends one per heartbeat for minutes, thousands of streams at once.
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=_provider, excluded_urls=EXCLUDED_URLS, exclude_spans=["receive", "send"]
+    )
 
 
 def instrument_http_client(client: httpx.AsyncClient) -> None:

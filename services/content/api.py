@@ -15,6 +15,7 @@ from contracts.worker import Timings
 from services.common.auth import CurrentPrincipal, authenticate
 from services.common.auth.dependencies import bearer_scheme
 from services.common.changes import ChangeHub
+from services.common.held_stream import HeldStreamingResponse
 from services.common.http_errors import UnauthorizedError, error_responses
 from services.common.pagination import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
 from services.common.signed_links import LinkSigner
@@ -38,7 +39,14 @@ from services.content.schemas import (
     LimitsOut,
     NumberRange,
 )
-from services.content.watching import generation_events, last_event_step, preferred_wait, wait_until_terminal
+from services.content.streams import GenerationWatching, StreamLimitError
+from services.content.watching import (
+    generation_events,
+    last_event_step,
+    preferred_wait,
+    stream_lifetime,
+    wait_until_terminal,
+)
 
 PREFIX = "/api/v1/content"
 EVENTS_LINK_PURPOSE = "generation-events"
@@ -70,14 +78,16 @@ class ContentApi:
     generations: GenerationService
     projection: IdentityProjection
     hub: ChangeHub
+    watching: GenerationWatching
     links: LinkSigner
     limits: AdmissionLimits
     max_wait_seconds: float
-    heartbeat_seconds: float
     stream_link_ttl_seconds: int
 
 
-def get_api(request: Request) -> ContentApi:
+# Async, though it awaits nothing: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request
+# (a fifth of content's CPU under a flood of refused streams, by py-spy).
+async def get_api(request: Request) -> ContentApi:
     """The use cases and settings the lifespan built."""
     return cast(ContentApi, request.app.state.content)
 
@@ -137,18 +147,39 @@ def _events_url(api: ContentApi, generation_id: uuid.UUID) -> str:
 
 
 async def _answer(
-    api: ContentApi, view: GenerationView, owner_id: str, prefer: str | None, response: Response
+    api: ContentApi,
+    generation_id: uuid.UUID,
+    owner_id: str,
+    prefer: str | None,
+    response: Response,
+    view: GenerationView | None = None,
 ) -> GenerationOut:
-    """The generation, after waiting as `Prefer: wait=N` asks (the preference applied is said in the answer)."""
+    """The generation (`view`, else read now), after waiting as `Prefer: wait=N` asks; the preference applied is
+    said in the answer, and past the caps on open waits the answer comes at once, without it."""
     wait = preferred_wait(prefer, api.max_wait_seconds)
     if wait is not None:
-        generation_id = view.generation.id
-        view = await wait_until_terminal(
-            api.hub, str(generation_id), lambda: api.generations.get(owner_id, generation_id), wait
-        )
-        response.headers["Preference-Applied"] = f"wait={wait}"
         response.headers["Vary"] = "Prefer"
-    return generation_out(view, _events_url(api, view.generation.id))
+        waited = await _waited(api, generation_id, owner_id, wait)
+        if waited is not None:
+            view = waited
+            response.headers["Preference-Applied"] = f"wait={wait}"
+    if view is None:
+        view = await api.generations.get(owner_id, generation_id)
+    return generation_out(view, _events_url(api, generation_id))
+
+
+async def _waited(api: ContentApi, generation_id: uuid.UUID, owner_id: str, seconds: int) -> GenerationView | None:
+    """The owner's generation once final or after `seconds`, through the read every waiter of it shares; None when
+    a cap on open waits leaves this one out (the caller answers at once: a wait is a preference, not a right)."""
+    watching, key = api.watching, str(generation_id)
+    try:
+        hold = watching.waits.hold(generation=key, owner=owner_id)
+    except StreamLimitError:
+        return None
+    try:
+        return await wait_until_terminal(watching.reads, key, watching.reader(key, owner_id, hold), seconds)
+    finally:
+        hold.release()
 
 
 @router.post(
@@ -180,7 +211,8 @@ async def generate(
     response.headers["Location"] = f"{PREFIX}/{submitted.view.generation.id}"
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return await _answer(api, submitted.view, principal.subject, prefer, response)
+    generation_id = submitted.view.generation.id
+    return await _answer(api, generation_id, principal.subject, prefer, response, submitted.view)
 
 
 @router.get("/limits")
@@ -255,8 +287,7 @@ async def get_generation(
 ) -> GenerationOut:
     """A generation's status, parameters, timings, and its image (a fresh URL) or error; `Prefer: wait=N` waits
     for it to finish."""
-    view = await api.generations.get(principal.subject, generation_id)
-    return await _answer(api, view, principal.subject, prefer, response)
+    return await _answer(api, generation_id, principal.subject, prefer, response)
 
 
 @router.post(
@@ -267,6 +298,11 @@ async def cancel_generation(generation_id: uuid.UUID, principal: CurrentPrincipa
     """End an unfinished generation as `canceled` at once (emits generation.canceled); a result that still comes
     is discarded and its image deleted."""
     return generation_out(await api.generations.cancel(principal.subject, generation_id))
+
+
+def _event_data(view: GenerationView, reached: StatusStep) -> str:
+    event = GenerationEventOut(status=reached.status, at=reached.at, generation=generation_out(view))
+    return event.model_dump_json()
 
 
 def _event_schema() -> dict[str, Any]:
@@ -297,7 +333,14 @@ def _event_schema() -> dict[str, Any]:
             "description": "Server-Sent Events: `event: status`, `id:` 1 queued, 2 running, 3 final; "
             "`data:` a GenerationEvent. Ends after the final status.",
         },
-        **error_responses(404),
+        **error_responses(
+            404,
+            429,
+            described={
+                429: "too many open streams on this replica, on this generation or of its owner "
+                "(details.reason_code says which; Retry-After)"
+            },
+        ),
     },
 )
 async def generation_event_stream(
@@ -314,7 +357,9 @@ async def generation_event_stream(
     ] = None,
 ) -> StreamingResponse:
     """The generation's status changes as Server-Sent Events until it is final (a comment every few seconds
-    keeps the connection open). Authenticated by a bearer token, or by the signed `events_url` for EventSource."""
+    keeps the connection open; after a few minutes the stream ends and the client resumes with Last-Event-ID).
+    Authenticated by a bearer token, or by the signed `events_url` for EventSource. Each replica caps the open
+    streams per generation, per owner and in all (429 with Retry-After past them)."""
     owner_id: str | None = None
     if signature is not None or expires is not None:
         refusal = api.links.refusal(EVENTS_LINK_PURPOSE, str(generation_id), expires or 0, signature or "")
@@ -324,24 +369,24 @@ async def generation_event_stream(
     else:
         owner_id = (await authenticate(request, credentials)).subject
 
-    async def read() -> GenerationView:
-        if owner_id is None:  # the signed link is the proof
-            return await api.generations.get_unchecked(generation_id)
-        return await api.generations.get(owner_id, generation_id)
-
-    await read()  # 404 now, before the stream starts, for a generation that is not the caller's
-
-    def event_data(view: GenerationView, reached: StatusStep) -> str:
-        event = GenerationEventOut(status=reached.status, at=reached.at, generation=generation_out(view))
-        return event.model_dump_json()
+    watching, key = api.watching, str(generation_id)
+    # Counted before any read: in all, and for the generation (a signed link is the right to it) or for the owner
+    # (a token); the other part once the first read says whose generation it is (404 first for a stranger's).
+    hold = watching.streams.hold(generation=key if owner_id is None else None, owner=owner_id)
 
     stream = generation_events(
-        api.hub,
-        str(generation_id),
-        read,
-        event_data,
+        watching.reads,
+        key,
+        watching.reader(key, owner_id, hold),
+        watching.event_data(_event_data),
         after_step=last_event_step(last_event_id),
-        heartbeat_seconds=api.heartbeat_seconds,
+        heartbeat_seconds=watching.heartbeat_seconds,
+        max_seconds=stream_lifetime(watching.max_stream_seconds),
     )
+    try:
+        first = await anext(stream)  # the first read: a 404 or a 429 now, before the stream starts
+    except BaseException:
+        hold.release()
+        raise
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    return HeldStreamingResponse(first, stream, release=hold.release, media_type="text/event-stream", headers=headers)

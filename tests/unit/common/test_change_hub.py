@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -82,3 +83,60 @@ async def test_a_failed_health_check_counts_as_a_lost_connection(monkeypatch: py
 
     monkeypatch.setattr(changes, "HEALTH_CHECK_INTERVAL", 0.01)
     await asyncio.wait_for(changes._until_lost(Silent(), asyncio.Event()), 5)
+
+
+# --- versions: what shared reads are keyed by ------------------------------------------------------------------
+
+
+def test_a_watched_keys_version_moves_with_its_own_notices_and_a_reconnect_only() -> None:
+    hub = ChangeHub()
+    with hub.watch("a"), hub.watch("b"):
+        start = hub.version("a")
+        hub.notify("b")
+        hub.notify("unwatched")
+        assert hub.version("a") == start
+        hub.notify("a")
+        after_notice = hub.version("a")
+        assert after_notice > start
+        hub.notify_all()
+        assert hub.version("a") > after_notice
+        assert hub.version("b") > after_notice
+
+
+def test_an_unwatched_keys_version_moves_with_every_notice() -> None:
+    hub = ChangeHub()
+    before = hub.version("a")
+    hub.notify("b")
+    assert hub.version("a") > before
+
+
+def test_a_key_watched_again_never_goes_back_to_an_earlier_version() -> None:
+    hub = ChangeHub()
+    with hub.watch("a"):
+        hub.notify("a")
+        hub.notify("a")
+        seen = hub.version("a")
+    hub.notify("b")
+    with hub.watch("a"):
+        assert hub.version("a") >= seen
+        assert hub.watchers("a") == 1
+    assert hub.watchers("a") == 0
+
+
+async def test_a_notice_to_many_watches_wakes_them_in_batches_with_the_loop_turning_between() -> None:
+    hub = ChangeHub()
+    count = changes.WAKE_BATCH * 5 + 3
+    with contextlib.ExitStack() as stack:
+        watches = [stack.enter_context(hub.watch("crowded")) for _ in range(count)]
+        woken_when_others_ran: list[int] = []
+        hub.notify("crowded")
+        woken_now = sum(watch._event.is_set() for watch in watches)
+        # Another request's callback, scheduled after the notice: it runs before the last batch is woken.
+        asyncio.get_running_loop().call_soon(
+            lambda: woken_when_others_ran.append(sum(watch._event.is_set() for watch in watches))
+        )
+        async with asyncio.timeout(5):
+            assert all(await asyncio.gather(*(watch.changed(5) for watch in watches)))
+
+    assert woken_now == changes.WAKE_BATCH
+    assert woken_when_others_ran and woken_when_others_ran[0] < count

@@ -6,21 +6,25 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.common.changes import ChangeHub
+from services.common.http_errors import NotFoundError
+from services.common.shared_reads import SharedReads
 from services.content.decisions import StatusStep
 from services.content.generations import GenerationView
 from services.content.models import Generation, GenerationStatus
 from services.content.watching import (
     HEARTBEAT,
+    LIFETIME_SPREAD,
     generation_events,
     last_event_step,
     preferred_wait,
     sse_event,
+    stream_lifetime,
     wait_until_terminal,
 )
 
@@ -336,7 +340,7 @@ async def test_a_client_that_goes_away_unregisters_its_watch() -> None:
     async with asyncio.timeout(GUARD):
         await anext(stream)
         assert hub.watching == 1
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
 
     assert hub.watching == 0
 
@@ -355,3 +359,72 @@ async def test_a_stream_that_outlives_its_maximum_ends_and_the_client_resumes_wh
         hub, row.key, row.read, event_data, after_step=last_event_step("1"), heartbeat_seconds=30, max_seconds=0.05
     )
     assert (await _rest(resumed))[:2] == [RETRY, _status_event(2, "running", 1, "running")]
+
+
+async def test_the_first_read_comes_before_the_first_chunk_so_a_refusal_can_still_be_answered() -> None:
+    hub = ChangeHub()
+
+    async def unknown() -> GenerationView:
+        raise NotFoundError("unknown generation")
+
+    stream = generation_events(hub, "g", unknown, event_data, after_step=0, heartbeat_seconds=30)
+
+    with pytest.raises(NotFoundError):
+        await anext(stream)
+    assert hub.watching == 0
+
+
+async def test_a_read_that_fails_mid_stream_ends_the_stream_instead_of_breaking_it() -> None:
+    row, hub = Row(), ChangeHub()
+
+    async def read_then_fail() -> GenerationView:
+        if row.reads >= 1:
+            raise ConnectionResetError("the database went away")
+        return await row.read()
+
+    stream = generation_events(hub, row.key, read_then_fail, event_data, after_step=0, heartbeat_seconds=30)
+    async with asyncio.timeout(GUARD):
+        assert [await anext(stream), await anext(stream)] == [RETRY, _status_event(1, "queued", 0, "queued")]
+        hub.notify(row.key)
+        rest = [chunk async for chunk in stream]
+
+    assert rest == []
+    assert hub.watching == 0
+
+
+@pytest.mark.parametrize("draw", [0.0, 0.5, 0.999])
+def test_a_streams_lifetime_is_the_maximum_less_up_to_a_tenth(draw: float) -> None:
+    lifetime = stream_lifetime(300.0, lambda: draw)
+
+    assert 300.0 * (1 - LIFETIME_SPREAD) < lifetime <= 300.0
+    assert lifetime == pytest.approx(300.0 - 30.0 * draw)
+
+
+async def test_many_streams_of_one_generation_share_one_read_per_change() -> None:
+    row, hub = Row(), ChangeHub()
+    reads: SharedReads[GenerationView] = SharedReads(hub, lambda _key: row.read(), max_age=60.0)
+
+    def shared_read() -> Awaitable[GenerationView]:
+        return reads.read(row.key)
+
+    streams = [
+        generation_events(reads, row.key, shared_read, event_data, after_step=0, heartbeat_seconds=30)
+        for _ in range(200)
+    ]
+    async with asyncio.timeout(GUARD):
+        firsts = await asyncio.gather(*(anext(stream) for stream in streams))
+        queued = await asyncio.gather(*(anext(stream) for stream in streams))
+        assert row.reads == 1
+        row.start(seconds=1)
+        hub.notify(row.key)
+        running = await asyncio.gather(*(anext(stream) for stream in streams))
+        assert row.reads == 2
+        row.finish(seconds=2)
+        hub.notify(row.key)
+        rests = await asyncio.gather(*(_rest(stream) for stream in streams))
+
+    assert set(firsts) == {RETRY}
+    assert set(queued) == {_status_event(1, "queued", 0, "queued")}
+    assert set(running) == {_status_event(2, "running", 1, "running")}
+    assert all(rest == [_status_event(3, "completed", 2, "completed")] for rest in rests)
+    assert (row.reads, hub.watching) == (3, 0)
