@@ -38,6 +38,11 @@ class PermanentError(Exception):
     """Raised by a handler when retrying cannot help: the message is dead-lettered at once."""
 
 
+class ForgedEventError(PermanentError):
+    """Raised by a handler when a field of the event disagrees with what the receiver derives from ids it trusts
+    (an object key, an owner): the message is dead-lettered at once as forged, and nothing of it is applied."""
+
+
 # Headers a consumer sets on the copies it sends to a retry stage or to the DLQ.
 RETRIES_HEADER = "x-vixen-retries"  # retry stages the message went through so far
 LAST_ERROR_HEADER = "x-vixen-last-error"  # the handler's last failure, sanitised
@@ -58,6 +63,7 @@ class DeathReason(StrEnum):
     INVALID_EVENT = "invalid-event"
     UNEXPECTED_TYPE = "unexpected-type"
     FORGED_SOURCE = "forged-source"
+    FORGED_FIELD = "forged-field"
     PERMANENT_ERROR = "permanent-error"
     RETRIES_EXHAUSTED = "retries-exhausted"
 
@@ -224,6 +230,8 @@ class Consumer:
             await self._handler(received)
         except InvalidEventError as error:
             await self._dead_letter(message, DeathReason.INVALID_EVENT, str(error))
+        except ForgedEventError as error:
+            await self._dead_letter(message, DeathReason.FORGED_FIELD, str(error))
         except PermanentError as error:
             await self._dead_letter(message, DeathReason.PERMANENT_ERROR, str(error))
         except Exception as error:

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
+from contracts.budget import GenerationBudget, budget_refusal
 from services.common.http_errors import FieldError, InvalidRequestError, TooManyRequestsError
 from services.content.schemas import GenerateRequest
 
@@ -30,28 +31,17 @@ class AdmissionLimits:
     burst: int
     idempotency_ttl_seconds: int
 
+    @property
+    def budget(self) -> GenerationBudget:
+        """The bounds on one generation, as the gateway checks them too."""
+        return GenerationBudget(self.min_side, self.max_side, self.max_steps, self.max_pixel_steps)
+
 
 def check_request_fits(request: GenerateRequest, limits: AdmissionLimits) -> None:
     """Refuse sizes and steps outside the configured bounds, and a request over the cost budget (422)."""
-    fields: list[FieldError] = []
-    for name in ("width", "height"):
-        value = getattr(request, name)
-        if not limits.min_side <= value <= limits.max_side:
-            fields.append(FieldError(name, f"must be between {limits.min_side} and {limits.max_side}"))
-    if request.steps > limits.max_steps:
-        fields.append(FieldError("steps", f"must be at most {limits.max_steps}"))
-    if fields:
-        raise InvalidRequestError("the request is outside this deployment's bounds", fields=fields)
-    cost = request.width * request.height * request.steps
-    if cost > limits.max_pixel_steps:
-        reason = (
-            f"width × height × steps is {cost:,}, over this deployment's budget of {limits.max_pixel_steps:,}: "
-            "ask for fewer steps or a smaller image"
-        )
-        raise InvalidRequestError(
-            "the request is over the cost budget",
-            fields=[FieldError(name, reason) for name in ("width", "height", "steps")],
-        )
+    refusal = budget_refusal(request.width, request.height, request.steps, limits.budget)
+    if refusal is not None:
+        raise InvalidRequestError(refusal.message, fields=[FieldError(name, reason) for name, reason in refusal.fields])
 
 
 def refilled_tokens(tokens: float, refilled_at: datetime, now: datetime, limits: AdmissionLimits) -> float:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.common.consumer import EventHandler, PermanentError, ReceivedEvent
-from services.content.decisions import UnexpectedEventError
+from services.common.consumer import EventHandler, ForgedEventError, PermanentError, ReceivedEvent
+from services.content.decisions import ForgedFieldError, UnexpectedEventError
 from services.content.generations import GenerationService
 from services.content.projection import IdentityProjection
 
@@ -14,6 +14,8 @@ def identity_events_handler(projection: IdentityProjection) -> EventHandler:
     async def handle(event: ReceivedEvent) -> None:
         try:
             await projection.apply(event.envelope, event.payload)
+        except ForgedFieldError as error:
+            raise ForgedEventError(str(error)) from error
         except UnexpectedEventError as error:
             # Retrying cannot help: straight to the dead-letter queue.
             raise PermanentError(str(error)) from error
@@ -27,6 +29,8 @@ def generation_results_handler(generations: GenerationService) -> EventHandler:
     async def handle(event: ReceivedEvent) -> None:
         try:
             await generations.apply_result(event.envelope, event.payload)
+        except ForgedFieldError as error:
+            raise ForgedEventError(str(error)) from error
         except UnexpectedEventError as error:
             raise PermanentError(str(error)) from error
 

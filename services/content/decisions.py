@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from contracts.errors import WorkerErrorCode
 from contracts.events import (
+    AvatarEvent,
     EventPayload,
     EventType,
     GenerationCompleted,
@@ -15,8 +16,10 @@ from contracts.events import (
     GenerationParams,
     GenerationRequested,
     GenerationStarted,
+    LoraEvent,
     LoraRef,
 )
+from contracts.object_keys import generation_image_key, image_key_problem, lora_key_problem
 from services.common.http_errors import ConflictError, FieldError, NotFoundError
 from services.content.models import AvatarProjection, Generation, GenerationStatus, LoraProjection, LoraState
 from services.content.schemas import GenerateRequest
@@ -33,6 +36,11 @@ STATUS_STEP = {GenerationStatus.QUEUED: 1, GenerationStatus.RUNNING: 2} | {statu
 
 class UnexpectedEventError(ValueError):
     """An event this consumer cannot apply, now or ever (unknown generation, foreign type)."""
+
+
+class ForgedFieldError(UnexpectedEventError):
+    """An event whose field disagrees with what content derives or already knows (an image key that is not the
+    generation's, an avatar that changes owner): applied never, dead-lettered as forged."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,12 @@ def check_can_generate(
     if avatar is None or avatar.owner_id != owner_id or avatar.deleted:
         reason = "no such avatar (or not yet known to content)"
         raise NotFoundError("unknown avatar", fields=[FieldError("avatar_id", reason)])
-    if lora is None or lora.status != LoraState.READY.value or lora.avatar_id != avatar.id:
+    if (
+        lora is None
+        or lora.status != LoraState.READY.value
+        or lora.avatar_id != avatar.id
+        or lora.owner_id != avatar.owner_id
+    ):
         reason = "avatar has no ready LoRA yet"
         raise ConflictError(reason, fields=[FieldError("avatar_id", reason)])
     return avatar, lora
@@ -158,6 +171,7 @@ def apply_result(generation: Generation, payload: EventPayload, event_type: Even
         if generation.started_at is None and not canceled:
             generation.started_at = now
     elif isinstance(payload, GenerationCompleted):
+        check_image_is_the_generations(generation, payload)
         generation.attempts = max(generation.attempts, payload.attempts)
         generation.image = payload.image.model_dump(mode="json")
         generation.generation_time_seconds = payload.generation_time_seconds
@@ -184,6 +198,38 @@ def apply_result(generation: Generation, payload: EventPayload, event_type: Even
             generation.finished_at = now
     generation.updated_at = now
     return True
+
+
+def check_image_is_the_generations(generation: Generation, payload: GenerationCompleted) -> None:
+    """Refuse (ForgedFieldError) an image that is not at the key derived from the generation's id: content reads,
+    hands out and deletes only the object it derives, whatever an event says."""
+    problem = image_key_problem(payload.image.object_key, generation.id)
+    if problem is not None:
+        raise ForgedFieldError(f"generation.completed for {generation.id}: {problem}")
+
+
+def image_key(generation: Generation) -> str:
+    """Where the generation's image is (derived from its id: the stored event's key is never used)."""
+    return generation_image_key(generation.id)
+
+
+def check_avatar_event(row: AvatarProjection | None, payload: AvatarEvent) -> None:
+    """Refuse (ForgedFieldError) an avatar event that gives a known avatar another owner: an avatar's owner never
+    changes, so such an event would hand one tenant's avatar (and its LoRA) to another."""
+    if row is not None and row.owner_id != payload.owner_id:
+        raise ForgedFieldError(f"avatar {payload.avatar_id} belongs to another owner than the event says")
+
+
+def check_lora_event(row: LoraProjection | None, avatar: AvatarProjection | None, payload: LoraEvent) -> None:
+    """Refuse (ForgedFieldError) a lora.* event whose object key is not the content address of its sha256, whose
+    owner is not its avatar's owner, or that moves a known LoRA to another avatar or owner."""
+    problem = lora_key_problem(payload.object_key, payload.sha256)
+    if problem is not None:
+        raise ForgedFieldError(f"lora {payload.lora_model_id}: {problem}")
+    if avatar is not None and avatar.owner_id != payload.owner_id:
+        raise ForgedFieldError(f"lora {payload.lora_model_id}: its owner is not the owner of avatar {avatar.id}")
+    if row is not None and (row.avatar_id, row.owner_id) != (payload.avatar_id, payload.owner_id):
+        raise ForgedFieldError(f"lora {payload.lora_model_id} belongs to another avatar or owner than the event says")
 
 
 def time_out(generation: Generation, now: datetime) -> bool:

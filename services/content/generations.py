@@ -274,10 +274,9 @@ class GenerationService:
         purged = 0
         async with self._sessions() as session, session.begin():
             for generation in await repository.images_to_purge(session, limit):
-                key = str((generation.image or {}).get("object_key", ""))
                 try:
-                    if key:
-                        await self._images.delete(key)
+                    # The derived key, never the event's: a purge deletes this generation's image and nothing else.
+                    await self._images.delete(decisions.image_key(generation))
                 except Exception as error:  # storage may be briefly unreachable: the sweeper retries
                     log.warning(
                         "could not delete the late image of canceled generation %s: %s",
@@ -353,7 +352,7 @@ class GenerationService:
     async def _image_url(self, generation: Generation) -> str | None:
         if not generation.image or GenerationStatus(generation.status) is not GenerationStatus.COMPLETED:
             return None
-        key = str(generation.image["object_key"])
+        key = decisions.image_key(generation)
         return self._images.public_url(key) or await self._images.presign_get(key, self._policy.image_url_ttl_seconds)
 
 

@@ -78,6 +78,7 @@ class IdentityProjection:
         self, session: AsyncSession, payload: AvatarEvent, event_type: EventType, event_time: datetime
     ) -> None:
         row = await repository.get_avatar(session, payload.avatar_id, for_update=True)
+        decisions.check_avatar_event(row, payload)
         if not decisions.avatar_event_applies(row, event_type, event_time):
             return
         if row is None:
@@ -92,6 +93,7 @@ class IdentityProjection:
 
     async def _project_lora(self, session: AsyncSession, payload: LoraEvent, event_type: EventType) -> None:
         row = await repository.get_lora(session, payload.lora_model_id, for_update=True)
+        decisions.check_lora_event(row, await repository.get_avatar(session, payload.avatar_id), payload)
         if not decisions.lora_event_applies(row):
             return
         if row is None:

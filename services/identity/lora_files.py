@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import IO, Protocol
 
 from contracts.lora_targets import TargetTable
+from contracts.object_keys import lora_object_key
 from services.common.storage import ObjectInfo, ObjectTooLargeError
 from services.identity.verification import LoraVerifier, VerifiedLora, too_large
 
@@ -40,7 +41,7 @@ def upload_key(avatar_id: uuid.UUID, lora_id: uuid.UUID) -> str:
 
 def immutable_key(sha256: str) -> str:
     """Where a verified file lives: named by its content, written only by identity, never by an upload URL."""
-    return f"loras/sha256/{sha256}.safetensors"
+    return lora_object_key(sha256)
 
 
 @dataclass(frozen=True)

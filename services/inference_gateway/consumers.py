@@ -8,12 +8,26 @@ from __future__ import annotations
 import logging
 
 from contracts.events import GenerationCanceled, GenerationRequested
-from services.common.consumer import EventHandler, PermanentError, ReceivedEvent
+from contracts.object_keys import UnderivableKeyError, canonical_generation_id, lora_key_problem
+from services.common.consumer import EventHandler, ForgedEventError, PermanentError, ReceivedEvent
 from services.inference_gateway import metrics as m
 from services.inference_gateway.jobs import AcceptOutcome, JobStore
 from services.inference_gateway.runner import JobRunner
 
 log = logging.getLogger(__name__)
+
+
+def forged_request_field(request: GenerationRequested) -> str | None:
+    """Why a generation.requested names something content never would, or None: content issues canonical UUIDs
+    (the image key is derived from it) and names a ready LoRA by the content address of its sha256, so a request
+    pointing at any other object (an upload, an image, another file) is forged."""
+    try:
+        canonical_generation_id(request.generation_id)
+    except UnderivableKeyError as error:
+        return str(error)
+    if request.lora is None:
+        return None
+    return lora_key_problem(request.lora.object_key, request.lora.sha256)
 
 
 def generation_requested_handler(store: JobStore, runner: JobRunner, metrics: m.Metrics) -> EventHandler:
@@ -23,6 +37,9 @@ def generation_requested_handler(store: JobStore, runner: JobRunner, metrics: m.
         if not isinstance(event.payload, GenerationRequested):
             # Only generation.requested is bound to this queue: anything else is a routing mistake.
             raise PermanentError(f"unexpected {event.envelope.type} on the generation-requested queue")
+        forged = forged_request_field(event.payload)
+        if forged is not None:
+            raise ForgedEventError(forged)
         generation_id = event.payload.generation_id
         outcome = await store.accept(event.payload, event.traceparent)
         metrics.inc(m.JOBS_RECORDED, outcome=outcome.value)
@@ -44,7 +61,11 @@ def generation_canceled_handler(runner: JobRunner) -> EventHandler:
         if not isinstance(event.payload, GenerationCanceled):
             # Only generation.canceled is bound to this queue: anything else is a routing mistake.
             raise PermanentError(f"unexpected {event.envelope.type} on the generation-canceled queue")
-        outcome = await runner.cancel(event.payload.generation_id)
+        try:
+            canceled = canonical_generation_id(event.payload.generation_id)
+        except UnderivableKeyError as error:
+            raise ForgedEventError(str(error)) from None
+        outcome = await runner.cancel(canceled)
         log.info("generation %s canceled (%s): %s", event.payload.generation_id, event.payload.reason, outcome.value)
 
     return handle

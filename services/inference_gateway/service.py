@@ -10,10 +10,8 @@ and, for a job taken over after a crash, where its previous runner left it (`Res
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,6 +21,7 @@ from typing import Literal, Protocol
 
 from pydantic import ValidationError
 
+from contracts.budget import GenerationBudget, budget_refusal
 from contracts.errors import GatewayErrorCode, WorkerErrorCode
 from contracts.events import (
     EventPayload,
@@ -32,6 +31,7 @@ from contracts.events import (
     GenerationStarted,
     ImageRef,
 )
+from contracts.object_keys import generation_image_key
 from contracts.worker import WorkerRequest, WorkerSuccess
 from services.inference_gateway import metrics as m
 from services.inference_gateway.errors import GatewayFailure
@@ -48,7 +48,6 @@ from services.inference_gateway.sanitize import sanitize_details, sanitize_text
 
 log = logging.getLogger(__name__)
 
-OUTPUT_PREFIX = "generations/"
 # The worker gets the time left until the deadline; the HTTP call waits this much longer for its answer.
 RESPONSE_GRACE_SECONDS = 15.0
 # The longest wait between two uploads of an image whose storage is down.
@@ -58,7 +57,7 @@ UPLOAD_BACKOFF_MAX_SECONDS = 30.0
 UNREACHABLE_BACKOFF_MAX_SECONDS = 10.0
 # How many recently canceled generation ids the gateway remembers (oldest forgotten first).
 CANCELED_MEMORY = 10_000
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEFAULT_BUDGET = GenerationBudget()
 
 
 OnCall = Callable[[str], Awaitable[None]]
@@ -123,12 +122,6 @@ class ResultPublisher(Protocol):
     async def publish(self, payload: EventPayload, *, generation_id: str, traceparent: str | None) -> None: ...
 
 
-def output_key(generation_id: str) -> str:
-    """Where a generation's PNG is stored: derived from its id, so a repeat overwrites the same object."""
-    name = generation_id if _SAFE_ID.match(generation_id) else hashlib.sha256(generation_id.encode()).hexdigest()
-    return f"{OUTPUT_PREFIX}{name}.png"
-
-
 def worker_request_for(request: GenerationRequested, lora_url: str | None, budget: float) -> WorkerRequest:
     """The worker contract's body for a generation; INVALID_REQUEST when the event does not fit it."""
     try:
@@ -169,6 +162,8 @@ class GenerationService:
     `calls`: where each async worker call id goes once submitted (the job table), so that it can be resumed.
     `upload_retry_seconds`: how long the upload of an image already made keeps being retried past the attempts
     limit (storage down for a minute must not throw away a GPU run), within the deadline.
+    `budget`: the deployment's bounds on one generation (content's, contracts.budget): a request over them is failed
+    with INVALID_REQUEST without calling the worker, whoever published it.
     `worker_retry_seconds`: how long an unreachable worker (refused or reset connections, 5xx or 429 without a
     contract body) keeps being retried past the attempts limit, from its first such failure, within the deadline:
     a worker restarting for less than that fails no generation.
@@ -193,8 +188,10 @@ class GenerationService:
         calls: CallRecorder | None = None,
         upload_retry_seconds: float = 0.0,
         worker_retry_seconds: float = 0.0,
+        budget: GenerationBudget = DEFAULT_BUDGET,
     ) -> None:
         self._worker = worker
+        self._budget = budget
         self._calls = calls
         self._upload_retry = upload_retry_seconds
         self._worker_retry = worker_retry_seconds
@@ -262,6 +259,16 @@ class GenerationService:
                 WorkerErrorCode.TIMEOUT,
                 "the deadline passed before the gateway could start the generation",
                 {"deadline": request.deadline.isoformat(), "worker_called": False},
+            )
+            return await self._fail(
+                request, failure, attempts=max(1, resume.attempts if resume else 1), traceparent=traceparent
+            )
+        refusal = budget_refusal(request.params.width, request.params.height, request.params.steps, self._budget)
+        if refusal is not None:
+            log.warning("generation %s refused without running: %s", generation_id, refusal.message)
+            fields = [name for name, _ in refusal.fields]
+            failure = GatewayFailure(
+                WorkerErrorCode.INVALID_REQUEST, refusal.message, {"fields": fields, "worker_called": False}
             )
             return await self._fail(
                 request, failure, attempts=max(1, resume.attempts if resume else 1), traceparent=traceparent
@@ -531,13 +538,13 @@ class GenerationService:
 
     async def _store(self, generation_id: str, png: CheckedPng) -> None:
         try:
-            await self._storage.put_bytes(output_key(generation_id), png.data, PNG_CONTENT_TYPE)
+            await self._storage.put_bytes(generation_image_key(generation_id), png.data, PNG_CONTENT_TYPE)
         except Exception as error:
             self._log_storage_error("could not store the image", generation_id, error)
             raise GatewayFailure(
                 GatewayErrorCode.STORAGE_FAILED,
                 "could not store the image",
-                {"object_key": output_key(generation_id), "reason": type(error).__name__},
+                {"object_key": generation_image_key(generation_id), "reason": type(error).__name__},
             ) from None
 
     def _log_storage_error(self, what: str, generation_id: str, error: Exception) -> None:
@@ -562,7 +569,7 @@ class GenerationService:
         completed = GenerationCompleted(
             generation_id=request.generation_id,
             image=ImageRef(
-                object_key=output_key(request.generation_id),
+                object_key=generation_image_key(request.generation_id),
                 sha256=png.sha256,
                 width=png.width,
                 height=png.height,

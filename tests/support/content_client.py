@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from contracts.events import EventPayload, GenerationCompleted, GenerationStarted, ImageRef
+from contracts.object_keys import generation_image_key
 from contracts.worker import ModelInfo
 from services.common.broker import Publisher
 from services.common.events import new_event
@@ -82,7 +83,7 @@ def completed(generation_id: str, object_key: str | None = None, size: int = 512
     return GenerationCompleted(
         generation_id=generation_id,
         image=ImageRef(
-            object_key=object_key or f"outputs/{generation_id}.png",
+            object_key=object_key or generation_image_key(generation_id),
             sha256=SHA,
             width=size,
             height=size,

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import EventEnvelope
 from contracts.events import EventPayload, GenerationCompleted, GenerationStarted, ImageRef
+from contracts.object_keys import generation_image_key
 from contracts.worker import ModelInfo, Timings
 from services.common.changes import ChangeFeed, ChangeHub
 from services.common.events import new_event, parse_event
@@ -168,7 +169,7 @@ async def _refused(h: Harness, attempt: Callable[[], Any], error: type[DomainErr
 def _completed(generation_id: uuid.UUID, attempts: int = 1) -> GenerationCompleted:
     return GenerationCompleted(
         generation_id=str(generation_id),
-        image=ImageRef(object_key=f"outputs/{generation_id}.png", sha256=SHA, width=64, height=64, size_bytes=10),
+        image=ImageRef(object_key=generation_image_key(generation_id), sha256=SHA, width=64, height=64, size_bytes=10),
         generation_time_seconds=0.5,
         model_info=ModelInfo(base_model="tiny", lora_applied=True, lora_scale=0.6),
         timings=Timings(total_ms=500.0),

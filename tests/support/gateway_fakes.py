@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -11,6 +12,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from contracts.events import EventPayload, GenerationParams, GenerationRequested, LoraRef
+from contracts.object_keys import lora_object_key
 from contracts.worker import ModelInfo, Timings, WorkerRequest, WorkerSuccess
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.metrics import Metrics
@@ -18,6 +20,16 @@ from services.inference_gateway.retries import RetryPolicy
 from services.inference_gateway.service import GenerationService
 
 LORA_SHA = "ab" * 32
+# Where content names a ready LoRA (its content address), and a generation id as content issues one.
+LORA_KEY = lora_object_key(LORA_SHA)
+GENERATION_ID = "0b7c7d8e-1f2a-4b3c-8d4e-5f6a7b8c9d0e"
+
+
+def gid(label: str) -> str:
+    """A generation id as content issues one (a canonical UUID), the same for the same label."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"vixenbliss-test:{label}"))
+
+
 START = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -47,11 +59,11 @@ def success(
 
 
 def requested(
-    generation_id: str = "gen-1",
+    generation_id: str = GENERATION_ID,
     *,
     now: datetime = START,
     deadline_in: timedelta = timedelta(minutes=5),
-    lora_key: str | None = "loras/avatar-1/lora-1.safetensors",
+    lora_key: str | None = LORA_KEY,
     width: int = 64,
     height: int = 64,
     steps: int = 2,

@@ -22,6 +22,7 @@ from contracts.events import (
     GenerationFailed,
     GenerationRequested,
 )
+from contracts.object_keys import lora_object_key
 from contracts.topology import CONTENT_GENERATION_RESULTS, SERVICE_CONTENT, Topology, event_source
 from scripts.stacklib.processes import free_port, start_process, stop, wait_until_ready
 from services.common.broker import Publisher
@@ -62,12 +63,15 @@ def gateway_settings(
     return GatewaySettings(**gateway_env(rabbitmq_url, storage, topo, endpoint_url, **env))  # type: ignore[arg-type]
 
 
-async def lora_request(storage: ObjectStorage, data: bytes, *, key: str, steps: int) -> GenerationRequested:
-    """A new generation's request (64×64) for a LoRA file put in the bucket at `key` (its sha256 in the request)."""
+async def lora_request(storage: ObjectStorage, data: bytes, *, steps: int) -> GenerationRequested:
+    """A new generation's request (64×64) for a LoRA file put in the bucket where identity puts a ready one (the
+    content address of its sha256, which the request carries)."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    key = lora_object_key(sha256)
     await storage.put_bytes(key, data)
     request = requested(str(uuid.uuid4()), lora_key=key, steps=steps)
     assert request.lora is not None
-    lora = request.lora.model_copy(update={"sha256": hashlib.sha256(data).hexdigest()})
+    lora = request.lora.model_copy(update={"sha256": sha256})
     return request.model_copy(update={"lora": lora})
 
 

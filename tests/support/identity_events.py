@@ -3,6 +3,7 @@
 from datetime import datetime, timedelta
 
 from contracts.events import AvatarCreated, AvatarUpdated, EventPayload, LoraReady
+from contracts.object_keys import lora_object_key
 
 
 def ready_avatar_events(
@@ -22,7 +23,7 @@ def ready_avatar_events(
         lora_model_id=lora_id,
         avatar_id=avatar_id,
         owner_id=owner_id,
-        object_key=f"loras/{avatar_id}/{lora_id}.safetensors",
+        object_key=lora_object_key(sha256),
         sha256=sha256,
         size_bytes=size_bytes,
         base_model="sdxl-base-1.0",

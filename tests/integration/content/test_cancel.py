@@ -12,6 +12,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import GenerationCanceled, GenerationFailed
+from contracts.object_keys import generation_image_key
 from contracts.topology import GATEWAY_GENERATION_CANCELED, Topology
 from services.common.broker import Publisher
 from services.common.storage import ObjectStorage
@@ -113,7 +114,7 @@ async def test_a_result_after_the_cancel_never_shows_and_its_image_is_deleted(
     content: httpx.AsyncClient, publisher: Publisher, storage: ObjectStorage, auth: dict[str, str], avatar_id: str
 ) -> None:
     generation_id = (await submit(content, auth, avatar_id))["id"]
-    key = f"outputs/{generation_id}.png"
+    key = generation_image_key(generation_id)
     await storage.put_bytes(key, b"\x89PNG late image", "image/png")
     canceled = (await cancel(content, auth, generation_id)).json()
 

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 
 from contracts.events import GenerationCompleted, GenerationFailed, GenerationRequested, ImageRef
+from contracts.object_keys import generation_image_key
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, Topology
 from contracts.worker import ModelInfo, Timings
 from services.common.broker import Publisher
@@ -207,7 +208,7 @@ async def test_result_events_move_the_status_forward_and_a_late_started_does_not
     assert running["attempts"] == 1 and running["image"] is None and running["started_at"] is not None
 
     png = b"\x89PNG\r\n\x1a\n" + bytes(100)
-    stored = await storage.put_bytes(f"outputs/{generation_id}.png", png, content_type="image/png")
+    stored = await storage.put_bytes(generation_image_key(generation_id), png, content_type="image/png")
     done_event = GenerationCompleted(
         generation_id=generation_id,
         image=ImageRef(object_key=stored.key, sha256=stored.sha256 or "", width=64, height=64, size_bytes=len(png)),

@@ -24,7 +24,6 @@ from tests.support.gateway_harness import (
 )
 from tests.support.prometheus import metric_value, wait_for_metric
 
-LORA_KEY = "loras/avatar-1/lora-cancel.safetensors"
 LONG_STEPS = 100  # the contract's maximum
 SHORT_STEPS = 10
 
@@ -41,8 +40,8 @@ async def test_canceling_a_running_generation_stops_it_on_the_worker_and_frees_t
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     data = lora_files["a"].read_bytes()
-    long = await lora_request(storage, data, key=LORA_KEY, steps=LONG_STEPS)
-    short = await lora_request(storage, data, key=LORA_KEY, steps=SHORT_STEPS)
+    long = await lora_request(storage, data, steps=LONG_STEPS)
+    short = await lora_request(storage, data, steps=SHORT_STEPS)
     cancel = GenerationCanceled(
         generation_id=long.generation_id, owner_id="owner-1", avatar_id="avatar-1", canceled_at=datetime.now(UTC)
     )

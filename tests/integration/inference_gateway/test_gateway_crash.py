@@ -25,7 +25,6 @@ from services.inference_gateway.jobs import JobStore
 from services.inference_gateway.models import Job
 from tests.support.gateway_harness import ROOT, ResultLog, gateway_env, lora_request, publish_request
 
-LORA_KEY = "loras/avatar-1/lora-crash.safetensors"
 LEASE_SECONDS = 2
 
 
@@ -77,7 +76,7 @@ async def test_a_gateway_killed_mid_job_is_taken_over_with_one_result_and_no_sec
     lora_files: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    request = await lora_request(storage, lora_files["a"].read_bytes(), key=LORA_KEY, steps=60)
+    request = await lora_request(storage, lora_files["a"].read_bytes(), steps=60)
     env = {
         **os.environ,
         **gateway_env(

@@ -9,23 +9,24 @@ from pathlib import Path
 from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import GenerationCompleted, GenerationFailed, GenerationRequested, GenerationStarted
+from contracts.object_keys import lora_object_key
 from contracts.topology import Topology
 from services.common.storage import ObjectStorage
 from tests.support.gateway_fakes import image_size, requested
 from tests.support.gateway_harness import gateway_running, gateway_settings, publish_request, results_until_terminal
 from tests.support.prometheus import metric_value
 
-LORA_KEY = "loras/avatar-1/lora-1.safetensors"
-
 
 async def upload_lora(storage: ObjectStorage, data: bytes) -> str:
-    await storage.put_bytes(LORA_KEY, data)
-    return hashlib.sha256(data).hexdigest()
+    """Put the file where identity puts a ready LoRA (its content address); its sha256."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    await storage.put_bytes(lora_object_key(sha256), data)
+    return sha256
 
 
 def request_for(lora_sha256: str, width: int = 64, height: int = 64) -> tuple[str, GenerationRequested]:
     generation_id = str(uuid.uuid4())
-    request = requested(generation_id, lora_key=LORA_KEY, width=width, height=height, steps=2)
+    request = requested(generation_id, lora_key=lora_object_key(lora_sha256), width=width, height=height, steps=2)
     assert request.lora is not None
     lora = request.lora.model_copy(update={"sha256": lora_sha256})
     return generation_id, request.model_copy(update={"lora": lora})

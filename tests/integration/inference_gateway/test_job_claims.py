@@ -18,7 +18,7 @@ from services.common.migrations import migrate_to_head
 from services.inference_gateway.jobs import JobStore
 from services.inference_gateway.migrations import MIGRATIONS
 from services.inference_gateway.models import Job
-from tests.support.gateway_fakes import requested
+from tests.support.gateway_fakes import gid, requested
 
 RUNNERS = 4
 JOBS = 40
@@ -60,7 +60,7 @@ async def test_runners_claiming_at_once_each_get_distinct_jobs_and_together_all(
 
 async def test_an_expired_lease_is_taken_over_by_one_runner_only(sessions: async_sessionmaker[AsyncSession]) -> None:
     dead = JobStore(sessions, owner="dead", lease_seconds=30)
-    await dead.accept(requested("gen-1"), None)
+    await dead.accept(requested(gid("gen-1")), None)
     await dead.claim(1)
     async with sessions() as session, session.begin():
         await session.execute(update(Job).values(lease_until=datetime(2000, 1, 1, tzinfo=UTC)))
@@ -70,7 +70,7 @@ async def test_an_expired_lease_is_taken_over_by_one_runner_only(sessions: async
 
     winners = [jobs for jobs in claimed if jobs]
     assert len(winners) == 1 and winners[0][0].recovered and winners[0][0].recoveries == 1
-    job = await dead.job("gen-1")
+    job = await dead.job(gid("gen-1"))
     assert job is not None and job.lease_owner != "dead"
 
 
@@ -79,9 +79,9 @@ async def test_the_open_jobs_every_replica_reports_are_the_queued_and_running_on
 ) -> None:
     intake = JobStore(sessions, owner="intake", lease_seconds=30)
     for n in range(5):
-        await intake.accept(requested(f"gen-{n}"), None)
+        await intake.accept(requested(gid(f"gen-{n}")), None)
     running = await JobStore(sessions, owner="runner-a", lease_seconds=30).claim(2)
-    await intake.cancel("gen-4")  # a queued job canceled: final, not open
+    await intake.cancel(gid("gen-4"))  # a queued job canceled: final, not open
     other = JobStore(sessions, owner="runner-b", lease_seconds=30)
 
     assert len(running) == 2

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from contracts.events import (
+    AvatarCreated,
+    AvatarUpdated,
     EventType,
     GenerationCompleted,
     GenerationFailed,
@@ -16,9 +18,11 @@ from contracts.events import (
     ImageRef,
     LoraReady,
 )
+from contracts.object_keys import generation_image_key, lora_object_key
 from contracts.worker import ModelInfo, Timings
 from services.common.http_errors import ConflictError, NotFoundError
 from services.content.decisions import (
+    ForgedFieldError,
     StatusStep,
     UnexpectedEventError,
     apply_result,
@@ -26,7 +30,9 @@ from services.content.decisions import (
     avatar_is_ready,
     build_generation_requested,
     cancel,
+    check_avatar_event,
     check_can_generate,
+    check_lora_event,
     is_terminal,
     lora_event_applies,
     seconds_between,
@@ -103,7 +109,7 @@ def _started(generation: Generation, attempt: int = 1) -> GenerationStarted:
 def _completed(generation_id: str) -> GenerationCompleted:
     return GenerationCompleted(
         generation_id=generation_id,
-        image=ImageRef(object_key=f"outputs/{generation_id}.png", sha256=SHA, width=64, height=64, size_bytes=100),
+        image=ImageRef(object_key=generation_image_key(generation_id), sha256=SHA, width=64, height=64, size_bytes=100),
         generation_time_seconds=1.5,
         model_info=ModelInfo(base_model="tiny", lora_applied=True, lora_scale=0.8),
         timings=Timings(total_ms=1500.0),
@@ -196,7 +202,7 @@ def test_a_completed_after_a_cancel_is_recorded_for_deletion_and_the_generation_
     assert apply_result(generation, _completed(str(generation.id)), COMPLETED, later) is True
 
     assert generation.status == "canceled"
-    assert generation.image is not None and generation.image["object_key"] == f"outputs/{generation.id}.png"
+    assert generation.image is not None and generation.image["object_key"] == generation_image_key(generation.id)
     assert generation.image_purge_pending is True
     assert generation.finished_at == NOW  # when it was canceled, not when the image came
 
@@ -221,7 +227,13 @@ def test_a_failed_after_a_cancel_leaves_it_canceled() -> None:
 
 def test_a_payload_that_is_not_a_result_is_refused() -> None:
     payload = LoraReady(
-        lora_model_id="l", avatar_id="a", owner_id="o", object_key="k", sha256=SHA, size_bytes=1, base_model="b"
+        lora_model_id="l",
+        avatar_id="a",
+        owner_id="o",
+        object_key=lora_object_key(SHA),
+        sha256=SHA,
+        size_bytes=1,
+        base_model="b",
     )
     with pytest.raises(UnexpectedEventError):
         apply_result(_generation(), payload, STARTED, NOW)
@@ -323,7 +335,7 @@ def _lora(status: LoraState = LoraState.READY, avatar_id: str = "a1") -> LoraPro
         id="l1",
         avatar_id=avatar_id,
         owner_id="o1",
-        object_key="loras/a1/l1.safetensors",
+        object_key=lora_object_key(SHA),
         sha256=SHA,
         size_bytes=1000,
         base_model="sdxl-base-1.0",
@@ -389,7 +401,7 @@ def test_generation_requested_carries_the_lora_by_key_with_the_default_scale_and
     assert payload.lora is not None
     assert payload.lora.model_dump() == {
         "lora_model_id": "l1",
-        "object_key": "loras/a1/l1.safetensors",
+        "object_key": lora_object_key(SHA),
         "sha256": SHA,
         "scale": 0.7,
     }
@@ -427,3 +439,56 @@ def test_a_retired_lora_never_becomes_ready_again() -> None:
     assert lora_event_applies(None)
     assert lora_event_applies(_lora())
     assert not lora_event_applies(_lora(LoraState.RETIRED))
+
+
+def test_a_completed_whose_image_is_not_at_the_generations_key_is_forged_and_changes_nothing() -> None:
+    generation = _generation(R)
+    elsewhere = _completed(str(generation.id)).model_copy(deep=True)
+    elsewhere.image.object_key = lora_object_key(SHA)
+
+    with pytest.raises(ForgedFieldError, match="not the generation's own"):
+        apply_result(generation, elsewhere, EventType.GENERATION_COMPLETED, NOW)
+    assert generation.status == R.value and generation.image is None
+
+
+def test_an_avatar_event_may_not_give_a_known_avatar_another_owner() -> None:
+    known = _avatar(owner_id="o1")
+    check_avatar_event(known, AvatarUpdated(avatar_id="a1", owner_id="o1", name="renamed"))
+    check_avatar_event(None, AvatarCreated(avatar_id="a1", owner_id="o2", name="new"))
+    with pytest.raises(ForgedFieldError):
+        check_avatar_event(known, AvatarUpdated(avatar_id="a1", owner_id="o2", name="mine"))
+
+
+def _lora_event(**fields: object) -> LoraReady:
+    values: dict[str, object] = {
+        "lora_model_id": "l1",
+        "avatar_id": "a1",
+        "owner_id": "o1",
+        "object_key": lora_object_key(SHA),
+        "sha256": SHA,
+        "size_bytes": 1000,
+        "base_model": "sdxl-base-1.0",
+    } | fields
+    return LoraReady.model_validate(values)
+
+
+def test_a_lora_event_is_checked_against_its_hash_its_avatar_and_what_is_known_of_it() -> None:
+    check_lora_event(_lora(), _avatar(), _lora_event())
+    check_lora_event(None, None, _lora_event())  # its avatar not known yet: admission checks the owners later
+    forged = {
+        "an upload's key": (None, _avatar(), _lora_event(object_key="uploads/loras/a1/l1.safetensors")),
+        "another file's address": (None, _avatar(), _lora_event(object_key=lora_object_key("cd" * 32))),
+        "another owner than the avatar's": (None, _avatar(owner_id="o1"), _lora_event(owner_id="o2")),
+        "a known LoRA moved to another avatar": (_lora(), None, _lora_event(avatar_id="a2")),
+    }
+    for case, (row, avatar, event) in forged.items():
+        with pytest.raises(ForgedFieldError):
+            check_lora_event(row, avatar, event)
+            pytest.fail(f"accepted {case}")
+
+
+def test_a_lora_of_another_owner_never_makes_an_avatar_ready() -> None:
+    lora = _lora()
+    lora.owner_id = "o2"
+    with pytest.raises(ConflictError):
+        check_can_generate("o1", _avatar(), lora)

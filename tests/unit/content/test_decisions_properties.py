@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts.events import EventType, GenerationCompleted, GenerationFailed, GenerationStarted, ImageRef
+from contracts.object_keys import generation_image_key
 from contracts.worker import ModelInfo
 from services.content.decisions import STATUS_STEP, TERMINAL_STATUSES, apply_result, cancel, status_after
 from services.content.models import Generation, GenerationStatus
@@ -39,7 +40,11 @@ results: st.SearchStrategy[Result] = st.one_of(
             GenerationCompleted(
                 generation_id=str(GENERATION_ID),
                 image=ImageRef(
-                    object_key=f"outputs/{GENERATION_ID}.png", sha256="ab" * 32, width=64, height=64, size_bytes=100
+                    object_key=generation_image_key(GENERATION_ID),
+                    sha256="ab" * 32,
+                    width=64,
+                    height=64,
+                    size_bytes=100,
                 ),
                 generation_time_seconds=1.0,
                 model_info=ModelInfo(base_model="tiny", lora_applied=True, lora_scale=1.0),

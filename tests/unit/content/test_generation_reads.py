@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from contracts.object_keys import generation_image_key
 from services.common.http_errors import InvalidRequestError, NotFoundError
 from services.content.generations import GenerationService
 from services.content.models import GenerationStatus
@@ -44,7 +45,7 @@ async def test_a_completed_generation_gets_a_presigned_url_made_at_read_time(
     await service.apply_result(*_result(_completed(generation.id)))
     view = await service.get(OWNER, generation.id)
 
-    key = f"outputs/{generation.id}.png"
+    key = generation_image_key(generation.id)
     assert view.generation.status == "completed"
     assert view.image_url is not None and key in view.image_url
     assert h.images.signed == [(key, URL_TTL)]
@@ -61,7 +62,7 @@ async def test_a_public_bucket_url_is_used_instead_of_signing(h: Harness) -> Non
 
     view = await service.get(OWNER, generation.id)
 
-    assert view.image_url == f"https://cdn.example/outputs/{generation.id}.png"
+    assert view.image_url == f"https://cdn.example/generations/{generation.id}.png"
     assert h.images.signed == []
 
 

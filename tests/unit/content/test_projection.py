@@ -21,6 +21,7 @@ from contracts.events import (
     LoraReady,
     LoraRetired,
 )
+from contracts.object_keys import lora_object_key
 from services.common.events import new_event
 from services.common.http_errors import NotFoundError
 from services.content.decisions import UnexpectedEventError
@@ -134,7 +135,7 @@ async def test_a_retired_lora_makes_the_avatar_unready_for_good(projection: Iden
         "lora_model_id": lora_id,
         "avatar_id": str(avatar_id),
         "owner_id": OWNER,
-        "object_key": f"loras/{avatar_id}/{lora_id}.safetensors",
+        "object_key": lora_object_key(SHA),
         "sha256": SHA,
         "size_bytes": 1000,
         "base_model": "sdxl-base-1.0",

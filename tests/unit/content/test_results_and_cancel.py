@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from contracts.events import GenerationCanceled, GenerationFailed, GenerationRequested, GenerationStarted, LoraReady
+from contracts.object_keys import generation_image_key, lora_object_key
 from services.common.http_errors import ConflictError, NotFoundError
 from services.content.decisions import UnexpectedEventError, status_steps
 from services.content.generations import GenerationService
@@ -109,7 +110,7 @@ async def test_results_move_the_generation_forward_and_record_when(h: Harness, s
     assert (done.status, done.started_at, done.finished_at) == ("completed", started_at, finished_at)
     assert (done.attempts, done.generation_time_seconds) == (2, 0.5)
     assert done.timings is not None and done.timings["total_ms"] == 500.0
-    assert done.image is not None and done.image["object_key"] == f"outputs/{generation.id}.png"
+    assert done.image is not None and done.image["object_key"] == generation_image_key(generation.id)
 
 
 async def test_a_result_applied_before_its_start_still_records_when_the_generation_started(
@@ -200,7 +201,7 @@ async def test_a_redelivered_late_completed_deletes_its_image_once(h: Harness, s
     await service.apply_result(envelope, payload)
     await service.apply_result(envelope, payload)
 
-    assert h.images.deleted == [f"outputs/{generation.id}.png"]
+    assert h.images.deleted == [generation_image_key(generation.id)]
 
 
 async def test_a_late_started_after_completed_changes_nothing(h: Harness, service: GenerationService) -> None:
@@ -228,7 +229,7 @@ async def test_a_completed_after_cancel_keeps_it_canceled_and_deletes_the_image(
 
     view = await service.get(OWNER, generation.id)
     assert view.generation.status == "canceled" and view.image_url is None
-    assert h.images.deleted == [f"outputs/{generation.id}.png"]
+    assert h.images.deleted == [generation_image_key(generation.id)]
     assert view.generation.image_purge_pending is False
     assert h.images.signed == []
 
@@ -250,7 +251,7 @@ async def test_an_image_that_cannot_be_deleted_now_is_deleted_by_the_sweeper(
 
     purged = (await service.get(OWNER, generation.id)).generation
     assert purged.image_purge_pending is False
-    assert h.images.deleted == [f"outputs/{generation.id}.png"]
+    assert h.images.deleted == [generation_image_key(generation.id)]
     assert await service.purge_late_images() == 0  # nothing left to delete
 
 
@@ -275,7 +276,13 @@ async def test_a_result_for_a_generation_content_never_issued_is_refused_and_not
 
 async def test_an_event_that_is_not_a_result_is_refused(service: GenerationService) -> None:
     ready = LoraReady(
-        lora_model_id="l", avatar_id="a", owner_id="o", object_key="k", sha256=SHA, size_bytes=1, base_model="b"
+        lora_model_id="l",
+        avatar_id="a",
+        owner_id="o",
+        object_key=lora_object_key(SHA),
+        sha256=SHA,
+        size_bytes=1,
+        base_model="b",
     )
     with pytest.raises(UnexpectedEventError):
         await service.apply_result(*_result(ready))

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from contracts.events import AvatarCreated, AvatarDeleted, GenerationRequested
+from contracts.object_keys import lora_object_key
 from services.common.http_errors import (
     ConflictError,
     DomainError,
@@ -27,6 +28,7 @@ from tests.support.content_harness import (
     DEADLINE,
     OTHER,
     OWNER,
+    SHA,
     Harness,
     _completed,
     _count,
@@ -61,7 +63,7 @@ async def test_submit_records_a_queued_row_and_exactly_one_generation_requested(
     assert isinstance(requested, GenerationRequested)
     assert requested.generation_id == str(generation.id) and requested.owner_id == OWNER
     assert requested.lora is not None and (requested.lora.lora_model_id, requested.lora.scale) == (lora_id, 0.6)
-    assert requested.lora.object_key == f"loras/{avatar_id}/{lora_id}.safetensors"
+    assert requested.lora.object_key == lora_object_key(SHA)
     assert requested.params.seed == 1234 and requested.params.width == 64
     assert requested.deadline - requested.requested_at == timedelta(seconds=DEADLINE)
     assert len(h.commits) == 1  # the relay was woken

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.events import GenerationCompleted, ImageRef
+from contracts.object_keys import generation_image_key
 from contracts.worker import ModelInfo
 from services.common.changes import ChangeFeed, ChangeHub
 from services.common.events import new_event
@@ -78,7 +79,9 @@ async def test_one_sweep_does_every_chore(sessions: async_sessionmaker[AsyncSess
     await service.cancel("o1", canceled.id)
     late = GenerationCompleted(
         generation_id=str(canceled.id),
-        image=ImageRef(object_key=f"outputs/{canceled.id}.png", sha256="ab" * 32, width=64, height=64, size_bytes=1),
+        image=ImageRef(
+            object_key=generation_image_key(canceled.id), sha256="ab" * 32, width=64, height=64, size_bytes=1
+        ),
         generation_time_seconds=1.0,
         model_info=ModelInfo(base_model="tiny", lora_applied=True, lora_scale=1.0),
     )
@@ -90,7 +93,7 @@ async def test_one_sweep_does_every_chore(sessions: async_sessionmaker[AsyncSess
 
     failed = (await service.get("o1", stuck.id)).generation
     assert failed.status == "failed" and failed.error is not None and failed.error["error_code"] == "TIMEOUT"
-    assert images.deleted == [f"outputs/{canceled.id}.png"]
+    assert images.deleted == [generation_image_key(canceled.id)]
     assert (await service.get("o1", canceled.id)).generation.image_purge_pending is False
     async with sessions() as session:
         assert await session.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
@@ -114,7 +117,13 @@ async def test_a_result_arriving_after_the_sweep_does_not_reopen_the_generation(
 
     late = GenerationCompleted(
         generation_id=str(generation.generation.id),
-        image=ImageRef(object_key="outputs/x.png", sha256="ab" * 32, width=64, height=64, size_bytes=1),
+        image=ImageRef(
+            object_key=generation_image_key(generation.generation.id),
+            sha256="ab" * 32,
+            width=64,
+            height=64,
+            size_bytes=1,
+        ),
         generation_time_seconds=1.0,
         model_info=ModelInfo(base_model="tiny", lora_applied=True, lora_scale=1.0),
     )

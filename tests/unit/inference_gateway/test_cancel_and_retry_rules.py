@@ -16,7 +16,7 @@ from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.metrics import CANCELED_RUNNING, FALLBACKS, Metrics
 from services.inference_gateway.retries import RetryPolicy, retry_rule
 from services.inference_gateway.service import GenerationService
-from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, requested, success
+from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, gid, requested, success
 
 
 class BlockingStandInWorker:
@@ -73,15 +73,15 @@ async def test_a_cancel_while_the_worker_call_runs_cancels_the_call_and_publishe
     worker = BlockingStandInWorker()
     service, events, _, metrics = build(worker)
 
-    handling = asyncio.create_task(service.handle(requested("gen-1")))
+    handling = asyncio.create_task(service.handle(requested(gid("gen-1"))))
     await worker.entered.wait()
-    assert service.is_running("gen-1")
-    service.note_canceled("gen-1")
+    assert service.is_running(gid("gen-1"))
+    service.note_canceled(gid("gen-1"))
     result = await handling
 
     assert result is None and worker.cancelled and worker.calls == 1
     assert [type(e).__name__ for e in events.events] == ["GenerationStarted"]
-    assert not service.is_running("gen-1")
+    assert not service.is_running(gid("gen-1"))
     assert metrics.value(CANCELED_RUNNING) == 1
 
 
@@ -89,9 +89,9 @@ async def test_a_cancel_of_another_generation_leaves_a_running_one_alone() -> No
     worker = BlockingStandInWorker()
     service, _, _, metrics = build(worker)
 
-    handling = asyncio.create_task(service.handle(requested("gen-1")))
+    handling = asyncio.create_task(service.handle(requested(gid("gen-1"))))
     await worker.entered.wait()
-    service.note_canceled("gen-2")
+    service.note_canceled(gid("gen-2"))
 
     assert not handling.done() and not worker.cancelled and metrics.value(CANCELED_RUNNING) == 0
     handling.cancel()
@@ -104,13 +104,13 @@ async def test_a_shutdown_cancelling_the_handler_still_propagates() -> None:
     worker = BlockingStandInWorker()
     service, _, _, _ = build(worker)
 
-    handling = asyncio.create_task(service.handle(requested("gen-1")))
+    handling = asyncio.create_task(service.handle(requested(gid("gen-1"))))
     await worker.entered.wait()
     handling.cancel()
 
     with pytest.raises(asyncio.CancelledError):
         await handling
-    assert worker.cancelled and not service.is_running("gen-1")
+    assert worker.cancelled and not service.is_running(gid("gen-1"))
 
 
 # --- the deadline ---

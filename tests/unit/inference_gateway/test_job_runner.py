@@ -19,7 +19,7 @@ from services.inference_gateway.jobs import AcceptOutcome, CancelOutcome, JobSto
 from services.inference_gateway.metrics import JOBS_RECOVERED
 from services.inference_gateway.models import Job, JobState
 from services.inference_gateway.service import WorkerCall
-from tests.support.gateway_fakes import FakeWorker, requested, success
+from tests.support.gateway_fakes import FakeWorker, gid, requested, success
 from tests.support.gateway_jobs import RunnerParts, job_sessions, runner_parts, staged_events
 
 COMPLETED = "generation.completed"
@@ -106,11 +106,11 @@ async def run_until_final(parts: RunnerParts[FakeWorker], generation_id: str) ->
 
 async def test_a_request_delivered_three_times_runs_the_worker_once_and_a_late_one_reannounces(tmp_path: Path) -> None:
     async with job_sessions(tmp_path / "jobs.db") as sessions:
-        parts = runner_parts(sessions, FakeWorker(success(request_id="gen-1")))
-        request = requested("gen-1")
+        parts = runner_parts(sessions, FakeWorker(success(request_id=gid("gen-1"))))
+        request = requested(gid("gen-1"))
 
         outcomes = [await parts.store.accept(request, None) for _ in range(2)]
-        job = await run_until_final(parts, "gen-1")
+        job = await run_until_final(parts, gid("gen-1"))
         late = await parts.store.accept(request, None)
 
         assert outcomes == [AcceptOutcome.QUEUED, AcceptOutcome.ALREADY_PENDING]
@@ -124,11 +124,11 @@ async def test_a_request_delivered_three_times_runs_the_worker_once_and_a_late_o
 async def test_after_a_crash_an_async_job_polls_its_worker_call_again_and_submits_nothing(tmp_path: Path) -> None:
     async with job_sessions(tmp_path / "jobs.db") as sessions:
         dead = JobStore(sessions, owner="dead-runner", lease_seconds=30.0)
-        await dead.accept(requested("gen-1"), None)
-        await crashed_runner_left(dead, "gen-1", call=WorkerCall("call-77", "primary"))
-        parts = runner_parts(sessions, FakeWorker(success(request_id="gen-1"), mode="async"), owner="new-runner")
+        await dead.accept(requested(gid("gen-1")), None)
+        await crashed_runner_left(dead, gid("gen-1"), call=WorkerCall("call-77", "primary"))
+        parts = runner_parts(sessions, FakeWorker(success(request_id=gid("gen-1")), mode="async"), owner="new-runner")
 
-        job = await run_until_final(parts, "gen-1")
+        job = await run_until_final(parts, gid("gen-1"))
 
         assert job.state == JobState.COMPLETED and job.recoveries == 1
         assert parts.worker.resumed == ["call-77"] and parts.worker.requests == []
@@ -141,21 +141,21 @@ async def test_after_a_crash_an_async_job_polls_its_worker_call_again_and_submit
 async def test_after_a_crash_a_sync_job_is_run_once_more_and_after_a_second_crash_it_fails(tmp_path: Path) -> None:
     async with job_sessions(tmp_path / "jobs.db") as sessions:
         dead = JobStore(sessions, owner="dead-runner", lease_seconds=30.0)
-        await dead.accept(requested("twice"), None)
-        await crashed_runner_left(dead, "twice", call=None)
-        # "twice": taken over once already, by a runner that died in its rerun too.
+        await dead.accept(requested(gid("twice")), None)
+        await crashed_runner_left(dead, gid("twice"), call=None)
+        # gid("twice"): taken over once already, by a runner that died in its rerun too.
         dead_again = JobStore(sessions, owner="dead-again", lease_seconds=30.0)
-        await crashed_runner_left(dead_again, "twice", call=None, expire=False)
-        await dead.accept(requested("once"), None)
-        await crashed_runner_left(dead, "once", call=None)
+        await crashed_runner_left(dead_again, gid("twice"), call=None, expire=False)
+        await dead.accept(requested(gid("once")), None)
+        await crashed_runner_left(dead, gid("once"), call=None)
         parts = runner_parts(sessions, FakeWorker(success()), owner="new-runner", concurrency=2)
 
         async with parts.runner.running_jobs(drain_seconds=1.0):
-            once = await until_final(parts.store, "once")
-            twice = await until_final(parts.store, "twice")
+            once = await until_final(parts.store, gid("once"))
+            twice = await until_final(parts.store, gid("twice"))
 
         assert once.state == JobState.COMPLETED and once.result is not None and once.result["attempts"] == 2
-        assert [r.request_id for r in parts.worker.requests] == ["once"]
+        assert [r.request_id for r in parts.worker.requests] == [gid("once")]
         assert twice.state == JobState.FAILED and twice.result is not None
         assert twice.result["error_code"] == "WORKER_UNAVAILABLE"
         assert twice.result["details"]["stopped_by"] == "gateway_restarts"
@@ -182,13 +182,13 @@ async def test_a_cancel_recorded_by_another_replica_stops_the_running_job_at_its
         worker = HangingStandInWorker(mode="sync")
         parts = runner_parts(sessions, worker, lease_seconds=0.3)
         other_replica = JobStore(sessions, owner="replica-b", lease_seconds=0.3)
-        await parts.store.accept(requested("gen-1"), None)
+        await parts.store.accept(requested(gid("gen-1")), None)
 
         async with parts.runner.running_jobs(drain_seconds=1.0):
             parts.runner.notify()
             await asyncio.wait_for(worker.entered.wait(), 10)
-            assert await other_replica.cancel("gen-1") is CancelOutcome.STOPPING
-            job = await until_final(parts.store, "gen-1")
+            assert await other_replica.cancel(gid("gen-1")) is CancelOutcome.STOPPING
+            job = await until_final(parts.store, gid("gen-1"))
 
         assert job.state == JobState.CANCELED and worker.cancelled
         assert types(await staged_events(sessions)) == [STARTED]
@@ -200,18 +200,18 @@ async def test_shutdown_hands_an_unfinished_async_job_to_the_next_runner_which_r
     async with job_sessions(tmp_path / "jobs.db") as sessions:
         hanging = HangingStandInWorker(mode="async")
         first = runner_parts(sessions, hanging, owner="first")
-        await first.store.accept(requested("gen-1"), None)
+        await first.store.accept(requested(gid("gen-1")), None)
 
         async with first.runner.running_jobs(drain_seconds=0.1):
             first.runner.notify()
             await asyncio.wait_for(hanging.entered.wait(), 10)
 
         assert hanging.keeping_jobs and hanging.cancelled
-        second = runner_parts(sessions, FakeWorker(success(request_id="gen-1"), mode="async"), owner="second")
-        job = await run_until_final(second, "gen-1")  # at once: the lease was released, not left to expire
+        second = runner_parts(sessions, FakeWorker(success(request_id=gid("gen-1")), mode="async"), owner="second")
+        job = await run_until_final(second, gid("gen-1"))  # at once: the lease was released, not left to expire
 
         assert job.state == JobState.COMPLETED
-        assert second.worker.resumed == ["call-gen-1"] and second.worker.requests == []
+        assert second.worker.resumed == [f"call-{gid('gen-1')}"] and second.worker.requests == []
 
 
 async def test_the_sweep_removes_old_final_jobs_and_keeps_the_rest(tmp_path: Path) -> None:
@@ -231,10 +231,10 @@ async def test_the_sweep_removes_old_final_jobs_and_keeps_the_rest(tmp_path: Pat
 async def test_only_the_lease_holder_records_attempts(tmp_path: Path, owner: str) -> None:
     async with job_sessions(tmp_path / "jobs.db") as sessions:
         holder = JobStore(sessions, owner="first", lease_seconds=30.0)
-        await holder.accept(requested("gen-1"), None)
+        await holder.accept(requested(gid("gen-1")), None)
         await holder.claim(1)
         store = holder if owner == "first" else JobStore(sessions, owner=owner, lease_seconds=30.0)
-        started = GenerationStarted(generation_id="gen-1", attempt=1, worker_mode="sync")
+        started = GenerationStarted(generation_id=gid("gen-1"), attempt=1, worker_mode="sync")
 
         if owner == "first":
             await store.start_attempt(started, None)
@@ -249,8 +249,8 @@ async def test_only_the_lease_holder_records_attempts(tmp_path: Path, owner: str
 
 async def test_the_runner_exports_the_open_jobs_it_counted(tmp_path: Path) -> None:
     async with job_sessions(tmp_path / "jobs.db") as sessions:
-        parts = runner_parts(sessions, FakeWorker(success(request_id="gen-1")))
-        for generation_id in ("gen-1", "gen-2", "gen-3"):
+        parts = runner_parts(sessions, FakeWorker(success(request_id=gid("gen-1"))))
+        for generation_id in (gid("gen-1"), gid("gen-2"), gid("gen-3")):
             await parts.store.accept(requested(generation_id), None)
         assert "vixen_gateway_jobs_open" not in parts.metrics.render()  # nothing counted yet: no sample
 

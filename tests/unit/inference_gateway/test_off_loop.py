@@ -15,9 +15,9 @@ from services.inference_gateway.metrics import Metrics
 from services.inference_gateway.provider import ModalWorkerClient, ProviderConfig
 from services.inference_gateway.retries import RetryPolicy
 from services.inference_gateway.service import GenerationService
-from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, requested, success
+from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, gid, requested, success
 
-REQUEST = WorkerRequest(prompt="a portrait", width=64, height=64, steps=2, request_id="gen-1")
+REQUEST = WorkerRequest(prompt="a portrait", width=64, height=64, steps=2, request_id=gid("gen-1"))
 
 
 def record_thread(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[threading.Thread]:
@@ -57,7 +57,7 @@ async def test_the_png_is_decoded_and_checked_off_the_event_loop(monkeypatch: py
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_the_worker_answer_is_parsed_off_the_event_loop(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     threads = record_thread(monkeypatch, provider, "outcome_of")
-    body = success(request_id="gen-1").model_dump_json().encode()
+    body = success(request_id=gid("gen-1")).model_dump_json().encode()
 
     def answer(request: httpx.Request) -> httpx.Response:
         if request.method == "POST" and mode == "async":
@@ -74,5 +74,5 @@ async def test_the_worker_answer_is_parsed_off_the_event_loop(mode: str, monkeyp
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
         answered = await ModalWorkerClient(http, config).generate(REQUEST, 10.0)
 
-    assert isinstance(answered, WorkerSuccess) and answered.request_id == "gen-1"
+    assert isinstance(answered, WorkerSuccess) and answered.request_id == gid("gen-1")
     assert len(threads) == 1 and threads[0] is not threading.main_thread()

@@ -19,7 +19,7 @@ from services.inference_gateway.provider import (
     result_url,
 )
 from services.inference_gateway.retries import retry_rule
-from tests.support.gateway_fakes import success
+from tests.support.gateway_fakes import gid, success
 
 OK_BODY = success().model_dump_json().encode()
 REQUEST = WorkerRequest(
@@ -28,7 +28,7 @@ REQUEST = WorkerRequest(
     height=64,
     steps=2,
     lora_url="http://127.0.0.1:9000/b/k?X-Amz-Signature=abc",
-    request_id="gen-1",
+    request_id=gid("gen-1"),
 )
 
 
@@ -123,7 +123,7 @@ async def test_sync_posts_the_contract_body_with_auth_headers() -> None:
     assert sent.method == "POST" and str(sent.url) == "http://worker/generate"
     assert sent.headers["Modal-Key"] == "k" and sent.headers["Modal-Secret"] == "s"
     body = json.loads(sent.content)
-    assert body["lora_url"] == REQUEST.lora_url and body["request_id"] == "gen-1"
+    assert body["lora_url"] == REQUEST.lora_url and body["request_id"] == gid("gen-1")
     assert "lora_sha256" not in body  # unset extensions are left out
 
 

@@ -9,22 +9,28 @@ from datetime import timedelta
 
 import pytest
 
+from contracts.budget import GenerationBudget
 from contracts.errors import GatewayErrorCode, WorkerErrorCode
 from contracts.events import GenerationCompleted, GenerationFailed, GenerationStarted
+from contracts.object_keys import generation_image_key
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.metrics import CANCELS, COMPLETED, FAILED, REQUESTS, RETRIES, SKIPPED_CANCELED, Metrics
 from services.inference_gateway.retries import RetryPolicy, backoff_delay, is_retryable
-from services.inference_gateway.service import RESPONSE_GRACE_SECONDS, GenerationService, output_key
+from services.inference_gateway.service import RESPONSE_GRACE_SECONDS, GenerationService
 from tests.support.gateway_fakes import (
+    GENERATION_ID,
+    LORA_KEY,
     FakeClock,
     FakeStorage,
     FakeWorker,
     RecordingPublisher,
+    gid,
     png_bytes,
     requested,
     success,
 )
 
+DEFAULT_BUDGET = GenerationBudget()
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
@@ -37,6 +43,7 @@ def build(
     max_attempts: int = 3,
     worker_timeout: float = 600.0,
     canceled_memory: int = 10_000,
+    budget: GenerationBudget = DEFAULT_BUDGET,
 ) -> tuple[GenerationService, FakeStorage, RecordingPublisher, FakeClock, Metrics]:
     storage = storage or FakeStorage()
     events = events or RecordingPublisher()
@@ -54,6 +61,7 @@ def build(
         clock=clock,
         sleep=clock.sleep,
         rand=lambda: 0.5,
+        budget=budget,
         canceled_memory=canceled_memory,
     )
     return service, storage, events, clock, metrics
@@ -64,18 +72,18 @@ def types_of(events: RecordingPublisher) -> list[str]:
 
 
 async def test_success_stores_the_png_and_reports_it() -> None:
-    worker = FakeWorker(success(request_id="gen-1"))
+    worker = FakeWorker(success(request_id=gid("gen-1")))
     service, storage, events, _, metrics = build(worker)
 
-    result = await service.handle(requested("gen-1"), traceparent=TRACEPARENT)
+    result = await service.handle(requested(gid("gen-1")), traceparent=TRACEPARENT)
 
     assert types_of(events) == ["GenerationStarted", "GenerationCompleted"]
     started, completed = events.events
     assert isinstance(started, GenerationStarted) and started.attempt == 1 and started.worker_mode == "sync"
     assert isinstance(completed, GenerationCompleted) and completed == result
-    data, content_type = storage.objects["generations/gen-1.png"]
+    data, content_type = storage.objects[generation_image_key(gid("gen-1"))]
     assert content_type == "image/png"
-    assert completed.image.object_key == "generations/gen-1.png"
+    assert completed.image.object_key == generation_image_key(gid("gen-1"))
     assert completed.image.sha256 == hashlib.sha256(data).hexdigest()
     assert (completed.image.width, completed.image.height, completed.image.size_bytes) == (64, 64, len(data))
     assert completed.model_info.base_model == "tiny-sdxl-random"
@@ -89,12 +97,12 @@ async def test_the_worker_gets_the_contract_body_with_a_signed_url_and_a_bounded
     worker = FakeWorker(success())
     service, storage, _, _, _ = build(worker, worker_timeout=600.0)
 
-    await service.handle(requested("gen-1", deadline_in=timedelta(seconds=90)))
+    await service.handle(requested(gid("gen-1"), deadline_in=timedelta(seconds=90)))
 
     (sent,) = worker.requests
-    assert storage.presigned == [("loras/avatar-1/lora-1.safetensors", 300)]
+    assert storage.presigned == [(LORA_KEY, 300)]
     assert sent.lora_url is not None and "X-Amz-Signature=" in sent.lora_url
-    assert sent.request_id == "gen-1"
+    assert sent.request_id == gid("gen-1")
     assert sent.lora_sha256 == "ab" * 32 and sent.lora_scale == 0.8
     assert (sent.width, sent.height, sent.steps, sent.seed) == (64, 64, 2, 7)
     # The worker gets what is left until the deadline; the HTTP wait adds a grace period for the answer.
@@ -262,7 +270,7 @@ async def test_storage_that_stays_down_fails_with_storage_failed() -> None:
     assert isinstance(result, GenerationFailed)
     assert (result.error_code, result.retryable, result.attempts) == ("STORAGE_FAILED", True, 3)
     assert result.details == {
-        "object_key": "generations/gen-1.png",
+        "object_key": generation_image_key(GENERATION_ID),
         "reason": "ConnectionError",
         "stopped_by": "max_attempts",
         "causes": [{"attempt": n, "error_code": "STORAGE_FAILED", "cause": "storage_failed"} for n in (1, 2, 3)],
@@ -273,10 +281,10 @@ async def test_a_repeat_overwrites_the_same_object() -> None:
     worker = FakeWorker(success())
     service, storage, _, _, _ = build(worker)
 
-    await service.handle(requested("gen-1"))
-    await service.handle(requested("gen-1"))
+    await service.handle(requested(gid("gen-1")))
+    await service.handle(requested(gid("gen-1")))
 
-    assert list(storage.objects) == ["generations/gen-1.png"] and storage.puts == 2
+    assert list(storage.objects) == [generation_image_key(gid("gen-1"))] and storage.puts == 2
 
 
 async def test_details_are_sanitized_and_nothing_secret_is_published_or_logged(
@@ -331,29 +339,29 @@ async def test_a_request_canceled_before_it_started_is_not_run_and_publishes_not
 ) -> None:
     worker = FakeWorker(success())
     service, storage, events, _, metrics = build(worker)
-    service.note_canceled("gen-canceled")
+    service.note_canceled(gid("gen-canceled"))
 
     with caplog.at_level(logging.INFO, logger="services.inference_gateway.service"):
-        skipped = await service.handle(requested("gen-canceled"))
-    other = await service.handle(requested("gen-other"))
+        skipped = await service.handle(requested(gid("gen-canceled")))
+    other = await service.handle(requested(gid("gen-other")))
 
     assert skipped is None
-    assert "generation gen-canceled was canceled before it started; not run" in caplog.text
+    assert f"generation {gid('gen-canceled')} was canceled before it started; not run" in caplog.text
     # Only the other generation reached the worker, the bucket and the result events.
-    assert [r.request_id for r in worker.requests] == ["gen-other"]
-    assert storage.presigned == [("loras/avatar-1/lora-1.safetensors", 300)]
-    assert list(storage.objects) == ["generations/gen-other.png"]
+    assert [r.request_id for r in worker.requests] == [gid("gen-other")]
+    assert storage.presigned == [(LORA_KEY, 300)]
+    assert list(storage.objects) == [generation_image_key(gid("gen-other"))]
     assert isinstance(other, GenerationCompleted)
     assert types_of(events) == ["GenerationStarted", "GenerationCompleted"]
-    assert {getattr(e, "generation_id", None) for e in events.events} == {"gen-other"}
+    assert {getattr(e, "generation_id", None) for e in events.events} == {gid("gen-other")}
     assert metrics.value(REQUESTS) == 2 and metrics.value(CANCELS) == 1 and metrics.value(SKIPPED_CANCELED) == 1
 
 
 async def test_a_cancel_is_skipped_even_when_its_deadline_has_passed() -> None:
     clock = FakeClock()
     service, _, events, _, _ = build(FakeWorker(success()), clock=clock)
-    request = requested("gen-1", deadline_in=timedelta(seconds=30))
-    service.note_canceled("gen-1")
+    request = requested(gid("gen-1"), deadline_in=timedelta(seconds=30))
+    service.note_canceled(gid("gen-1"))
     clock.now += timedelta(seconds=31)
 
     assert await service.handle(request) is None
@@ -364,14 +372,14 @@ async def test_the_canceled_record_is_bounded_and_forgets_the_oldest_first() -> 
     worker = FakeWorker(success())
     service, _, _, _, _ = build(worker, canceled_memory=2)
 
-    service.note_canceled("gen-1")
-    service.note_canceled("gen-2")
-    service.note_canceled("gen-1")  # seen again: now the newest
-    service.note_canceled("gen-3")  # over the cap: gen-2, the oldest, is forgotten
+    service.note_canceled(gid("gen-1"))
+    service.note_canceled(gid("gen-2"))
+    service.note_canceled(gid("gen-1"))  # seen again: now the newest
+    service.note_canceled(gid("gen-3"))  # over the cap: gen-2, the oldest, is forgotten
 
-    assert [service.was_canceled(g) for g in ("gen-1", "gen-2", "gen-3")] == [True, False, True]
-    assert await service.handle(requested("gen-2")) is not None
-    assert [r.request_id for r in worker.requests] == ["gen-2"]
+    assert [service.was_canceled(g) for g in (gid("gen-1"), gid("gen-2"), gid("gen-3"))] == [True, False, True]
+    assert await service.handle(requested(gid("gen-2"))) is not None
+    assert [r.request_id for r in worker.requests] == [gid("gen-2")]
 
 
 def test_retryable_codes() -> None:
@@ -387,12 +395,6 @@ def test_backoff_grows_exponentially_is_capped_and_jittered() -> None:
     policy = RetryPolicy(max_attempts=10, backoff_base_seconds=1.0, backoff_max_seconds=5.0)
     assert [backoff_delay(n, policy, lambda: 1.0) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
     assert [backoff_delay(n, policy, lambda: 0.0) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 2.5]
-
-
-def test_output_key_is_derived_from_the_generation_id() -> None:
-    assert output_key("0b7c-uuid") == "generations/0b7c-uuid.png"
-    odd = output_key("../../etc/passwd")
-    assert odd.startswith("generations/") and ".." not in odd and odd == output_key("../../etc/passwd")
 
 
 def test_png_helper_makes_pngs() -> None:
@@ -430,14 +432,35 @@ async def test_a_storage_error_is_logged_with_its_cause_and_nothing_secret(
     service, _, _, _, _ = build(FakeWorker(success()), FailingStorage(failing), max_attempts=1)
 
     with caplog.at_level(logging.DEBUG):
-        result = await service.handle(requested("gen-store"))
+        result = await service.handle(requested(gid("gen-store")))
 
     assert isinstance(result, GenerationFailed) and result.error_code == "STORAGE_FAILED"
     assert result.details["reason"] == "PermissionError"
-    prefix = f"generation gen-store: {what}"
+    prefix = f"generation {gid('gen-store')}: {what}"
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
     # The generation, the exception's type and its message, without the URL's query or the secret.
     assert "PermissionError: denied for" in line
     assert "https://r2.example/b/k.png" in line
     for secret in ("abc123", "AKIAEXAMPLE", "X-Amz-Credential", "super-secret-token"):
         assert secret not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "steps", "budget"),
+    [
+        (2048, 2048, 100, GenerationBudget()),  # 8× the default cost
+        (1024, 1024, 28, GenerationBudget(max_side=512)),  # a deployment's tighter bounds
+    ],
+)
+async def test_a_request_over_the_budget_fails_as_invalid_without_calling_the_worker(
+    width: int, height: int, steps: int, budget: GenerationBudget
+) -> None:
+    worker = FakeWorker(success(width, height))
+    service, storage, events, _, _ = build(worker, budget=budget)
+
+    result = await service.handle(requested(width=width, height=height, steps=steps))
+
+    assert isinstance(result, GenerationFailed) and result.error_code == "INVALID_REQUEST" and not result.retryable
+    assert result.details["worker_called"] is False and "width" in result.details["fields"]
+    assert types_of(events) == ["GenerationFailed"]
+    assert worker.requests == [] and storage.presigned == [] and storage.objects == {}
