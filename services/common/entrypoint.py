@@ -24,7 +24,6 @@ class ServiceSettings(Protocol):
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
-GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def serve(
@@ -54,16 +53,12 @@ def serve(
 
     import uvicorn
 
-    # log_config=None: uvicorn's loggers propagate to the root handler, which redacts. A stop waits this long for
-    # requests in progress (a long `Prefer: wait`, an event stream), then closes them: clients reconnect.
+    from services.common.edge import EdgeLimits, EdgeSettings
+    from services.common.edge_protocol import server_config
+
+    limits = EdgeLimits.from_settings(settings) if isinstance(settings, EdgeSettings) else EdgeLimits()
     try:
-        uvicorn.run(
-            app,
-            host=args.host,
-            port=args.port,
-            log_config=None,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        )
+        uvicorn.Server(server_config(app, host=args.host, port=args.port, limits=limits)).run()
     finally:
         telemetry.shutdown_tracing()
     return 0

@@ -44,6 +44,19 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         r"\1\2" + REDACTED,
     ),
     (re.compile(r"\b(bearer)\s+[A-Za-z0-9._~+/=-]+", re.I), r"\1 " + REDACTED),
+    # Every AWS SigV4 query parameter, and query parameters that carry a token or a signature (`?access_token=`
+    # is refused by the API, yet a client that sends one must not leave it in the access log).
+    (re.compile(r"\b(X-Amz-[A-Za-z-]+)=[^&\s\"'<>#]+", re.I), r"\1=" + REDACTED),
+    (
+        re.compile(
+            r"(?<=[?&;])(access_token|id_token|refresh_token|token|signature|sig|api_key|apikey|client_secret|code)"
+            r"=[^&\s\"'<>#]+",
+            re.I,
+        ),
+        r"\1=" + REDACTED,
+    ),
+    # Anything shaped like a JWT (a JWS or a JWE: its header is base64url JSON, so it starts with "eyJ").
+    (re.compile(r"\beyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*){2,4}"), REDACTED),
     # Passwords in connection URLs (amqp://user:password@host, postgresql://user:password@host).
     (re.compile(r"([a-z][a-z0-9+.-]*://[^\s:/@]+:)[^\s@/]+@", re.I), r"\1" + REDACTED + "@"),
 )

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import re
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -219,3 +220,24 @@ async def test_prefer_wait_answers_the_finished_image_and_the_signed_event_strea
         ("status", "3", "completed"),
     ]
     assert events[-1][2]["generation"]["image"]["sha256"] == generation["image"]["sha256"]
+
+
+def _refusal_status(host: str, port: int, request: bytes) -> int:
+    """The status a raw HTTP request gets, read until the server closes the connection."""
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("service", ["identity", "content", "gateway"])
+def test_every_service_as_deployed_refuses_oversized_headers_and_bodies_unauthenticated(
+    stack: LocalStack, service: str
+) -> None:
+    host, port = stack.config.host, stack.config.ports[service]
+    header = f"GET /healthz HTTP/1.1\r\nHost: x\r\nx-padding: {'a' * 40_000}\r\n\r\n".encode()
+    body = b"POST /healthz HTTP/1.1\r\nHost: x\r\ncontent-length: 104857600\r\n\r\n"
+    assert _refusal_status(host, port, header) == 431
+    assert _refusal_status(host, port, body) == 413

@@ -12,19 +12,24 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
+from services.common.edge import EdgeLimits
+from services.common.edge_protocol import server_config
+
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
 
 @contextlib.contextmanager
-def live_server(app: FastAPI, name: str = "live-app") -> Iterator[str]:
+def live_server(app: FastAPI, name: str = "live-app", limits: EdgeLimits | None = None) -> Iterator[str]:
     """Serve `app` on a free port of 127.0.0.1 until the block ends; its base URL. The lifespan runs on the
     server thread's own event loop, so the app's background tasks never share the test's loop.
 
-    log_config=None, as services.common.entrypoint serves: uvicorn's loggers propagate to the root logger."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on", timeout_graceful_shutdown=5)
+    Served as every service is (services.common.edge_protocol.server_config: its HTTP protocol and limits, and
+    log_config=None: uvicorn's loggers propagate to the root logger)."""
+    config = server_config(
+        app, host="127.0.0.1", port=0, limits=limits or EdgeLimits(), lifespan="on", timeout_graceful_shutdown=5
     )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT

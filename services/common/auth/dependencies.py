@@ -13,7 +13,13 @@ from services.common.http_errors import ForbiddenError, UnauthorizedError
 
 # auto_error=False: a missing token gets our 401 (uniform body, WWW-Authenticate), not FastAPI's 403.
 # The scheme also puts "bearer" security on every route that depends on it in the OpenAPI document.
-bearer_scheme = HTTPBearer(auto_error=False, description="a JWT whose `sub` is the owner id")
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description=(
+        "a JWT whose `sub` is the owner id, in the `Authorization` header only: a token in a query string "
+        "(`?access_token=`) is refused with 401, and never logged"
+    ),
+)
 
 
 def install_verifier(app: FastAPI, verifier: TokenVerifier) -> None:

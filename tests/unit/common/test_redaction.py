@@ -119,6 +119,13 @@ def test_a_redacting_handler_leaves_the_record_to_the_other_handlers() -> None:
         ("postgresql+asyncpg://vb:s3cret-pw@db:5432/vixen", "s3cret-pw"),
         ("?X-Amz-Security-Token=FQoGZXIvYXdzE&x=1", "FQoGZXIvYXdzE"),
         ("http://127.0.0.1:9000/b/k?AWSAccessKeyId=AK&Signature=abc%3D&Expires=1", "abc%3D"),
+        ('"GET /api/v1/content/g/events?access_token=eyJhbGciOiJIUzI1NiJ9.e30.c2ln HTTP/1.1" 401', "e30.c2ln"),
+        ("/api/v1/content?cursor=x&token=opaque-token-1", "opaque-token-1"),
+        ("/api/v1/content/g/events?expires=1&signature=c2lnbmVk", "c2lnbmVk"),
+        ("/callback?code=oauth-code-1&state=s", "oauth-code-1"),
+        ("X-Amz-Credential=AKIAEXAMPLE%2F2030 alone", "AKIAEXAMPLE"),
+        ("a JWT under any name: ?q=eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0. seen", "eyJzdWIiOiJ4In0"),
+        ("a JWE: eyJhbGciOiJSU0EifQ.a2V5.aXY.Y2lwaGVy.dGFn", "Y2lwaGVy"),
     ],
 )
 def test_tokens_and_credentials_are_redacted(text: str, leak: str) -> None:
@@ -129,6 +136,9 @@ def test_tokens_and_credentials_are_redacted(text: str, leak: str) -> None:
 def test_ordinary_text_and_urls_are_kept() -> None:
     text = "generation g1 completed in 1.2s: https://example.com/a?page=2"
     assert redact(text, ["x"]) == text  # too-short secrets are ignored
+    # Words that merely contain a parameter's name, or start like a JWT, are not touched.
+    ordinary = "tokens=3 ?pagetoken=x eyJfoo is a word, /api/v1/content?limit=5&cursor=abc"
+    assert redact(ordinary) == ordinary
 
 
 def test_setup_logging_json_lines_are_redacted() -> None:
