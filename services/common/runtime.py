@@ -17,12 +17,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts.topology import Topology, topology
 from services.common import telemetry
-from services.common.broker import Publisher, connect, declare_topology_on
+from services.common.broker import Publisher, check_topology_on, connect, declare_topology_on
 from services.common.consumer import Consumer
-from services.common.db import create_all, create_engine, create_session_factory
+from services.common.db import PoolLimits, create_all, create_engine, create_session_factory
 from services.common.migrations import MigrationSet, check_at_head, migrate_to_head
 from services.common.outbox import OutboxRelay
-from services.common.settings import BrokerDeliverySettings, SecretCheckedSettings, load_settings
+from services.common.settings import (
+    BrokerDeliverySettings,
+    DatabasePoolSettings,
+    SecretCheckedSettings,
+    load_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +66,15 @@ def prepare_sqlite_file(url: str) -> None:
 
 @contextlib.asynccontextmanager
 async def open_database(
-    url: str, metadata: MetaData, migrations: MigrationSet | None = None, *, migrate: bool = True
+    url: str,
+    metadata: MetaData,
+    migrations: MigrationSet | None = None,
+    *,
+    migrate: bool = True,
+    pool: DatabasePoolSettings | None = None,
 ) -> AsyncIterator[Database]:
-    """An engine whose tables are ready, disposed on exit.
+    """An engine whose tables are ready, disposed on exit; its pool bounded by `pool` (read from DB_POOL_SIZE,
+    DB_POOL_MAX_OVERFLOW and DB_POOL_TIMEOUT_SECONDS when not given).
 
     With `migrations`: upgraded to the head revision when `migrate` (the service's `*_MIGRATE_ON_START`),
     else checked to be at head (DatabaseNotAtHeadError: one line naming the command to run).
@@ -72,7 +83,11 @@ async def open_database(
     if migrations is not None and migrations.metadata is not metadata:
         raise ValueError(f"the {migrations.service} migrations build other tables than the metadata given")
     prepare_sqlite_file(url)
-    engine = create_engine(url)
+    limits = pool if pool is not None else load_settings(DatabasePoolSettings)
+    engine = create_engine(
+        url,
+        pool=PoolLimits(limits.db_pool_size, limits.db_pool_max_overflow, limits.db_pool_timeout_seconds),
+    )
     telemetry.instrument_database(engine)
     try:
         if migrations is None:
@@ -106,17 +121,23 @@ async def open_broker(
     *,
     service: str,
     delivery: BrokerDeliverySettings | None = None,
-    declare: Literal["all", "own"] = "all",
+    declare: Literal["all", "check"] = "all",
 ) -> AsyncIterator[BrokerRuntime]:
-    """Connect, declare the topology (idempotent, so start order does not matter), open a publisher.
+    """Connect, make sure of the topology, open a publisher.
 
-    `all` declares every queue with its retry stages and dead-letter queue, so every service gets them; `own` only
-    the exchanges and `service`'s queues (its broker user may configure nothing else; definitions hold the rest).
+    `all` declares every exchange and queue with its retry stages and dead-letter queue (idempotent, so start order
+    does not matter; it needs configure rights: development, tests). `check` declares nothing and only checks
+    passively that the exchanges and `service`'s queues exist (TopologyMissingError, one line, when not): a
+    service's own broker user has no configure right, the deploy step (`python -m services.common.broker_declare`)
+    declared them.
     """
     names = broker_topology(prefix, delivery)
     connection = await connect(url, name=f"vixenbliss-{service}")
     try:
-        await declare_topology_on(connection, names, service=service if declare == "own" else None)
+        if declare == "all":
+            await declare_topology_on(connection, names)
+        else:
+            await check_topology_on(connection, names, service=service)
         publisher = await Publisher.open(connection, names.events_exchange)
         try:
             yield BrokerRuntime(connection, names, publisher)

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import itertools
 import sys
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from contracts.budget import (
+    DEFAULT_MAX_PIXEL_STEPS,
+    WORKER_MAX_SIDE,
+    WORKER_MAX_STEPS,
+    WORKER_MIN_SIDE,
+    GenerationBudget,
+)
 from contracts.topology import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RETRY_DELAYS
 
 # Values copied from templates and docs that must never reach a running service.
@@ -96,9 +111,10 @@ class BrokerSettings(BrokerDeliverySettings):
     """RabbitMQ connection (the URL carries the password, so it is a secret) and the consumers' delivery rules."""
 
     rabbitmq_url: SecretStr = Field(validation_alias="RABBITMQ_URL")
-    # all: declare the whole topology at start (one broker user for everything: development, tests). own: only
-    # the exchanges and this service's queues, for a broker user of its own loaded with the broker's definitions.
-    rabbitmq_declare: Literal["all", "own"] = Field(default="all", validation_alias="RABBITMQ_DECLARE")
+    # all: declare the whole topology at start (one broker user for everything: development, tests). check:
+    # declare nothing, only check passively that this service's part exists (its own broker user may configure
+    # nothing; the deploy step `python -m services.common.broker_declare` declared it): production.
+    rabbitmq_declare: Literal["all", "check"] = Field(default="all", validation_alias="RABBITMQ_DECLARE")
 
 
 class StorageSettings(SecretCheckedSettings):
@@ -113,11 +129,58 @@ class StorageSettings(SecretCheckedSettings):
     r2_region: str = Field(default="auto", validation_alias="R2_REGION")
 
 
+class GenerationBudgetSettings(SecretCheckedSettings):
+    """The bounds on one generation: content admits by them and the gateway refuses to run what exceeds them, so
+    both read the same variables (set them once for the deployment)."""
+
+    min_side: int = Field(
+        default=WORKER_MIN_SIDE,
+        ge=WORKER_MIN_SIDE,
+        le=WORKER_MAX_SIDE,
+        multiple_of=8,
+        validation_alias="CONTENT_MIN_SIDE",
+    )
+    max_side: int = Field(
+        default=WORKER_MAX_SIDE,
+        ge=WORKER_MIN_SIDE,
+        le=WORKER_MAX_SIDE,
+        multiple_of=8,
+        validation_alias="CONTENT_MAX_SIDE",
+    )
+    max_steps: int = Field(default=WORKER_MAX_STEPS, ge=1, le=WORKER_MAX_STEPS, validation_alias="CONTENT_MAX_STEPS")
+    # The cost budget: width × height × steps of one generation.
+    max_pixel_steps: int = Field(
+        default=DEFAULT_MAX_PIXEL_STEPS, ge=WORKER_MIN_SIDE**2, validation_alias="CONTENT_MAX_PIXEL_STEPS"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min_side > self.max_side:
+            raise ValueError("CONTENT_MIN_SIDE is larger than CONTENT_MAX_SIDE")
+        if self.max_pixel_steps < self.min_side * self.min_side:
+            raise ValueError("CONTENT_MAX_PIXEL_STEPS admits no image: it is below CONTENT_MIN_SIDE squared")
+        return self
+
+    def generation_budget(self) -> GenerationBudget:
+        """The budget as the pure rule (contracts.budget) takes it."""
+        return GenerationBudget(self.min_side, self.max_side, self.max_steps, self.max_pixel_steps)
+
+
 class LoggingSettings(SecretCheckedSettings):
     """Log level and format."""
 
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     log_json: bool = Field(default=False, validation_alias="LOG_JSON")
+
+
+class DatabasePoolSettings(SecretCheckedSettings):
+    """The connection pool of a PostgreSQL database (every service reads the same variables; SQLite files too)."""
+
+    db_pool_size: int = Field(default=5, ge=1, le=1000, validation_alias="DB_POOL_SIZE")
+    db_pool_max_overflow: int = Field(default=10, ge=0, le=1000, validation_alias="DB_POOL_MAX_OVERFLOW")
+    # A request that cannot get a connection this soon answers 503 with Retry-After, long before a client or a
+    # proxy gives up on it (SQLAlchemy's own default is 30 s).
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60, validation_alias="DB_POOL_TIMEOUT_SECONDS")
 
 
 def database_url_field(service: str, default: str) -> Any:

@@ -16,6 +16,7 @@ from services.common.changes import ChangeFeed, ChangeHub
 from services.common.consumer import Consumer
 from services.common.cors import install_cors
 from services.common.db import database_unreachable
+from services.common.edge import install_edge_limits
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.outbox import OutboxRelay
@@ -32,6 +33,7 @@ from services.content.migrations import MIGRATIONS
 from services.content.models import Base, inbox_table, outbox_table
 from services.content.projection import IdentityProjection
 from services.content.settings import DEFAULT_PORT, AdmissionSettings, ContentSettings
+from services.content.streams import watching_from_settings
 from services.content.sweeper import running_sweeper
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -67,7 +69,7 @@ def create_app(settings: ContentSettings) -> FastAPI:
             async with (
                 service_metrics.app_metrics(app, SERVICE_NAME) as metrics,
                 open_database(
-                    settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start
+                    settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start, pool=settings
                 ) as database,
                 changes.running(database.engine),
                 open_broker(
@@ -125,10 +127,10 @@ def create_app(settings: ContentSettings) -> FastAPI:
                         generations=generations,
                         projection=projection,
                         hub=hub,
+                        watching=watching_from_settings(settings, hub, generations.get_unchecked, metrics),
                         links=LinkSigner.derived(settings.link_secret(), "content-stream-links"),
                         limits=limits,
                         max_wait_seconds=settings.max_wait_seconds,
-                        heartbeat_seconds=settings.sse_heartbeat_seconds,
                         stream_link_ttl_seconds=settings.stream_link_ttl_seconds,
                     )
                     yield
@@ -138,6 +140,7 @@ def create_app(settings: ContentSettings) -> FastAPI:
     app = build_app(lifespan)
     install_verifier(app, TokenVerifier.from_settings(settings))
     install_cors(app, settings.cors_origins)
+    install_edge_limits(app, settings)
     return app
 
 

@@ -10,11 +10,14 @@ from pydantic_settings import NoDecode
 from services.common.auth import AuthSettings, auth_secret_values
 from services.common.auth.settings import short_secret_reason
 from services.common.cors import parse_origins
+from services.common.edge import EdgeSettings
 from services.common.migrations import migrate_on_start_field
 from services.common.retention import RetentionSettings
 from services.common.runtime import TopologySettings
 from services.common.settings import (
     BrokerSettings,
+    DatabasePoolSettings,
+    GenerationBudgetSettings,
     LoggingSettings,
     SecretCheckedSettings,
     StorageSettings,
@@ -24,15 +27,9 @@ from services.common.settings import (
 
 DEFAULT_PORT = 8000
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.run/content.db"
-# The worker contract's outer bounds (contracts.worker.WorkerRequest): no setting may admit what the worker refuses.
-WORKER_MIN_SIDE = 64
-WORKER_MAX_SIDE = 2048
-WORKER_MAX_STEPS = 100
-# 1024×1024 at 50 steps: SDXL's usual 1024² at 28–50 steps fits; 2048² at 100 steps (8× that) does not.
-DEFAULT_MAX_PIXEL_STEPS = 1024 * 1024 * 50
 
 
-class ContentDatabaseSettings(SecretCheckedSettings):
+class ContentDatabaseSettings(DatabasePoolSettings):
     """The database alone: all that `python -m services.content migrate` reads (no broker or storage needed)."""
 
     database_url: str = database_url_field("content", DEFAULT_DATABASE_URL)
@@ -41,28 +38,10 @@ class ContentDatabaseSettings(SecretCheckedSettings):
     migrate_on_start: bool = migrate_on_start_field("content")
 
 
-class AdmissionSettings(SecretCheckedSettings):
-    """What a submit may ask for and how often: sizes, steps, the cost budget, rate and in-flight limits."""
+class AdmissionSettings(GenerationBudgetSettings):
+    """What a submit may ask for and how often: the generation budget (sizes, steps, cost), rate and in-flight
+    limits."""
 
-    min_side: int = Field(
-        default=WORKER_MIN_SIDE,
-        ge=WORKER_MIN_SIDE,
-        le=WORKER_MAX_SIDE,
-        multiple_of=8,
-        validation_alias="CONTENT_MIN_SIDE",
-    )
-    max_side: int = Field(
-        default=WORKER_MAX_SIDE,
-        ge=WORKER_MIN_SIDE,
-        le=WORKER_MAX_SIDE,
-        multiple_of=8,
-        validation_alias="CONTENT_MAX_SIDE",
-    )
-    max_steps: int = Field(default=WORKER_MAX_STEPS, ge=1, le=WORKER_MAX_STEPS, validation_alias="CONTENT_MAX_STEPS")
-    # The cost budget: width × height × steps of one generation.
-    max_pixel_steps: int = Field(
-        default=DEFAULT_MAX_PIXEL_STEPS, ge=WORKER_MIN_SIDE**2, validation_alias="CONTENT_MAX_PIXEL_STEPS"
-    )
     max_in_flight_per_owner: int = Field(default=8, ge=1, le=10_000, validation_alias="CONTENT_MAX_IN_FLIGHT")
     # A token bucket per owner: `burst` submits at once, then `rate_per_minute`.
     submit_rate_per_minute: float = Field(
@@ -73,16 +52,24 @@ class AdmissionSettings(SecretCheckedSettings):
         default=24 * 3600, ge=60, le=30 * 24 * 3600, validation_alias="CONTENT_IDEMPOTENCY_TTL_SECONDS"
     )
 
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if self.min_side > self.max_side:
-            raise ValueError("CONTENT_MIN_SIDE is larger than CONTENT_MAX_SIDE")
-        if self.max_pixel_steps < self.min_side * self.min_side:
-            raise ValueError("CONTENT_MAX_PIXEL_STEPS admits no image: it is below CONTENT_MIN_SIDE squared")
-        return self
+
+class StreamSettings(SecretCheckedSettings):
+    """Event streams and `Prefer: wait`: the caps on how many one replica holds open, the heartbeat, the lifetime."""
+
+    # Per replica (each counts its own): streams and waits are counted apart, each kind under these caps.
+    max_streams_per_generation: int = Field(
+        default=10, ge=1, le=100_000, validation_alias="CONTENT_MAX_STREAMS_PER_GENERATION"
+    )
+    max_streams_per_owner: int = Field(default=50, ge=1, le=100_000, validation_alias="CONTENT_MAX_STREAMS_PER_OWNER")
+    # Within the process's open-file limit (raised to its hard limit at start), less a reserve for everything else.
+    max_streams: int = Field(default=2000, ge=1, le=1_000_000, validation_alias="CONTENT_MAX_STREAMS")
+    # SSE streams send a comment this often, and end after stream_max_seconds (less up to a tenth, drawn per stream).
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300, validation_alias="CONTENT_SSE_HEARTBEAT_SECONDS")
+    stream_max_seconds: float = Field(default=300.0, gt=0, le=3600, validation_alias="CONTENT_STREAM_MAX_SECONDS")
 
 
 class ContentSettings(
+    EdgeSettings,
     BrokerSettings,
     StorageSettings,
     LoggingSettings,
@@ -91,6 +78,7 @@ class ContentSettings(
     AdmissionSettings,
     ContentDatabaseSettings,
     RetentionSettings,
+    StreamSettings,
 ):
     """Everything the content service reads from the environment."""
 
@@ -111,9 +99,8 @@ class ContentSettings(
     # one at a time so that the projection sees them in order.
     results_prefetch: int = Field(default=20, ge=1, le=1000, validation_alias="CONTENT_RESULTS_PREFETCH")
 
-    # Prefer: wait=N holds a response at most this long; SSE streams send a comment this often.
+    # Prefer: wait=N holds a response at most this long.
     max_wait_seconds: float = Field(default=60.0, ge=0, le=60, validation_alias="CONTENT_MAX_WAIT_SECONDS")
-    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300, validation_alias="CONTENT_SSE_HEARTBEAT_SECONDS")
     # Signed event-stream links (for EventSource, which cannot send a token): lifetime, and the key that signs
     # them (every replica needs the same one). Unset: derived from AUTH_JWT_SECRET.
     stream_link_ttl_seconds: int = Field(

@@ -13,10 +13,11 @@ from services.common import health
 from services.common import metrics as service_metrics
 from services.common.auth import TokenVerifier, install_verifier
 from services.common.db import database_unreachable
+from services.common.edge import install_edge_limits
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.outbox import OutboxRelay
-from services.common.retention import Bookkeeping, running_retention
+from services.common.retention import Bookkeeping, RetentionTask, running_retention
 from services.common.runtime import open_broker, open_database, running_relay
 from services.common.storage import ObjectStorage, StorageConfig
 from services.identity.api import admin_router, router
@@ -26,6 +27,7 @@ from services.identity.migrations import MIGRATIONS
 from services.identity.models import Base, outbox_table
 from services.identity.service import AvatarService
 from services.identity.settings import DEFAULT_PORT, IdentitySettings
+from services.identity.upload_expiry import UploadSweeper
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -43,7 +45,7 @@ def create_app(settings: IdentitySettings) -> FastAPI:
             async with (
                 service_metrics.app_metrics(app, SERVICE_NAME) as metrics,
                 open_database(
-                    settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start
+                    settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start, pool=settings
                 ) as database,
                 open_broker(
                     settings.rabbitmq_url.get_secret_value(),
@@ -54,9 +56,10 @@ def create_app(settings: IdentitySettings) -> FastAPI:
             ):
                 relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)
                 service_metrics.watch_outbox(metrics, relay)
+                expiry = RetentionTask("LoRA registration expiry", UploadSweeper(database.sessions, storage).run)
                 async with (
                     running_relay(relay),
-                    running_retention(database.sessions, Bookkeeping(outbox=outbox_table), settings),
+                    running_retention(database.sessions, Bookkeeping(outbox=outbox_table), settings, tasks=[expiry]),
                 ):
                     health.install_readiness(
                         app,
@@ -65,13 +68,13 @@ def create_app(settings: IdentitySettings) -> FastAPI:
                             "broker": health.broker_check(broker.connection),
                         },
                     )
-                    app.state.avatar_service = AvatarService(database.sessions, on_commit=relay.notify)
+                    app.state.avatar_service = AvatarService(
+                        database.sessions, quotas=settings.owner_quotas(), on_commit=relay.notify
+                    )
                     app.state.lora_service = LoraService(
                         database.sessions,
                         LoraFiles(storage, max_bytes=settings.lora_max_bytes),
-                        LoraLimits(
-                            settings.lora_max_bytes, settings.lora_upload_url_ttl_seconds, settings.lora_base_models
-                        ),
+                        LoraLimits.from_settings(settings),
                         on_commit=relay.notify,
                     )
                     yield
@@ -80,6 +83,7 @@ def create_app(settings: IdentitySettings) -> FastAPI:
 
     app = build_app(lifespan)
     install_verifier(app, TokenVerifier.from_settings(settings))
+    install_edge_limits(app, settings)
     return app
 
 

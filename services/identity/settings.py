@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from contracts.lora_targets import KNOWN_BASE_MODELS
 from services.common.auth import AuthSettings, auth_secret_values
+from services.common.edge import EdgeSettings
 from services.common.migrations import migrate_on_start_field
 from services.common.retention import RetentionSettings
 from services.common.runtime import TopologySettings
 from services.common.settings import (
     BrokerSettings,
+    DatabasePoolSettings,
     LoggingSettings,
-    SecretCheckedSettings,
     StorageSettings,
     connection_url_secrets,
     database_url_field,
+)
+from services.identity.quotas import (
+    DEFAULT_MAX_AVATARS,
+    DEFAULT_MAX_LORA_BYTES,
+    DEFAULT_MAX_OPEN_UPLOADS,
+    DEFAULT_REGISTRATION_TTL_SECONDS,
+    OwnerQuotas,
 )
 
 DEFAULT_PORT = 8001
@@ -27,7 +35,7 @@ DEFAULT_BASE_MODELS = ("sdxl-base-1.0",)
 MIB = 1024 * 1024
 
 
-class IdentityDatabaseSettings(SecretCheckedSettings):
+class IdentityDatabaseSettings(DatabasePoolSettings):
     """The database alone: all that `python -m services.identity migrate` reads (no broker, storage or auth)."""
 
     database_url: str = database_url_field("identity", DEFAULT_DATABASE_URL)
@@ -37,6 +45,7 @@ class IdentityDatabaseSettings(SecretCheckedSettings):
 
 
 class IdentitySettings(
+    EdgeSettings,
     BrokerSettings,
     StorageSettings,
     LoggingSettings,
@@ -50,6 +59,24 @@ class IdentitySettings(
     lora_max_bytes: int = Field(default=512 * MIB, ge=1, validation_alias="LORA_MAX_BYTES")
     lora_upload_url_ttl_seconds: int = Field(
         default=900, ge=1, le=7 * 24 * 3600, validation_alias="LORA_UPLOAD_URL_TTL_SECONDS"
+    )
+    # How long a registration stays open for its upload and complete; then the retention loop expires it and deletes
+    # its upload object. At least the upload URL's life (checked below).
+    lora_registration_ttl_seconds: int = Field(
+        default=DEFAULT_REGISTRATION_TTL_SECONDS,
+        ge=1,
+        le=7 * 24 * 3600,
+        validation_alias="LORA_REGISTRATION_TTL_SECONDS",
+    )
+    # Per-owner quotas (services/identity/quotas.py, docs/identity.md "Quotas").
+    max_avatars_per_owner: int = Field(
+        default=DEFAULT_MAX_AVATARS, ge=1, le=1_000_000, validation_alias="IDENTITY_MAX_AVATARS_PER_OWNER"
+    )
+    max_open_uploads_per_owner: int = Field(
+        default=DEFAULT_MAX_OPEN_UPLOADS, ge=1, le=10_000, validation_alias="IDENTITY_MAX_OPEN_UPLOADS_PER_OWNER"
+    )
+    max_lora_bytes_per_owner: int = Field(
+        default=DEFAULT_MAX_LORA_BYTES, ge=1, validation_alias="IDENTITY_MAX_LORA_BYTES_PER_OWNER"
     )
     # The base models LoRAs may be registered for (comma-separated); each needs a table in contracts/lora_targets.
     lora_base_models: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -71,6 +98,23 @@ class IdentitySettings(
             known = ", ".join(sorted(KNOWN_BASE_MODELS))
             raise ValueError(f"LORA_BASE_MODELS must list base models with a module table ({known})")
         return value
+
+    @model_validator(mode="after")
+    def _registration_outlives_its_url(self) -> Self:
+        if self.lora_registration_ttl_seconds < self.lora_upload_url_ttl_seconds:
+            raise ValueError(
+                "LORA_REGISTRATION_TTL_SECONDS must be at least LORA_UPLOAD_URL_TTL_SECONDS: a registration that "
+                "expired while its upload URL still works would leave what is PUT there undeleted"
+            )
+        return self
+
+    def owner_quotas(self) -> OwnerQuotas:
+        """The per-owner quotas these settings give."""
+        return OwnerQuotas(
+            max_avatars=self.max_avatars_per_owner,
+            max_open_uploads=self.max_open_uploads_per_owner,
+            max_lora_bytes=self.max_lora_bytes_per_owner,
+        )
 
     def secret_values(self) -> list[str]:
         """Values the log redaction must never let through."""

@@ -21,6 +21,7 @@ from contracts.topology import GATEWAY_GENERATION_CANCELED, GATEWAY_GENERATION_R
 from services.common import health, telemetry
 from services.common import metrics as service_metrics
 from services.common.consumer import Consumer
+from services.common.edge import install_edge_limits
 from services.common.entrypoint import serve
 from services.common.http_errors import install_error_handlers
 from services.common.metrics import ServiceMetrics
@@ -78,7 +79,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
     try:
         async with (
             open_database(
-                settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start
+                settings.database_url, Base.metadata, MIGRATIONS, migrate=settings.migrate_on_start, pool=settings
             ) as database,
             open_broker(
                 settings.rabbitmq_url.get_secret_value(),
@@ -113,6 +114,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
                 calls=events,
                 upload_retry_seconds=settings.gateway_upload_retry_seconds,
                 worker_retry_seconds=settings.gateway_worker_retry_seconds,
+                budget=settings.generation_budget(),
             )
             runner = JobRunner(
                 jobs,
@@ -181,6 +183,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(service_metrics.router)
     app.include_router(health.router)
+    install_edge_limits(app, settings)
     return app
 
 

@@ -8,12 +8,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
+from services.common.edge import EdgeSettings
 from services.common.migrations import migrate_on_start_field
 from services.common.runtime import TopologySettings
 from services.common.settings import (
     BrokerSettings,
+    DatabasePoolSettings,
+    GenerationBudgetSettings,
     LoggingSettings,
-    SecretCheckedSettings,
     StorageSettings,
     connection_url_secrets,
     database_url_field,
@@ -31,7 +33,7 @@ _ENDPOINT_ID = re.compile(r"^[a-z0-9][a-z0-9-]*--[a-z0-9][a-z0-9-]*$")
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.run/gateway.db"
 
 
-class GatewayDatabaseSettings(SecretCheckedSettings):
+class GatewayDatabaseSettings(DatabasePoolSettings):
     """The job table's database alone: all that `python -m services.inference_gateway migrate` reads."""
 
     # GATEWAY_DATABASE_URL, else DATABASE_URL; the embedded SQLite default serves one gateway process.
@@ -40,8 +42,17 @@ class GatewayDatabaseSettings(SecretCheckedSettings):
     migrate_on_start: bool = migrate_on_start_field("gateway")
 
 
-class GatewaySettings(BrokerSettings, StorageSettings, LoggingSettings, TopologySettings, GatewayDatabaseSettings):
-    """Everything the inference gateway reads at start; a bad value stops it with one clear line."""
+class GatewaySettings(
+    EdgeSettings,
+    BrokerSettings,
+    StorageSettings,
+    LoggingSettings,
+    TopologySettings,
+    GenerationBudgetSettings,
+    GatewayDatabaseSettings,
+):
+    """Everything the inference gateway reads at start; a bad value stops it with one clear line. The generation
+    budget is content's (the same CONTENT_* variables): a request over it is failed without calling the worker."""
 
     lora_provider: Literal["modal_sdxl_lora"] = Field(default="modal_sdxl_lora", validation_alias="LORA_PROVIDER")
     # The sync generate URL (local worker: http://127.0.0.1:8003/generate).

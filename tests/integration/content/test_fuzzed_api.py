@@ -13,9 +13,10 @@ import httpx
 import jsonschema_rs
 import pytest
 
+from contracts.budget import WORKER_MAX_SIDE, WORKER_MAX_STEPS
 from services.common.broker import Publisher
 from services.content.main import create_app
-from services.content.settings import WORKER_MAX_SIDE, WORKER_MAX_STEPS, ContentSettings
+from services.content.settings import ContentSettings
 from tests.support.auth import bearer, new_owner
 from tests.support.content_client import ready_avatar
 from tests.support.content_fuzz_hooks import AVATAR_ID_ENV

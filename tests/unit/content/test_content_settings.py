@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from contracts.budget import DEFAULT_MAX_PIXEL_STEPS
 from services.common.signed_links import LinkSigner
 from services.content.main import admission_limits
-from services.content.settings import DEFAULT_MAX_PIXEL_STEPS, ContentSettings
+from services.content.settings import ContentSettings
 from tests.support.service_log import written
 from tests.support.settings_env import settings_env
 

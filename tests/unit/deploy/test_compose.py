@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from gpu.server import LocalWorkerSettings
+from services.common.broker_declare import DeclareStepSettings
 from services.common.broker_definitions import SERVICES, password_variable
 from services.common.settings import load_settings
 from services.content.settings import ContentSettings
@@ -86,7 +87,7 @@ def test_each_service_starts_with_its_environment_and_talks_to_what_compose_runs
     broker = urlsplit(settings.rabbitmq_url.get_secret_value())
     assert (unquote(broker.username or ""), broker.hostname, broker.port) == (f"vixenbliss-{service}", "rabbitmq", 5672)
     assert broker.password == env[password_variable(service)]
-    assert settings.rabbitmq_declare == "own" and settings.migrate_on_start is False
+    assert settings.rabbitmq_declare == "check" and settings.migrate_on_start is False
     database = urlsplit(settings.database_url)
     assert database.hostname == "postgres" and database.path.lstrip("/") in created_databases()
     assert database.password == env["POSTGRES_PASSWORD"]
@@ -96,7 +97,7 @@ def test_each_service_starts_with_its_environment_and_talks_to_what_compose_runs
     assert job["command"][:3] == ["python", "-m", definition_module(target)] and job["command"][3] == "migrate"
     assert {
         name for name, rule in definition["depends_on"].items() if rule["condition"] == "service_completed_successfully"
-    } >= {"identity-migrate", "content-migrate", "gateway-migrate", "minio-bucket"}
+    } >= {"identity-migrate", "content-migrate", "gateway-migrate", "minio-bucket", "broker-topology"}
     storage = urlsplit(settings.r2_endpoint_url)
     assert (storage.hostname, storage.port) == ("minio", 9000) and "9000:9000" in compose["services"]["minio"]["ports"]
     assert settings.r2_access_key_id.get_secret_value() == env["MINIO_ROOT_USER"]
@@ -136,9 +137,33 @@ def test_the_broker_loads_definitions_that_hold_each_services_user(
     command = [sys.executable, *job["command"][1:]]
     command[command.index("--out") + 1] = str(written)
     subprocess.run(command, env={**os.environ, **job["environment"]}, check=True, timeout=120, cwd=ROOT)
-    users = {user["name"] for user in json.loads(written.read_text(encoding="utf-8"))["users"]}
+    document = json.loads(written.read_text(encoding="utf-8"))
+    users = {user["name"] for user in document["users"]}
     assert users == {f"vixenbliss-{service}" for service in SERVICES} | {"admin"}
+    # No service's user may configure anything: the operator declares the topology (broker-topology, below).
+    assert {p["user"] for p in document["permissions"] if p["configure"] != "^$"} == {"admin"}
     assert job["build"]["dockerfile"] == "deploy/docker/services.Dockerfile"
+
+
+def test_the_topology_is_declared_by_a_one_shot_step_with_the_operators_user_before_the_services_start(
+    compose: dict[str, Any], env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = compose["services"]["broker-topology"]
+    assert step["command"] == ["python", "-m", "services.common.broker_declare"]
+    assert step["build"]["dockerfile"] == "deploy/docker/services.Dockerfile" and step["build"]["target"] in APPS
+    assert step["depends_on"]["rabbitmq"]["condition"] == "service_healthy" and step["restart"] == "no"
+    settings = settings_from(step["environment"], DeclareStepSettings, monkeypatch)
+    admin = urlsplit(settings.rabbitmq_admin_url.get_secret_value())
+    definitions_job = compose["services"]["broker-definitions"]["command"]
+    assert unquote(admin.username or "") == definitions_job[definitions_job.index("--admin-user") + 1]
+    assert admin.password == env["RABBITMQ_ADMIN_PASSWORD"]
+    for service in APPS:
+        # The same broker and vhost as the service, which only checks (and waits for the step to have finished).
+        used = urlsplit(compose["services"][service]["environment"]["RABBITMQ_URL"])
+        assert (admin.hostname, admin.port, admin.path) == (used.hostname, used.port, used.path)
+        assert compose["services"][service]["depends_on"]["broker-topology"]["condition"] == (
+            "service_completed_successfully"
+        )
 
 
 def test_every_built_target_and_mounted_file_exists_and_every_dependency_is_a_service(
@@ -162,6 +187,15 @@ def test_every_built_target_and_mounted_file_exists_and_every_dependency_is_a_se
     scraped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
     (targets,) = [c["static_configs"][0]["targets"] for c in scraped["scrape_configs"]]
     assert targets == [f"{name}:{TARGETS[APPS[name][1]][2]}" for name in ("content", "identity", "inference-gateway")]
+
+
+def test_every_service_runs_as_production_and_the_public_ones_name_their_audience_and_issuer(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert {compose["services"][name]["environment"].get("VIXEN_ENVIRONMENT") for name in APPS} == {"production"}
+    for name in ("identity", "content"):
+        settings = settings_from(compose["services"][name]["environment"], APPS[name][0], monkeypatch)
+        assert settings.is_production and settings.auth_audience and settings.auth_issuer, name
 
 
 def settings_from(environment: dict[str, Any], settings_type: type[Any], monkeypatch: pytest.MonkeyPatch) -> Any:

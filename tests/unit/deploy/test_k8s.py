@@ -15,6 +15,8 @@ import yaml
 from pydantic import AliasChoices
 
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, topology
+from services.common.auth.settings import production_auth_problem
+from services.common.broker_declare import DeclareStepSettings
 from services.content.settings import ContentSettings
 from services.identity.settings import IdentitySettings
 from services.inference_gateway.metrics import JOBS_OPEN
@@ -36,7 +38,11 @@ SECRET_KEYS = {
     "vixenbliss-identity": {"RABBITMQ_URL", "IDENTITY_DATABASE_URL"},
     "vixenbliss-content": {"RABBITMQ_URL", "CONTENT_DATABASE_URL"},
     "vixenbliss-inference-gateway": {"RABBITMQ_URL", "GATEWAY_DATABASE_URL", "MODAL_ENDPOINT_URL", "MODAL_API_KEY"},
+    # The operator's broker user, for the broker-topology Job only.
+    "vixenbliss-broker-admin": {"RABBITMQ_ADMIN_URL"},
 }
+# KEDA's: the autoscaler's broker user (no permission: it reads the queue's depth with a passive declare).
+AUTOSCALER_SECRET = ("vixenbliss-autoscaler-broker", "host")
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (kubectl kustomize)")
 
@@ -75,8 +81,8 @@ def test_no_secret_is_defined_only_referenced(rendered: list[dict[str, Any]]) ->
     }
     assert referenced == set(SECRET_KEYS)
     documented = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
-    for secret, keys in SECRET_KEYS.items():
-        assert secret in documented and all(key in documented for key in keys), secret
+    for secret, keys in {**SECRET_KEYS, AUTOSCALER_SECRET[0]: {AUTOSCALER_SECRET[1]}}.items():
+        assert secret in documented and all(f"`{key}`" in documented for key in keys), secret
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -140,9 +146,47 @@ def test_keda_scales_the_gateway_on_its_open_jobs_and_its_queue(rendered: list[d
     assert rabbit["metadata"]["mode"] == "QueueLength" and float(rabbit["metadata"]["value"]) > 0
     (auth,) = of_kind(rendered, "TriggerAuthentication").values()
     assert rabbit["authenticationRef"]["name"] == auth["metadata"]["name"]
-    assert auth["spec"]["secretTargetRef"] == [
-        {"parameter": "host", "name": "vixenbliss-inference-gateway", "key": "RABBITMQ_URL"}
+    # Its own user, never a service's: amqp, the protocol whose passive declare needs no permission and no tag.
+    name, key = AUTOSCALER_SECRET
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "host", "name": name, "key": key}]
+    assert rabbit["metadata"]["protocol"] == "amqp" and name not in SECRET_KEYS
+
+
+def test_a_job_declares_the_broker_topology_with_the_operators_user_and_the_services_only_check(
+    rendered: list[dict[str, Any]],
+) -> None:
+    config = next(iter(of_kind(rendered, "ConfigMap").values()))["data"]
+    assert config["RABBITMQ_DECLARE"] == "check"
+    (job,) = [
+        job
+        for job in of_kind(rendered, "Job").values()
+        if job["spec"]["template"]["spec"]["containers"][0]["command"]
+        == ["python", "-m", "services.common.broker_declare"]
     ]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    images = {d["spec"]["template"]["spec"]["containers"][0]["image"] for d in of_kind(rendered, "Deployment").values()}
+    assert container["image"] in images
+    assert container["envFrom"] == [
+        {"configMapRef": {"name": "vixenbliss-config"}},
+        {"secretRef": {"name": "vixenbliss-broker-admin"}},
+    ]
+    missing = required_variables(DeclareStepSettings) - set(config) - SECRET_KEYS["vixenbliss-broker-admin"]
+    assert not missing, f"the Job would refuse to start: {sorted(missing)} unset"
+    # The operator's credential reaches that Job only.
+    for name, deployment in of_kind(rendered, "Deployment").items():
+        sources = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        assert {"secretRef": {"name": "vixenbliss-broker-admin"}} not in sources, name
+
+
+def test_the_config_marks_a_production_deployment_and_names_the_audience_and_issuer(
+    rendered: list[dict[str, Any]],
+) -> None:
+    config = next(iter(of_kind(rendered, "ConfigMap").values()))["data"]
+    # What identity and content check at start (AuthSettings), on the values the ConfigMap gives them.
+    environment, audience, issuer = (config.get(name) for name in ("VIXEN_ENVIRONMENT", "AUTH_AUDIENCE", "AUTH_ISSUER"))
+    assert environment == "production"
+    problem = production_auth_problem(environment, audience, issuer)
+    assert problem is None, problem
 
 
 def required_variables(settings_type: type[Any]) -> set[str]:

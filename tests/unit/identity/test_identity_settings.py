@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from services.identity.quotas import OwnerQuotas
 from services.identity.settings import IdentitySettings
 from tests.support.service_log import written
 from tests.support.settings_env import settings_env
@@ -31,6 +32,30 @@ def test_defaults_are_the_documented_ones(env: pytest.MonkeyPatch) -> None:
     assert settings.lora_max_bytes == 512 * 1024 * 1024
     assert settings.lora_upload_url_ttl_seconds == 900
     assert settings.lora_base_models == ("sdxl-base-1.0",)
+    assert settings.lora_registration_ttl_seconds == 3600
+    assert settings.owner_quotas() == OwnerQuotas(
+        max_avatars=100, max_open_uploads=5, max_lora_bytes=10 * 1024 * 1024 * 1024
+    )
+
+
+def test_quotas_and_the_registration_life_come_from_their_variables(env: pytest.MonkeyPatch) -> None:
+    env.setenv("IDENTITY_MAX_AVATARS_PER_OWNER", "7")
+    env.setenv("IDENTITY_MAX_OPEN_UPLOADS_PER_OWNER", "2")
+    env.setenv("IDENTITY_MAX_LORA_BYTES_PER_OWNER", "4096")
+    env.setenv("LORA_REGISTRATION_TTL_SECONDS", "1800")
+
+    settings = IdentitySettings()
+
+    assert settings.owner_quotas() == OwnerQuotas(max_avatars=7, max_open_uploads=2, max_lora_bytes=4096)
+    assert settings.lora_registration_ttl_seconds == 1800
+
+
+def test_a_registration_may_not_expire_before_its_upload_url(env: pytest.MonkeyPatch) -> None:
+    env.setenv("LORA_UPLOAD_URL_TTL_SECONDS", "900")
+    env.setenv("LORA_REGISTRATION_TTL_SECONDS", "899")
+
+    with pytest.raises(ValidationError, match="LORA_REGISTRATION_TTL_SECONDS must be at least"):
+        IdentitySettings()
 
 
 def test_limits_and_database_come_from_their_variables(env: pytest.MonkeyPatch) -> None:
