@@ -30,6 +30,7 @@ from scripts.stacklib import flow
 from scripts.stacklib.config import StackConfig
 from scripts.stacklib.runner import LocalStack
 from services.common.db import create_test_database, drop_test_database
+from tests.bench.docs_section import write_marked_section
 from tests.bench.platform import profile
 from tests.bench.platform.load import Call, Sample, closed_loop, content_call, open_loop, worker_call
 from tests.bench.platform.procstats import ProcessGroup, cpu_between, snapshot
@@ -210,15 +211,7 @@ def table(
 
 
 def write_docs(path: Path, section: list[str]) -> None:
-    text = path.read_text(encoding="utf-8")
-    block = "\n".join([START_MARK, *section, END_MARK])
-    if START_MARK in text and END_MARK in text:
-        before, _, rest = text.partition(START_MARK)
-        _, _, after = rest.partition(END_MARK)
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n## Platform overhead (echo worker)\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    write_marked_section(path, START_MARK, END_MARK, "Platform overhead (echo worker)", section)
 
 
 def main(argv: list[str] | None = None) -> int:

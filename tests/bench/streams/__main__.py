@@ -32,6 +32,7 @@ from contracts.events import GenerationFailed
 from contracts.topology import topology
 from services.common.broker import Publisher, connect
 from services.common.db import create_test_database, drop_test_database
+from tests.bench.docs_section import write_marked_section
 from tests.bench.platform import profile
 from tests.bench.streams.content_process import ContentProcess, content_process
 from tests.bench.streams.other_owners import Call, OtherOwners
@@ -236,15 +237,7 @@ def table(results: list[PhaseResult]) -> list[str]:
 
 
 def write_docs(path: Path, section: list[str]) -> None:
-    text = path.read_text(encoding="utf-8")
-    block = "\n".join([START_MARK, *section, END_MARK])
-    if START_MARK in text and END_MARK in text:
-        before, _, rest = text.partition(START_MARK)
-        _, _, after = rest.partition(END_MARK)
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n## Event-stream flood (issue 20)\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    write_marked_section(path, START_MARK, END_MARK, "Event-stream flood (issue 20)", section)
 
 
 async def bench(args: argparse.Namespace, run_dir: Path) -> list[PhaseResult]:
