@@ -111,10 +111,10 @@ def declared_length(scope: Scope) -> int | None:
     return int(values[0])
 
 
-def has_body(scope: Scope) -> bool:
-    """Whether the request says a body follows (a non-zero Content-Length or a Transfer-Encoding)."""
+def has_body(scope: Scope, declared: int | None) -> bool:
+    """Whether the request says a body follows (a Content-Length `declared` other than 0, or a Transfer-Encoding)."""
     headers = scope.get("headers", ())
-    return any(name == b"transfer-encoding" for name, _ in headers) or (declared_length(scope) or 0) != 0
+    return any(name == b"transfer-encoding" for name, _ in headers) or (declared or 0) != 0
 
 
 class _Refused(Exception):
@@ -154,11 +154,11 @@ class EdgeLimitsMiddleware:
         return self._routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not has_body(scope):
+        declared = declared_length(scope) if scope["type"] == "http" else None
+        if scope["type"] != "http" or not has_body(scope, declared):
             await self.app(scope, receive, send)
             return
         cap = body_cap(self._body_routes(scope), scope["method"], scope["path"], self.limits.max_body_bytes)
-        declared = declared_length(scope)
         if declared == -1:
             await send_refusal(send, 400, "INVALID_REQUEST", "Content-Length is not one decimal number")
             return

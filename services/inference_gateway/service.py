@@ -254,24 +254,10 @@ class GenerationService:
             log.info("generation %s was canceled before it started; not run", generation_id)
             self._metrics.inc(m.SKIPPED_CANCELED)
             return None
-        if self._clock() >= request.deadline:
-            failure = GatewayFailure(
-                WorkerErrorCode.TIMEOUT,
-                "the deadline passed before the gateway could start the generation",
-                {"deadline": request.deadline.isoformat(), "worker_called": False},
-            )
+        unrunnable = self._refusal_before_running(request)
+        if unrunnable is not None:
             return await self._fail(
-                request, failure, attempts=max(1, resume.attempts if resume else 1), traceparent=traceparent
-            )
-        refusal = budget_refusal(request.params.width, request.params.height, request.params.steps, self._budget)
-        if refusal is not None:
-            log.warning("generation %s refused without running: %s", generation_id, refusal.message)
-            fields = [name for name, _ in refusal.fields]
-            failure = GatewayFailure(
-                WorkerErrorCode.INVALID_REQUEST, refusal.message, {"fields": fields, "worker_called": False}
-            )
-            return await self._fail(
-                request, failure, attempts=max(1, resume.attempts if resume else 1), traceparent=traceparent
+                request, unrunnable, attempts=max(1, resume.attempts if resume else 1), traceparent=traceparent
             )
 
         run = asyncio.create_task(self._attempts(request, traceparent, resume), name=f"generation {generation_id}")
@@ -290,6 +276,23 @@ class GenerationService:
             running.discard(run)
             if not running:
                 self._running.pop(generation_id, None)
+
+    def _refusal_before_running(self, request: GenerationRequested) -> GatewayFailure | None:
+        """Why the generation ends before any attempt (its deadline passed, or it is over the budget), or None."""
+        if self._clock() >= request.deadline:
+            return GatewayFailure(
+                WorkerErrorCode.TIMEOUT,
+                "the deadline passed before the gateway could start the generation",
+                {"deadline": request.deadline.isoformat(), "worker_called": False},
+            )
+        refusal = budget_refusal(request.params.width, request.params.height, request.params.steps, self._budget)
+        if refusal is None:
+            return None
+        log.warning("generation %s refused without running: %s", request.generation_id, refusal.message)
+        fields = [name for name, _ in refusal.fields]
+        return GatewayFailure(
+            WorkerErrorCode.INVALID_REQUEST, refusal.message, {"fields": fields, "worker_called": False}
+        )
 
     async def fail_without_running(
         self, request: GenerationRequested, failure: GatewayFailure, *, attempts: int, traceparent: str | None
