@@ -28,6 +28,9 @@ class EchoEngine:
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    def to(self, device: torch.device | str) -> None:
+        """Nothing to move: the echo engine has no weights."""
+
     def generate(self, request: WorkerRequest, budget: RequestBudget | None = None) -> WorkerSuccess | WorkerError:
         started = time.perf_counter()
         seed = request.seed

@@ -6,7 +6,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +34,9 @@ class QueueFullError(RuntimeError):
 class JobQueue:
     """Runs jobs one at a time (the engine serves one request at a time) and keeps results for a while.
 
+    `executor`: the one-thread executor the engine serves on (gpu/lifecycle.py), shared with the sync requests, so
+    one thread runs every request; without one the queue keeps a thread of its own.
+
     Each job's budget starts at submit: the time it waits in the queue counts against its timeout. At most
     `max_pending` jobs wait or run at once (a submit past it is refused, never queued without bound); finished
     ones are kept `ttl_seconds`, and at most `max_jobs` in all."""
@@ -44,9 +47,11 @@ class JobQueue:
         max_jobs: int = 1000,
         ttl_seconds: float = 3600.0,
         max_pending: int = 64,
+        executor: Executor | None = None,
     ) -> None:
         self._run = run
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._lock = threading.Lock()
         self.max_jobs = max_jobs
@@ -122,4 +127,6 @@ class JobQueue:
         for job in jobs:
             if not job.future.done():
                 job.budget.cancel("worker shutting down")
-        self._executor.shutdown(wait=False, cancel_futures=True)
+                job.future.cancel()
+        if self._owns_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -8,9 +8,6 @@ FastAPI apps (gpu.modal_endpoints) that this module hands Modal's spawn and Func
 
 import logging
 import os
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import modal
@@ -126,138 +123,6 @@ lora_cache_volume = modal.Volume.from_name("vixenbliss-lora-cache", create_if_mi
 compile_cache_volume = modal.Volume.from_name("vixenbliss-compile-cache", create_if_missing=True)
 
 
-class WorkerRuntime:
-    """The container's life, in plain Python: load on CPU, move to the GPU, serve one request at a time.
-
-    `reload_weights` refreshes the weights Volume (in a container: `weights_volume.reload`): a load that failed
-    before the snapshot is frozen into it, so after restore the Volume is reloaded and the load tried again.
-    """
-
-    def __init__(self, reload_weights: Callable[[], object] = lambda: None) -> None:
-        from opentelemetry import trace
-
-        from gpu.telemetry import TRACER_NAME
-
-        self.engine: Any = None
-        self.load_error: Any = None
-        self.settings: Any = None
-        self._reload_weights = reload_weights
-        # The engine's own thread (`start_engine_thread`): Modal's cancel signal never lands in it.
-        self.pool: ThreadPoolExecutor | None = None
-        # The global provider's tracer (`start_tracing` configures it in the container); tests put their own here.
-        self.tracer: Any = trace.get_tracer(TRACER_NAME)
-
-    def load_on_cpu(self) -> None:
-        from diffusers.utils import logging as diffusers_logging
-
-        from gpu.bootstrap import build_engine
-        from gpu.errors import WorkerFailure
-        from gpu.log_setup import setup_worker_logging
-        from gpu.settings import WorkerSettings
-
-        diffusers_logging.set_verbosity_error()
-        setup_worker_logging()  # the services' redaction, with WORKER_API_KEY among its secrets
-        self.settings = WorkerSettings()
-        try:
-            # Loaded on the CPU: this runs before the memory snapshot, where no GPU is attached (and CUDA must not
-            # be probed: build_engine does not when given the device).
-            self.engine = build_engine(self.settings, device="cpu")
-        except WorkerFailure as failure:
-            self.load_error = failure
-
-    def move_to_gpu(self) -> None:
-        """After restore: a load that failed is tried again from the reloaded Volume; then the engine goes to the
-        device settings name (WORKER_DEVICE: `cuda` in the image). No GPU where one is named is MODEL_LOAD_FAILED
-        for every request, logged, never a silent CPU worker."""
-        from gpu.compiled import compile_unet, should_compile
-        from gpu.errors import WorkerFailure
-        from gpu.pipeline_loader import resolve_device
-
-        if self.engine is None:
-            self._load_again()
-        if self.engine is None:
-            return
-        try:
-            device = resolve_device(self.settings.device)
-        except WorkerFailure as failure:
-            log.error(
-                "no GPU after restore (WORKER_DEVICE=%s): %s; every request answers MODEL_LOAD_FAILED",
-                self.settings.device,
-                failure.message,
-            )
-            self.engine, self.load_error = None, failure
-            return
-        self.engine.to(device)
-        if should_compile(self.settings.compile, device):
-            compile_unet(self.engine.pipeline)  # after the move: the first request compiles, on the GPU
-
-    def _load_again(self) -> None:
-        from gpu.bootstrap import build_engine
-        from gpu.errors import WorkerFailure
-
-        log.warning(
-            "the model did not load before the snapshot (%s); reloading the weights Volume and trying again",
-            getattr(self.load_error, "message", self.load_error),
-        )
-        try:
-            self._reload_weights()
-            self.engine, self.load_error = build_engine(self.settings, device="cpu"), None
-        except WorkerFailure as failure:
-            self.load_error = failure
-            log.error("the model did not load after restore either: %s", failure.message)
-        except Exception as error:  # the Volume's reload: the first failure stands
-            log.error("reloading the weights Volume failed: %s: %s", type(error).__name__, error)
-
-    def warm_up(self, commit: Callable[[], object] = lambda: None) -> None:
-        """After the move to the GPU, before the first input: WORKER_WARMUP_SIZES generated once (compiled code
-        loaded from the Volume or compiled and saved there; a compile that fails falls back to eager)."""
-        from gpu.warmup import warm_up
-
-        if self.engine is not None:
-            warm_up(self.engine, self.settings, commit)
-
-    def start_tracing(self) -> None:
-        """After the snapshot is restored: the exporter's thread must not be started before it."""
-        from gpu.telemetry import configure_tracing
-
-        configure_tracing()
-
-    def start_engine_thread(self) -> None:
-        """After the snapshot is restored (no thread is started before it): one thread, one request at a time."""
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-engine")
-
-    def generate(self, payload: Any, trace_headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        """Run the request on the engine's thread. An `InputCancellation` (Modal's cancel: a BaseException raised
-        by a signal handler in this, the main, thread) cancels the request's budget, waits for the engine to stop
-        at its next step and restore the base weights, and is raised again: the container stays fit to serve.
-        The request's spans continue the caller's trace (`trace_headers`: its `traceparent`, `tracestate`)."""
-        from opentelemetry import propagate
-
-        from gpu.budget import RequestBudget
-        from gpu.cancellable import run_cancellable
-        from gpu.handler import outcome_for_payload, status_and_body
-        from gpu.telemetry import record_request
-
-        if self.pool is None:
-            raise RuntimeError("the engine thread is not started: call start_engine_thread first")
-        arrived_ns = time.time_ns()
-        budget = RequestBudget()  # the input's budget: it starts now, when the input reached this container
-        outcome = run_cancellable(
-            self.pool, lambda: outcome_for_payload(self.engine, payload, self.load_error, budget), budget
-        )
-        request_id = outcome.request_id or (payload.get("request_id") if isinstance(payload, dict) else None)
-        record_request(
-            self.tracer,
-            outcome,
-            arrived_ns=arrived_ns,
-            ended_ns=time.time_ns(),
-            request_id=request_id,
-            context=propagate.extract(trace_headers or {}),
-        )
-        return status_and_body(outcome)
-
-
 @app.cls(
     gpu=GPU,
     image=image,
@@ -275,32 +140,45 @@ class SdxlLoraWorker:
 
     @modal.enter(snap=True)
     def load(self) -> None:
+        """Before the memory snapshot, on a host without a GPU: load on the CPU, accelerator probes held off."""
+        from gpu.lifecycle import WorkerLifecycle
+        from gpu.log_setup import setup_worker_logging
+        from gpu.settings import WorkerSettings
+
+        setup_worker_logging()  # the services' redaction, with WORKER_API_KEY among its secrets
         # In a container the Volume is reloaded before a second try; a local call (a test) has nothing to reload.
-        self.runtime = WorkerRuntime(reload_weights=(lambda: None) if modal.is_local() else weights_volume.reload)
-        self.runtime.load_on_cpu()
+        reload = (lambda: None) if modal.is_local() else weights_volume.reload
+        self.lifecycle = WorkerLifecycle(WorkerSettings(), reload_weights=reload)
+        self.lifecycle.load_before_snapshot()
 
     @modal.enter(snap=False)
     def to_gpu(self) -> None:
+        """After restore, before the first input: tracing, the move to the GPU and the warm-up on the engine thread."""
         if not modal.is_local():  # in a container; a test calling this locally leaves the global provider alone
-            self.runtime.start_tracing()
-        self.runtime.start_engine_thread()
-        self.runtime.move_to_gpu()
+            from gpu.telemetry import configure_tracing
+
+            configure_tracing()  # its exporter thread must not start before the snapshot
         # A compile cache this container wrote is committed for the next one (a local call has no Volume).
-        self.runtime.warm_up(commit=(lambda: None) if modal.is_local() else compile_cache_volume.commit)
+        commit = (lambda: None) if modal.is_local() else compile_cache_volume.commit
+        self.lifecycle.start_serving(phase="after restore", reload_failed_load=True, commit=commit)
 
     @modal.method()
     def generate(self, payload: dict[str, Any], trace_headers: dict[str, str] | None = None) -> dict[str, Any]:
         """For `.remote` / `.spawn`: the contract's body; the status travels in `http_status`. `trace_headers`:
-        the caller's `traceparent` (and `tracestate`), continued by this request's spans."""
-        status, body = self.runtime.generate(payload, trace_headers)
+        the caller's `traceparent` (and `tracestate`), continued by this request's spans. Modal's cancel
+        (InputCancellation in this thread) stops the engine at its next step before it goes on."""
+        from gpu.handler import status_and_body
+
+        status, body = status_and_body(self.lifecycle.run(payload, trace_headers))
         return {**body, "http_status": status}
 
     @modal.asgi_app(requires_proxy_auth=True, label="sdxl-lora-generate")
     def generate_sync(self) -> Any:
-        """Sync mode: the contract's body in, the success or error body out with its status."""
+        """Sync mode: the contract's body in, the success or error body out with its status. The caller's
+        disconnect, or Modal's cancel of the input (a task cancel), stops the engine at its next step."""
         from gpu.modal_endpoints import create_generate_app
 
-        return create_generate_app(self.runtime.generate)
+        return create_generate_app(self.lifecycle.answer)
 
 
 def spawn_generation(payload: dict[str, Any], trace_headers: dict[str, str]) -> str:
@@ -324,6 +202,9 @@ def submit() -> Any:
 
 
 @app.function(image=web_image, timeout=60)
+# A poll is held up to RESULT_MAX_WAIT_SECONDS (the long poll): without input concurrency each held poll would take a
+# container's only slot. Each holds one thread of the default executor (`FunctionCall.get` blocks), hence 16.
+@modal.concurrent(max_inputs=16)
 @modal.asgi_app(requires_proxy_auth=True, label="sdxl-lora-result")
 def result() -> Any:
     """Async mode: `GET /?call_id=…` (or `/{call_id}`): 202 while pending, then the body with its status."""

@@ -11,10 +11,10 @@ submit, result and cancel endpoints run on a small CPU image. Nor OpenTelemetry:
 import asyncio
 import logging
 import re
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Annotated, Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from modal.exception import (
@@ -41,6 +41,10 @@ log = logging.getLogger("gpu.modal_endpoints")
 # What Modal's FunctionCall ids look like (`fc-` and a ULID-like tail). Anything else is answered 404 without
 # asking Modal: `FunctionCall.from_id` would accept it and `get` would raise ExecutionError on hydration.
 CALL_ID_PATTERN = re.compile(r"fc-[0-9A-Za-z]{1,64}")
+
+# The longest a poll holds its answer for the call to end (`?wait=`, longer asks are cut to it): well inside the
+# result function's 60 s timeout (gpu/modal_app.py), so Modal never stops a poll that is only waiting.
+RESULT_MAX_WAIT_SECONDS = 45.0
 
 # Modal's control plane could not be asked (the call itself may be fine): ask again later.
 MODAL_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
@@ -73,8 +77,11 @@ TRACE_HEADER_NAMES = ("traceparent", "tracestate")
 Spawn = Callable[[dict[str, Any], TraceHeaders], str]
 # A handle for a call id: `modal.FunctionCall.from_id` (lazy: errors surface in `get`/`cancel`).
 Lookup = Callable[[str], CallHandle]
-# Run one generation in this container, in the caller's trace: the contract's HTTP status and body.
-RunPayload = Callable[[dict[str, Any], TraceHeaders], tuple[int, dict[str, Any]]]
+# An ASGI `receive` (after the body: `http.disconnect` once the caller has gone).
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+# Serve one generation in this container while the caller waits, in the caller's trace: the contract's HTTP status
+# and body. Its caller's disconnect, or this task's cancellation, stops the engine (gpu.lifecycle `answer`).
+ServeSync = Callable[[WorkerRequest, Receive, TraceHeaders], Awaitable[tuple[int, dict[str, Any]]]]
 
 
 def trace_headers(request: Request) -> TraceHeaders:
@@ -119,13 +126,14 @@ def contract_app(title: str) -> FastAPI:
     return app
 
 
-def create_generate_app(run: RunPayload) -> FastAPI:
-    """Sync mode (label sdxl-lora-generate), on the GPU class: validate, run here, answer with the status."""
+def create_generate_app(serve: ServeSync) -> FastAPI:
+    """Sync mode (label sdxl-lora-generate), on the GPU class: validate, run here, answer with the status. For an
+    ASGI input Modal cancels by cancelling this handler's task, and a caller who leaves is an `http.disconnect`:
+    `serve` watches both and stops the engine at its next step, so no GPU time goes to an image nobody reads."""
     app = contract_app("VixenBliss GPU worker on Modal: generate")
 
     async def generate(request: WorkerRequest, http_request: Request) -> JSONResponse:
-        payload = request.model_dump(mode="json", exclude_none=True)
-        status, body = await asyncio.to_thread(run, payload, trace_headers(http_request))
+        status, body = await serve(request, http_request.receive, trace_headers(http_request))
         return JSONResponse(body, status_code=status)
 
     for path in ("/", "/generate"):
@@ -164,14 +172,20 @@ def _finished_response(call_id: str, output: Any) -> JSONResponse:
 
 
 def create_result_app(lookup: Lookup) -> FastAPI:
-    """Async mode, poll (label sdxl-lora-result): `GET /?call_id=…` or `GET /{call_id}`, as the local server."""
+    """Async mode, poll (label sdxl-lora-result): `GET /?call_id=…` or `GET /{call_id}`, as the local server.
+
+    `wait` (seconds, as the local `GET /jobs/{id}?wait=`): hold the answer until the call ends or that long
+    (`FunctionCall.get(timeout=...)`, at most RESULT_MAX_WAIT_SECONDS), so a result reaches the gateway when it is
+    ready, not at its next poll. Negative or not a number: 422."""
     app = contract_app("VixenBliss GPU worker on Modal: result")
 
-    async def poll(call_id: str) -> JSONResponse:
+    async def poll(call_id: str, wait: Annotated[float, Query(ge=0, allow_inf_nan=False)] = 0.0) -> JSONResponse:
         if not CALL_ID_PATTERN.fullmatch(call_id):
             return not_found_response()
+        timeout = min(wait, RESULT_MAX_WAIT_SECONDS)
         try:
-            output = await asyncio.to_thread(lambda: lookup(call_id).get(timeout=0))
+            # Modal's async `get` is not cancellation-safe (poll_function); the blocking one in a thread is.
+            output = await asyncio.to_thread(lambda: lookup(call_id).get(timeout=timeout))
         except FunctionTimeoutError:
             # Modal stopped the input at the class timeout: the contract's TIMEOUT, not a crash.
             return worker_error_response(

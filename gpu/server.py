@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,10 +21,10 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from pydantic import BaseModel, Field
 
 from contracts.worker import JobStatus, JobSubmitted, WorkerError, WorkerRequest
-from gpu.budget import RequestBudget
-from gpu.errors import WorkerFailure, request_canceled, validation_error
-from gpu.handler import run_request, status_and_body
+from gpu.errors import request_canceled, validation_error
+from gpu.handler import status_and_body
 from gpu.jobs import CancelState, JobQueue, Outcome, QueueFullError
+from gpu.lifecycle import WorkerLifecycle, build_sdxl_engine
 from gpu.serving import ServingEngine
 from gpu.settings import WorkerSettings
 from gpu.telemetry import TRACER_NAME, configure_tracing, record_request
@@ -53,44 +54,6 @@ class JobCancel(BaseModel):
 def outcome_response(outcome: Outcome) -> JSONResponse:
     status, body = status_and_body(outcome)
     return JSONResponse(body, status_code=status)
-
-
-class WorkerState:
-    """The engine once loaded, or why it could not be; the job queue over it."""
-
-    def __init__(self, max_pending_jobs: int = 64) -> None:
-        self.engine: ServingEngine | None = None
-        self.load_error: WorkerFailure | None = None
-        self.jobs = JobQueue(self.run, max_pending=max_pending_jobs)
-
-    def run(self, request: WorkerRequest, budget: RequestBudget | None = None) -> Outcome:
-        return run_request(self.engine, request, self.load_error, budget)
-
-
-async def cancel_on_disconnect(http_request: Request, budget: RequestBudget) -> None:
-    """Cancel `budget` when the HTTP client goes away. The body has been read, so the next ASGI message is
-    `http.disconnect`: the server sends it when the connection closes (or once the response is sent)."""
-    while True:
-        message = await http_request.receive()
-        if message["type"] == "http.disconnect":
-            budget.cancel("client disconnected")
-            return
-
-
-async def run_until_disconnect(state: WorkerState, request: WorkerRequest, http_request: Request) -> Outcome:
-    """Run a sync request in a thread; a client that disconnects (or a cancelled handler) stops it at the
-    next denoising step, so the engine is free for the next request instead of finishing an unwanted image."""
-    budget = RequestBudget(request.timeout_seconds)
-    work = asyncio.ensure_future(asyncio.to_thread(state.run, request, budget))
-    watcher = asyncio.create_task(cancel_on_disconnect(http_request, budget))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        # The server cancelled this handler: the thread cannot be killed, so tell the engine to stop.
-        budget.cancel("request handler cancelled")
-        raise
-    finally:
-        watcher.cancel()
 
 
 def record_job_when_done(
@@ -125,23 +88,24 @@ def create_app(
     load_engine: Callable[[], ServingEngine],
     tracer_provider: trace.TracerProvider | None = None,
 ) -> FastAPI:
-    """Build the app; the engine is loaded in a thread at start-up, not at import.
+    """Build the app; the engine is loaded, moved and warmed up at start-up (gpu/lifecycle.py), not at import.
 
-    Spans go to `tracer_provider` (the global one if None, which `main` configures): an incoming W3C
-    `traceparent` continues the caller's trace; each request's worker spans are children of its server span."""
-    state = WorkerState(settings.max_pending_jobs)
+    Every request, sync or a job, runs on the lifecycle's one engine thread. Spans go to `tracer_provider` (the
+    global one if None, which `main` configures): an incoming W3C `traceparent` continues the caller's trace; each
+    request's worker spans are children of its server span."""
     tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+    worker = WorkerLifecycle(settings, build=lambda _settings, _device: load_engine(), tracer=tracer)
+    jobs = JobQueue(worker.outcome, max_pending=settings.max_pending_jobs, executor=worker.thread)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        try:
-            state.engine = await asyncio.to_thread(load_engine)
-            log.info("worker ready: base model %s on %s", state.engine.base_model, state.engine.device)
-        except WorkerFailure as failure:
-            state.load_error = failure
-            log.error("model load failed: %s %s", failure.message, failure.details)
+        await asyncio.to_thread(worker.load)
+        await asyncio.to_thread(worker.start_serving)
+        if worker.engine is not None:
+            log.info("worker ready: base model %s on %s", worker.engine.base_model, worker.engine.device)
         yield
-        state.jobs.shutdown()
+        jobs.shutdown()
+        worker.shutdown()
 
     app = FastAPI(title="VixenBliss GPU worker (local)", lifespan=lifespan)
     # No span per health probe, nor per ASGI receive/send (the disconnect watcher reads one per request).
@@ -165,21 +129,18 @@ def create_app(
 
     @app.post("/generate", responses={422: {"model": WorkerError}, 424: {"model": WorkerError}})
     async def generate(request: WorkerRequest, http_request: Request, _: Authorized) -> JSONResponse:
-        arrived_ns = time.time_ns()
-        outcome = await run_until_disconnect(state, request, http_request)
-        # Under the server span, which is current here.
-        record_request(tracer, outcome, arrived_ns=arrived_ns, ended_ns=time.time_ns(), request_id=request.request_id)
-        return outcome_response(outcome)
+        # A client that disconnects stops the request at its next step; its spans go under the server span.
+        return outcome_response(await worker.serve(request, http_request.receive))
 
     @app.post("/jobs", status_code=202)
     async def submit(request: WorkerRequest, _: Authorized) -> JobSubmitted:
         arrived_ns = time.time_ns()
         try:
-            call_id = state.jobs.submit(request)
+            call_id = jobs.submit(request)
         except QueueFullError as full:
             # Not a contract error: the request is fine, the queue is not (the gateway retries a 429 later).
             raise HTTPException(status_code=429, detail=str(full), headers={"Retry-After": "5"}) from None
-        future = state.jobs.future(call_id)
+        future = jobs.future(call_id)
         if future is not None:
             # The job ends on another thread, after this server span: its spans go under it explicitly.
             record_job_when_done(future, tracer, request, otel_context.get_current(), arrived_ns)
@@ -189,10 +150,10 @@ def create_app(
     async def poll(call_id: str, _: Authorized, wait: Annotated[float, Query(ge=0, le=60)] = 0.0) -> JSONResponse:
         """202 while pending or running, else the outcome. `wait` (extension): hold the answer up to that many
         seconds for the job to end, as Modal's FunctionCall.get(timeout=...) does."""
-        future = state.jobs.future(call_id)
+        future = jobs.future(call_id)
         if future is not None and wait > 0 and not future.done():
             await asyncio.wait({asyncio.wrap_future(future)}, timeout=wait)
-        polled = state.jobs.poll(call_id)
+        polled = jobs.poll(call_id)
         if polled is None:
             raise HTTPException(status_code=404, detail="unknown or expired call_id")
         status, outcome = polled
@@ -202,7 +163,7 @@ def create_app(
 
     @app.delete("/jobs/{call_id}", responses={200: {"model": JobCancel}, 202: {"model": JobCancel}})
     async def cancel(call_id: str, _: Authorized) -> JSONResponse:
-        found = state.jobs.cancel(call_id)
+        found = jobs.cancel(call_id)
         if found is None:
             raise HTTPException(status_code=404, detail="unknown or expired call_id")
         body = JobCancel(call_id=call_id, status=found).model_dump()
@@ -210,9 +171,9 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        engine = state.engine
+        engine = worker.engine
         if engine is None:
-            reason = state.load_error.message if state.load_error else "loading"
+            reason = worker.load_error.message if worker.load_error else "loading"
             return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
         if engine.poisoned:
             return JSONResponse({"status": "retired", "reason": engine.poisoned}, status_code=503)
@@ -222,10 +183,21 @@ def create_app(
                 "base_model": engine.base_model,
                 "device": str(engine.device),
                 "requests_served": engine.requests_served,
+                # With a compiled UNet: the shapes warmed, and the UNet calls of unwarmed shapes that ran eager.
+                "compiled_unet": compiled_unet_stats(engine),
             }
         )
 
     return app
+
+
+def compiled_unet_stats(engine: ServingEngine) -> dict[str, object] | None:
+    """The compile gate's counts (gpu/compile_gate.py) for an engine with a compiled UNet; None otherwise."""
+    from gpu.compiled import compile_gate
+
+    pipeline = getattr(engine, "pipeline", None)
+    gate = compile_gate(pipeline) if pipeline is not None else None
+    return asdict(gate.stats()) if gate is not None else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,16 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import uvicorn
-    from diffusers.utils import logging as diffusers_logging
 
-    from gpu.bootstrap import build_engine
     from gpu.log_setup import setup_worker_logging
-    from gpu.warmup import warmed
 
     # The services' redacting handler, with WORKER_API_KEY among its secrets; httpx kept above INFO (URLs).
     setup_worker_logging()
-    # diffusers warns on every LoRA without text-encoder keys; the engine checks attachment itself.
-    diffusers_logging.set_verbosity_error()
     configure_tracing()  # the global tracer provider, exporter from OTEL_* (none when unset)
     overrides: dict[str, object] = {"MODEL_DIR": args.model_dir} if args.model_dir else {}
     settings = LocalWorkerSettings(**overrides)  # type: ignore[arg-type]
@@ -255,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("WORKER_ENGINE=echo: answering every request with a flat PNG (platform benchmark only)")
         app = create_app(settings, EchoEngine)
     else:
-        app = create_app(settings, lambda: warmed(build_engine(settings), settings))
+        app = create_app(settings, lambda: build_sdxl_engine(settings, None))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

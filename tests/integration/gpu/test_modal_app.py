@@ -43,7 +43,7 @@ def test_modal_class_generate_path_runs_the_tiny_model(
     worker = user_cls.__new__(user_cls)
     raw_method(user_cls, "load")(worker)  # before the snapshot: CPU
     raw_method(user_cls, "to_gpu")(worker)  # after restore: no GPU here, stays on CPU; then the warm-up
-    assert worker.runtime.engine.requests_served == 1  # the warm-up's generation, before the first input
+    assert worker.lifecycle.engine.requests_served == 1  # the warm-up's generation, before the first input
 
     url = file_server.add("/a.safetensors", lora_files["a"].read_bytes())
     payload = {"prompt": "sks", "width": 64, "height": 64, "steps": 2, "lora_url": url}
@@ -93,7 +93,7 @@ def test_modal_class_cancel_stops_the_engine_and_the_container_serves_on(
     worker = user_cls.__new__(user_cls)
     raw_method(user_cls, "load")(worker)
     raw_method(user_cls, "to_gpu")(worker)
-    engine = worker.runtime.engine
+    engine = worker.lifecycle.engine
     before = fingerprint_pipeline(engine.pipeline)
 
     url = file_server.add("/a.safetensors", lora_files["a"].read_bytes())
@@ -109,25 +109,6 @@ def test_modal_class_cancel_stops_the_engine_and_the_container_serves_on(
     assert fingerprint_pipeline(engine.pipeline) == before
 
 
-def test_loading_before_the_snapshot_never_probes_cuda(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Modal: a process that probed CUDA before the memory snapshot sees no device after restore. The probe is
-    made to fail loudly here (a stand-in for that broken state) and the load must not reach it."""
-    import torch
-
-    from gpu import modal_app
-
-    def probed() -> bool:
-        raise AssertionError("torch.cuda.is_available() was called before the snapshot")
-
-    monkeypatch.setenv("MODEL_DIR", str(tiny_model_dir))
-    monkeypatch.setenv("WORKER_DEVICE", "cuda")  # as in the Modal image
-    monkeypatch.setattr(torch.cuda, "is_available", probed)
-    user_cls = modal_app.SdxlLoraWorker._get_user_cls()
-    worker = user_cls.__new__(user_cls)
-    raw_method(user_cls, "load")(worker)
-    assert worker.runtime.load_error is None and worker.runtime.engine is not None
-
-
 def test_no_gpu_after_restore_is_model_load_failed_and_logged_never_a_cpu_worker(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,7 +120,7 @@ def test_no_gpu_after_restore_is_model_load_failed_and_logged_never_a_cpu_worker
     worker = user_cls.__new__(user_cls)
     raw_method(user_cls, "load")(worker)  # sets up the worker's logging (root handlers): listen on the logger
     seen = Records()
-    logger = logging.getLogger("gpu.modal_app")
+    logger = logging.getLogger("gpu.lifecycle")
     logger.addHandler(seen)
     try:
         raw_method(user_cls, "to_gpu")(worker)  # this machine has no CUDA device
@@ -155,7 +136,9 @@ def test_no_gpu_after_restore_is_model_load_failed_and_logged_never_a_cpu_worker
 def test_a_load_that_failed_before_the_snapshot_is_tried_again_from_the_reloaded_volume(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gpu import modal_app
+    from gpu.handler import status_and_body
+    from gpu.lifecycle import WorkerLifecycle
+    from gpu.settings import WorkerSettings
 
     volume = tmp_path / "volume" / "sdxl-base-1.0"  # empty when the snapshot was taken
     monkeypatch.setenv("MODEL_DIR", str(volume))
@@ -166,12 +149,11 @@ def test_a_load_that_failed_before_the_snapshot_is_tried_again_from_the_reloaded
         reloads.append(1)
         shutil.copytree(tiny_model_dir, volume)
 
-    runtime = modal_app.WorkerRuntime(reload_weights=reload_volume)
-    runtime.load_on_cpu()
-    assert runtime.engine is None and runtime.load_error is not None
-    runtime.start_engine_thread()
-    runtime.move_to_gpu()
+    worker = WorkerLifecycle(WorkerSettings(), reload_weights=reload_volume)
+    worker.load_before_snapshot()
+    assert worker.engine is None and worker.load_error is not None
+    worker.start_serving(phase="after restore", reload_failed_load=True)
 
-    status, body = runtime.generate({"prompt": "sks", "width": 64, "height": 64, "steps": 1})
-    assert reloads == [1] and runtime.load_error is None
+    status, body = status_and_body(worker.run({"prompt": "sks", "width": 64, "height": 64, "steps": 1}))
+    assert reloads == [1] and worker.load_error is None
     assert status == 200 and image_size(base64.b64decode(body["image_base64"])) == (64, 64)

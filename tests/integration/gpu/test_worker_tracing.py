@@ -172,7 +172,7 @@ def test_the_modal_class_continues_the_trace_it_is_handed(
     worker = user_cls.__new__(user_cls)
     user_cls.__dict__["load"]._get_raw_f()(worker)
     user_cls.__dict__["to_gpu"]._get_raw_f()(worker)  # locally: configures no global provider
-    worker.runtime.tracer = traced.provider.get_tracer("test")
+    worker.lifecycle.tracer = traced.provider.get_tracer("test")
     generate = user_cls.__dict__["generate"]._get_raw_f()
 
     body = generate(worker, {**SMALL, "request_id": "gen-42"}, {"traceparent": TRACEPARENT})

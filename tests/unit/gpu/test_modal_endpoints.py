@@ -6,6 +6,7 @@ ids): failures the real service cannot be made to produce offline.
 """
 
 import itertools
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from modal.exception import (
 from contracts.worker import WorkerError, WorkerRequest
 from gpu import modal_app
 from gpu.modal_endpoints import (
+    RESULT_MAX_WAIT_SECONDS,
     create_cancel_app,
     create_generate_app,
     create_result_app,
@@ -50,8 +52,15 @@ class FaultInjectingCall:
     call_id: str
 
     def get(self, timeout: float | None = None) -> Any:
-        assert timeout == 0, "the result endpoint must poll, never wait"
-        outcome = self.modal_stand_in.outcomes.get(self.call_id, NotFoundError("function call not found"))
+        # As Modal's: waits up to `timeout` for the call to end (an injected outcome), then raises TimeoutError.
+        assert timeout is not None, "an endpoint must never wait without a bound"
+        stand_in = self.modal_stand_in
+        with stand_in.changed:
+            stand_in.get_timeouts.append(timeout)
+            if stand_in.outcomes.get(self.call_id) is PENDING and timeout > 0:
+                stand_in.waiting.set()
+                stand_in.changed.wait_for(lambda: stand_in.outcomes.get(self.call_id) is not PENDING, timeout)
+            outcome = stand_in.outcomes.get(self.call_id, NotFoundError("function call not found"))
         if outcome is PENDING:
             raise TimeoutError()  # what modal raises while no output exists: the built-in TimeoutError
         if isinstance(outcome, BaseException):
@@ -76,6 +85,10 @@ class FaultInjectingModal:
     canceled: list[tuple[str, bool]] = field(default_factory=list)
     spawn_fault: Exception | None = None
     cancel_fault: Exception | None = None
+    # The `timeout` of every `get`; `waiting` is set once a `get` waits for a pending call; `changed` wakes it.
+    get_timeouts: list[float] = field(default_factory=list)
+    waiting: threading.Event = field(default_factory=threading.Event)
+    changed: threading.Condition = field(default_factory=threading.Condition)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def spawn(self, payload: dict[str, Any], trace_headers: dict[str, str]) -> str:
@@ -92,7 +105,20 @@ class FaultInjectingModal:
 
     def inject(self, call_id: str, outcome: Any) -> None:
         """The call's next answer: an output dict, PENDING, or one of Modal's exceptions to raise."""
-        self.outcomes[call_id] = outcome
+        with self.changed:
+            self.outcomes[call_id] = outcome
+            self.changed.notify_all()
+
+    def inject_once_waited_on(self, call_id: str, outcome: Any) -> threading.Thread:
+        """Inject `outcome` from another thread as soon as a `get` waits for the call (as a job ending meanwhile)."""
+
+        def inject_when_waited_on() -> None:
+            if self.waiting.wait(timeout=30):
+                self.inject(call_id, outcome)
+
+        thread = threading.Thread(target=inject_when_waited_on, daemon=True)
+        thread.start()
+        return thread
 
 
 @pytest.fixture
@@ -187,6 +213,46 @@ def test_result_is_202_pending_then_the_body_with_its_status(
     fake_modal.inject(call_id, {**SUCCESS, "http_status": 200})
     done = result.get(path.format(id=call_id))
     assert (done.status_code, done.json()) == (200, SUCCESS)
+
+
+def test_result_without_wait_answers_at_once(
+    submit: TestClient, result: TestClient, fake_modal: FaultInjectingModal
+) -> None:
+    call_id = submit.post("/", json=VALID).json()["call_id"]
+    assert result.get(f"/{call_id}").status_code == 202
+    assert fake_modal.get_timeouts == [0]
+
+
+@pytest.mark.parametrize("path", ["/?call_id={id}&wait=20", "/{id}?wait=20"])
+def test_result_with_wait_holds_the_poll_until_the_call_ends(
+    submit: TestClient, result: TestClient, fake_modal: FaultInjectingModal, path: str
+) -> None:
+    call_id = submit.post("/", json=VALID).json()["call_id"]
+    ended = fake_modal.inject_once_waited_on(call_id, {**SUCCESS, "http_status": 200})
+
+    done = result.get(path.format(id=call_id))
+
+    assert (done.status_code, done.json()) == (200, SUCCESS)  # the result of the call that ended while waiting
+    assert fake_modal.get_timeouts == [20.0]
+    ended.join(timeout=30)
+
+
+def test_result_wait_is_cut_to_its_cap(submit: TestClient, result: TestClient, fake_modal: FaultInjectingModal) -> None:
+    call_id = submit.post("/", json=VALID).json()["call_id"]
+    fake_modal.inject_once_waited_on(call_id, {**SUCCESS, "http_status": 200})
+
+    assert result.get(f"/{call_id}", params={"wait": "3600"}).status_code == 200
+    assert fake_modal.get_timeouts == [RESULT_MAX_WAIT_SECONDS]
+
+
+@pytest.mark.parametrize("wait", ["-1", "soon", "nan", "inf"])
+def test_result_refuses_a_bad_wait_without_asking_modal(
+    result: TestClient, fake_modal: FaultInjectingModal, wait: str
+) -> None:
+    response = result.get("/fc-01ABC", params={"wait": wait})
+    assert response.status_code == 422
+    assert_contract_error(response.json(), "INVALID_REQUEST")
+    assert fake_modal.lookups == []
 
 
 def test_result_passes_a_worker_error_through_with_its_status(
@@ -322,11 +388,11 @@ def test_cancel_answers_503_when_modal_cannot_be_asked(
 def test_generate_validates_runs_and_answers_with_the_runs_status() -> None:
     runs: list[dict[str, Any]] = []
 
-    def run(payload: dict[str, Any], trace_headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        runs.append(payload)
+    async def serve(request: WorkerRequest, receive: Any, trace_headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        runs.append(request.model_dump(mode="json", exclude_none=True))
         return 424, {"error": "gone", "error_code": "LORA_DOWNLOAD_FAILED", "details": {}, "retryable": True}
 
-    client = TestClient(create_generate_app(run))
+    client = TestClient(create_generate_app(serve))
     for path in ("/", "/generate"):
         response = client.post(path, json=VALID)
         assert response.status_code == 424

@@ -4,6 +4,7 @@ from typing import Any, cast
 
 from fastapi.testclient import TestClient
 
+from contracts.worker import WorkerRequest
 from gpu.modal_endpoints import create_generate_app, create_submit_app
 
 VALID = {"prompt": "sks portrait", "width": 64, "height": 64, "steps": 2}
@@ -27,11 +28,11 @@ def test_submit_hands_the_trace_headers_to_spawn() -> None:
 def test_generate_hands_the_trace_headers_to_the_run() -> None:
     handed: list[dict[str, str]] = []
 
-    def run(payload: dict[str, Any], trace_headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    async def serve(request: WorkerRequest, receive: Any, trace_headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         handed.append(trace_headers)
         return 200, {"image_base64": ""}
 
-    client = TestClient(create_generate_app(run))
+    client = TestClient(create_generate_app(serve))
     assert client.post("/generate", json=VALID, headers={"traceparent": TRACEPARENT}).status_code == 200
     assert handed == [{"traceparent": TRACEPARENT}]
 
