@@ -8,7 +8,7 @@ EXTRAS := services,gpu,s3local,modal,test
 FIND_LINKS := $(shell [ -d /opt/wheels ] && echo --find-links /opt/wheels)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: install test lint typecheck unit demo up down playground bench bench-tiny bench-platform bench-streams tiny-model clean schemas
+.PHONY: install test lint typecheck unit demo up down playground bench bench-tiny bench-platform bench-streams bench-worker-modes tiny-model clean schemas
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -77,6 +77,10 @@ bench-platform: install
 # 5,000 event streams on one generation (content, PostgreSQL, RabbitMQ; ~2 min); rewrites its docs section.
 bench-streams: install
 	$(BIN)/python -m tests.bench.streams --write-docs docs/benchmarks.md
+
+# Async against sync mode on the local worker, echo and tiny engines (~4 min on 2 cores); rewrites its docs section.
+bench-worker-modes: install
+	$(BIN)/python -m tests.bench.worker_modes --write-docs docs/benchmarks.md
 
 clean:
 	rm -rf .run out .cache .pytest_cache .mypy_cache .ruff_cache

@@ -5,12 +5,19 @@ a connection error, a timeout or a 5xx without a contract body → WORKER_UNAVAI
 does not parse → INVALID_WORKER_RESPONSE. Nothing here logs a request body: it carries the presigned URL.
 
 Cancel: a call cancelled by its caller (asyncio) stops on the worker too. In sync mode the closed connection
-does it (the worker watches for the disconnect); in async mode the job is canceled on the worker (DELETE of its
-cancel URL, best effort and bounded) before the CancelledError goes on, and so is a job given up on; after
-`keep_jobs_on_cancel()` (the gateway shutting down) a cancelled call leaves its job running, for the gateway that
-takes the job over to poll with `resume`.
+does it (the worker watches for the disconnect; a call already in Modal's redirect chain is no longer tied to one
+connection and runs on to its own deadline, the request's `timeout_seconds`); in async mode the job is canceled
+on the worker (DELETE of its cancel URL, best effort and bounded) before the CancelledError goes on, and so is a
+job given up on; after `keep_jobs_on_cancel()` (the gateway shutting down) a cancelled call leaves its job running,
+for the gateway that takes the job over to poll with `resume`.
 Redirects are followed here, not by httpx: the credentials (Modal-Key, Modal-Secret, Authorization) never go
-to another origin, and a request body (it carries the presigned LoRA URL) is never re-sent to one.
+to another origin, and a request body (it carries the presigned LoRA URL) is never re-sent to one. A sync call
+stays in Modal's redirect chain (a 303 to the same URL every ~150 s while the call runs) until it ends or its one
+deadline passes: the whole call, redirects and body included, gets `timeout_seconds`, never one per read.
+
+Polls (async mode) ask the worker to hold each answer up to `poll_wait_seconds` (`?wait=`) and poll again at
+once, so a result arrives when it is ready; a worker that answers "pending" at once (one that ignores `wait`)
+is polled after a pause that grows to `poll_seconds`.
 """
 
 from __future__ import annotations
@@ -43,7 +50,17 @@ _TRANSIENT_4XX = {408, 425, 429}
 MAX_POLL_FAILURES = 3
 # How long a cancel (and waiting for a submit's call id in order to cancel it) may hold up a cancelled call.
 CANCEL_TIMEOUT_SECONDS = 10.0
+# Redirects other than a same-origin GET (to another origin, or keeping a POST): a few at most.
 MAX_REDIRECTS = 5
+# Same-origin GET redirects (Modal's chain for a long sync call, one about every 150 s): followed while the call's
+# deadline allows; this cap (2.5 h of 150 s hops, past the longest call) only stops a server that loops at once.
+MAX_CHAIN_REDIRECTS = 60
+# A held poll's read timeout is its `wait` plus this: the worker's answer, not the read timeout, ends the wait.
+POLL_READ_GRACE_SECONDS = 10.0
+# Pauses after a "pending" that came back at once (a worker that ignores `wait`): this, doubled up to poll_seconds.
+POLL_BACKOFF_START_SECONDS = 0.1
+# A "pending" that came back before this share of the asked wait means the worker did not hold it.
+HELD_POLL_SHARE = 0.5
 # Headers that carry the worker credentials: dropped on a redirect to another origin.
 CREDENTIAL_HEADERS = ("Modal-Key", "Modal-Secret", "Authorization")
 
@@ -59,7 +76,10 @@ class ProviderConfig:
     submit_url: str | None = None
     result_url: str | None = None
     cancel_url: str | None = None
+    # The longest pause between two polls (after a failed poll, or for a worker that does not hold polls).
     poll_seconds: float = 2.0
+    # How long each poll asks the worker to hold its answer for the job to end (`?wait=`; 0: never).
+    poll_wait_seconds: float = 30.0
     # How long the polls of a submitted job may keep failing (the worker unreachable, or 5xx without a contract body)
     # before the call is given up: the job may still run there, and a new attempt would run it a second time.
     poll_outage_seconds: float = 0.0
@@ -251,22 +271,28 @@ class ModalWorkerClient:
         return status
 
     async def _poll(self, call_id: str, give_up_at: float, timeout_seconds: float) -> WorkerSuccess:
-        """Poll a job until it ends. Failed polls are waited out for `poll_outage_seconds` (at least
-        MAX_POLL_FAILURES of them): the job exists, and submitting again would run it twice."""
+        """Poll a job until it ends: the first poll at once, each held by the worker up to `poll_wait_seconds`.
+        Failed polls are waited out for `poll_outage_seconds` (at least MAX_POLL_FAILURES of them): the job
+        exists, and submitting again would run it twice."""
         assert self._config.result_url
         url = result_url(self._config.result_url, call_id)
         failures = 0
         failing_since: float | None = None
+        pause = 0.0
         while True:
             left = give_up_at - self._clock()
+            if left > 0 and pause > 0:
+                await self._sleep(min(pause, left))
+                left = give_up_at - self._clock()
             if left <= 0:
                 # Given up on: the job must not keep the GPU busy for a result nobody will read.
                 await self.cancel_job(call_id, "no result in time")
                 raise unavailable(f"worker job gave no result within {timeout_seconds:.0f}s", reason="timeout")
-            await self._sleep(min(self._config.poll_seconds, left))
+            wait = min(self._config.poll_wait_seconds, left)
+            asked_at = self._clock()
             failed: GatewayFailure | None = None
             try:
-                status, content = await self._send("GET", url, min(max(left, 1.0), 60.0))
+                status, content = await self._send("GET", with_wait(url, wait), wait + POLL_READ_GRACE_SECONDS)
             except GatewayFailure as failure:
                 status, content, failed = 0, b"", failure
             else:
@@ -275,10 +301,12 @@ class ModalWorkerClient:
             if failed is None:
                 if status == 202:
                     failures, failing_since = 0, None
+                    pause = next_poll_pause(pause, self._clock() - asked_at, wait, self._config.poll_seconds)
                     continue
                 if status in (404, 410):
                     raise unavailable("worker lost the job (unknown or expired call id)", status=status)
                 return await outcome_off_loop(status, content)
+            pause = self._config.poll_seconds
             failures += 1
             failing_since = self._clock() if failing_since is None else failing_since
             outage = self._clock() - failing_since
@@ -293,21 +321,18 @@ class ModalWorkerClient:
     async def _send(
         self, method: str, url: str, timeout_seconds: float, body: dict[str, object] | None = None
     ) -> tuple[int, bytes]:
-        timeout = httpx.Timeout(timeout_seconds, connect=min(CONNECT_TIMEOUT_SECONDS, timeout_seconds))
+        """One call, redirects and the whole body included, within `timeout_seconds` (httpx's own timeout is per
+        read: a body trickling in, or a redirect chain, would otherwise outlast it)."""
+        read_timeout = httpx.Timeout(timeout_seconds, connect=min(CONNECT_TIMEOUT_SECONDS, timeout_seconds))
         try:
-            request = self._http.build_request(
-                method, url, json=body, headers=dict(self._config.headers), timeout=timeout
-            )
-            for _ in range(MAX_REDIRECTS + 1):
-                response = await self._http.send(request, stream=True, follow_redirects=False)
-                try:
-                    if response.next_request is None:
-                        return response.status_code, await _read_capped(response)
-                    request = redirected(request, response.next_request, url)
-                finally:
-                    await response.aclose()
-            raise unavailable("worker redirected too many times", endpoint=endpoint_label(url), limit=MAX_REDIRECTS)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(timeout_seconds):
+                return await self._follow(method, url, read_timeout, body)
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+            # The request never left: the worker did not get it (retried as an unreachable worker).
+            raise unavailable(
+                "worker could not be reached", endpoint=endpoint_label(url), reason=type(error).__name__
+            ) from None
+        except (httpx.TimeoutException, TimeoutError):
             raise unavailable(
                 f"worker did not answer within {timeout_seconds:.0f}s", endpoint=endpoint_label(url), reason="timeout"
             ) from None
@@ -316,6 +341,34 @@ class ModalWorkerClient:
             raise unavailable(
                 "worker could not be reached", endpoint=endpoint_label(url), reason=type(error).__name__
             ) from None
+
+    async def _follow(
+        self, method: str, url: str, read_timeout: httpx.Timeout, body: dict[str, object] | None
+    ) -> tuple[int, bytes]:
+        """Send, and follow redirects: a same-origin GET chain up to MAX_CHAIN_REDIRECTS, others MAX_REDIRECTS."""
+        request = self._http.build_request(
+            method, url, json=body, headers=dict(self._config.headers), timeout=read_timeout
+        )
+        chained = other = 0
+        while True:
+            response = await self._http.send(request, stream=True, follow_redirects=False)
+            try:
+                if response.next_request is None:
+                    return response.status_code, await _read_capped(response)
+                request = redirected(request, response.next_request, url)
+            finally:
+                await response.aclose()
+            if is_chain_hop(request, url):
+                chained += 1
+            else:
+                other += 1
+            if chained > MAX_CHAIN_REDIRECTS or other > MAX_REDIRECTS:
+                raise unavailable(
+                    "worker redirected too many times",
+                    endpoint=endpoint_label(url),
+                    limit=MAX_CHAIN_REDIRECTS if chained > MAX_CHAIN_REDIRECTS else MAX_REDIRECTS,
+                    reason="redirect_limit",
+                )
 
 
 async def _read_capped(response: httpx.Response) -> bytes:
@@ -332,6 +385,28 @@ async def _read_capped(response: httpx.Response) -> bytes:
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     default_port = {"http": 80, "https": 443}.get(url.scheme)
     return url.scheme, url.host, url.port or default_port
+
+
+def is_chain_hop(following: httpx.Request, first_url: str) -> bool:
+    """A same-origin GET redirect: how Modal keeps a long sync call waiting (the body is not sent again)."""
+    return following.method == "GET" and _origin(following.url) == _origin(httpx.URL(first_url))
+
+
+def next_poll_pause(previous: float, answered_in: float, asked_wait: float, ceiling: float) -> float:
+    """Seconds before the next poll after a "pending": none when the worker held the poll (it waited for the job),
+    else a pause that starts at POLL_BACKOFF_START_SECONDS and doubles up to `ceiling` (a worker ignoring `wait`
+    is never polled faster than that)."""
+    if asked_wait > 0 and answered_in >= HELD_POLL_SHARE * asked_wait:
+        return 0.0
+    return min(ceiling, max(2.0 * previous, POLL_BACKOFF_START_SECONDS))
+
+
+def with_wait(url: str, wait_seconds: float) -> str:
+    """A poll URL asking the worker to hold its answer up to `wait_seconds` (unchanged for 0)."""
+    if wait_seconds <= 0:
+        return url
+    separator = "&" if urlsplit(url).query else "?"
+    return f"{url}{separator}wait={wait_seconds:.3f}"
 
 
 def redirected(previous: httpx.Request, following: httpx.Request, first_url: str) -> httpx.Request:

@@ -25,6 +25,7 @@ def provider_config(settings: GatewaySettings) -> ProviderConfig:
         result_url=settings.modal_result_url,
         cancel_url=settings.modal_cancel_url,
         poll_seconds=settings.modal_poll_seconds,
+        poll_wait_seconds=settings.modal_poll_wait_seconds,
         poll_outage_seconds=settings.gateway_worker_retry_seconds,
         headers=auth_headers(
             settings.modal_api_key.get_secret_value() if settings.modal_api_key else None,

@@ -14,10 +14,10 @@ from services.inference_gateway.errors import ErrorCode, GatewayFailure
 # HTTP statuses (of the LoRA host, as the worker reports them) that mean "try again later".
 _TRANSIENT_HTTP = {408, 425, 429}
 # Reasons a WORKER_UNAVAILABLE carries when the worker did take (or may have taken) the request: a call that timed
-# out, a call that cannot be resumed, a job whose polls kept failing. Every other WORKER_UNAVAILABLE means the
-# worker could not be reached or answered without doing the work (refused or reset connection, 5xx or 429 without
-# a contract body).
-_NOT_UNREACHABLE_REASONS = {"timeout", "not_resumable", "poll_failed"}
+# out, a call that cannot be resumed, a job whose polls kept failing, a redirect chain past its cap. Every other
+# WORKER_UNAVAILABLE means the worker could not be reached or answered without doing the work (refused or reset
+# connection, a connect timeout, 5xx or 429 without a contract body).
+_NOT_UNREACHABLE_REASONS = {"timeout", "not_resumable", "poll_failed", "redirect_limit"}
 # Statuses of a worker that answered about a job it lost: the work may have run; retried within the attempts only.
 _LOST_JOB_STATUSES = {404, 410}
 # How a failed attempt may be retried: with backoff while attempts and time last; also past the attempts limit
@@ -57,7 +57,10 @@ def retry_rule(failure: GatewayFailure) -> tuple[str, RetryRule]:
 
     A LoRA URL refused with 401/403 (expired or bad signature) is tried once more: each attempt signs a fresh
     URL. A sha256 mismatch is not retried (the object's bytes stay what they are), nor a LoRA host's 404 or other
-    non-transient 4xx, nor a request the worker canceled. Otherwise the contract's advice (`is_retryable`)."""
+    non-transient 4xx, nor a request the worker canceled, nor a call that outlived the gateway's patience: the
+    worker was told to stop itself before it (the request's `timeout_seconds`, a grace earlier) and did not answer,
+    so it may still be running, and a new attempt would run the generation twice (an async job given up on is
+    canceled; a sync call's closed connection stops the local worker). Otherwise the contract's advice."""
     code, details = failure.code, failure.details
     if code is WorkerErrorCode.LORA_DOWNLOAD_FAILED:
         if details.get("reason") == LORA_SHA256_MISMATCH_REASON:
@@ -71,7 +74,7 @@ def retry_rule(failure: GatewayFailure) -> tuple[str, RetryRule]:
     if code is WorkerErrorCode.GENERATION_FAILED and details.get("canceled") is True:
         return "canceled_on_worker", "never"
     if code is GatewayErrorCode.WORKER_UNAVAILABLE and details.get("reason") == "timeout":
-        return "worker_timeout", "retry"
+        return "worker_timeout", "never"
     if (
         code is GatewayErrorCode.WORKER_UNAVAILABLE
         and details.get("reason") not in _NOT_UNREACHABLE_REASONS

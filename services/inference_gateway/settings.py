@@ -72,7 +72,11 @@ class GatewaySettings(
     # A second generate endpoint (a larger GPU) that gets one more attempt after CUDA_OOM; same mode and auth.
     # In async mode its submit, result and cancel URLs are derived from it.
     modal_fallback_endpoint_url: str | None = Field(default=None, validation_alias="MODAL_FALLBACK_ENDPOINT_URL")
+    # Async mode: the longest pause between polls (after a failed poll, or for a worker that ignores `wait`).
     modal_poll_seconds: float = Field(default=2.0, gt=0, le=60, validation_alias="MODAL_POLL_SECONDS")
+    # Async mode: how long each poll asks the worker to hold its answer for the job to end (`?wait=`; 0: never).
+    # At most 60: what the local worker accepts (the Modal result endpoint cuts a longer wait to its own cap).
+    modal_poll_wait_seconds: float = Field(default=30.0, ge=0, le=60, validation_alias="MODAL_POLL_WAIT_SECONDS")
     modal_timeout_seconds: float = Field(default=600.0, gt=0, le=3600, validation_alias="MODAL_TIMEOUT_SECONDS")
 
     lora_url_ttl_seconds: int = Field(default=300, ge=10, le=7 * 24 * 3600, validation_alias="LORA_URL_TTL_SECONDS")

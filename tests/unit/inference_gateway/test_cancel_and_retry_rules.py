@@ -131,16 +131,19 @@ async def test_a_worker_call_that_times_out_at_the_deadline_is_timeout_not_worke
     assert result.details["deadline"] and result.details["stopped_by"] == "deadline"
 
 
-async def test_a_worker_call_that_times_out_well_before_the_deadline_is_worker_unavailable_and_retried() -> None:
+async def test_a_worker_call_that_outlives_the_gateways_patience_is_not_submitted_again() -> None:
+    # The worker was told to stop at 30 s and had not answered 15 s later: it may still be running, and a second
+    # attempt would run the generation twice.
     timed_out = GatewayFailure(GatewayErrorCode.WORKER_UNAVAILABLE, "no answer", {"reason": "timeout"})
-    worker = FakeWorker(timed_out)
+    worker = FakeWorker(timed_out, success())
     service, _, _, _ = build(worker, worker_timeout=30.0, max_attempts=2)
 
     result = await service.handle(requested(deadline_in=timedelta(minutes=10)))
 
     assert isinstance(result, GenerationFailed)
-    assert (result.error_code, result.attempts, result.retryable) == ("WORKER_UNAVAILABLE", 2, True)
-    assert [c["cause"] for c in result.details["causes"]] == ["worker_timeout", "worker_timeout"]  # type: ignore[index]
+    assert (result.error_code, result.attempts) == ("WORKER_UNAVAILABLE", 1)
+    assert len(worker.requests) == 1 and result.details["stopped_by"] == "not_retryable"
+    assert [c["cause"] for c in result.details["causes"]] == ["worker_timeout"]  # type: ignore[index]
 
 
 # --- retries by cause ---
@@ -166,7 +169,17 @@ async def test_a_worker_call_that_times_out_well_before_the_deadline_is_worker_u
             "worker_unavailable",
             "retry_while_unreachable",
         ),
-        (GatewayFailure(GatewayErrorCode.WORKER_UNAVAILABLE, "x", {"reason": "timeout"}), "worker_timeout", "retry"),
+        (GatewayFailure(GatewayErrorCode.WORKER_UNAVAILABLE, "x", {"reason": "timeout"}), "worker_timeout", "never"),
+        (
+            GatewayFailure(GatewayErrorCode.WORKER_UNAVAILABLE, "x", {"reason": "ConnectTimeout"}),
+            "worker_unavailable",
+            "retry_while_unreachable",
+        ),
+        (
+            GatewayFailure(GatewayErrorCode.WORKER_UNAVAILABLE, "x", {"reason": "redirect_limit"}),
+            "worker_unavailable",
+            "retry",
+        ),
         (GatewayFailure(GatewayErrorCode.INVALID_WORKER_RESPONSE, "x"), "invalid_worker_response", "never"),
     ],
 )

@@ -15,8 +15,10 @@ from services.inference_gateway.provider import (
     ModalWorkerClient,
     ProviderConfig,
     auth_headers,
+    next_poll_pause,
     outcome_of,
     result_url,
+    with_wait,
 )
 from services.inference_gateway.retries import retry_rule
 from tests.support.gateway_fakes import gid, success
@@ -90,6 +92,23 @@ def test_result_url() -> None:
         "https://ws--sdxl-lora-result.modal.run/?call_id=fc%201"
     )
     assert result_url("https://x/r?a=1", "fc-1") == "https://x/r?a=1&call_id=fc-1"
+
+
+def test_a_poll_url_asks_the_worker_to_hold_its_answer() -> None:
+    assert with_wait("http://w/jobs/fc-1", 30.0) == "http://w/jobs/fc-1?wait=30.000"
+    assert with_wait("https://r.modal.run/?call_id=fc-1", 2.5) == "https://r.modal.run/?call_id=fc-1&wait=2.500"
+    assert with_wait("http://w/jobs/fc-1", 0.0) == "http://w/jobs/fc-1"  # MODAL_POLL_WAIT_SECONDS=0: no wait asked
+
+
+def test_the_pause_after_a_pending_answer() -> None:
+    # Held by the worker (it answered after most of the wait): poll again at once.
+    assert next_poll_pause(0.8, answered_in=29.9, asked_wait=30.0, ceiling=2.0) == 0.0
+    # Answered at once (the worker ignores `wait`): 0.1 s, doubling, never more than the ceiling.
+    pauses = [0.0]
+    for _ in range(6):
+        pauses.append(next_poll_pause(pauses[-1], answered_in=0.01, asked_wait=30.0, ceiling=2.0))
+    assert pauses[1:] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0]
+    assert next_poll_pause(0.0, answered_in=0.0, asked_wait=0.0, ceiling=2.0) == 0.1  # no wait asked
 
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -170,7 +189,8 @@ async def test_async_submits_then_polls_until_done() -> None:
 
     assert result.model_info.lora_applied
     assert seen == [("POST", "/jobs")] + [("GET", "/jobs/fc-1")] * 3
-    assert sleeps == [0.5, 0.5, 0.5]
+    # Polled at once; "pending" answered without waiting (no time passes here): pauses that grow.
+    assert sleeps == [0.1, 0.2]
 
 
 async def test_async_maps_a_finished_job_error() -> None:
@@ -339,7 +359,7 @@ async def test_async_waits_out_failing_polls_for_the_outage_window_without_submi
     worker, sleeps = client(handler, **async_config(), poll_seconds=0.5, poll_outage_seconds=60.0)
 
     assert (await worker.generate(REQUEST, 300.0)).generation_time_seconds == 0.25
-    assert len(submits) == 1 and sum(sleeps) == pytest.approx(10.5)
+    assert len(submits) == 1 and sum(sleeps) == pytest.approx(10.0)  # 20 failed polls, poll_seconds after each
 
 
 async def test_async_gives_up_polling_after_the_outage_window_as_a_call_that_may_have_run() -> None:

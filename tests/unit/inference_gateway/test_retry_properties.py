@@ -22,7 +22,7 @@ codes = st.sampled_from([*WorkerErrorCode, *GatewayErrorCode])
 details = st.fixed_dictionaries(
     {},
     optional={
-        "reason": st.sampled_from([LORA_SHA256_MISMATCH_REASON, "timeout", "connect", "other"]),
+        "reason": st.sampled_from([LORA_SHA256_MISMATCH_REASON, "timeout", "redirect_limit", "connect", "other"]),
         "http_status": st.integers(100, 599) | st.none() | st.text(max_size=3),
         "canceled": st.booleans(),
     },
@@ -71,8 +71,11 @@ def test_a_retry_is_granted_only_for_a_retryable_cause(
     elif code is GatewayErrorCode.WORKER_UNAVAILABLE:
         # Retried past the attempts limit only when the worker surely did not run it (it was not reached).
         reason, status = details.get("reason"), details.get("status")
-        may_have_run = reason in ("timeout", "not_resumable", "poll_failed") or status in (404, 410)
-        assert rule == ("retry" if may_have_run else "retry_while_unreachable")
+        may_have_run = reason in ("not_resumable", "poll_failed", "redirect_limit") or status in (404, 410)
+        if reason == "timeout":
+            assert rule == "never"  # it outlived the gateway's patience and may still run: never submitted again
+        else:
+            assert rule == ("retry" if may_have_run else "retry_while_unreachable")
     else:
         assert rule == ("retry" if is_retryable(code) else "never")
     # Whatever the details say, a cause the contract calls permanent (a bad LoRA file, an invalid request) is

@@ -102,6 +102,13 @@ def test_modal_async_urls_follow_the_app_labels() -> None:
     assert derive_async_urls("https://elsewhere.example/x") is None
 
 
+def test_polls_ask_the_worker_to_hold_them_as_configured(env: pytest.MonkeyPatch) -> None:
+    env.setenv("MODAL_MODE", "async")
+    assert provider_config(GatewaySettings()).poll_wait_seconds == 30.0
+    env.setenv("MODAL_POLL_WAIT_SECONDS", "0")
+    assert provider_config(GatewaySettings()).poll_wait_seconds == 0.0
+
+
 def test_the_cancel_url_is_derived_like_the_others(env: pytest.MonkeyPatch) -> None:
     assert (
         derive_cancel_url("https://acme--sdxl-lora-generate.modal.run") == "https://acme--sdxl-lora-cancel.modal.run/"
@@ -143,6 +150,9 @@ def test_the_fallback_endpoint_has_the_same_mode_and_credentials(env: pytest.Mon
         ("GATEWAY_MAX_ATTEMPTS", "0"),
         ("MODAL_ENDPOINT_URL", "ftp://worker/generate"),
         ("MODAL_TIMEOUT_SECONDS", "-1"),
+        # Past what the local worker's `?wait=` accepts (60): every poll would be refused.
+        ("MODAL_POLL_WAIT_SECONDS", "61"),
+        ("MODAL_POLL_WAIT_SECONDS", "-1"),
     ],
 )
 def test_bad_values_name_the_variable(env: pytest.MonkeyPatch, name: str, value: str) -> None:

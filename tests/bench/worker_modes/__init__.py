@@ -1,0 +1,1 @@
+"""Sync against async mode on the local worker, through the gateway's worker client."""
