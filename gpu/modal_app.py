@@ -24,9 +24,12 @@ DEPLOY = modal_deploy_settings.read(os.environ)
 modal_deploy_settings.refuse_a_broken_deploy(DEPLOY)
 APP_NAME = DEPLOY.app_name
 GPU = DEPLOY.gpu
-# torch's CUDA 12.8 build (the index pins it): PyPI's torch 2.13 wheel is built for CUDA 13, which needs a newer
-# host driver than Modal's GPU hosts are documented to run (deploy/modal/README.md § GPU and CUDA).
-TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
+# torch 2.13.0+cu126 from https://download.pytorch.org/whl/cu126: PyTorch builds 2.12-2.14 for CUDA 12.6, 13.0 and
+# 13.2 only (no cu128 wheel since 2.12: `torch==2.13.0` from .../cu128 cannot install). PyPI's 2.13.0 wheel is the
+# CUDA 13.0 build (cuda-toolkit==13.0.3), which needs a host driver ≥ 580; 12.6 runs on any driver ≥ 525 and
+# covers A100, L40S, H100 and H200 (not B200: that needs cu130). Not reachable from the build machine: checked at
+# deploy as deploy/modal/README.md § GPU and CUDA says.
+TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu126"
 # Memory of the GPU container, MiB (request, limit): the pipeline is loaded on the CPU in fp16 (~7 GB) and
 # snapshotted from there, so the snapshot needs that much host memory and some room.
 WORKER_MEMORY_MIB = (16_384, 32_768)
@@ -75,6 +78,8 @@ image = (
             # after restore the engine moves to it, or every request answers MODEL_LOAD_FAILED.
             "WORKER_DEVICE": "cuda",
             "WORKER_DTYPE": "float16",
+            # MODAL_WORKER_VAE_HALF: `on` for the fp16-fix VAE gpu/modal_weights.py puts there (modal_deploy_settings).
+            "WORKER_VAE_HALF": DEPLOY.worker_vae_half,
             # MODAL_WORKER_COMPILE (off unless asked: see modal_deploy_settings); compiled code kept on a Volume, and
             # the warm-up sizes generated once after restore, before the first input.
             "WORKER_COMPILE": DEPLOY.worker_compile,

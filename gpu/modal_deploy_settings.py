@@ -15,6 +15,11 @@ DEFAULT_GPU = "H100"
 # gain the GPU benchmark has yet to measure (docs/worker.md § Compiled UNet).
 DEFAULT_WORKER_COMPILE = "off"
 DEFAULT_WARMUP_SIZES = "1024x1024"
+# `on` for the fp16-fix VAE that gpu/modal_weights.py installs: it decodes in fp16 without overflowing, and `on` does
+# not depend on its config's `force_upcast` (diffusers defaults that to true where a config leaves it out, which would
+# send `auto` to the fp32 decode for every image). An overflow is still caught and decoded again in fp32.
+DEFAULT_WORKER_VAE_HALF = "on"
+VAE_HALF_CHOICES = ("on", "auto", "off")
 
 
 class DeployRefusedError(RuntimeError):
@@ -34,6 +39,8 @@ class DeploySettings:
     # WORKER_COMPILE and WORKER_WARMUP_SIZES of the GPU image (gpu/settings.py).
     worker_compile: str = DEFAULT_WORKER_COMPILE
     warmup_sizes: str = DEFAULT_WARMUP_SIZES
+    # WORKER_VAE_HALF of the GPU image (gpu/decode.py): `auto` for a Volume filled otherwise, with SDXL's own VAE.
+    worker_vae_half: str = DEFAULT_WORKER_VAE_HALF
     problems: tuple[str, ...] = field(default=())
 
 
@@ -70,6 +77,10 @@ def read(env: Mapping[str, str]) -> DeploySettings:
     if problem:
         problems.append(f"MODAL_WARMUP_SIZES: {problem}")
         warmup_sizes = DEFAULT_WARMUP_SIZES
+    vae_half = env.get("MODAL_WORKER_VAE_HALF", "").strip().lower() or DEFAULT_WORKER_VAE_HALF
+    if vae_half not in VAE_HALF_CHOICES:
+        problems.append(f"MODAL_WORKER_VAE_HALF must be on, auto or off, not {vae_half!r}")
+        vae_half = DEFAULT_WORKER_VAE_HALF
     return DeploySettings(
         app_name=env.get("MODAL_APP_NAME", "").strip() or DEFAULT_APP_NAME,
         gpu=env.get("MODAL_GPU", "").strip() or DEFAULT_GPU,
@@ -78,6 +89,7 @@ def read(env: Mapping[str, str]) -> DeploySettings:
         lora_allowed_hosts=hosts,
         worker_compile=compile_choice,
         warmup_sizes=warmup_sizes,
+        worker_vae_half=vae_half,
         problems=tuple(problems),
     )
 

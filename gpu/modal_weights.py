@@ -3,11 +3,15 @@
 The worker never downloads weights: it loads `/models/sdxl-base-1.0` from the Volume `vixenbliss-sdxl-weights`.
 This operator's command fills that folder from the Hugging Face Hub (safetensors and configs only, no pickles),
 replaces its `vae/` with madebyollin/sdxl-vae-fp16-fix (decodes in fp16 without NaNs, so no fp32 upcast), writes
-the BASE_MODEL marker, and commits the Volume. A gated or private model needs a `huggingface` Secret with HF_TOKEN.
+the BASE_MODEL marker, and commits the Volume. Both repositories are public; for gated or private weights, name a
+Modal Secret holding HF_TOKEN in MODAL_HF_SECRET (`MODAL_HF_SECRET=huggingface modal run gpu/modal_weights.py`):
+huggingface_hub reads the token from the environment, and nothing here prints it.
 Importing this module makes no network call.
 """
 
+import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import modal
@@ -24,7 +28,21 @@ weights_volume = modal.Volume.from_name("vixenbliss-sdxl-weights", create_if_mis
 image = modal.Image.debian_slim(python_version="3.11").pip_install("huggingface_hub>=0.26")
 
 
-@app.function(image=image, volumes={MODELS_PATH: weights_volume}, timeout=3600)
+def hf_secret_name(env: Mapping[str, str]) -> str | None:
+    """The Modal Secret (holding HF_TOKEN) to download with, from MODAL_HF_SECRET; None for public weights.
+
+    Read here, not in gpu.modal_deploy_settings: `modal run gpu/modal_weights.py` mounts only this file in the
+    container, which must import without the project's packages."""
+    return env.get("MODAL_HF_SECRET", "").strip() or None
+
+
+# The operator's shell's choice, read where `modal run` imports this. Modal's server checks that the Secret holds
+# HF_TOKEN when the run starts, so a misnamed key fails at once, not as a 401 halfway through the download.
+HF_SECRET = hf_secret_name(os.environ)
+secrets = [modal.Secret.from_name(HF_SECRET, required_keys=["HF_TOKEN"])] if HF_SECRET else []
+
+
+@app.function(image=image, volumes={MODELS_PATH: weights_volume}, secrets=secrets, timeout=3600)
 def put_weights(force: bool = False) -> str:
     """Download into the Volume (skipped when it already holds the model, unless `force`)."""
     from huggingface_hub import snapshot_download
@@ -45,7 +63,9 @@ def put_weights(force: bool = False) -> str:
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     weights_volume.commit()
-    return f"{target}: SDXL base 1.0 with the fp16-fix VAE"
+    # Whether a token was used, never the token.
+    how = " (downloaded with a Hugging Face token)" if os.environ.get("HF_TOKEN") else ""
+    return f"{target}: SDXL base 1.0 with the fp16-fix VAE{how}"
 
 
 @app.local_entrypoint()

@@ -29,6 +29,7 @@ def test_good_settings_have_no_problem_and_deploy() -> None:
         ({"MODAL_WORKER_COMPILE": "auto"}, "MODAL_WORKER_COMPILE must be on or off"),
         ({"MODAL_WARMUP_SIZES": "1024x1000x"}, "MODAL_WARMUP_SIZES: '1024x1000x' is not WIDTHxHEIGHT"),
         ({"MODAL_WARMUP_SIZES": "1024x1020"}, "MODAL_WARMUP_SIZES: '1024x1020': sides are multiples of 8"),
+        ({"MODAL_WORKER_VAE_HALF": "half"}, "MODAL_WORKER_VAE_HALF must be on, auto or off, not 'half'"),
     ],
 )
 def test_a_broken_setting_is_refused_by_a_deploy_and_by_nothing_else(change: dict[str, str], named: str) -> None:
@@ -45,6 +46,13 @@ def test_compile_is_off_and_1024_warmed_unless_asked() -> None:
     asked = read({**GOOD, "MODAL_WORKER_COMPILE": "ON", "MODAL_WARMUP_SIZES": "1024x1024,832x1216"})
     assert (asked.worker_compile, asked.warmup_sizes, asked.problems) == ("on", "1024x1024,832x1216", ())
     assert read({**GOOD, "MODAL_WARMUP_SIZES": ""}).warmup_sizes == ""  # no warm-up at all
+
+
+def test_the_vae_decodes_in_half_first_for_the_fp16_fix_vae_unless_asked() -> None:
+    # `on`, not `auto`: the fp16-fix VAE's half decode must not depend on its config naming `force_upcast: false`.
+    assert read(GOOD).worker_vae_half == "on"
+    assert read({**GOOD, "MODAL_WORKER_VAE_HALF": " Auto "}).worker_vae_half == "auto"  # SDXL's own VAE
+    assert read({**GOOD, "MODAL_WORKER_VAE_HALF": "half"}).worker_vae_half == "on"  # refused by a deploy, above
 
 
 def test_the_app_imports_whatever_the_environment_says() -> None:

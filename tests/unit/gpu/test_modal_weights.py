@@ -3,6 +3,11 @@ is reachable from tests): what lands in the model folder is what the worker's lo
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +77,74 @@ def test_the_model_folder_gets_plain_safetensors_names_the_fp16_vae_and_the_mark
     assert [repo for repo, _ in downloads] == [modal_weights.BASE_REPO, modal_weights.VAE_REPO]
     assert all("*.bin" not in patterns and "*.ckpt" not in patterns for _, patterns in downloads)
     assert volume.commits == 1 and "already there" in again
+
+
+# Run in a fresh interpreter (the Secret is chosen when the module is imported): each Secret the function asks for,
+# loaded the way Modal loads it (its own loader, the gRPC stub replaced by a recorder): the request the server gets.
+SECRET_REQUESTS = """
+import asyncio, json, types
+from modal_proto import api_pb2
+from gpu import modal_weights
+
+sent = []
+
+class RecordingStub:
+    async def SecretGetOrCreate(self, request):
+        sent.append(request)
+        return api_pb2.SecretGetOrCreateResponse(secret_id="st-test")
+
+context = types.SimpleNamespace(environment_name="main", client=types.SimpleNamespace(_stub=RecordingStub()))
+for secret in modal_weights.put_weights._spec_.secrets:  # what `modal shell` reads too (pinned modal 1.6.x)
+    asyncio.run(secret._load(secret, None, context, None))
+print(json.dumps([[request.deployment_name, list(request.required_keys)] for request in sent]))
+"""
+
+
+def secret_requests(env: dict[str, str]) -> list[list[Any]]:
+    done = subprocess.run(
+        [sys.executable, "-c", SECRET_REQUESTS],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    requests: list[list[Any]] = json.loads(done.stdout)
+    return requests
+
+
+def test_a_named_hugging_face_secret_is_asked_for_with_hf_token_and_none_otherwise() -> None:
+    assert secret_requests({"MODAL_HF_SECRET": " hf-gated "}) == [["hf-gated", ["HF_TOKEN"]]]
+    assert secret_requests({}) == []
+    assert secret_requests({"MODAL_HF_SECRET": "  "}) == []
+
+
+def test_a_token_in_the_environment_is_used_and_never_shown(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    token = "hf_not_a_real_token_0123456789"
+    downloads: list[tuple[str, list[str]]] = []
+    seen_tokens: list[str | None] = []
+    hub = fake_hub(downloads)
+
+    def snapshot_download(repo: str, *, local_dir: Path, allow_patterns: list[str]) -> str:
+        seen_tokens.append(os.environ.get("HF_TOKEN"))  # huggingface_hub reads it from here itself
+        return str(hub(repo, local_dir=local_dir, allow_patterns=allow_patterns))
+
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setattr(modal_weights, "MODELS_PATH", str(tmp_path))
+    monkeypatch.setattr(modal_weights, "weights_volume", CommittedVolume())
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    caplog.set_level(logging.DEBUG)
+
+    with pytest.warns(UserWarning, match="executing locally"):
+        said = modal_weights.put_weights.local()
+
+    assert seen_tokens == [token, token]
+    assert "with a Hugging Face token" in said
+    shown = said + caplog.text + "".join(capsys.readouterr())
+    assert token not in shown
