@@ -8,7 +8,7 @@ EXTRAS := services,gpu,s3local,modal,test
 FIND_LINKS := $(shell [ -d /opt/wheels ] && echo --find-links /opt/wheels)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: install test lint typecheck unit demo up down playground bench bench-tiny bench-platform bench-streams bench-worker-modes tiny-model clean schemas
+.PHONY: install test lint typecheck unit demo up down playground bench bench-tiny bench-platform bench-streams bench-worker-modes smoke tiny-model clean schemas
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -81,6 +81,10 @@ bench-streams: install
 # Async against sync mode on the local worker, echo and tiny engines (~4 min on 2 cores); rewrites its docs section.
 bench-worker-modes: install
 	$(BIN)/python -m tests.bench.worker_modes --write-docs docs/benchmarks.md
+
+# Each hop of a deployment (docs/deploy.md § Smoke test): the services' variables as deployed, plus SMOKE_*.
+smoke: install
+	$(BIN)/python -m services.smoke
 
 clean:
 	rm -rf .run out .cache .pytest_cache .mypy_cache .ruff_cache
