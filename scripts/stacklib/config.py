@@ -8,13 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from services.common import s3_local
+from services.common.s3_local import LOCAL_REGION, S3Credentials
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_BUCKET = "vixenbliss"
-LOCAL_REGION = "us-east-1"
-# moto accepts any credentials; these only have to pass the services' placeholder check.
-LOCAL_ACCESS_KEY = "local-dev-access-key"
-LOCAL_SECRET_KEY = "local-dev-secret-key"  # noqa: S105 - a local endpoint's dummy, not a credential
+S3_DATA_DIRNAME = s3_local.DATA_DIRNAME
 
 # The base models identity accepts LoRAs for: SDXL, and the tiny random SDXL the local worker serves.
 LOCAL_LORA_BASE_MODELS = "sdxl-base-1.0,tiny-sdxl-random"
@@ -42,6 +42,12 @@ class ServiceSpec:
     # GET this path until it answers 200; None: wait until the port accepts connections.
     health_path: str | None
     ready_timeout: float
+
+    @property
+    def marker(self) -> str:
+        """The argument that tells this service's process in /proc/PID/cmdline (a recycled PID runs another
+        command): the module of `python -m`, else the first argument after the subcommand (weed's -dir)."""
+        return self.argv[2]
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,10 @@ class StackConfig:
         from services.common.auth import ensure_dev_secret
 
         return os.environ.get("AUTH_JWT_SECRET") or ensure_dev_secret(self.run_dir)
+
+    def s3_credentials(self) -> S3Credentials:
+        """The local S3 endpoint's access key, made for this stack in its run folder on first use (mode 0600)."""
+        return s3_local.ensure_credentials(self.run_dir)
 
     def with_free_ports(self) -> StackConfig:
         """The same stack on free ports, distinct, outside the ephemeral range (tests; two stacks side by side)."""
@@ -172,7 +182,7 @@ def service_specs(config: StackConfig) -> dict[str, ServiceSpec]:
     worker = spec("worker", "gpu.server", worker_env, "/healthz", 300.0)
     worker = replace(worker, argv=(*worker.argv, "--model-dir", str(config.model_dir)))
     return {
-        "s3": spec("s3", "services.common.s3_local", common, None, 60.0),
+        "s3": s3_spec(config, common),
         "worker": worker,
         "identity": spec(
             "identity",
@@ -196,17 +206,34 @@ def service_specs(config: StackConfig) -> dict[str, ServiceSpec]:
     }
 
 
+def s3_spec(config: StackConfig, env: Mapping[str, str]) -> ServiceSpec:
+    """SeaweedFS run directly (the PID the stack holds is weed's own), its side ports free now; the runner
+    prepares its folder and identities file (s3_local.prepare) before starting it."""
+    port = config.ports["s3"]
+    argv = s3_local.weed_argv(
+        s3_local.weed_binary(),
+        data_dir=config.run_dir / S3_DATA_DIRNAME,
+        identities_file=config.run_dir / s3_local.IDENTITIES_FILENAME,
+        host=config.host,
+        port=port,
+        side_ports=s3_local.free_side_ports(config.host, exclude=list(config.ports.values())),
+        buckets=[config.bucket],
+    )
+    return ServiceSpec("s3", tuple(argv), env, port, None, 60.0)
+
+
 def common_env(config: StackConfig) -> dict[str, str]:
     """The environment every child gets: this one, minus what would point a service elsewhere, plus the stack's."""
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+    credentials = config.s3_credentials()
     env.update(
         {
             "PYTHONUNBUFFERED": "1",
             "RABBITMQ_URL": config.rabbitmq_url,
             "VIXEN_TOPOLOGY_PREFIX": config.topology_prefix,
             "R2_ENDPOINT_URL": config.url("s3"),
-            "R2_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
-            "R2_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY,
+            "R2_ACCESS_KEY_ID": credentials.access_key_id,
+            "R2_SECRET_ACCESS_KEY": credentials.secret_access_key,
             "R2_BUCKET_NAME": config.bucket,
             "R2_REGION": LOCAL_REGION,
             "LOG_LEVEL": config.log_level,

@@ -8,8 +8,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import httpx
-
 from scripts.stacklib.checks import busy_ports, rabbitmq_problem
 from scripts.stacklib.config import SERVICE_NAMES, ServiceSpec, StackConfig, service_specs
 from scripts.stacklib.processes import (
@@ -24,6 +22,7 @@ from scripts.stacklib.processes import (
     stop_process_group,
     wait_until_ready,
 )
+from services.common import s3_local
 
 Say = Callable[[str], None]
 
@@ -81,6 +80,8 @@ class LocalStack:
         try:
             self._prepare_databases()
             if "s3" in self.services:
+                # A fresh folder per start, as the SQLite databases are fresh; a restart keeps what it holds.
+                s3_local.prepare(self.config.run_dir, self.config.s3_credentials())
                 self._start("s3")
                 self._wait("s3")
                 self._create_bucket()
@@ -175,14 +176,11 @@ class LocalStack:
         self._say(f"{name} ready ({seconds:.1f}s)")
 
     def _create_bucket(self) -> None:
-        # moto takes an unsigned CreateBucket; a real endpoint would need a signature (R2 buckets are made beforehand).
-        url = f"{self.config.url('s3')}/{self.config.bucket}"
+        # weed creates the bucket (-bucket) once its filer is up; an open port comes earlier. Signed, as R2 wants.
         try:
-            response = httpx.put(url, timeout=10.0)
-        except httpx.HTTPError as error:
-            raise StackError("create the bucket", f"{type(error).__name__}: {error}", self.tail("s3")) from None
-        if response.status_code not in (200, 409):
-            raise StackError("create the bucket", f"PUT {url} answered {response.status_code}", response.text[:300])
+            s3_local.wait_until_serving(self.config.url("s3"), self.config.s3_credentials(), self.config.bucket)
+        except s3_local.LocalS3Error as error:
+            raise StackError("create the bucket", str(error), self.tail("s3")) from None
 
     def _write_state(self) -> None:
         state = {
@@ -194,7 +192,7 @@ class LocalStack:
                     "name": process.name,
                     "pid": process.pid,
                     "port": process.port,
-                    "module": self.specs[name].argv[2],
+                    "module": self.specs[name].marker,
                     "log": str(process.log_path),
                 }
                 for name, process in self.processes.items()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.stacklib.config import LOCAL_ACCESS_KEY, LOCAL_REGION, LOCAL_SECRET_KEY, StackConfig
+from scripts.stacklib.config import LOCAL_REGION, StackConfig
 from scripts.stacklib.runner import LocalStack
 from services.common.db import create_test_database, drop_test_database
 from services.common.storage import ObjectStorage, StorageConfig
@@ -69,11 +69,12 @@ def stack(
 @pytest.fixture
 async def stack_storage(stack: LocalStack) -> AsyncIterator[ObjectStorage]:
     """The stack's bucket, read directly (what the services stored)."""
+    credentials = stack.config.s3_credentials()
     store = ObjectStorage(
         StorageConfig(
             endpoint_url=stack.config.url("s3"),
-            access_key_id=LOCAL_ACCESS_KEY,
-            secret_access_key=LOCAL_SECRET_KEY,
+            access_key_id=credentials.access_key_id,
+            secret_access_key=credentials.secret_access_key,
             bucket=stack.config.bucket,
             region=LOCAL_REGION,
         )

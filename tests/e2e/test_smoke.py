@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from scripts.stacklib import flow
-from scripts.stacklib.config import LOCAL_ACCESS_KEY, LOCAL_REGION, LOCAL_SECRET_KEY
+from scripts.stacklib.config import LOCAL_REGION
 from scripts.stacklib.runner import LocalStack
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,8 @@ def smoke_env(stack: LocalStack, lora_files: dict[str, Path]) -> dict[str, str]:
         "RABBITMQ_URL": stack.config.rabbitmq_url,
         "VIXEN_TOPOLOGY_PREFIX": stack.config.topology_prefix,
         "R2_ENDPOINT_URL": urls["s3"],
-        "R2_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
-        "R2_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY,
+        "R2_ACCESS_KEY_ID": stack.config.s3_credentials().access_key_id,
+        "R2_SECRET_ACCESS_KEY": stack.config.s3_credentials().secret_access_key,
         "R2_BUCKET_NAME": stack.config.bucket,
         "R2_REGION": LOCAL_REGION,
         "AUTH_JWT_SECRET": stack.config.auth_secret(),
@@ -72,7 +72,7 @@ def test_a_broken_deployment_is_named_hop_by_hop_and_leaks_no_secret(smoke_env: 
     assert [hop for hop, line in lines.items() if line.startswith("FAIL")] == ["storage", "broker", "worker"]
     assert "never-declared.vixen.events" in lines["broker"] and "NoSuchBucket" in lines["storage"]
     assert lines["generation"].startswith("PASS")  # the services themselves are fine
-    for secret in (smoke_env["AUTH_JWT_SECRET"], LOCAL_SECRET_KEY):
+    for secret in (smoke_env["AUTH_JWT_SECRET"], smoke_env["R2_SECRET_ACCESS_KEY"]):
         assert secret not in output
 
 

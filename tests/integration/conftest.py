@@ -2,7 +2,7 @@
 
 Service URLs come from TEST_RABBITMQ_URL / TEST_DATABASE_URL. With none given and a Docker engine answering
 (testcontainers is in the test extra), containers of compose's images are started, MinIO among them
-(tests/support/containers.py); otherwise the local services on 127.0.0.1 are used, and moto's S3 server.
+(tests/support/containers.py); otherwise the local services on 127.0.0.1 are used, and SeaweedFS as the S3 server.
 A service that does not answer fails the test with a clear message (TEST_SKIP_UNAVAILABLE=1 skips instead).
 """
 
@@ -143,13 +143,14 @@ async def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 @pytest.fixture(scope="session")
 def s3_service(_containers: ExitStack, _docker: bool) -> Iterator[containers.S3Service]:
-    """MinIO in a container when Docker answers, else moto's S3 server on a free port, for the whole session."""
+    """MinIO in a container when Docker answers, else SeaweedFS on free ports with a fresh key, for the session."""
     if _docker:
         yield containers.minio(_containers)
         return
     server = LocalS3Server("127.0.0.1", 0).start()
     try:
-        yield containers.S3Service(server.endpoint_url, "test-access-key", "test-secret-key")
+        credentials = server.credentials
+        yield containers.S3Service(server.endpoint_url, credentials.access_key_id, credentials.secret_access_key)
     finally:
         server.stop()
 

@@ -28,11 +28,12 @@ from aio_pika.abc import AbstractIncomingMessage
 from contracts.errors import GatewayErrorCode, WorkerErrorCode
 from contracts.topology import Topology, topology
 from scripts.stacklib import flow
-from scripts.stacklib.config import StackConfig
+from scripts.stacklib.config import LOCAL_REGION, StackConfig
 from scripts.stacklib.runner import LocalStack
 from services.common.broker import connect
 from services.common.db import create_test_database, drop_test_database
 from services.common.dlq import QueueCounts, list_counts
+from services.common.storage import ObjectStorage, StorageConfig
 from tests.support.queues import delete_run_topology
 from tests.support.tcp_proxy import TcpProxy
 
@@ -323,12 +324,19 @@ async def queue_counts(fs: FaultStack, within: float) -> list[QueueCounts]:
 
 
 async def stored_images(fs: FaultStack) -> set[str]:
-    """The generation ids of every image in the bucket (read from the local S3 endpoint directly)."""
-    url = f"{fs.stack.config.url('s3')}/{fs.stack.config.bucket}"
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        response = await client.get(url, params={"list-type": "2", "prefix": "generations/", "max-keys": "1000"})
-    assert response.status_code == 200, response.text
-    return set(re.findall(r"<Key>generations/([0-9a-f-]+)\.png</Key>", response.text))
+    """The generation ids of every image in the bucket (listed from the local S3 endpoint directly, signed)."""
+    config = fs.stack.config
+    credentials = config.s3_credentials()
+    store = ObjectStorage(
+        StorageConfig(
+            config.url("s3"), credentials.access_key_id, credentials.secret_access_key, config.bucket, LOCAL_REGION
+        )
+    )
+    try:
+        keys = await store.keys("generations/")
+    finally:
+        await store.close()
+    return {match.group(1) for key in keys if (match := re.fullmatch(r"generations/([0-9a-f-]+)\.png", key))}
 
 
 @asynccontextmanager

@@ -1,4 +1,4 @@
-"""The integration fixtures (real RabbitMQ, moto S3, unique names per test) for the gateway's fault tests."""
+"""The integration fixtures (real RabbitMQ, SeaweedFS S3, unique names per test) for the gateway's fault tests."""
 
 from tests.integration import conftest as integration
 

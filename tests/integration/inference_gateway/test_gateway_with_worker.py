@@ -1,4 +1,4 @@
-"""The gateway end to end with the real tiny worker, real RabbitMQ and a real (moto) S3 endpoint."""
+"""The gateway end to end with the real tiny worker, real RabbitMQ and a real (SeaweedFS) S3 endpoint."""
 
 from __future__ import annotations
 

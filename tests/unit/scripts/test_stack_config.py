@@ -64,9 +64,17 @@ def test_service_commands_and_environment(tmp_path: Path) -> None:
         assert spec.env["VIXEN_TOPOLOGY_PREFIX"] == "p1"
         assert spec.env["R2_BUCKET_NAME"] == "vb-p1"
         assert spec.env["R2_ENDPOINT_URL"] == "http://127.0.0.1:9000"
-        assert "--port" in spec.argv
+    for name in ("worker", "identity", "content", "gateway"):
+        assert "--port" in specs[name].argv and specs[name].marker == specs[name].argv[2]
     assert specs["identity"].env["IDENTITY_DATABASE_URL"] == f"sqlite+aiosqlite:///{tmp_path}/identity.db"
-    assert specs["s3"].health_path is None
+    s3 = specs["s3"]
+    assert s3.health_path is None and Path(s3.argv[0]).name == "weed" and s3.argv[1] == "mini"
+    # Bound to the stack's host and port with the stack's own key, its data and identities in the run folder.
+    assert {"-s3.port=9000", "-ip.bind=127.0.0.1", f"-s3.config={tmp_path}/s3-identities.json"} <= set(s3.argv)
+    assert s3.marker == f"-dir={tmp_path}/s3-data" and "-bucket=vb-p1" in s3.argv
+    credentials = config.s3_credentials()
+    assert s3.env["R2_ACCESS_KEY_ID"] == credentials.access_key_id
+    assert StackConfig(run_dir=tmp_path / "other").s3_credentials() != credentials  # one key per stack
 
 
 def test_a_health_answer_that_gives_up_stops_the_wait() -> None:
