@@ -33,7 +33,7 @@ async def test_cli_becomes_weed_serves_signed_requests_only_and_stops_on_sigterm
         credentials = S3Credentials(stored["access_key_id"], stored["secret_access_key"])
         await asyncio.to_thread(wait_until_serving, endpoint, credentials, "cli-bucket")
         # The PID started is weed's own: signals and the stack's records reach the server itself.
-        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+        cmdline = (await asyncio.to_thread(Path(f"/proc/{process.pid}/cmdline").read_bytes)).split(b"\0")
         assert Path(cmdline[0].decode()).name == "weed" and cmdline[1] == b"mini"
         store = ObjectStorage(
             StorageConfig(
