@@ -195,7 +195,8 @@ def usage_text(stack: LocalStack) -> str:
     return f"""
 stack is up (logs: {stack.config.run_dir}/<name>.log; stop it with `python scripts/stack.py down`)
   content  {content}    identity {identity}    gateway {gateway}/readyz {gateway}/metrics
-  worker   {urls["worker"]}/healthz    S3 {urls["s3"]} (bucket {stack.config.bucket})
+  worker   {urls["worker"]}/healthz    S3 {urls["s3"]} (bucket {stack.config.bucket}, SeaweedFS: signed requests only,
+           region auto, the key in {stack.config.run_dir}/s3-credentials.json)
   playground {content}/playground    (a token and a ready avatar: `make playground SUB=<you>`)
 
 curl session (needs jq; run it from the project root, where .run/auth-dev-secret is):

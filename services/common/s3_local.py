@@ -168,6 +168,8 @@ def weed_argv(
         # No web UI, WebDAV, Iceberg or Lance servers: nothing but S3 and what it stands on.
         # A PUT to a missing bucket is NoSuchBucket, as on R2 (weed would create it for an admin identity).
         "-s3.autoCreateBucket=false",
+        # No usage report to telemetry.seaweedfs.com (on by default): a test run phones nobody.
+        "-master.telemetry=false",
         "-admin.ui=false",
         "-webdav=false",
         "-s3.port.iceberg=0",

@@ -1,6 +1,6 @@
 """SigV4 for the two calls made once per generation (presign a GET, PUT an image), by botocore's own signer
 but without its client: the client's request pipeline cost more CPU than the rest of the gateway's upload
-(docs/benchmarks.md). Path-style URLs, as the client is configured for (R2, MinIO, moto)."""
+(docs/benchmarks.md). Path-style URLs, as the client is configured for (R2, SeaweedFS, MinIO)."""
 
 from __future__ import annotations
 

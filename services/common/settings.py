@@ -118,14 +118,14 @@ class BrokerSettings(BrokerDeliverySettings):
 
 
 class StorageSettings(SecretCheckedSettings):
-    """R2 (production) or any S3 endpoint (moto locally); the seed's env names."""
+    """R2 (production) or any S3 endpoint (SeaweedFS locally); the seed's env names."""
 
     r2_endpoint_url: str = Field(validation_alias="R2_ENDPOINT_URL")
     r2_access_key_id: SecretStr = Field(validation_alias="R2_ACCESS_KEY_ID")
     r2_secret_access_key: SecretStr = Field(validation_alias="R2_SECRET_ACCESS_KEY")
     r2_bucket_name: str = Field(validation_alias="R2_BUCKET_NAME", min_length=3)
     r2_public_url: str | None = Field(default=None, validation_alias="R2_PUBLIC_URL")
-    # R2 wants "auto"; moto and AWS need a real region such as us-east-1.
+    # R2 and the local SeaweedFS take "auto"; AWS needs a real region such as us-east-1.
     r2_region: str = Field(default="auto", validation_alias="R2_REGION")
 
 

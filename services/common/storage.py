@@ -55,7 +55,7 @@ class StorageConfig:
     access_key_id: str = field(repr=False)
     secret_access_key: str = field(repr=False)
     bucket: str
-    # R2 uses "auto"; moto and AWS need a real region such as us-east-1.
+    # R2 and the local SeaweedFS take "auto"; AWS needs a real region such as us-east-1.
     region: str = "auto"
     public_url: str | None = None
 

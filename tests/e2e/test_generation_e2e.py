@@ -168,7 +168,7 @@ async def test_a_put_to_the_old_upload_url_after_complete_changes_nothing_a_gene
 
     lora, late_put, generation = await asyncio.to_thread(drive)
 
-    # moto takes the late PUT (it checks no signature or expiry); R2 would too within the URL's lifetime.
+    # The store takes the late PUT (a valid URL, the signed length): R2 would too within the URL's lifetime.
     assert late_put == 200
     assert generation.status == "completed", generation.body
     assert lora.object_key == f"loras/sha256/{hashlib.sha256(lora_a).hexdigest()}.safetensors"

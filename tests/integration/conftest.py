@@ -1,7 +1,7 @@
 """Fixtures for integration tests: real RabbitMQ, PostgreSQL and an S3 endpoint, names unique per run.
 
 Service URLs come from TEST_RABBITMQ_URL / TEST_DATABASE_URL. With none given and a Docker engine answering
-(testcontainers is in the test extra), containers of compose's images are started, MinIO among them
+(testcontainers is in the test extra), containers of compose's images are started, SeaweedFS among them
 (tests/support/containers.py); otherwise the local services on 127.0.0.1 are used, and SeaweedFS as the S3 server.
 A service that does not answer fails the test with a clear message (TEST_SKIP_UNAVAILABLE=1 skips instead).
 """
@@ -143,9 +143,9 @@ async def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 @pytest.fixture(scope="session")
 def s3_service(_containers: ExitStack, _docker: bool) -> Iterator[containers.S3Service]:
-    """MinIO in a container when Docker answers, else SeaweedFS on free ports with a fresh key, for the session."""
+    """SeaweedFS with a fresh key for the session: in a container of compose's image when Docker answers, else local."""
     if _docker:
-        yield containers.minio(_containers)
+        yield containers.seaweedfs(_containers)
         return
     server = LocalS3Server("127.0.0.1", 0).start()
     try:

@@ -1,4 +1,4 @@
-"""The path for a developer with Docker: RabbitMQ, PostgreSQL and MinIO containers of the images compose runs,
+"""The path for a developer with Docker: RabbitMQ, PostgreSQL and SeaweedFS containers of the images compose runs,
 each answering as the services need. Here, with no Docker engine, these tests say so and do not run."""
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ async def test_postgresql_of_composes_image_answers(stack: ExitStack) -> None:
 
 
 @needs_docker
-async def test_minio_of_composes_image_stores_an_object(stack: ExitStack) -> None:
-    service = containers.minio(stack)
+async def test_seaweedfs_of_composes_image_stores_an_object(stack: ExitStack) -> None:
+    service = containers.seaweedfs(stack)
     store = ObjectStorage(
-        StorageConfig(service.url, service.access_key_id, service.secret_access_key, "vb-container-check", "us-east-1")
+        StorageConfig(service.url, service.access_key_id, service.secret_access_key, "vb-container-check", "auto")
     )
     try:
         await store.ensure_bucket()
@@ -58,4 +58,4 @@ async def test_minio_of_composes_image_stores_an_object(stack: ExitStack) -> Non
 def test_the_images_are_composes() -> None:
     assert containers.compose_image("rabbitmq").startswith("rabbitmq:")
     assert containers.compose_image("postgres").startswith("postgres:")
-    assert containers.compose_image("minio").startswith("minio/minio")
+    assert containers.compose_image("seaweedfs").startswith("chrislusf/seaweedfs:")

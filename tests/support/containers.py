@@ -1,5 +1,6 @@
-"""RabbitMQ, PostgreSQL and MinIO in containers (testcontainers), for a developer with a Docker engine and no service
-URLs: the images are the ones deploy/compose.yaml runs, so the tests meet what a deployment meets."""
+"""RabbitMQ, PostgreSQL and SeaweedFS's S3 in containers (testcontainers), for a developer with a Docker engine and no
+service URLs: the images (and SeaweedFS's command line) are the ones deploy/compose.yaml runs, so the tests meet what
+a deployment meets."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from typing import Any
 
 import yaml
 
+from services.common.s3_local import READY_TIMEOUT_SECONDS, LocalS3Error, S3Credentials, wait_until_serving
+
 COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "compose.yaml"
-MINIO_USER, MINIO_PASSWORD = "vixenbliss-tests", "vixenbliss-tests-secret"
+S3_SERVICE = "seaweedfs"
+S3_PORT = 9000
 
 
 @dataclass(frozen=True)
@@ -26,9 +30,19 @@ class S3Service:
 
 
 @cache
+def _compose_services() -> dict[str, Any]:
+    services: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]
+    return services
+
+
 def compose_image(service: str) -> str:
     """The image deploy/compose.yaml runs for `service`."""
-    return str(yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"][service]["image"])
+    return str(_compose_services()[service]["image"])
+
+
+def compose_command(service: str) -> list[str]:
+    """The command deploy/compose.yaml gives `service` (the arguments after the image's entrypoint)."""
+    return [str(argument) for argument in _compose_services()[service]["command"]]
 
 
 def docker_answers() -> bool:
@@ -64,11 +78,25 @@ def postgres(stack: ExitStack) -> str:
     return str(container.get_connection_url(driver="asyncpg"))
 
 
-def minio(stack: ExitStack) -> S3Service:
-    """A MinIO container for the session; its endpoint and root keys."""
-    module = _module("minio")
-    container: Any = stack.enter_context(
-        module.MinioContainer(compose_image("minio"), access_key=MINIO_USER, secret_key=MINIO_PASSWORD)
+def seaweedfs(stack: ExitStack) -> S3Service:
+    """A SeaweedFS container for the session, with compose's command and a fresh key; its endpoint and that key.
+
+    testcontainers has no SeaweedFS module: a plain container, ready once a signed request succeeds (weed's S3 port
+    opens before its filer answers), as the local server is waited for."""
+    core: Any = importlib.import_module("testcontainers.core.container")
+    credentials = S3Credentials.generate()
+    container: Any = (
+        core.DockerContainer(compose_image(S3_SERVICE))
+        .with_command(compose_command(S3_SERVICE))
+        .with_env("AWS_ACCESS_KEY_ID", credentials.access_key_id)
+        .with_env("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key)
+        .with_exposed_ports(S3_PORT)
     )
-    url = f"http://{container.get_container_host_ip()}:{container.get_exposed_port(9000)}"
-    return S3Service(url, MINIO_USER, MINIO_PASSWORD)
+    stack.enter_context(container)
+    url = f"http://{container.get_container_host_ip()}:{container.get_exposed_port(S3_PORT)}"
+    try:
+        wait_until_serving(url, credentials, timeout=READY_TIMEOUT_SECONDS)
+    except LocalS3Error as error:
+        logs = container.get_wrapped_container().logs(tail=20).decode(errors="replace")
+        raise LocalS3Error(f"{error}\n{logs}") from None
+    return S3Service(url, credentials.access_key_id, credentials.secret_access_key)

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from services.common.storage import ObjectStorage
 from services.identity.lora_files import upload_key
 
 
@@ -28,11 +29,23 @@ async def register(
     return dict(response.json())
 
 
-async def put_upload(url: str, data: bytes) -> None:
-    """PUT the bytes to a presigned upload URL, as a client would."""
+async def send_upload(url: str, data: bytes) -> httpx.Response:
+    """PUT the bytes to a presigned upload URL, as a client would; the store's answer."""
     async with httpx.AsyncClient() as s3:
-        response = await s3.put(url, content=data)
+        return await s3.put(url, content=data)
+
+
+async def put_upload(url: str, data: bytes) -> None:
+    """PUT the bytes to a presigned upload URL, as a client would, and see them stored."""
+    response = await send_upload(url, data)
     assert response.status_code == 200, response.text
+
+
+async def write_past_the_url(storage: ObjectStorage, registration: dict[str, Any], data: bytes) -> None:
+    """Put `data` at the registration's upload key with a URL signed for its own length: bytes of another size than
+    declared, as an uploader would leave them past a store that did not enforce the URL's signed length."""
+    url = await storage.presign_put(upload_key_of(registration), ttl_seconds=60, content_length=len(data))
+    await put_upload(url, data)
 
 
 async def uploaded(
@@ -41,14 +54,24 @@ async def uploaded(
     data: bytes,
     avatar_id: str | None = None,
     declared: int | None = None,
+    storage: ObjectStorage | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
-    """A registered version (of a new avatar unless one is given) whose bytes were PUT to the upload URL
-    (`declared`: the size registered, when a test lies about it; moto does not enforce the signed length)."""
+    """A registered version (of a new avatar unless one is given) whose bytes were PUT to the upload URL.
+
+    `declared`: the size registered, when a test lies about it. The URL signs that size and the store refuses a body
+    of another (403), so the bytes are then written past it with `storage` (write_past_the_url), for identity's own
+    check of the size to meet them."""
     avatar_id = avatar_id or (await new_avatar(identity, auth))["id"]
     registration = await register(identity, auth, avatar_id, len(data) if declared is None else declared, **fields)
-    await put_upload(registration["upload_url"], data)
     registration["upload_key"] = upload_key_of(registration)
+    if declared is None or declared == len(data):
+        await put_upload(registration["upload_url"], data)
+        return registration
+    assert storage is not None, "a declared size other than the data's needs `storage` to write the bytes past the URL"
+    refused = await send_upload(registration["upload_url"], data)
+    assert refused.status_code == 403, refused.text
+    await write_past_the_url(storage, registration, data)
     return registration
 
 

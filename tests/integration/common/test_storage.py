@@ -1,4 +1,4 @@
-"""Object storage against moto's S3 server: presigned PUT/GET, put/get, head with sha256."""
+"""Object storage against the local SeaweedFS: presigned PUT/GET, put/get, head with sha256."""
 
 from __future__ import annotations
 

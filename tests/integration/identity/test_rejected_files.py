@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+from xml.etree import ElementTree
 
 import httpx
 from aio_pika.abc import AbstractRobustConnection
@@ -16,7 +17,7 @@ from services.common.storage import ObjectStorage
 from services.identity.lora_files import immutable_key
 from tests.support.auth import bearer, new_owner
 from tests.support.bad_loras import ACCEPTED, CORPUS_BASE_MODEL, HostileLora
-from tests.support.identity_client import complete, uploaded
+from tests.support.identity_client import complete, new_avatar, register, send_upload, uploaded, write_past_the_url
 from tests.support.lora_headers import lora_file
 from tests.support.queues import drain_events
 from tests.support.service_fixtures import TEST_LORA_MAX_BYTES
@@ -35,9 +36,12 @@ async def test_every_hostile_file_gets_its_documented_outcome_and_a_refused_one_
     outcomes: dict[str, str] = {}
     ready: dict[str, str] = {}
     for case in hostile_corpus.values():
-        # Declared within the cap (else no upload URL is signed) and at least 1 byte; moto does not enforce it.
+        # Declared within the cap (else no upload URL is signed) and at least 1 byte. The store refuses a body of
+        # another length than the URL signs (the empty and the oversized files), so `uploaded` writes those past it.
         declared = max(1, min(len(case.data), TEST_LORA_MAX_BYTES))
-        registration = await uploaded(identity, auth, case.data, declared=declared, base_model=CORPUS_BASE_MODEL)
+        registration = await uploaded(
+            identity, auth, case.data, declared=declared, storage=storage, base_model=CORPUS_BASE_MODEL
+        )
         lora_id = registration["lora_id"]
 
         response = await complete(identity, auth, lora_id)
@@ -71,11 +75,19 @@ async def test_every_hostile_file_gets_its_documented_outcome_and_a_refused_one_
     assert sorted(str(p.lora_model_id) for _, p in events if isinstance(p, LoraReady)) == sorted(ready)
 
 
-async def test_a_file_of_another_size_than_declared_is_rejected(identity: httpx.AsyncClient) -> None:
+async def test_a_file_of_another_size_than_declared_is_refused_by_the_store_and_rejected_when_written_past_it(
+    identity: httpx.AsyncClient, storage: ObjectStorage
+) -> None:
     auth = bearer(new_owner())
     data = lora_file()
-    registration = await uploaded(identity, auth, data, declared=len(data) + 5)
+    avatar = await new_avatar(identity, auth)
+    registration = await register(identity, auth, avatar["id"], len(data) + 5)
 
+    refused = await send_upload(registration["upload_url"], data)
+    # The check at completion stays for bytes that got past the URL (a store that did not enforce its length).
+    await write_past_the_url(storage, registration, data)
     response = await complete(identity, auth, registration["lora_id"])
 
+    assert refused.status_code == 403, refused.text
+    assert ElementTree.fromstring(refused.content).findtext("Code") == "SignatureDoesNotMatch"
     assert response.json()["details"]["reason_code"] == "size_mismatch"

@@ -1,5 +1,6 @@
-"""The direct SigV4 signer against botocore: the presigned GET is the URL boto3's client makes, and what the PUT
-sends over httpx is exactly what was signed (moto checks no signature, so this is where a mistake would show)."""
+"""The direct SigV4 signer against botocore, byte for byte and with no server: the presigned GET is the URL boto3's
+client makes, and what the PUT sends over httpx is exactly what was signed (a server that checks signatures refuses
+what does not verify: tests/integration/common/test_s3_signing_real.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from services.common.s3_signing import BucketSigner
 from services.common.storage import ObjectStorage, StorageConfig, StorageRequestError
 
 ENDPOINT, BUCKET, REGION, ACCESS, SECRET = "https://acct.r2.example", "vb-images", "auto", "AKEXAMPLE", "s3cr3t"
+# botocore.auth reads its clock through get_current_datetime (naive UTC), imported into its own namespace: patched
+# there, both signers sign at this instant.
 AT = datetime.datetime(2026, 11, 26, 12, 0, 0)
 KEYS = ["outputs/0b1c.png", "loras/avatar 1/v+2 ü~x.safetensors", "a//b/c"]
 
@@ -43,6 +46,7 @@ def test_a_presigned_get_is_the_url_boto3_signs(key: str) -> None:
         )
         signed = BucketSigner(ENDPOINT, BUCKET, REGION, ACCESS, SECRET).presign_get(key, 900)
     assert signed == expected
+    assert "X-Amz-Date=20261126T120000Z" in signed  # the clock was pinned: not two calls that fell in one second
 
 
 @pytest.mark.parametrize("key", KEYS)

