@@ -56,11 +56,13 @@ def retry_rule(failure: GatewayFailure) -> tuple[str, RetryRule]:
     """Why an attempt failed (a short label for the record) and how it may be retried.
 
     A LoRA URL refused with 401/403 (expired or bad signature) is tried once more: each attempt signs a fresh
-    URL. A sha256 mismatch is not retried (the object's bytes stay what they are), nor a LoRA host's 404 or other
-    non-transient 4xx, nor a request the worker canceled, nor a call that outlived the gateway's patience: the
-    worker was told to stop itself before it (the request's `timeout_seconds`, a grace earlier) and did not answer,
-    so it may still be running, and a new attempt would run the generation twice (an async job given up on is
-    canceled; a sync call's closed connection stops the local worker). Otherwise the contract's advice."""
+    URL. An upload the store refused (a 4xx other than 408/425/429: a wrong key, a missing bucket) is not retried,
+    unlike a storage outage. A sha256 mismatch is not retried (the object's bytes stay what they are), nor a LoRA
+    host's 404 or other non-transient 4xx, nor a request the worker canceled, nor a call that outlived the
+    gateway's patience: the worker was told to stop itself before it (the request's `timeout_seconds`, a grace
+    earlier) and did not answer, so it may still be running, and a new attempt would run the generation twice (an
+    async job given up on is canceled; a sync call's closed connection stops the local worker). Otherwise the
+    contract's advice."""
     code, details = failure.code, failure.details
     if code is WorkerErrorCode.LORA_DOWNLOAD_FAILED:
         if details.get("reason") == LORA_SHA256_MISMATCH_REASON:
@@ -71,6 +73,17 @@ def retry_rule(failure: GatewayFailure) -> tuple[str, RetryRule]:
         if isinstance(http_status, int):
             transient = http_status >= 500 or http_status in _TRANSIENT_HTTP
             return f"lora_http_{http_status}", "retry" if transient else "never"
+    # A store that answered and refused (a wrong key: 403 SignatureDoesNotMatch or InvalidAccessKeyId; a missing
+    # bucket; a request past the clock skew it allows): trying again changes nothing. Its outages (unreachable, 5xx,
+    # 408/425/429) stay retried, over the upload window.
+    storage_status = details.get("http_status")
+    if (
+        code is GatewayErrorCode.STORAGE_FAILED
+        and isinstance(storage_status, int)
+        and storage_status < 500
+        and storage_status not in _TRANSIENT_HTTP
+    ):
+        return "storage_refused", "never"
     if code is WorkerErrorCode.GENERATION_FAILED and details.get("canceled") is True:
         return "canceled_on_worker", "never"
     if code is GatewayErrorCode.WORKER_UNAVAILABLE and details.get("reason") == "timeout":

@@ -33,6 +33,7 @@ from contracts.events import (
 )
 from contracts.object_keys import generation_image_key
 from contracts.worker import WorkerRequest, WorkerSuccess
+from services.common.storage import StorageRequestError
 from services.inference_gateway import metrics as m
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.images import PNG_CONTENT_TYPE, CheckedPng, InvalidImageError, decode_png
@@ -544,11 +545,16 @@ class GenerationService:
             await self._storage.put_bytes(generation_image_key(generation_id), png.data, PNG_CONTENT_TYPE)
         except Exception as error:
             self._log_storage_error("could not store the image", generation_id, error)
-            raise GatewayFailure(
-                GatewayErrorCode.STORAGE_FAILED,
-                "could not store the image",
-                {"object_key": generation_image_key(generation_id), "reason": type(error).__name__},
-            ) from None
+            details: dict[str, object] = {
+                "object_key": generation_image_key(generation_id),
+                "reason": type(error).__name__,
+            }
+            if isinstance(error, StorageRequestError):
+                # The store answered: its status decides whether trying again can help (retries.retry_rule).
+                details["http_status"] = error.status
+                if error.code:
+                    details["s3_code"] = error.code
+            raise GatewayFailure(GatewayErrorCode.STORAGE_FAILED, "could not store the image", details) from None
 
     def _log_storage_error(self, what: str, generation_id: str, error: Exception) -> None:
         # The cause stays out of the result event (it may name endpoints); the log keeps it, sanitized.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,10 +27,16 @@ rabbitmq_url = integration.rabbitmq_url
 
 @contextmanager
 def running_stack(
-    rabbitmq_url: str, pg_admin_url: str, model_dir: Path, run_dir: Path, extra_env: Mapping[str, str]
+    rabbitmq_url: str,
+    pg_admin_url: str,
+    model_dir: Path,
+    run_dir: Path,
+    extra_env: Mapping[str, str],
+    adjust: Callable[[StackConfig], StackConfig] | None = None,
 ) -> Iterator[LocalStack]:
     """S3, worker, identity, content and gateway as processes on fresh PostgreSQL databases and topology names,
-    with `extra_env` for every service; all removed after."""
+    with `extra_env` for every service; all removed after. `adjust` changes the config once its ports are chosen
+    (a service pointed through a proxy in front of another)."""
     prefix = f"e2e-{secrets.token_hex(4)}"
     databases = [asyncio.run(create_test_database(pg_admin_url, prefix="vb_e2e_")) for _ in range(2)]
     config = StackConfig(
@@ -43,7 +49,7 @@ def running_stack(
         model_dir=model_dir,
         extra_env=dict(extra_env),
     ).with_free_ports()
-    local = LocalStack(config)
+    local = LocalStack(adjust(config) if adjust else config)
     try:
         local.start()
         yield local

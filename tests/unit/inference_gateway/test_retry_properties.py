@@ -56,7 +56,8 @@ def test_a_retry_is_granted_only_for_a_retryable_cause(
     code: WorkerErrorCode | GatewayErrorCode, details: dict[str, object]
 ) -> None:
     # Guards: retrying what cannot succeed (a sha256 mismatch, a LoRA host's 404, a request the worker canceled:
-    # wasted GPU time and a late failure) and never retrying a bad signature once with a fresh URL.
+    # wasted GPU time and a late failure, an upload the store refused) and never retrying a bad signature once
+    # with a fresh URL.
     cause, rule = retry_rule(GatewayFailure(code, "failed", details))
     assert cause
     http_status = details.get("http_status")
@@ -68,6 +69,9 @@ def test_a_retry_is_granted_only_for_a_retryable_cause(
         assert (rule == "retry") == (http_status >= 500 or http_status in (408, 425, 429))
     elif code is WorkerErrorCode.GENERATION_FAILED and details.get("canceled") is True:
         assert rule == "never"
+    elif code is GatewayErrorCode.STORAGE_FAILED and isinstance(http_status, int):
+        # The store answered: a refusal (a wrong key's 403) is never retried, an outage (5xx, 408/425/429) is.
+        assert (rule == "retry") == (http_status >= 500 or http_status in (408, 425, 429))
     elif code is GatewayErrorCode.WORKER_UNAVAILABLE:
         # Retried past the attempts limit only when the worker surely did not run it (it was not reached).
         reason, status = details.get("reason"), details.get("status")
