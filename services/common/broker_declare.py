@@ -21,8 +21,8 @@ from aio_pika.exceptions import AMQPError
 from pydantic import Field, SecretStr
 
 from services.common.broker import connect, declarations, declare_topology_on, missing_declarations
-from services.common.runtime import TopologySettings, broker_topology
-from services.common.settings import BrokerDeliverySettings, load_settings
+from services.common.runtime import broker_topology
+from services.common.settings import BrokerDeliverySettings, TopologySettings, load_settings
 
 
 class DeclareStepSettings(BrokerDeliverySettings, TopologySettings):

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import MetaData, event, make_url
@@ -164,3 +165,10 @@ async def drop_test_database(admin_url: str | URL, database_url: str | URL) -> N
             await connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await engine.dispose()
+
+
+def prepare_sqlite_file(url: str) -> None:
+    """Create the folder of a SQLite database file (the embedded default lives under .run/)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

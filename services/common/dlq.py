@@ -39,8 +39,8 @@ from services.common.consumer import (
     ROUTING_KEY_HEADER,
     copy_message,
 )
-from services.common.runtime import TopologySettings, broker_topology
-from services.common.settings import BrokerSettings, load_settings
+from services.common.runtime import broker_topology
+from services.common.settings import BrokerSettings, TopologySettings, load_settings
 
 REPLAYS_HEADER = "x-vixen-replays"
 # What a replayed copy drops: our retry and death bookkeeping, and the broker's dead-lettering history.

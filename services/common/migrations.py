@@ -22,14 +22,13 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from pydantic import AliasChoices, Field
 from sqlalchemy import MetaData, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import TypeDecorator
 
-from services.common.db import create_engine
+from services.common.db import create_engine, prepare_sqlite_file
 
 MigrationAction = Literal["upgrade", "downgrade"]
 
@@ -104,12 +103,6 @@ class RevisionChange:
 
 class DatabaseNotAtHeadError(RuntimeError):
     """The database is not at the head revision and the service was told not to upgrade it."""
-
-
-def migrate_on_start_field(service: str) -> Any:
-    """A `migrate_on_start` field read from `<SERVICE>_MIGRATE_ON_START`, else `DB_MIGRATE_ON_START`, else true."""
-    specific = f"{service.upper().replace('-', '_')}_MIGRATE_ON_START"
-    return Field(default=True, validation_alias=AliasChoices(specific, "DB_MIGRATE_ON_START"))
 
 
 def run_migrations_in_env() -> None:
@@ -263,8 +256,6 @@ def migrate_command(
 
 async def _migrate_url(url: str, migrations: MigrationSet) -> RevisionChange:
     # Imported here: runtime imports this module for open_database.
-    from services.common.runtime import prepare_sqlite_file
-
     prepare_sqlite_file(url)
     engine = create_engine(url)
     try:

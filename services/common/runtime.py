@@ -7,37 +7,26 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from aio_pika.abc import AbstractRobustConnection
-from pydantic import Field
-from sqlalchemy import MetaData, make_url
+from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts.topology import Topology, topology
 from services.common import telemetry
 from services.common.broker import Publisher, check_topology_on, connect, declare_topology_on
 from services.common.consumer import Consumer
-from services.common.db import PoolLimits, create_all, create_engine, create_session_factory
+from services.common.db import PoolLimits, create_all, create_engine, create_session_factory, prepare_sqlite_file
 from services.common.migrations import MigrationSet, check_at_head, migrate_to_head
 from services.common.outbox import OutboxRelay
 from services.common.settings import (
     BrokerDeliverySettings,
     DatabasePoolSettings,
-    SecretCheckedSettings,
     load_settings,
 )
 
 log = logging.getLogger(__name__)
-
-
-class TopologySettings(SecretCheckedSettings):
-    """The prefix of every exchange and queue name (empty in production; unique per test run)."""
-
-    topology_prefix: str = Field(
-        default="", validation_alias="VIXEN_TOPOLOGY_PREFIX", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$"
-    )
 
 
 @dataclass(frozen=True)
@@ -55,13 +44,6 @@ class BrokerRuntime:
     connection: AbstractRobustConnection
     topology: Topology
     publisher: Publisher
-
-
-def prepare_sqlite_file(url: str) -> None:
-    """Create the folder of a SQLite database file (the embedded default lives under .run/)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 @contextlib.asynccontextmanager

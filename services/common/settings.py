@@ -257,3 +257,17 @@ def load_settings(model: type[S], **overrides: Any) -> S:
     except ValidationError as error:
         print(describe_validation_error(model, error), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def migrate_on_start_field(service: str) -> Any:
+    """A `migrate_on_start` field read from `<SERVICE>_MIGRATE_ON_START`, else `DB_MIGRATE_ON_START`, else true."""
+    specific = f"{service.upper().replace('-', '_')}_MIGRATE_ON_START"
+    return Field(default=True, validation_alias=AliasChoices(specific, "DB_MIGRATE_ON_START"))
+
+
+class TopologySettings(SecretCheckedSettings):
+    """The prefix of every exchange and queue name (empty in production; unique per test run)."""
+
+    topology_prefix: str = Field(
+        default="", validation_alias="VIXEN_TOPOLOGY_PREFIX", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$"
+    )

@@ -11,9 +11,7 @@ from services.common.auth import AuthSettings, auth_secret_values
 from services.common.auth.settings import short_secret_reason
 from services.common.cors import parse_origins
 from services.common.edge import EdgeSettings
-from services.common.migrations import migrate_on_start_field
 from services.common.retention import RetentionSettings
-from services.common.runtime import TopologySettings
 from services.common.settings import (
     BrokerSettings,
     DatabasePoolSettings,
@@ -21,8 +19,10 @@ from services.common.settings import (
     LoggingSettings,
     SecretCheckedSettings,
     StorageSettings,
+    TopologySettings,
     connection_url_secrets,
     database_url_field,
+    migrate_on_start_field,
 )
 
 DEFAULT_PORT = 8000

@@ -10,16 +10,16 @@ from pydantic_settings import NoDecode
 from contracts.lora_targets import KNOWN_BASE_MODELS
 from services.common.auth import AuthSettings, auth_secret_values
 from services.common.edge import EdgeSettings
-from services.common.migrations import migrate_on_start_field
 from services.common.retention import RetentionSettings
-from services.common.runtime import TopologySettings
 from services.common.settings import (
     BrokerSettings,
     DatabasePoolSettings,
     LoggingSettings,
     StorageSettings,
+    TopologySettings,
     connection_url_secrets,
     database_url_field,
+    migrate_on_start_field,
 )
 from services.identity.quotas import (
     DEFAULT_MAX_AVATARS,

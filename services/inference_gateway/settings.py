@@ -9,16 +9,16 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
 from services.common.edge import EdgeSettings
-from services.common.migrations import migrate_on_start_field
-from services.common.runtime import TopologySettings
 from services.common.settings import (
     BrokerSettings,
     DatabasePoolSettings,
     GenerationBudgetSettings,
     LoggingSettings,
     StorageSettings,
+    TopologySettings,
     connection_url_secrets,
     database_url_field,
+    migrate_on_start_field,
 )
 
 # The local worker (gpu.server) serves the sync contract on /generate and async jobs on /jobs.

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, model_validator
 
-from services.common.runtime import TopologySettings
-from services.common.settings import BrokerSettings, StorageSettings, connection_url_secrets
+from services.common.settings import BrokerSettings, StorageSettings, TopologySettings, connection_url_secrets
 
 
 class SmokeSettings(BrokerSettings, StorageSettings, TopologySettings):

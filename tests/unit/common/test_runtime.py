@@ -9,7 +9,9 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import Column, Integer, MetaData, Table, insert, select
 
-from services.common.runtime import TopologySettings, open_database, prepare_sqlite_file
+from services.common.db import prepare_sqlite_file
+from services.common.runtime import open_database
+from services.common.settings import TopologySettings
 from services.common.sqltypes import UtcDateTime
 
 
