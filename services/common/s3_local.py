@@ -231,6 +231,16 @@ def wait_until_serving(
     )
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL when the process that started it ends, however it ends."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class LocalS3Server:
     """A SeaweedFS S3 endpoint in a folder of its own (tests: one per session, port 0 picks a free one)."""
 
@@ -270,9 +280,15 @@ class LocalS3Server:
             side_ports=free_side_ports(self.host, exclude=[self.port]),
         )
         self._log = (self._folder / "weed.log").open("wb")
-        # Its own session: a signal meant for the test run does not reach it, and stop() reaches all of it.
+        # Its own session: a signal meant for the test run does not reach it, and stop() reaches all of it; and it
+        # dies with this process (a test run killed before its finalizers would leave it serving otherwise).
         self._process = subprocess.Popen(  # noqa: S603 - our own binary, arguments we built
-            argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # only prctl, before exec
         )
         try:
             self._wait_ready(timeout)
