@@ -29,13 +29,13 @@ from services.common.outbox import OutboxRelay
 from services.common.runtime import open_broker, open_database, running_consumers, running_relay
 from services.common.storage import ObjectStorage, StorageConfig
 from services.inference_gateway.consumers import generation_canceled_handler, generation_requested_handler
-from services.inference_gateway.jobs import JobStore
+from services.inference_gateway.jobs import JobEvents, JobStore
 from services.inference_gateway.metrics import SERVICE_NAME, Metrics
 from services.inference_gateway.migrations import MIGRATIONS
 from services.inference_gateway.models import Base, outbox_table
 from services.inference_gateway.providers import worker_clients
 from services.inference_gateway.retries import RetryPolicy
-from services.inference_gateway.runner import JobEvents, JobRunner
+from services.inference_gateway.runner import JobRunner
 from services.inference_gateway.service import GenerationService
 from services.inference_gateway.settings import GatewaySettings
 

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from contracts.errors import GatewayErrorCode
 from contracts.worker import JobSubmitted, WorkerError, WorkerRequest, WorkerSuccess
 from services.inference_gateway.errors import GatewayFailure
+from services.inference_gateway.retries import poll_given_up
 from services.inference_gateway.settings import CALL_ID_PLACEHOLDER
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 CONNECT_TIMEOUT_SECONDS = 10.0
 # Statuses that mean "try again later" even without a contract body.
 _TRANSIENT_4XX = {408, 425, 429}
-# Poll errors in a row (connection refused, 5xx) before a job counts as lost.
-MAX_POLL_FAILURES = 3
 # How long a cancel (and waiting for a submit's call id in order to cancel it) may hold up a cancelled call.
 CANCEL_TIMEOUT_SECONDS = 10.0
 # Redirects other than a same-origin GET (to another origin, or keeping a POST): a few at most.
@@ -272,8 +271,8 @@ class ModalWorkerClient:
 
     async def _poll(self, call_id: str, give_up_at: float, timeout_seconds: float) -> WorkerSuccess:
         """Poll a job until it ends: the first poll at once, each held by the worker up to `poll_wait_seconds`.
-        Failed polls are waited out for `poll_outage_seconds` (at least MAX_POLL_FAILURES of them): the job
-        exists, and submitting again would run it twice."""
+        Failed polls are waited out while retries.poll_given_up allows (`poll_outage_seconds`): the job exists, and
+        submitting again would run it twice."""
         assert self._config.result_url
         url = result_url(self._config.result_url, call_id)
         failures = 0
@@ -310,7 +309,7 @@ class ModalWorkerClient:
             failures += 1
             failing_since = self._clock() if failing_since is None else failing_since
             outage = self._clock() - failing_since
-            if failures >= MAX_POLL_FAILURES and outage >= self._config.poll_outage_seconds:
+            if poll_given_up(failures, outage, self._config.poll_outage_seconds):
                 # Marked as a call that may have run: a new attempt stays within the attempts limit.
                 raise unavailable(
                     f"polls of the worker job failed for {outage:.0f}s",

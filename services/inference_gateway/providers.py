@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import httpx
 
+from services.inference_gateway.ports import WorkerClient
 from services.inference_gateway.provider import ModalWorkerClient, ProviderConfig, auth_headers
-from services.inference_gateway.service import WorkerClient
 from services.inference_gateway.settings import GatewaySettings, derive_async_urls, derive_cancel_url
 
 WorkerClients = tuple[WorkerClient, WorkerClient | None]

@@ -15,16 +15,14 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Literal, Protocol
 
 from pydantic import ValidationError
 
 from contracts.budget import GenerationBudget, budget_refusal
 from contracts.errors import GatewayErrorCode, WorkerErrorCode
 from contracts.events import (
-    EventPayload,
     GenerationCompleted,
     GenerationFailed,
     GenerationRequested,
@@ -37,13 +35,22 @@ from services.common.storage import StorageRequestError
 from services.inference_gateway import metrics as m
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.images import PNG_CONTENT_TYPE, CheckedPng, InvalidImageError, decode_png
+from services.inference_gateway.ports import (
+    CallRecorder,
+    ObjectStore,
+    OnCall,
+    ResultPublisher,
+    Resumption,
+    WorkerCall,
+    WorkerClient,
+)
 from services.inference_gateway.retries import (
+    AttemptHistory,
     AttemptRecord,
+    RetryLimits,
     RetryPolicy,
-    RetryRule,
-    RetryWindow,
-    backoff_delay,
-    retry_rule,
+    decide_retry,
+    is_retried,
 )
 from services.inference_gateway.sanitize import sanitize_details, sanitize_text
 
@@ -51,76 +58,9 @@ log = logging.getLogger(__name__)
 
 # The worker gets the time left until the deadline; the HTTP call waits this much longer for its answer.
 RESPONSE_GRACE_SECONDS = 15.0
-# The longest wait between two uploads of an image whose storage is down.
-UPLOAD_BACKOFF_MAX_SECONDS = 30.0
-# Past the attempts limit, an unreachable worker is tried again every 1, 2, 4, 8, 10, 10 … s: a restarted worker is
-# found within about 10 s of being back.
-UNREACHABLE_BACKOFF_MAX_SECONDS = 10.0
 # How many recently canceled generation ids the gateway remembers (oldest forgotten first).
 CANCELED_MEMORY = 10_000
 DEFAULT_BUDGET = GenerationBudget()
-
-
-OnCall = Callable[[str], Awaitable[None]]
-
-
-class WorkerClient(Protocol):
-    """Runs one attempt on the worker (provider.ModalWorkerClient)."""
-
-    @property
-    def mode(self) -> Literal["sync", "async"]: ...
-
-    async def generate(
-        self, request: WorkerRequest, timeout_seconds: float, *, on_call: OnCall | None = None
-    ) -> WorkerSuccess:
-        """One attempt; in async mode `on_call` gets the worker's call id as soon as the job is submitted."""
-        ...
-
-    async def resume(self, call_id: str, timeout_seconds: float) -> WorkerSuccess:
-        """The result of a job submitted earlier (async mode), polled again without submitting anything."""
-        ...
-
-    def keep_jobs_on_cancel(self) -> None:
-        """From now on a cancelled call leaves its async job running (shutdown: the job is resumed later)."""
-        ...
-
-
-@dataclass(frozen=True)
-class WorkerCall:
-    """An async worker call: its id and the endpoint that holds it ("primary" or "fallback")."""
-
-    call_id: str
-    endpoint: str
-
-
-class CallRecorder(Protocol):
-    """Keeps the worker call of a generation's current attempt (jobs.JobStore via runner.JobEvents)."""
-
-    async def record_call(self, generation_id: str, call: WorkerCall) -> None: ...
-
-
-@dataclass(frozen=True)
-class Resumption:
-    """Where a generation taken over from a stopped runner was left: attempts it had started, and the worker
-    call its last attempt made (async mode), whose result is polled again instead of submitting a second run."""
-
-    attempts: int
-    call: WorkerCall | None = None
-    call_started_at: datetime | None = None
-
-
-class ObjectStore(Protocol):
-    """The bucket (services.common.storage.ObjectStorage)."""
-
-    async def presign_get(self, key: str, ttl_seconds: int) -> str: ...
-
-    async def put_bytes(self, key: str, data: bytes, content_type: str = ...) -> object: ...
-
-
-class ResultPublisher(Protocol):
-    """Publishes one event and returns once the broker confirmed it."""
-
-    async def publish(self, payload: EventPayload, *, generation_id: str, traceparent: str | None) -> None: ...
 
 
 def worker_request_for(request: GenerationRequested, lora_url: str | None, budget: float) -> WorkerRequest:
@@ -200,6 +140,7 @@ class GenerationService:
         self._storage = storage
         self._events = events
         self._policy = policy
+        self._limits = RetryLimits(policy, upload_retry_seconds, worker_retry_seconds)
         self._lora_url_ttl = lora_url_ttl_seconds
         self._worker_timeout = worker_timeout_seconds
         self._metrics = metrics
@@ -310,14 +251,10 @@ class GenerationService:
         attempt = resume.attempts if resume else 0
         # A worker call left by a stopped runner: its result is awaited as the current attempt's.
         pending = resume.call if resume else None
-        limit = self._policy.max_attempts
         worker = self._worker
-        records: list[AttemptRecord] = []
+        history = AttemptHistory(limit=self._policy.max_attempts)
         png: CheckedPng | None = None
         success: WorkerSuccess | None = None
-        # Since when the upload of the image made (and kept) has been failing; since when the worker is unreachable.
-        upload_failing_since: datetime | None = None
-        unreachable_since: datetime | None = None
         # When the attempt that made the image began (sent with the result: a consumer that applies the result
         # before generation.started still learns when the generation started running).
         started_at: datetime | None = None
@@ -330,6 +267,7 @@ class GenerationService:
                     call, pending = pending, None
                     if call.endpoint == "fallback" and self._fallback is not None:
                         worker = self._fallback
+                        history = replace(history, on_fallback=True)
                     started_at = resume.call_started_at or self._clock()
                     success, png = await self._generate(request, worker, attempt, traceparent, resumed=call)
                 elif png is None or success is None:
@@ -338,107 +276,44 @@ class GenerationService:
                     success, png = await self._generate(request, worker, attempt, traceparent)
                 await self._store(generation_id, png)
             except GatewayFailure as failure:
-                cause, rule = retry_rule(failure)
-                records.append(AttemptRecord(attempt, failure.code, cause, worker is not self._worker))
-                if failure.code is GatewayErrorCode.STORAGE_FAILED and png is not None and upload_failing_since is None:
-                    upload_failing_since = self._clock()
-                if rule == "retry_while_unreachable" and unreachable_since is None:
-                    unreachable_since = self._clock()
-                delay: float | None
-                if self._fallback_takes(failure, worker, request.deadline):
+                decision = decide_retry(
+                    failure,
+                    attempt,
+                    history,
+                    limits=self._limits,
+                    image_kept=png is not None,
+                    fallback_available=self._fallback is not None,
+                    deadline=request.deadline,
+                    now=self._clock(),
+                    rand=self._rand,
+                )
+                history = decision.history
+                if decision.stopped_by is not None:
+                    failure.details.setdefault("stopped_by", decision.stopped_by)
+                if decision.to_fallback:
                     assert self._fallback is not None
-                    # One more attempt, on the larger GPU, whatever the attempts left; at once (another machine).
-                    worker, limit, delay = self._fallback, max(limit, attempt + 1), 0.0
+                    worker = self._fallback
                     self._metrics.inc(m.FALLBACKS)
                     log.warning(
                         "generation %s attempt %d: CUDA_OOM; next attempt on the fallback", generation_id, attempt
                     )
-                else:
-                    window = self._retry_window(failure, rule, upload_failing_since, unreachable_since)
-                    delay = self._retry_delay(failure, rule, attempt, records, limit, request.deadline, window)
-                if delay is None:
+                if decision.delay is None:
                     return await self._fail(
-                        request, failure, attempts=attempt, traceparent=traceparent, records=records
+                        request, failure, attempts=attempt, traceparent=traceparent, records=history.records
                     )
                 log.warning(
                     "generation %s attempt %d failed with %s (%s: %s); retrying in %.2fs",
                     generation_id,
                     attempt,
                     failure.code.value,
-                    cause,
+                    decision.cause,
                     sanitize_text(failure.message, self._secrets),
-                    delay,
+                    decision.delay,
                 )
-                self._metrics.inc(m.RETRIES, cause=cause)
-                await self._sleep(delay)
+                self._metrics.inc(m.RETRIES, cause=decision.cause)
+                await self._sleep(decision.delay)
                 continue
             return await self._complete(request, success, png, attempt, traceparent, started_at)
-
-    def _fallback_takes(self, failure: GatewayFailure, worker: WorkerClient, deadline: datetime) -> bool:
-        """Whether the next attempt goes to the fallback endpoint: after a CUDA_OOM on the primary, time left."""
-        return (
-            self._fallback is not None
-            and worker is self._worker
-            and failure.code is WorkerErrorCode.CUDA_OOM
-            and self._clock() < deadline
-        )
-
-    def _retry_window(
-        self,
-        failure: GatewayFailure,
-        rule: RetryRule,
-        upload_failing_since: datetime | None,
-        unreachable_since: datetime | None,
-    ) -> RetryWindow | None:
-        """The window in which this failure is retried past the attempts limit, if it has one."""
-        if upload_failing_since is not None and failure.code is GatewayErrorCode.STORAGE_FAILED:
-            return RetryWindow(upload_failing_since, self._upload_retry, UPLOAD_BACKOFF_MAX_SECONDS, "upload")
-        if rule == "retry_while_unreachable" and unreachable_since is not None:
-            return RetryWindow(unreachable_since, self._worker_retry, UNREACHABLE_BACKOFF_MAX_SECONDS, "worker")
-        return None
-
-    def _retry_delay(
-        self,
-        failure: GatewayFailure,
-        rule: RetryRule,
-        attempt: int,
-        records: Sequence[AttemptRecord],
-        limit: int,
-        deadline: datetime,
-        window: RetryWindow | None = None,
-    ) -> float | None:
-        """Seconds to wait before the next attempt, or None when this failure is final (`stopped_by` says why).
-
-        Past `limit`, a failure with a retry `window` (an upload of a kept image, an unreachable worker) is retried
-        while it has been failing for less than the window's length, with its own backoff (1, 2, 4 … s up to the
-        window's cap): the GPU work is done and only the storage has to come back, or the worker is restarting."""
-        if failure.details.get("stopped_by") == "deadline":
-            return None  # the call used the time left until the deadline
-        if rule == "never":
-            failure.details.setdefault("stopped_by", "not_retryable")
-            return None
-        if rule == "fresh_url_once" and sum(r.cause == records[-1].cause for r in records) > 1:
-            failure.details.setdefault("stopped_by", "refused_again_with_a_fresh_url")
-            return None
-        if window is not None and attempt >= limit:
-            failing_for = (self._clock() - window.since).total_seconds()
-            beyond = attempt - limit  # attempts past the limit so far
-            delay = min(window.backoff_max_seconds, 2.0**beyond) * (0.5 + self._rand() / 2)
-            if failing_for + delay > window.seconds:
-                failure.details.setdefault(
-                    "stopped_by", f"{window.name}_retry_window" if window.seconds else "max_attempts"
-                )
-                return None
-        elif attempt >= limit:
-            failure.details.setdefault("stopped_by", "max_attempts")
-            return None
-        else:
-            delay = backoff_delay(attempt, self._policy, self._rand)
-        left = (deadline - self._clock()).total_seconds()
-        if delay >= left:
-            failure.details.setdefault("stopped_by", "deadline")
-            return None
-        return delay
 
     async def _generate(
         self,
@@ -620,7 +495,7 @@ class GenerationService:
             error_code=failure.code.value,
             error=sanitize_text(failure.message, self._secrets) or failure.code.value,
             details=sanitize_details(details, self._secrets),
-            retryable=retry_rule(failure)[1] in ("retry", "retry_while_unreachable"),
+            retryable=is_retried(failure),
             attempts=attempts,
         )
         await self._events.publish(failed, generation_id=request.generation_id, traceparent=traceparent)

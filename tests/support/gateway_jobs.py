@@ -14,13 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db import create_engine, create_session_factory
 from services.common.migrations import migrate_to_head
-from services.inference_gateway.jobs import JobStore
+from services.inference_gateway.jobs import JobEvents, JobStore
 from services.inference_gateway.metrics import Metrics
 from services.inference_gateway.migrations import MIGRATIONS
 from services.inference_gateway.models import outbox_table
+from services.inference_gateway.ports import WorkerClient
 from services.inference_gateway.retries import RetryPolicy
-from services.inference_gateway.runner import JobEvents, JobRunner
-from services.inference_gateway.service import GenerationService, WorkerClient
+from services.inference_gateway.runner import JobRunner
+from services.inference_gateway.service import GenerationService
 from tests.support.gateway_fakes import FakeStorage
 
 W = TypeVar("W", bound=WorkerClient)
