@@ -33,8 +33,9 @@ from services.inference_gateway.jobs import JobEvents, JobStore
 from services.inference_gateway.metrics import SERVICE_NAME, Metrics
 from services.inference_gateway.migrations import MIGRATIONS
 from services.inference_gateway.models import Base, outbox_table
+from services.inference_gateway.ports import GatewayPorts, GenerationConfig
 from services.inference_gateway.providers import worker_clients
-from services.inference_gateway.retries import RetryPolicy
+from services.inference_gateway.retries import RetryLimits, RetryPolicy
 from services.inference_gateway.runner import JobRunner
 from services.inference_gateway.service import GenerationService
 from services.inference_gateway.settings import GatewaySettings
@@ -57,6 +58,26 @@ class GatewayRuntime:
     metrics: Metrics
     jobs: JobStore
     runner: JobRunner
+
+
+def generation_config(settings: GatewaySettings) -> GenerationConfig:
+    """The bounds on one generation, from the GATEWAY_*, MODAL_TIMEOUT_SECONDS, LORA_URL_TTL_SECONDS and budget
+    settings."""
+    return GenerationConfig(
+        limits=RetryLimits(
+            RetryPolicy(
+                max_attempts=settings.gateway_max_attempts,
+                backoff_base_seconds=settings.gateway_backoff_base_seconds,
+                backoff_max_seconds=settings.gateway_backoff_max_seconds,
+            ),
+            upload_retry_seconds=settings.gateway_upload_retry_seconds,
+            worker_retry_seconds=settings.gateway_worker_retry_seconds,
+        ),
+        lora_url_ttl_seconds=settings.lora_url_ttl_seconds,
+        worker_timeout_seconds=settings.modal_timeout_seconds,
+        budget=settings.generation_budget(),
+        secrets=tuple(settings.secret_values()),
+    )
 
 
 def runner_name() -> str:
@@ -98,23 +119,9 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
             )
             events = JobEvents(jobs)
             service = GenerationService(
-                worker,
-                storage,
-                events,
-                policy=RetryPolicy(
-                    max_attempts=settings.gateway_max_attempts,
-                    backoff_base_seconds=settings.gateway_backoff_base_seconds,
-                    backoff_max_seconds=settings.gateway_backoff_max_seconds,
-                ),
-                lora_url_ttl_seconds=settings.lora_url_ttl_seconds,
-                worker_timeout_seconds=settings.modal_timeout_seconds,
-                metrics=metrics,
-                secrets=settings.secret_values(),
-                fallback=fallback,
-                calls=events,
-                upload_retry_seconds=settings.gateway_upload_retry_seconds,
-                worker_retry_seconds=settings.gateway_worker_retry_seconds,
-                budget=settings.generation_budget(),
+                GatewayPorts(worker, storage, events, fallback=fallback, calls=events),
+                generation_config(settings),
+                metrics,
             )
             runner = JobRunner(
                 jobs,

@@ -1,15 +1,22 @@
-"""The ports of the gateway's use case: what it calls (worker, bucket, result publisher, call recorder) and the
-small records it hands across them (a worker call, where a resumed generation was left)."""
+"""The ports of the gateway's use case: what it calls (worker, bucket, publisher, call recorder, time), the records it
+hands across them (a worker call, where a resumed generation was left) and the bounds it runs under."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal, Protocol
 
+from contracts.budget import GenerationBudget
 from contracts.events import EventPayload
 from contracts.worker import WorkerRequest, WorkerSuccess
+from services.inference_gateway.retries import RetryLimits
+
+# How many recently canceled generation ids the gateway remembers (oldest forgotten first; cancels.py).
+CANCELED_MEMORY = 10_000
 
 OnCall = Callable[[str], Awaitable[None]]
 
@@ -86,3 +93,35 @@ class GatewayPorts:
     events: ResultPublisher
     fallback: WorkerClient | None = None
     calls: CallRecorder | None = None
+
+
+def utc_now() -> datetime:
+    """The wall clock, aware (deadlines are compared with it)."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where the use case reads the time, sleeps between attempts and draws its jitter (fakes in tests)."""
+
+    clock: Callable[[], datetime] = utc_now
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rand: Callable[[], float] = random.random
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """The deployment's bounds on one generation.
+
+    `limits`: attempts, backoff and the retry windows (retries.RetryLimits). `lora_url_ttl_seconds`: how long each
+    presigned LoRA URL lives. `worker_timeout_seconds`: the longest one worker call may take (the deadline may cut it
+    shorter). `budget`: content's bounds on a generation (contracts.budget): a request over them is failed with
+    INVALID_REQUEST without calling the worker, whoever published it. `secrets`: what logs and result events never
+    show. `canceled_memory`: how many canceled ids are remembered (cancels.CancelMemory)."""
+
+    limits: RetryLimits
+    lora_url_ttl_seconds: int
+    worker_timeout_seconds: float
+    budget: GenerationBudget = field(default_factory=GenerationBudget)
+    secrets: Sequence[str] = ()
+    canceled_memory: int = CANCELED_MEMORY

@@ -10,10 +10,11 @@ import pytest
 
 from contracts.events import GenerationCompleted
 from contracts.worker import WorkerRequest, WorkerSuccess
-from services.inference_gateway import provider, service
+from services.inference_gateway import provider, results
 from services.inference_gateway.metrics import Metrics
+from services.inference_gateway.ports import GatewayPorts, GenerationConfig, Timing
 from services.inference_gateway.provider import ModalWorkerClient, ProviderConfig
-from services.inference_gateway.retries import RetryPolicy
+from services.inference_gateway.retries import RetryLimits, RetryPolicy
 from services.inference_gateway.service import GenerationService
 from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, gid, requested, success
 
@@ -34,18 +35,17 @@ def record_thread(monkeypatch: pytest.MonkeyPatch, module: object, name: str) ->
 
 
 async def test_the_png_is_decoded_and_checked_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    threads = record_thread(monkeypatch, service, "decode_png")
+    threads = record_thread(monkeypatch, results, "decode_png")
     clock = FakeClock()
     gateway = GenerationService(
-        FakeWorker(success()),
-        FakeStorage(),
-        RecordingPublisher(),
-        policy=RetryPolicy(max_attempts=1, backoff_base_seconds=0.0, backoff_max_seconds=0.0),
-        lora_url_ttl_seconds=300,
-        worker_timeout_seconds=60.0,
-        metrics=Metrics(),
-        clock=clock,
-        sleep=clock.sleep,
+        GatewayPorts(FakeWorker(success()), FakeStorage(), RecordingPublisher()),
+        GenerationConfig(
+            RetryLimits(RetryPolicy(max_attempts=1, backoff_base_seconds=0.0, backoff_max_seconds=0.0)),
+            lora_url_ttl_seconds=300,
+            worker_timeout_seconds=60.0,
+        ),
+        Metrics(),
+        Timing(clock=clock, sleep=clock.sleep),
     )
 
     result = await gateway.handle(requested())
