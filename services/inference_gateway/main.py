@@ -1,4 +1,4 @@
-"""Assembly of the gateway: settings → job database, broker, storage, provider client, service, job runner, outbox
+"""Assembly of the gateway: settings → job database, broker, storage, worker clients, service, job runner, outbox
 relay, consumers, HTTP app."""
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from services.inference_gateway.metrics import SERVICE_NAME, Metrics
 from services.inference_gateway.migrations import MIGRATIONS
 from services.inference_gateway.models import Base, outbox_table
 from services.inference_gateway.ports import GatewayPorts, GenerationConfig
-from services.inference_gateway.providers import worker_clients
 from services.inference_gateway.retries import RetryLimits, RetryPolicy
 from services.inference_gateway.runner import JobRunner
 from services.inference_gateway.service import GenerationService
 from services.inference_gateway.settings import GatewaySettings
+from services.inference_gateway.worker_client.endpoints import worker_clients
 
 log = logging.getLogger("services.inference_gateway")
 
@@ -91,7 +91,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
     let running jobs finish briefly (the rest are released for the next gateway), and close it all."""
     metrics = Metrics(ServiceMetrics(SERVICE_NAME))
     storage = ObjectStorage(StorageConfig.from_settings(settings))
-    # Modal answers a web call longer than 150 s with a 303 to the result: the provider follows it itself,
+    # Modal answers a web call longer than 150 s with a 303 to the result: the worker client follows it itself,
     # keeping the credentials to the worker's own origin.
     http = httpx.AsyncClient(follow_redirects=False)
     # Each worker call gets a client span, and the worker continues the trace from its traceparent.

@@ -10,12 +10,13 @@ import pytest
 
 from contracts.events import GenerationCompleted
 from contracts.worker import WorkerRequest, WorkerSuccess
-from services.inference_gateway import provider, results
+from services.inference_gateway import results
 from services.inference_gateway.metrics import Metrics
 from services.inference_gateway.ports import GatewayPorts, GenerationConfig, Timing
-from services.inference_gateway.provider import ModalWorkerClient, ProviderConfig
 from services.inference_gateway.retries import RetryLimits, RetryPolicy
 from services.inference_gateway.service import GenerationService
+from services.inference_gateway.worker_client import http as worker_http
+from services.inference_gateway.worker_client.http import ModalWorkerClient, ProviderConfig
 from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, gid, requested, success
 
 REQUEST = WorkerRequest(prompt="a portrait", width=64, height=64, steps=2, request_id=gid("gen-1"))
@@ -56,7 +57,7 @@ async def test_the_png_is_decoded_and_checked_off_the_event_loop(monkeypatch: py
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_the_worker_answer_is_parsed_off_the_event_loop(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    threads = record_thread(monkeypatch, provider, "outcome_of")
+    threads = record_thread(monkeypatch, worker_http, "outcome_of")
     body = success(request_id=gid("gen-1")).model_dump_json().encode()
 
     def answer(request: httpx.Request) -> httpx.Response:

@@ -18,15 +18,15 @@ from services.inference_gateway import attempts as attempts_module
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.metrics import Metrics
 from services.inference_gateway.ports import GatewayPorts, GenerationConfig, Timing
-from services.inference_gateway.provider import (
+from services.inference_gateway.retries import RetryLimits, RetryPolicy, retry_rule
+from services.inference_gateway.service import GenerationService
+from services.inference_gateway.worker_client.http import (
     MAX_REDIRECTS,
     POLL_BACKOFF_START_SECONDS,
     ModalWorkerClient,
     ProviderConfig,
     WorkerMode,
 )
-from services.inference_gateway.retries import RetryLimits, RetryPolicy, retry_rule
-from services.inference_gateway.service import GenerationService
 from tests.support.gateway_fakes import FakeClock, FakeStorage, RecordingPublisher, gid, requested
 from tests.support.long_call_worker import LongCallWorker
 

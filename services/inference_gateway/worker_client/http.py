@@ -1,4 +1,4 @@
-"""Provider client for the worker contract over HTTP (Modal or the local worker), sync or submit+poll.
+"""The worker contract over HTTP (Modal or the local worker), sync or submit+poll.
 
 Maps every answer to a WorkerSuccess or a GatewayFailure: a contract error body → its WorkerErrorCode;
 a connection error, a timeout or a 5xx without a contract body → WORKER_UNAVAILABLE; a success body that
@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -38,7 +38,7 @@ from contracts.errors import GatewayErrorCode
 from contracts.worker import JobSubmitted, WorkerError, WorkerRequest, WorkerSuccess
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.retries import poll_given_up
-from services.inference_gateway.settings import CALL_ID_PLACEHOLDER
+from services.inference_gateway.worker_client.urls import result_url, with_wait
 
 log = logging.getLogger(__name__)
 
@@ -400,14 +400,6 @@ def next_poll_pause(previous: float, answered_in: float, asked_wait: float, ceil
     return min(ceiling, max(2.0 * previous, POLL_BACKOFF_START_SECONDS))
 
 
-def with_wait(url: str, wait_seconds: float) -> str:
-    """A poll URL asking the worker to hold its answer up to `wait_seconds` (unchanged for 0)."""
-    if wait_seconds <= 0:
-        return url
-    separator = "&" if urlsplit(url).query else "?"
-    return f"{url}{separator}wait={wait_seconds:.3f}"
-
-
 def redirected(previous: httpx.Request, following: httpx.Request, first_url: str) -> httpx.Request:
     """The request that follows a redirect (httpx built it: method, body and URL as the status says), without
     the credentials when it leaves the first URL's origin; a body is never sent to another origin."""
@@ -435,12 +427,3 @@ def _call_id(status: int, content: bytes) -> str | None:
         return JobSubmitted.model_validate(body).call_id
     except ValidationError:
         return None
-
-
-def result_url(template: str, call_id: str) -> str:
-    """The poll URL of a job: `{call_id}` in the template replaced, else `call_id` added as a query."""
-    quoted = quote(call_id, safe="")
-    if CALL_ID_PLACEHOLDER in template:
-        return template.replace(CALL_ID_PLACEHOLDER, quoted)
-    separator = "&" if urlsplit(template).query else "?"
-    return f"{template}{separator}call_id={quoted}"
