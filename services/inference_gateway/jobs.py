@@ -8,22 +8,27 @@ job final, so a job is final exactly when its result is on its way. What each me
   recovered, and carry the worker call their last attempt made (async), to be polled again, not resubmitted.
 - `start_attempt`, `record_call` and `finish` apply only while this runner holds the lease (LeaseLostError
   otherwise): a runner that lost its job to another never publishes for it.
+- `JobEvents` (the use case's publisher and call recorder) makes those three writes, each retried through a
+  database outage (`retry_transient`); a crash before one commits leaves the job as the write before it did.
 On PostgreSQL several runners share the table (FOR UPDATE SKIP LOCKED); SQLite serves one gateway process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.events import (
     EVENT_PAYLOADS,
+    EventPayload,
     EventType,
     GenerationCompleted,
     GenerationFailed,
@@ -32,13 +37,18 @@ from contracts.events import (
     event_type_of,
 )
 from contracts.topology import SERVICE_INFERENCE_GATEWAY, event_source
-from services.common.db import insert_unless_present, read_session
+from services.common import telemetry
+from services.common.db import TRANSIENT_DB_ERRORS, insert_unless_present, read_session
 from services.common.events import new_event
 from services.common.outbox import add_to_outbox
 from services.common.retention import prune_sent_outbox
 from services.inference_gateway.models import FINAL_STATES, Job, JobState, outbox_table
-from services.inference_gateway.service import WorkerCall
+from services.inference_gateway.ports import WorkerCall
+from services.inference_gateway.retries import transient_retry_delay
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 ResultEvent = GenerationCompleted | GenerationFailed
 
 
@@ -341,6 +351,58 @@ class JobStore:
             correlation_id=generation_id,
         )
         await add_to_outbox(session, outbox_table, envelope, traceparent=traceparent)
+
+
+async def retry_transient(what: str, operation: Callable[[], Awaitable[T]], *, max_delay: float = 10.0) -> T:
+    """Run a database operation until it succeeds, waiting out transient errors with backoff (a result already
+    made must not be lost to a database restart); LeaseLostError and anything else go through at once."""
+    failures = 0
+    while True:
+        try:
+            return await operation()
+        except TRANSIENT_DB_ERRORS as error:
+            failures += 1
+            delay = transient_retry_delay(failures, max_delay)
+            log.warning("%s failed (%s); retrying in %.1fs", what, type(error).__name__, delay)
+            await asyncio.sleep(delay)
+
+
+class JobEvents:
+    """The use case's event and call ports over the job table: generation.started and the result are staged in
+    the outbox with the job's change, and retried through database outages. Each raises LeaseLostError once the
+    job is no longer this runner's (the generation stops there, publishing nothing)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+
+    async def publish(self, payload: EventPayload, *, generation_id: str, traceparent: str | None) -> None:
+        """Stage an event with the job's change: an attempt's start, or its final result. Its trace context is
+        the job's span (the runner's), else the one the request came with."""
+        traceparent = telemetry.current_trace_headers().get(telemetry.TRACEPARENT) or traceparent
+        if isinstance(payload, GenerationStarted):
+            started = payload
+            # Crash before the commit: nothing of this attempt is recorded (no generation.started staged); the runner
+            # taking the job over goes on from the last recorded attempt.
+            await retry_transient(
+                f"job {generation_id}: recording attempt {started.attempt}",
+                lambda: self._store.start_attempt(started, traceparent),
+            )
+        elif isinstance(payload, GenerationCompleted | GenerationFailed):
+            result = payload
+            # Crash before the commit: the job is not final and is taken over; after it, the result is in the outbox.
+            await retry_transient(
+                f"job {generation_id}: recording its result", lambda: self._store.finish(result, traceparent)
+            )
+        else:
+            raise TypeError(f"the gateway publishes no {type(payload).__name__}")
+
+    async def record_call(self, generation_id: str, call: WorkerCall) -> None:
+        """Keep the worker call of the current attempt. Crash before the commit: the runner taking the job over finds
+        no call to poll and runs it again (retries.may_rerun_after_recovery), while the unrecorded worker job runs
+        out on its own deadline."""
+        await retry_transient(
+            f"job {generation_id}: recording worker call", lambda: self._store.record_call(generation_id, call)
+        )
 
 
 def _claimed(job: Job, recovered: bool) -> ClaimedJob:

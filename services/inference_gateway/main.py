@@ -1,4 +1,4 @@
-"""Assembly of the gateway: settings → job database, broker, storage, provider client, service, job runner, outbox
+"""Assembly of the gateway: settings → job database, broker, storage, worker clients, service, job runner, outbox
 relay, consumers, HTTP app."""
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ from services.common.outbox import OutboxRelay
 from services.common.runtime import open_broker, open_database, running_consumers, running_relay
 from services.common.storage import ObjectStorage, StorageConfig
 from services.inference_gateway.consumers import generation_canceled_handler, generation_requested_handler
-from services.inference_gateway.jobs import JobStore
+from services.inference_gateway.jobs import JobEvents, JobStore
 from services.inference_gateway.metrics import SERVICE_NAME, Metrics
 from services.inference_gateway.migrations import MIGRATIONS
 from services.inference_gateway.models import Base, outbox_table
-from services.inference_gateway.providers import worker_clients
-from services.inference_gateway.retries import RetryPolicy
-from services.inference_gateway.runner import JobEvents, JobRunner
+from services.inference_gateway.ports import GatewayPorts, GenerationConfig
+from services.inference_gateway.retries import RetryLimits, RetryPolicy
+from services.inference_gateway.runner import JobRunner
 from services.inference_gateway.service import GenerationService
 from services.inference_gateway.settings import GatewaySettings
+from services.inference_gateway.worker_client.endpoints import worker_clients
 
 log = logging.getLogger("services.inference_gateway")
 
@@ -59,6 +60,26 @@ class GatewayRuntime:
     runner: JobRunner
 
 
+def generation_config(settings: GatewaySettings) -> GenerationConfig:
+    """The bounds on one generation, from the GATEWAY_*, MODAL_TIMEOUT_SECONDS, LORA_URL_TTL_SECONDS and budget
+    settings."""
+    return GenerationConfig(
+        limits=RetryLimits(
+            RetryPolicy(
+                max_attempts=settings.gateway_max_attempts,
+                backoff_base_seconds=settings.gateway_backoff_base_seconds,
+                backoff_max_seconds=settings.gateway_backoff_max_seconds,
+            ),
+            upload_retry_seconds=settings.gateway_upload_retry_seconds,
+            worker_retry_seconds=settings.gateway_worker_retry_seconds,
+        ),
+        lora_url_ttl_seconds=settings.lora_url_ttl_seconds,
+        worker_timeout_seconds=settings.modal_timeout_seconds,
+        budget=settings.generation_budget(),
+        secrets=tuple(settings.secret_values()),
+    )
+
+
 def runner_name() -> str:
     """Who holds a job's lease: host, process and a random part (a restarted process is a new runner)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -70,7 +91,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
     let running jobs finish briefly (the rest are released for the next gateway), and close it all."""
     metrics = Metrics(ServiceMetrics(SERVICE_NAME))
     storage = ObjectStorage(StorageConfig.from_settings(settings))
-    # Modal answers a web call longer than 150 s with a 303 to the result: the provider follows it itself,
+    # Modal answers a web call longer than 150 s with a 303 to the result: the worker client follows it itself,
     # keeping the credentials to the worker's own origin.
     http = httpx.AsyncClient(follow_redirects=False)
     # Each worker call gets a client span, and the worker continues the trace from its traceparent.
@@ -98,23 +119,9 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayRun
             )
             events = JobEvents(jobs)
             service = GenerationService(
-                worker,
-                storage,
-                events,
-                policy=RetryPolicy(
-                    max_attempts=settings.gateway_max_attempts,
-                    backoff_base_seconds=settings.gateway_backoff_base_seconds,
-                    backoff_max_seconds=settings.gateway_backoff_max_seconds,
-                ),
-                lora_url_ttl_seconds=settings.lora_url_ttl_seconds,
-                worker_timeout_seconds=settings.modal_timeout_seconds,
-                metrics=metrics,
-                secrets=settings.secret_values(),
-                fallback=fallback,
-                calls=events,
-                upload_retry_seconds=settings.gateway_upload_retry_seconds,
-                worker_retry_seconds=settings.gateway_worker_retry_seconds,
-                budget=settings.generation_budget(),
+                GatewayPorts(worker, storage, events, fallback=fallback, calls=events),
+                generation_config(settings),
+                metrics,
             )
             runner = JobRunner(
                 jobs,

@@ -10,73 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 from contracts.errors import GatewayErrorCode
-from contracts.events import EventPayload, GenerationCompleted, GenerationFailed, GenerationStarted
+from contracts.events import GenerationCompleted, GenerationFailed
 from services.common import telemetry
 from services.common.db import TRANSIENT_DB_ERRORS
 from services.common.logging import generation_context
 from services.inference_gateway import metrics as m
 from services.inference_gateway.errors import GatewayFailure
-from services.inference_gateway.jobs import CancelOutcome, ClaimedJob, JobStore, LeaseLostError
-from services.inference_gateway.service import GenerationService, Resumption, WorkerCall
+from services.inference_gateway.jobs import CancelOutcome, ClaimedJob, JobStore, LeaseLostError, retry_transient
+from services.inference_gateway.ports import Resumption
+from services.inference_gateway.retries import claim_retry_wait, may_rerun_after_recovery
+from services.inference_gateway.service import GenerationService
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-# A job taken over without a worker call to poll (sync mode, or lost before its call id was kept) is run again
-# this many times; after that it fails (the gateway keeps stopping while it runs: it may be the cause).
-MAX_RERUNS_AFTER_RECOVERY = 1
-
-
-async def retry_transient(what: str, operation: Callable[[], Awaitable[T]], *, max_delay: float = 10.0) -> T:
-    """Run a database operation until it succeeds, waiting out transient errors with backoff (a result already
-    made must not be lost to a database restart); LeaseLostError and anything else go through at once."""
-    failures = 0
-    while True:
-        try:
-            return await operation()
-        except TRANSIENT_DB_ERRORS as error:
-            failures += 1
-            delay = min(max_delay, 0.25 * 2**failures) * random.uniform(0.5, 1.0)
-            log.warning("%s failed (%s); retrying in %.1fs", what, type(error).__name__, delay)
-            await asyncio.sleep(delay)
-
-
-class JobEvents:
-    """The service's event and call ports over the job table: generation.started and the result are staged in
-    the outbox with the job's change, and retried through database outages."""
-
-    def __init__(self, store: JobStore) -> None:
-        self._store = store
-
-    async def publish(self, payload: EventPayload, *, generation_id: str, traceparent: str | None) -> None:
-        """Stage an event with the job's change: an attempt's start, or its final result. Its trace context is
-        the job's span (the runner's), else the one the request came with."""
-        traceparent = telemetry.current_trace_headers().get(telemetry.TRACEPARENT) or traceparent
-        if isinstance(payload, GenerationStarted):
-            started = payload
-            await retry_transient(
-                f"job {generation_id}: recording attempt {started.attempt}",
-                lambda: self._store.start_attempt(started, traceparent),
-            )
-        elif isinstance(payload, GenerationCompleted | GenerationFailed):
-            result = payload
-            await retry_transient(
-                f"job {generation_id}: recording its result", lambda: self._store.finish(result, traceparent)
-            )
-        else:
-            raise TypeError(f"the gateway publishes no {type(payload).__name__}")
-
-    async def record_call(self, generation_id: str, call: WorkerCall) -> None:
-        """Keep the worker call of the current attempt."""
-        await retry_transient(
-            f"job {generation_id}: recording worker call", lambda: self._store.record_call(generation_id, call)
-        )
 
 
 class JobRunner:
@@ -184,7 +133,7 @@ class JobRunner:
                 next_sweep += self._sweep_every
                 await self._sweep()
 
-            wait = self._poll_seconds if failures == 0 else min(30.0, self._poll_seconds * 2**failures)
+            wait = claim_retry_wait(failures, self._poll_seconds)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await _first_of(stop.wait(), self._wake.wait())
@@ -253,7 +202,10 @@ class JobRunner:
     async def _run_job(self, job: ClaimedJob) -> GenerationCompleted | GenerationFailed | None:
         generation_id = job.generation_id
         try:
-            if job.recovered and job.call is None and job.recoveries > MAX_RERUNS_AFTER_RECOVERY and job.attempts:
+            rerun = may_rerun_after_recovery(
+                recoveries=job.recoveries, attempts=job.attempts, call_kept=job.call is not None
+            )
+            if job.recovered and not rerun:
                 failure = GatewayFailure(
                     GatewayErrorCode.WORKER_UNAVAILABLE,
                     "the gateway stopped while running this generation more than once; not run again",

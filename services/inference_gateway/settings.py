@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
@@ -20,16 +19,13 @@ from services.common.settings import (
     database_url_field,
     migrate_on_start_field,
 )
+from services.inference_gateway.worker_client.urls import (
+    MODAL_GENERATE_LABEL,
+    derive_async_urls,
+    derive_cancel_url,
+    url_from_endpoint_id,
+)
 
-# The local worker (gpu.server) serves the sync contract on /generate and async jobs on /jobs.
-LOCAL_GENERATE_PATH = "/generate"
-# The Modal app's endpoint labels (gpu/modal_app.py): its URLs are https://<workspace>--<label>.modal.run.
-MODAL_GENERATE_LABEL = "sdxl-lora-generate"
-MODAL_SUBMIT_LABEL = "sdxl-lora-submit"
-MODAL_RESULT_LABEL = "sdxl-lora-result"
-MODAL_CANCEL_LABEL = "sdxl-lora-cancel"
-CALL_ID_PLACEHOLDER = "{call_id}"
-_ENDPOINT_ID = re.compile(r"^[a-z0-9][a-z0-9-]*--[a-z0-9][a-z0-9-]*$")
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.run/gateway.db"
 
 
@@ -171,44 +167,6 @@ class GatewaySettings(
         ]
         values += [s.get_secret_value() for s in (self.modal_api_key, self.modal_api_token) if s is not None]
         return values
-
-
-def url_from_endpoint_id(endpoint_id: str) -> str:
-    """`<workspace>--<label>` → https://<workspace>--<label>.modal.run (how Modal names web endpoints)."""
-    if not _ENDPOINT_ID.match(endpoint_id):
-        raise ValueError("MODAL_SDXL_LORA_ENDPOINT_ID must look like <workspace>--<label>")
-    return f"https://{endpoint_id}.modal.run"
-
-
-def derive_async_urls(generate_url: str) -> tuple[str, str] | None:
-    """Submit and result URLs next to a known generate URL: the local worker's or the Modal app's."""
-    parts = urlsplit(generate_url)
-    host = parts.hostname or ""
-    if parts.path.rstrip("/").endswith(LOCAL_GENERATE_PATH):
-        base = parts.path.rstrip("/")[: -len(LOCAL_GENERATE_PATH)]
-        submit = urlunsplit((parts.scheme, parts.netloc, base + "/jobs", "", ""))
-        return submit, urlunsplit((parts.scheme, parts.netloc, base + "/jobs/" + CALL_ID_PLACEHOLDER, "", ""))
-    if host.endswith(".modal.run") and MODAL_GENERATE_LABEL in host:
-        submit_host = parts.netloc.replace(MODAL_GENERATE_LABEL, MODAL_SUBMIT_LABEL)
-        result_host = parts.netloc.replace(MODAL_GENERATE_LABEL, MODAL_RESULT_LABEL)
-        return (
-            urlunsplit((parts.scheme, submit_host, "/", "", "")),
-            urlunsplit((parts.scheme, result_host, "/", "", "")),
-        )
-    return None
-
-
-def derive_cancel_url(generate_url: str) -> str | None:
-    """The cancel URL next to a known generate URL: the local `DELETE /jobs/{call_id}` or the Modal app's."""
-    parts = urlsplit(generate_url)
-    host = parts.hostname or ""
-    if parts.path.rstrip("/").endswith(LOCAL_GENERATE_PATH):
-        base = parts.path.rstrip("/")[: -len(LOCAL_GENERATE_PATH)]
-        return urlunsplit((parts.scheme, parts.netloc, base + "/jobs/" + CALL_ID_PLACEHOLDER, "", ""))
-    if host.endswith(".modal.run") and MODAL_GENERATE_LABEL in host:
-        cancel_host = parts.netloc.replace(MODAL_GENERATE_LABEL, MODAL_CANCEL_LABEL)
-        return urlunsplit((parts.scheme, cancel_host, "/", "", ""))
-    return None
 
 
 def _check_http_url(name: str, url: str) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 from services.common.broker import connect, declarations
 from services.common.runtime import broker_topology
 from services.common.storage import ObjectStorage, StorageConfig
-from services.inference_gateway.provider import auth_headers
+from services.inference_gateway.worker_client.http import auth_headers
 from services.smoke.settings import SmokeSettings
 
 SMOKE_PREFIX = "smoke/"

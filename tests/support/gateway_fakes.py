@@ -16,7 +16,8 @@ from contracts.object_keys import lora_object_key
 from contracts.worker import ModelInfo, Timings, WorkerRequest, WorkerSuccess
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.metrics import Metrics
-from services.inference_gateway.retries import RetryPolicy
+from services.inference_gateway.ports import GatewayPorts, GenerationConfig, Timing
+from services.inference_gateway.retries import RetryLimits, RetryPolicy
 from services.inference_gateway.service import GenerationService
 
 LORA_SHA = "ab" * 32
@@ -189,19 +190,15 @@ def service_on_fakes(
     rand: float = 1.0,
     **options: Any,
 ) -> tuple[GenerationService, FakeClock]:
-    """A GenerationService over fakes, on a fake clock whose sleeps are recorded; `options` go to the service."""
+    """A GenerationService over fakes, on a fake clock whose sleeps are recorded; `upload_retry_seconds` and
+    `worker_retry_seconds` go to its retry limits, other `options` to the service."""
     clock = FakeClock()
+    windows = {k: options.pop(k) for k in ("upload_retry_seconds", "worker_retry_seconds") if k in options}
     service = GenerationService(
-        worker,
-        storage or FakeStorage(),
-        RecordingPublisher(),
-        policy=policy,
-        lora_url_ttl_seconds=300,
-        worker_timeout_seconds=600.0,
-        metrics=Metrics(),
-        clock=clock,
-        sleep=clock.sleep,
-        rand=lambda: rand,
+        GatewayPorts(worker, storage or FakeStorage(), RecordingPublisher()),
+        GenerationConfig(RetryLimits(policy, **windows), lora_url_ttl_seconds=300, worker_timeout_seconds=600.0),
+        Metrics(),
+        Timing(clock=clock, sleep=clock.sleep, rand=lambda: rand),
         **options,
     )
     return service, clock

@@ -14,13 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db import create_engine, create_session_factory
 from services.common.migrations import migrate_to_head
-from services.inference_gateway.jobs import JobStore
+from services.inference_gateway.jobs import JobEvents, JobStore
 from services.inference_gateway.metrics import Metrics
 from services.inference_gateway.migrations import MIGRATIONS
 from services.inference_gateway.models import outbox_table
-from services.inference_gateway.retries import RetryPolicy
-from services.inference_gateway.runner import JobEvents, JobRunner
-from services.inference_gateway.service import GenerationService, WorkerClient
+from services.inference_gateway.ports import GatewayPorts, GenerationConfig, WorkerClient
+from services.inference_gateway.retries import RetryLimits, RetryPolicy
+from services.inference_gateway.runner import JobRunner
+from services.inference_gateway.service import GenerationService
 from tests.support.gateway_fakes import FakeStorage
 
 W = TypeVar("W", bound=WorkerClient)
@@ -70,15 +71,11 @@ def runner_parts(
     store = JobStore(sessions, owner=owner, lease_seconds=lease_seconds)
     events = JobEvents(store)
     storage, metrics = FakeStorage(), Metrics()
+    policy = RetryPolicy(max_attempts=max_attempts, backoff_base_seconds=0.01, backoff_max_seconds=0.02)
     service = GenerationService(
-        worker,
-        storage,
-        events,
-        policy=RetryPolicy(max_attempts=max_attempts, backoff_base_seconds=0.01, backoff_max_seconds=0.02),
-        lora_url_ttl_seconds=300,
-        worker_timeout_seconds=600.0,
-        metrics=metrics,
-        calls=events,
+        GatewayPorts(worker, storage, events, calls=events),
+        GenerationConfig(RetryLimits(policy), lora_url_ttl_seconds=300, worker_timeout_seconds=600.0),
+        metrics,
     )
     runner = JobRunner(
         store, service, concurrency=concurrency, lease_seconds=lease_seconds, metrics=metrics, poll_seconds=0.05

@@ -1,8 +1,8 @@
 """python -m tests.bench.worker_modes: what async mode adds over sync, on the local worker (gpu.server).
 
 For each engine (`echo`: a PNG at once; `tiny`: the tiny random-weight SDXL on this machine's CPU or GPU) a fresh
-`python -m gpu.server` is started, and the gateway's own worker client (services.inference_gateway.provider) sends
-the same requests in three modes, interleaved: sync (`POST /generate`), async (submit, then polls held with
+`python -m gpu.server` is started, and the gateway's own worker client (services.inference_gateway.worker_client.http)
+sends the same requests in three modes, interleaved: sync (`POST /generate`), async (submit, then polls held with
 `?wait=`, as shipped) and async against a worker that ignores `wait` (MODAL_POLL_WAIT_SECONDS=0: the client's
 backoff alone). Per mode: end-to-end p50 / p95, and what it adds over sync. Target: async adds ≤ 50 ms at p50 and
 p95. Prints the table and, with --write-docs, puts it in docs/benchmarks.md between the worker-modes markers.
@@ -27,8 +27,8 @@ from pathlib import Path
 import httpx
 
 from contracts.worker import WorkerRequest
-from services.inference_gateway.provider import ModalWorkerClient, ProviderConfig
-from services.inference_gateway.settings import derive_async_urls, derive_cancel_url
+from services.inference_gateway.worker_client.http import ModalWorkerClient, ProviderConfig
+from services.inference_gateway.worker_client.urls import derive_async_urls, derive_cancel_url
 from tests.bench.docs_section import write_marked_section
 
 START_MARK = "<!-- worker-modes-bench:start -->"
@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine}, {platform.machine()}, Python {platform.python_version()}; {time.strftime('%Y-%m-%d')}; "
         f"command: `python -m tests.bench.worker_modes --requests {args.requests} --warmup {args.warmup} "
         f"--steps {args.steps} --engines {args.engines}`. A fresh `python -m gpu.server` per engine; the gateway's "
-        "worker client (`services/inference_gateway/provider.py`) sends each request in every mode, interleaved, "
+        "worker client (`services/inference_gateway/worker_client/http.py`) sends each request in every mode, "
+        "interleaved, "
         f"one at a time, 64×64 ({args.steps} steps for the tiny engine); MODAL_POLL_SECONDS {POLL_SECONDS:g}, "
         f"MODAL_POLL_WAIT_SECONDS {POLL_WAIT_SECONDS:g} (0 for the worker that ignores `wait`). Client and worker "
         "share the cores. Overhead: end to end minus the worker's own `generation_time_seconds`.",

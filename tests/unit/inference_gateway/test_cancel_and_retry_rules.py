@@ -14,7 +14,8 @@ from contracts.events import GenerationCompleted, GenerationFailed, GenerationSt
 from contracts.worker import WorkerRequest, WorkerSuccess
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.metrics import CANCELED_RUNNING, FALLBACKS, Metrics
-from services.inference_gateway.retries import RetryPolicy, retry_rule
+from services.inference_gateway.ports import GatewayPorts, GenerationConfig, Timing
+from services.inference_gateway.retries import RetryLimits, RetryPolicy, retry_rule
 from services.inference_gateway.service import GenerationService
 from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, gid, requested, success
 
@@ -47,17 +48,14 @@ def build(
 ) -> tuple[GenerationService, RecordingPublisher, FakeClock, Metrics]:
     events, clock, metrics = RecordingPublisher(), FakeClock(), Metrics()
     service = GenerationService(
-        worker,  # type: ignore[arg-type]
-        FakeStorage(),
-        events,
-        policy=RetryPolicy(max_attempts=max_attempts, backoff_base_seconds=1.0, backoff_max_seconds=8.0),
-        lora_url_ttl_seconds=300,
-        worker_timeout_seconds=worker_timeout,
-        metrics=metrics,
-        clock=clock,
-        sleep=clock.sleep,
-        rand=lambda: 0.5,
-        fallback=fallback,  # type: ignore[arg-type]
+        GatewayPorts(worker, FakeStorage(), events, fallback=fallback),  # type: ignore[arg-type]
+        GenerationConfig(
+            RetryLimits(RetryPolicy(max_attempts=max_attempts, backoff_base_seconds=1.0, backoff_max_seconds=8.0)),
+            lora_url_ttl_seconds=300,
+            worker_timeout_seconds=worker_timeout,
+        ),
+        metrics,
+        Timing(clock=clock, sleep=clock.sleep, rand=lambda: 0.5),
     )
     return service, events, clock, metrics
 

@@ -18,7 +18,7 @@ from contracts.worker import WorkerRequest, WorkerSuccess
 from services.inference_gateway.jobs import AcceptOutcome, CancelOutcome, JobStore
 from services.inference_gateway.metrics import JOBS_RECOVERED
 from services.inference_gateway.models import Job, JobState
-from services.inference_gateway.service import WorkerCall
+from services.inference_gateway.ports import WorkerCall
 from tests.support.gateway_fakes import FakeWorker, gid, requested, success
 from tests.support.gateway_jobs import RunnerParts, job_sessions, runner_parts, staged_events
 

@@ -10,11 +10,13 @@ import pytest
 
 from contracts.events import GenerationCompleted
 from contracts.worker import WorkerRequest, WorkerSuccess
-from services.inference_gateway import provider, service
+from services.inference_gateway import results
 from services.inference_gateway.metrics import Metrics
-from services.inference_gateway.provider import ModalWorkerClient, ProviderConfig
-from services.inference_gateway.retries import RetryPolicy
+from services.inference_gateway.ports import GatewayPorts, GenerationConfig, Timing
+from services.inference_gateway.retries import RetryLimits, RetryPolicy
 from services.inference_gateway.service import GenerationService
+from services.inference_gateway.worker_client import http as worker_http
+from services.inference_gateway.worker_client.http import ModalWorkerClient, ProviderConfig
 from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, gid, requested, success
 
 REQUEST = WorkerRequest(prompt="a portrait", width=64, height=64, steps=2, request_id=gid("gen-1"))
@@ -34,18 +36,17 @@ def record_thread(monkeypatch: pytest.MonkeyPatch, module: object, name: str) ->
 
 
 async def test_the_png_is_decoded_and_checked_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    threads = record_thread(monkeypatch, service, "decode_png")
+    threads = record_thread(monkeypatch, results, "decode_png")
     clock = FakeClock()
     gateway = GenerationService(
-        FakeWorker(success()),
-        FakeStorage(),
-        RecordingPublisher(),
-        policy=RetryPolicy(max_attempts=1, backoff_base_seconds=0.0, backoff_max_seconds=0.0),
-        lora_url_ttl_seconds=300,
-        worker_timeout_seconds=60.0,
-        metrics=Metrics(),
-        clock=clock,
-        sleep=clock.sleep,
+        GatewayPorts(FakeWorker(success()), FakeStorage(), RecordingPublisher()),
+        GenerationConfig(
+            RetryLimits(RetryPolicy(max_attempts=1, backoff_base_seconds=0.0, backoff_max_seconds=0.0)),
+            lora_url_ttl_seconds=300,
+            worker_timeout_seconds=60.0,
+        ),
+        Metrics(),
+        Timing(clock=clock, sleep=clock.sleep),
     )
 
     result = await gateway.handle(requested())
@@ -56,7 +57,7 @@ async def test_the_png_is_decoded_and_checked_off_the_event_loop(monkeypatch: py
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_the_worker_answer_is_parsed_off_the_event_loop(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    threads = record_thread(monkeypatch, provider, "outcome_of")
+    threads = record_thread(monkeypatch, worker_http, "outcome_of")
     body = success(request_id=gid("gen-1")).model_dump_json().encode()
 
     def answer(request: httpx.Request) -> httpx.Response:

@@ -11,16 +11,15 @@ import pytest
 
 from contracts.worker import WorkerRequest
 from services.inference_gateway.errors import GatewayFailure
-from services.inference_gateway.provider import (
+from services.inference_gateway.retries import retry_rule
+from services.inference_gateway.worker_client.http import (
     ModalWorkerClient,
     ProviderConfig,
     auth_headers,
     next_poll_pause,
     outcome_of,
-    result_url,
-    with_wait,
 )
-from services.inference_gateway.retries import retry_rule
+from services.inference_gateway.worker_client.urls import result_url, with_wait
 from tests.support.gateway_fakes import gid, success
 
 OK_BODY = success().model_dump_json().encode()

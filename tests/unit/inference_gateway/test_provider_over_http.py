@@ -14,18 +14,19 @@ import pytest
 
 from contracts.events import GenerationFailed
 from contracts.worker import WorkerRequest
-from services.inference_gateway import service as service_module
+from services.inference_gateway import attempts as attempts_module
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.metrics import Metrics
-from services.inference_gateway.provider import (
+from services.inference_gateway.ports import GatewayPorts, GenerationConfig, Timing
+from services.inference_gateway.retries import RetryLimits, RetryPolicy, retry_rule
+from services.inference_gateway.service import GenerationService
+from services.inference_gateway.worker_client.http import (
     MAX_REDIRECTS,
     POLL_BACKOFF_START_SECONDS,
     ModalWorkerClient,
     ProviderConfig,
     WorkerMode,
 )
-from services.inference_gateway.retries import RetryPolicy, retry_rule
-from services.inference_gateway.service import GenerationService
 from tests.support.gateway_fakes import FakeClock, FakeStorage, RecordingPublisher, gid, requested
 from tests.support.long_call_worker import LongCallWorker
 
@@ -91,21 +92,19 @@ async def test_a_sync_answer_whose_body_comes_slowly_ends_at_the_calls_deadline_
 async def test_a_sync_call_past_the_gateways_patience_is_not_submitted_again(monkeypatch: pytest.MonkeyPatch) -> None:
     # The worker is told to stop at 0.5 s and the gateway waits 0.5 s more (the grace, shortened from 15 s for the
     # test); the worker keeps the call in its redirect chain past both: it may still be running.
-    monkeypatch.setattr(service_module, "RESPONSE_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(attempts_module, "RESPONSE_GRACE_SECONDS", 0.5)
     with LongCallWorker(hops=None, hop_seconds=0.2) as worker:
         async with client_of(worker) as client:
             clock = FakeClock()
             service = GenerationService(
-                client,
-                FakeStorage(),
-                RecordingPublisher(),
-                policy=RetryPolicy(max_attempts=3, backoff_base_seconds=1.0, backoff_max_seconds=8.0),
-                lora_url_ttl_seconds=300,
-                worker_timeout_seconds=0.5,
-                metrics=Metrics(),
-                clock=clock,
-                sleep=clock.sleep,
-                rand=lambda: 0.5,
+                GatewayPorts(client, FakeStorage(), RecordingPublisher()),
+                GenerationConfig(
+                    RetryLimits(RetryPolicy(max_attempts=3, backoff_base_seconds=1.0, backoff_max_seconds=8.0)),
+                    lora_url_ttl_seconds=300,
+                    worker_timeout_seconds=0.5,
+                ),
+                Metrics(),
+                Timing(clock=clock, sleep=clock.sleep, rand=lambda: 0.5),
             )
             result = await service.handle(requested(deadline_in=timedelta(minutes=10), lora_key=None))
 

@@ -13,10 +13,12 @@ from contracts.budget import GenerationBudget
 from contracts.errors import GatewayErrorCode, WorkerErrorCode
 from contracts.events import GenerationCompleted, GenerationFailed, GenerationStarted
 from contracts.object_keys import generation_image_key
+from services.inference_gateway.attempts import RESPONSE_GRACE_SECONDS
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.metrics import CANCELS, COMPLETED, FAILED, REQUESTS, RETRIES, SKIPPED_CANCELED, Metrics
-from services.inference_gateway.retries import RetryPolicy, backoff_delay, is_retryable
-from services.inference_gateway.service import RESPONSE_GRACE_SECONDS, GenerationService
+from services.inference_gateway.ports import GatewayPorts, GenerationConfig, Timing
+from services.inference_gateway.retries import RetryLimits, RetryPolicy, backoff_delay, is_retryable
+from services.inference_gateway.service import GenerationService
 from tests.support.gateway_fakes import (
     GENERATION_ID,
     LORA_KEY,
@@ -50,19 +52,17 @@ def build(
     clock = clock or FakeClock()
     metrics = Metrics()
     service = GenerationService(
-        worker,
-        storage,
-        events,
-        policy=RetryPolicy(max_attempts=max_attempts, backoff_base_seconds=1.0, backoff_max_seconds=8.0),
-        lora_url_ttl_seconds=300,
-        worker_timeout_seconds=worker_timeout,
-        metrics=metrics,
-        secrets=["super-secret-token"],
-        clock=clock,
-        sleep=clock.sleep,
-        rand=lambda: 0.5,
-        budget=budget,
-        canceled_memory=canceled_memory,
+        GatewayPorts(worker, storage, events),
+        GenerationConfig(
+            RetryLimits(RetryPolicy(max_attempts=max_attempts, backoff_base_seconds=1.0, backoff_max_seconds=8.0)),
+            lora_url_ttl_seconds=300,
+            worker_timeout_seconds=worker_timeout,
+            secrets=["super-secret-token"],
+            budget=budget,
+            canceled_memory=canceled_memory,
+        ),
+        metrics,
+        Timing(clock=clock, sleep=clock.sleep, rand=lambda: 0.5),
     )
     return service, storage, events, clock, metrics
 

@@ -9,8 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from services.common.settings import describe_validation_error
-from services.inference_gateway.providers import PROVIDERS, fallback_provider_config, provider_config, worker_clients
-from services.inference_gateway.settings import GatewaySettings, derive_async_urls, derive_cancel_url
+from services.inference_gateway.settings import GatewaySettings
+from services.inference_gateway.worker_client.endpoints import fallback_provider_config, provider_config, worker_clients
+from services.inference_gateway.worker_client.urls import derive_async_urls, derive_cancel_url
 from tests.support.service_log import written
 from tests.support.settings_env import settings_env
 
@@ -183,9 +184,11 @@ def test_the_service_log_never_shows_the_broker_password_or_the_worker_key(env: 
 
 async def test_every_lora_provider_the_settings_accept_has_an_implementation(env: pytest.MonkeyPatch) -> None:
     accepted = set(get_args(GatewaySettings.model_fields["lora_provider"].annotation))
-    assert accepted == set(PROVIDERS)
     async with httpx.AsyncClient() as http:
         for name in accepted:
             env.setenv("LORA_PROVIDER", name)
             worker, fallback = worker_clients(http, GatewaySettings())
             assert worker.mode == "sync" and fallback is None
+        # Only what the settings accept has a case: any other name is refused, not silently given a default.
+        with pytest.raises(AssertionError):
+            worker_clients(http, GatewaySettings().model_copy(update={"lora_provider": "replicate"}))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from contracts.events import GenerationCompleted, GenerationFailed
-from services.inference_gateway.retries import RetryPolicy
-from services.inference_gateway.service import UPLOAD_BACKOFF_MAX_SECONDS, GenerationService
+from services.inference_gateway.retries import UPLOAD_BACKOFF_MAX_SECONDS, RetryPolicy
+from services.inference_gateway.service import GenerationService
 from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, requested, service_on_fakes, success
 
 

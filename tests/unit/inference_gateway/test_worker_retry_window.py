@@ -9,8 +9,8 @@ import pytest
 from contracts.errors import GatewayErrorCode
 from contracts.events import GenerationCompleted, GenerationFailed
 from services.inference_gateway.errors import GatewayFailure
-from services.inference_gateway.retries import RetryPolicy
-from services.inference_gateway.service import UNREACHABLE_BACKOFF_MAX_SECONDS, GenerationService
+from services.inference_gateway.retries import UNREACHABLE_BACKOFF_MAX_SECONDS, RetryPolicy
+from services.inference_gateway.service import GenerationService
 from tests.support.gateway_fakes import FakeClock, FakeWorker, requested, service_on_fakes, success
 
 REFUSED = GatewayFailure(GatewayErrorCode.WORKER_UNAVAILABLE, "worker could not be reached", {"reason": "ConnectError"})

@@ -1,4 +1,4 @@
-"""Provider client for the worker contract over HTTP (Modal or the local worker), sync or submit+poll.
+"""The worker contract over HTTP (Modal or the local worker), sync or submit+poll.
 
 Maps every answer to a WorkerSuccess or a GatewayFailure: a contract error body → its WorkerErrorCode;
 a connection error, a timeout or a 5xx without a contract body → WORKER_UNAVAILABLE; a success body that
@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -37,7 +37,8 @@ from pydantic import ValidationError
 from contracts.errors import GatewayErrorCode
 from contracts.worker import JobSubmitted, WorkerError, WorkerRequest, WorkerSuccess
 from services.inference_gateway.errors import GatewayFailure
-from services.inference_gateway.settings import CALL_ID_PLACEHOLDER
+from services.inference_gateway.retries import poll_given_up
+from services.inference_gateway.worker_client.urls import result_url, with_wait
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 CONNECT_TIMEOUT_SECONDS = 10.0
 # Statuses that mean "try again later" even without a contract body.
 _TRANSIENT_4XX = {408, 425, 429}
-# Poll errors in a row (connection refused, 5xx) before a job counts as lost.
-MAX_POLL_FAILURES = 3
 # How long a cancel (and waiting for a submit's call id in order to cancel it) may hold up a cancelled call.
 CANCEL_TIMEOUT_SECONDS = 10.0
 # Redirects other than a same-origin GET (to another origin, or keeping a POST): a few at most.
@@ -272,8 +271,8 @@ class ModalWorkerClient:
 
     async def _poll(self, call_id: str, give_up_at: float, timeout_seconds: float) -> WorkerSuccess:
         """Poll a job until it ends: the first poll at once, each held by the worker up to `poll_wait_seconds`.
-        Failed polls are waited out for `poll_outage_seconds` (at least MAX_POLL_FAILURES of them): the job
-        exists, and submitting again would run it twice."""
+        Failed polls are waited out while retries.poll_given_up allows (`poll_outage_seconds`): the job exists, and
+        submitting again would run it twice."""
         assert self._config.result_url
         url = result_url(self._config.result_url, call_id)
         failures = 0
@@ -310,7 +309,7 @@ class ModalWorkerClient:
             failures += 1
             failing_since = self._clock() if failing_since is None else failing_since
             outage = self._clock() - failing_since
-            if failures >= MAX_POLL_FAILURES and outage >= self._config.poll_outage_seconds:
+            if poll_given_up(failures, outage, self._config.poll_outage_seconds):
                 # Marked as a call that may have run: a new attempt stays within the attempts limit.
                 raise unavailable(
                     f"polls of the worker job failed for {outage:.0f}s",
@@ -401,14 +400,6 @@ def next_poll_pause(previous: float, answered_in: float, asked_wait: float, ceil
     return min(ceiling, max(2.0 * previous, POLL_BACKOFF_START_SECONDS))
 
 
-def with_wait(url: str, wait_seconds: float) -> str:
-    """A poll URL asking the worker to hold its answer up to `wait_seconds` (unchanged for 0)."""
-    if wait_seconds <= 0:
-        return url
-    separator = "&" if urlsplit(url).query else "?"
-    return f"{url}{separator}wait={wait_seconds:.3f}"
-
-
 def redirected(previous: httpx.Request, following: httpx.Request, first_url: str) -> httpx.Request:
     """The request that follows a redirect (httpx built it: method, body and URL as the status says), without
     the credentials when it leaves the first URL's origin; a body is never sent to another origin."""
@@ -436,12 +427,3 @@ def _call_id(status: int, content: bytes) -> str | None:
         return JobSubmitted.model_validate(body).call_id
     except ValidationError:
         return None
-
-
-def result_url(template: str, call_id: str) -> str:
-    """The poll URL of a job: `{call_id}` in the template replaced, else `call_id` added as a query."""
-    quoted = quote(call_id, safe="")
-    if CALL_ID_PLACEHOLDER in template:
-        return template.replace(CALL_ID_PLACEHOLDER, quoted)
-    separator = "&" if urlsplit(template).query else "?"
-    return f"{template}{separator}call_id={quoted}"

@@ -1,16 +1,17 @@
-"""Worker providers by `LORA_PROVIDER` name: each builds the clients the service calls through one protocol
-(service.WorkerClient), the primary and an optional fallback for `CUDA_OOM`."""
+"""The worker endpoints a deployment names (MODAL_*): the primary and an optional fallback for `CUDA_OOM`, as the
+clients the use case calls through one protocol (ports.WorkerClient), for the `LORA_PROVIDER` configured."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
+from typing import assert_never
 
 import httpx
 
-from services.inference_gateway.provider import ModalWorkerClient, ProviderConfig, auth_headers
-from services.inference_gateway.service import WorkerClient
-from services.inference_gateway.settings import GatewaySettings, derive_async_urls, derive_cancel_url
+from services.inference_gateway.ports import WorkerClient
+from services.inference_gateway.settings import GatewaySettings
+from services.inference_gateway.worker_client.http import ModalWorkerClient, ProviderConfig, auth_headers
+from services.inference_gateway.worker_client.urls import derive_async_urls, derive_cancel_url
 
 WorkerClients = tuple[WorkerClient, WorkerClient | None]
 
@@ -56,12 +57,11 @@ def modal_sdxl_lora(http: httpx.AsyncClient, settings: GatewaySettings) -> Worke
     return primary, ModalWorkerClient(http, fallback) if fallback is not None else None
 
 
-# Every value GatewaySettings.lora_provider accepts has an entry (a test holds the two together).
-PROVIDERS: dict[str, Callable[[httpx.AsyncClient, GatewaySettings], WorkerClients]] = {
-    "modal_sdxl_lora": modal_sdxl_lora,
-}
-
-
 def worker_clients(http: httpx.AsyncClient, settings: GatewaySettings) -> WorkerClients:
-    """The primary client and the fallback (or None) of the configured provider."""
-    return PROVIDERS[settings.lora_provider](http, settings)
+    """The primary client and the fallback (or None) of the configured provider (LORA_PROVIDER, validated by the
+    settings; a value they accept without a case here fails the type check)."""
+    match settings.lora_provider:
+        case "modal_sdxl_lora":
+            return modal_sdxl_lora(http, settings)
+        case unknown:
+            assert_never(unknown)
