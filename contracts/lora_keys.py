@@ -29,12 +29,18 @@ class LoraRejectReason(StrEnum):
     RANK_TOO_LARGE = "rank_too_large"  # rank over MAX_RANK
 
 
-class LoraRejectedError(ValueError):
-    """The file is refused; `reason` is the stable code, the message names the first offending key."""
+# The longest sentence a rejection keeps: identity stores it on the version and shows it to the creator.
+REJECTION_MESSAGE_LIMIT = 500
 
-    def __init__(self, reason: LoraRejectReason, message: str) -> None:
+
+class LoraRejectedError(ValueError):
+    """The file is refused; `reason` is the stable code (a LoraRejectReason here, identity adds file-level ones),
+    `message` the sentence for the creator (bounded), naming the first offending key where there is one."""
+
+    def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+        self.message = message[:REJECTION_MESSAGE_LIMIT]
 
 
 @dataclass(frozen=True)

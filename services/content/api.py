@@ -20,10 +20,11 @@ from services.common.http_errors import UnauthorizedError, error_responses
 from services.common.pagination import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
 from services.common.signed_links import LinkSigner
 from services.content.admission import AdmissionLimits
+from services.content.cancel import OwnerCancel
 from services.content.decisions import STATUS_STEP, StatusStep, seconds_between
-from services.content.generations import GenerationService, GenerationView
 from services.content.models import GenerationStatus
 from services.content.projection import IdentityProjection
+from services.content.reads import GenerationReads, GenerationView
 from services.content.schemas import (
     AvatarOut,
     AvatarPage,
@@ -40,6 +41,7 @@ from services.content.schemas import (
     NumberRange,
 )
 from services.content.streams import GenerationWatching, StreamLimitError
+from services.content.submit import Submissions
 from services.content.watching import (
     generation_events,
     last_event_step,
@@ -75,7 +77,9 @@ IdempotencyKeyHeader = Annotated[
 class ContentApi:
     """What the routes use, built once by the lifespan (app.state.content)."""
 
-    generations: GenerationService
+    submissions: Submissions
+    reads: GenerationReads
+    owner_cancel: OwnerCancel
     projection: IdentityProjection
     hub: ChangeHub
     watching: GenerationWatching
@@ -164,7 +168,7 @@ async def _answer(
             view = waited
             response.headers["Preference-Applied"] = f"wait={wait}"
     if view is None:
-        view = await api.generations.get(owner_id, generation_id)
+        view = await api.reads.get(owner_id, generation_id)
     return generation_out(view, _events_url(api, generation_id))
 
 
@@ -207,7 +211,7 @@ async def generate(
 
     With `Idempotency-Key`, a retry with the same key and body answers the earlier generation
     (`Idempotent-Replayed: true`); with `Prefer: wait=N`, the answer waits for the image up to N seconds."""
-    submitted = await api.generations.submit(principal.subject, body, idempotency_key)
+    submitted = await api.submissions.submit(principal.subject, body, idempotency_key)
     response.headers["Location"] = f"{PREFIX}/{submitted.view.generation.id}"
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -245,7 +249,7 @@ async def list_generations(
     cursor: PageCursor = None,
 ) -> GenerationPage:
     """The caller's generations, newest first; pass `next_cursor` back as `cursor` for the next page."""
-    page = await api.generations.list(principal.subject, limit=limit, cursor=cursor, avatar_id=avatar_id, status=status)
+    page = await api.reads.list(principal.subject, limit=limit, cursor=cursor, avatar_id=avatar_id, status=status)
     return GenerationPage(items=[generation_out(view) for view in page.items], next_cursor=page.next_cursor)
 
 
@@ -297,7 +301,7 @@ async def get_generation(
 async def cancel_generation(generation_id: uuid.UUID, principal: CurrentPrincipal, api: Api) -> GenerationOut:
     """End an unfinished generation as `canceled` at once (emits generation.canceled); a result that still comes
     is discarded and its image deleted."""
-    return generation_out(await api.generations.cancel(principal.subject, generation_id))
+    return generation_out(await api.owner_cancel.cancel(principal.subject, generation_id))
 
 
 def _event_data(view: GenerationView, reached: StatusStep) -> str:

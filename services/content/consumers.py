@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from services.common.consumer import EventHandler, ForgedEventError, PermanentError, ReceivedEvent
 from services.content.decisions import ForgedFieldError, UnexpectedEventError
-from services.content.generations import GenerationService
 from services.content.projection import IdentityProjection
+from services.content.results import ResultApplier
 
 
 def identity_events_handler(projection: IdentityProjection) -> EventHandler:
@@ -23,12 +23,12 @@ def identity_events_handler(projection: IdentityProjection) -> EventHandler:
     return handle
 
 
-def generation_results_handler(generations: GenerationService) -> EventHandler:
+def generation_results_handler(results: ResultApplier) -> EventHandler:
     """Handles `content.generation-results`: generation.started/completed/failed into the generation rows."""
 
     async def handle(event: ReceivedEvent) -> None:
         try:
-            await generations.apply_result(event.envelope, event.payload)
+            await results.apply(event.envelope, event.payload)
         except ForgedFieldError as error:
             raise ForgedEventError(str(error)) from error
         except UnexpectedEventError as error:

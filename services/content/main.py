@@ -27,14 +27,17 @@ from services.common.storage import ObjectStorage, StorageConfig
 from services.content import playground
 from services.content.admission import AdmissionLimits
 from services.content.api import ContentApi, router
+from services.content.cancel import OwnerCancel
 from services.content.consumers import generation_results_handler, identity_events_handler
-from services.content.generations import GenerationPolicy, GenerationService
 from services.content.migrations import MIGRATIONS
 from services.content.models import Base, inbox_table, outbox_table
 from services.content.projection import IdentityProjection
+from services.content.reads import GenerationReads
+from services.content.results import ResultApplier
 from services.content.settings import DEFAULT_PORT, AdmissionSettings, ContentSettings
 from services.content.streams import watching_from_settings
-from services.content.sweeper import running_sweeper
+from services.content.submit import Submissions
+from services.content.sweeper import SweeperChores, running_sweeper
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 # NOTIFY channel of generation changes (per database: each service has its own).
@@ -82,15 +85,25 @@ def create_app(settings: ContentSettings) -> FastAPI:
                 relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)
                 service_metrics.watch_outbox(metrics, relay)
                 limits = admission_limits(settings)
-                generations = GenerationService(
+                reads = GenerationReads(database.sessions, storage, settings.content_image_url_ttl_seconds)
+                submissions = Submissions(
                     database.sessions,
-                    storage,
-                    GenerationPolicy(settings.generation_deadline_seconds, settings.content_image_url_ttl_seconds),
+                    reads,
                     limits,
                     changes,
+                    deadline_seconds=settings.generation_deadline_seconds,
                     on_commit=relay.notify,
                     metrics=metrics,
                 )
+                owner_cancel = OwnerCancel(database.sessions, reads, changes, on_commit=relay.notify, metrics=metrics)
+                chores = SweeperChores(
+                    database.sessions,
+                    storage,
+                    changes,
+                    idempotency_ttl_seconds=limits.idempotency_ttl_seconds,
+                    metrics=metrics,
+                )
+                results = ResultApplier(database.sessions, changes, chores, metrics=metrics)
                 projection = IdentityProjection(database.sessions)
                 consumers = [
                     # One at a time: the projection applies identity's events in the order they come.
@@ -104,7 +117,7 @@ def create_app(settings: ContentSettings) -> FastAPI:
                     Consumer(
                         broker.connection,
                         broker.topology.queue(CONTENT_GENERATION_RESULTS),
-                        generation_results_handler(generations),
+                        generation_results_handler(results),
                         prefetch=settings.results_prefetch,
                         metrics=metrics,
                     ),
@@ -113,7 +126,7 @@ def create_app(settings: ContentSettings) -> FastAPI:
                     running_relay(relay),
                     running_retention(database.sessions, Bookkeeping(outbox_table, inbox_table), settings),
                     running_consumers(consumers),
-                    running_sweeper(generations, settings.sweep_interval_seconds, settings.sweep_grace_seconds),
+                    running_sweeper(chores, settings.sweep_interval_seconds, settings.sweep_grace_seconds),
                 ):
                     health.install_readiness(
                         app,
@@ -124,10 +137,12 @@ def create_app(settings: ContentSettings) -> FastAPI:
                         },
                     )
                     app.state.content = ContentApi(
-                        generations=generations,
+                        submissions=submissions,
+                        reads=reads,
+                        owner_cancel=owner_cancel,
                         projection=projection,
                         hub=hub,
-                        watching=watching_from_settings(settings, hub, generations.get_unchecked, metrics),
+                        watching=watching_from_settings(settings, hub, reads.get_unchecked, metrics),
                         links=LinkSigner.derived(settings.link_secret(), "content-stream-links"),
                         limits=limits,
                         max_wait_seconds=settings.max_wait_seconds,

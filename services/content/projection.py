@@ -16,8 +16,8 @@ from services.common.http_errors import NotFoundError
 from services.common.inbox import mark_processed
 from services.common.pagination import Cursor, Page, page_of
 from services.content import decisions, repository
+from services.content.clock import utc_now
 from services.content.decisions import UnexpectedEventError
-from services.content.generations import utc_now
 from services.content.models import AvatarProjection, LoraProjection, LoraState, inbox_table
 
 

@@ -16,7 +16,7 @@ from services.common.http_errors import NotFoundError, TooManyRequestsError
 from services.common.metrics import ServiceMetrics
 from services.common.shared_reads import SharedReads
 from services.content.decisions import StatusStep
-from services.content.generations import GenerationView
+from services.content.reads import GenerationView
 from services.content.settings import StreamSettings
 from services.content.watching import EventData, ReadView
 

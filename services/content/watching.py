@@ -17,7 +17,7 @@ from typing import Protocol
 
 from services.common.changes import Watch
 from services.content.decisions import StatusStep, is_terminal, status_steps
-from services.content.generations import GenerationView
+from services.content.reads import GenerationView
 
 log = logging.getLogger(__name__)
 

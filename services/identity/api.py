@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from services.common.auth import AdminPrincipal, CurrentPrincipal
 from services.common.http_errors import error_responses
 from services.common.pagination import DEFAULT_PAGE_SIZE, PageCursor, PageLimit, PageOut
-from services.identity.lora_service import LoraService, LoraView
+from services.identity.avatars import AvatarService
+from services.identity.loras import LoraService, LoraView
 from services.identity.models import Avatar
 from services.identity.schemas import (
     AvatarCreate,
@@ -22,7 +23,6 @@ from services.identity.schemas import (
     LoraRejectionOut,
     LoraUpload,
 )
-from services.identity.service import AvatarService
 
 # Every route needs a token (401) and validates its input (422); each adds what else it can answer.
 router = APIRouter(prefix="/api/v1", responses=error_responses(401, 422))

@@ -67,7 +67,7 @@ class LoraFiles:
     async def verify_and_store(self, key: str, table: TargetTable, *, declared_size: int | None) -> StoredLora:
         """Verify the object at `key` and copy the verified bytes to their immutable key.
 
-        Raises RejectedFileError (the file is refused) or ObjectNotFoundError (nothing uploaded yet).
+        Raises LoraRejectedError (the file is refused) or ObjectNotFoundError (nothing uploaded yet).
         The copy is of the bytes read and checked here, not a server-side copy of `key`, which an upload URL
         could still change in between.
         """

@@ -21,11 +21,11 @@ from services.common.retention import Bookkeeping, RetentionTask, running_retent
 from services.common.runtime import open_broker, open_database, running_relay
 from services.common.storage import ObjectStorage, StorageConfig
 from services.identity.api import admin_router, router
+from services.identity.avatars import AvatarService
 from services.identity.lora_files import LoraFiles
-from services.identity.lora_service import LoraLimits, LoraService
+from services.identity.loras import LoraLimits, LoraService
 from services.identity.migrations import MIGRATIONS
 from services.identity.models import Base, outbox_table
-from services.identity.service import AvatarService
 from services.identity.settings import DEFAULT_PORT, IdentitySettings
 from services.identity.upload_expiry import UploadSweeper
 

@@ -13,8 +13,8 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.identity import repository
+from services.identity.clock import utc_now
 from services.identity.lora_files import upload_key
-from services.identity.service import utc_now
 
 log = logging.getLogger(__name__)
 

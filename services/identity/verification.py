@@ -20,7 +20,6 @@ from contracts.safetensors_header import (
     header_length,
 )
 
-_MESSAGE_LIMIT = 500
 # A pickle starts with the PROTO opcode; torch.save writes a zip archive. Neither is ever opened here.
 _PICKLE_PREFIXES = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
 
@@ -38,15 +37,6 @@ class RejectReason(StrEnum):
 # How a scalar of each float dtype is stored (bf16 is the top half of an f32).
 _SCALAR_FORMATS = {"F16": "<e", "F32": "<f", "F64": "<d"}
 ReadAt = Callable[[int, int], bytes]
-
-
-class RejectedFileError(Exception):
-    """The file is not a LoRA the platform will use: a stable reason code and a sentence for the creator."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message[:_MESSAGE_LIMIT]
 
 
 @dataclass(frozen=True)
@@ -94,14 +84,14 @@ class LoraVerifier:
             self._head += rest[:missing]
 
     def finish(self, read_at: ReadAt) -> VerifiedLora:
-        """The verdict once every byte was fed: a VerifiedLora, or RejectedFileError with the reason.
+        """The verdict once every byte was fed: a VerifiedLora, or LoraRejectedError with the reason.
 
         `read_at(offset, length)` reads back bytes that were fed (the alpha scalars: the header holds no values).
         """
         if self._size == 0:
-            raise RejectedFileError(RejectReason.EMPTY, "the file is empty")
+            raise LoraRejectedError(RejectReason.EMPTY, "the file is empty")
         if self._declared_size is not None and self._size != self._declared_size:
-            raise RejectedFileError(
+            raise LoraRejectedError(
                 RejectReason.SIZE_MISMATCH, f"the file is {self._size} bytes but {self._declared_size} were declared"
             )
         try:
@@ -110,20 +100,18 @@ class LoraVerifier:
             alphas = alpha_values(header.tensors, HEADER_LENGTH_BYTES + length, read_at)
             summary = check_lora_tensors(header.tensors, self._table, alpha_values=alphas)
         except NotSafetensorsError as error:
-            raise RejectedFileError(error.reason, f"not a safetensors file of float tensors: {error}") from None
-        except LoraRejectedError as error:
-            raise RejectedFileError(error.reason, str(error)) from None
+            raise LoraRejectedError(error.reason, f"not a safetensors file of float tensors: {error}") from None
         return VerifiedLora(self._digest.hexdigest(), self._size, summary, dict(header.metadata or {}))
 
     def _on_prefix(self, prefix: bytes) -> None:
         if prefix.startswith(_PICKLE_PREFIXES):
-            raise RejectedFileError(
+            raise LoraRejectedError(
                 RejectReason.PICKLE, "a pickle or PyTorch checkpoint: only .safetensors files are accepted"
             )
         length = int.from_bytes(prefix, "little")
         if length > MAX_HEADER_BYTES:
             # Checked again in finish() with the file's size; here it only stops reading a file already lost.
-            raise RejectedFileError(NOT_SAFETENSORS, f"header length {length} is over {MAX_HEADER_BYTES} bytes")
+            raise LoraRejectedError(NOT_SAFETENSORS, f"header length {length} is over {MAX_HEADER_BYTES} bytes")
         self._head_limit = HEADER_LENGTH_BYTES + length
 
 
@@ -140,11 +128,11 @@ def alpha_values(tensors: Mapping[str, Mapping[str, object]], data_start: int, r
             struct.unpack("<f", b"\0\0" + raw)[0] if dtype == "BF16" else struct.unpack(_SCALAR_FORMATS[dtype], raw)[0]
         )
         if not math.isfinite(value):
-            raise RejectedFileError(RejectReason.INVALID_VALUES, f"tensor {name[:120]!r} is {value}")
+            raise LoraRejectedError(RejectReason.INVALID_VALUES, f"tensor {name[:120]!r} is {value}")
         values[name] = float(value)
     return values
 
 
-def too_large(max_bytes: int) -> RejectedFileError:
+def too_large(max_bytes: int) -> LoraRejectedError:
     """The refusal of a file over the cap."""
-    return RejectedFileError(RejectReason.TOO_LARGE, f"the file is over the limit of {max_bytes} bytes")
+    return LoraRejectedError(RejectReason.TOO_LARGE, f"the file is over the limit of {max_bytes} bytes")

@@ -1,5 +1,5 @@
-"""The generation service on SQLite, for content's unit tests: its harness, a stand-in image store, and helpers
-that make avatars known, submit, read the outbox, and check that a refused submit wrote nothing."""
+"""Content's generation use cases on SQLite, for content's unit tests: their harness, a stand-in image store, and
+helpers that make avatars known, submit, read the outbox, and check that a refused submit wrote nothing."""
 
 from __future__ import annotations
 
@@ -21,10 +21,14 @@ from services.common.changes import ChangeFeed, ChangeHub
 from services.common.events import new_event, parse_event
 from services.common.http_errors import DomainError
 from services.content.admission import AdmissionLimits
-from services.content.generations import GenerationPolicy, GenerationService
+from services.content.cancel import OwnerCancel
 from services.content.models import Generation, IdempotencyKey, OwnerQuota, outbox_table
 from services.content.projection import IdentityProjection
+from services.content.reads import GenerationReads
+from services.content.results import ResultApplier
 from services.content.schemas import GenerateRequest
+from services.content.submit import Submissions
+from services.content.sweeper import SweeperChores
 from tests.support.content_units import LIMITS, T0, Clock
 from tests.support.identity_events import ready_avatar_events
 
@@ -70,10 +74,21 @@ class RecordingHub(ChangeHub):
         super().notify(key)
 
 
+@dataclass(frozen=True)
+class Generations:
+    """Content's generation use cases over one database, wired as main.py wires them."""
+
+    submissions: Submissions
+    reads: GenerationReads
+    owner_cancel: OwnerCancel
+    results: ResultApplier
+    chores: SweeperChores
+
+
 @dataclass
 class Harness:
-    """A service's surroundings: its database, clock, image store, change hub and feed, the identity projection,
-    and one entry per commit that woke the relay."""
+    """The use cases' surroundings: their database, clock, image store, change hub and feed, the identity
+    projection, and one entry per commit that woke the relay."""
 
     sessions: async_sessionmaker[AsyncSession]
     clock: Clock
@@ -83,16 +98,33 @@ class Harness:
     projection: IdentityProjection
     commits: list[None]
 
-    def service(self, limits: AdmissionLimits = LIMITS, feed: ChangeFeed | None = None) -> GenerationService:
-        return GenerationService(
+    def generations(self, limits: AdmissionLimits = LIMITS, feed: ChangeFeed | None = None) -> Generations:
+        changes = feed or self.feed
+        reads = GenerationReads(self.sessions, self.images, URL_TTL)
+        chores = SweeperChores(
             self.sessions,
             self.images,
-            GenerationPolicy(DEADLINE, URL_TTL),
-            limits,
-            feed or self.feed,
-            on_commit=lambda: self.commits.append(None),
+            changes,
+            idempotency_ttl_seconds=limits.idempotency_ttl_seconds,
             clock=self.clock,
-            seed_source=lambda: 1234,
+        )
+        return Generations(
+            submissions=Submissions(
+                self.sessions,
+                reads,
+                limits,
+                changes,
+                deadline_seconds=DEADLINE,
+                on_commit=lambda: self.commits.append(None),
+                clock=self.clock,
+                seed_source=lambda: 1234,
+            ),
+            reads=reads,
+            owner_cancel=OwnerCancel(
+                self.sessions, reads, changes, on_commit=lambda: self.commits.append(None), clock=self.clock
+            ),
+            results=ResultApplier(self.sessions, changes, chores, clock=self.clock),
+            chores=chores,
         )
 
 
@@ -117,8 +149,8 @@ def _request(avatar_id: uuid.UUID, **fields: Any) -> GenerateRequest:
     return GenerateRequest.model_validate({"avatar_id": str(avatar_id), "prompt": "a portrait", **fields})
 
 
-async def _submit(service: GenerationService, avatar_id: uuid.UUID, owner_id: str = OWNER, **fields: Any) -> Generation:
-    return (await service.submit(owner_id, _request(avatar_id, **fields))).view.generation
+async def _submit(submissions: Submissions, avatar_id: uuid.UUID, owner_id: str = OWNER, **fields: Any) -> Generation:
+    return (await submissions.submit(owner_id, _request(avatar_id, **fields))).view.generation
 
 
 async def _outbox(sessions: async_sessionmaker[AsyncSession]) -> list[EventPayload]:

@@ -179,14 +179,14 @@ async def test_a_wait_reads_the_generation_again_only_when_a_notice_says_it_chan
     generation_id = (await submit(client, auth, avatar_id))["id"]
     api = content_api(app)
     plain_reads = 0
-    read = api.generations.get
+    read = api.reads.get
 
     async def counted_read(owner_id: str, wanted: uuid.UUID) -> Any:
         nonlocal plain_reads
         plain_reads += 1
         return await read(owner_id, wanted)
 
-    monkeypatch.setattr(api.generations, "get", counted_read)
+    monkeypatch.setattr(api.reads, "get", counted_read)
     shared_before = api.watching.reads.loads
 
     response = await client.get(path_of(generation_id), headers={**auth, "Prefer": "wait=3"})

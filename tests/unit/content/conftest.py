@@ -1,4 +1,4 @@
-"""Fixtures of the generation service's unit tests: a fresh SQLite database, the harness around it, a service."""
+"""Fixtures of the generation use cases' unit tests: a fresh SQLite database, the harness around it, the use cases."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.changes import ChangeFeed
-from services.content.generations import GenerationService
 from services.content.models import Base
 from services.content.projection import IdentityProjection
-from tests.support.content_harness import Harness, RecordingHub, StandInImageStore
+from tests.support.content_harness import Generations, Harness, RecordingHub, StandInImageStore
 from tests.support.content_units import Clock
 from tests.support.sqlite import sqlite_sessions
 
@@ -39,5 +38,5 @@ def h(sessions: async_sessionmaker[AsyncSession]) -> Harness:
 
 
 @pytest.fixture
-def service(h: Harness) -> GenerationService:
-    return h.service()
+def generations(h: Harness) -> Generations:
+    return h.generations()

@@ -10,10 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.changes import ChangeFeed
 from services.common.http_errors import ConflictError
-from services.content.generations import GenerationService
 from tests.support.content_harness import (
     DEADLINE,
     OWNER,
+    Generations,
     Harness,
     _completed,
     _ready_avatar,
@@ -27,10 +27,10 @@ from tests.support.content_units import T0
 # --- change notices ---------------------------------------------------------------------------------------------
 
 
-async def test_a_submit_announces_its_generation_once_it_committed(h: Harness, service: GenerationService) -> None:
+async def test_a_submit_announces_its_generation_once_it_committed(h: Harness, generations: Generations) -> None:
     avatar_id, _ = await _ready_avatar(h)
 
-    generation = await _submit(service, avatar_id)
+    generation = await _submit(generations.submissions, avatar_id)
 
     assert h.hub.notified == [str(generation.id)]
 
@@ -44,50 +44,50 @@ class AnnounceThenFail(ChangeFeed):
 
 
 async def test_a_rolled_back_submit_wakes_nobody_and_leaves_nothing(h: Harness) -> None:
-    service = h.service(feed=AnnounceThenFail(h.hub, "content_test_changes"))
+    generations = h.generations(feed=AnnounceThenFail(h.hub, "content_test_changes"))
     avatar_id, _ = await _ready_avatar(h)
     before = await _snapshot(h.sessions)
 
     with pytest.raises(RuntimeError, match="after the announcement"):
-        await _submit(service, avatar_id)
+        await _submit(generations.submissions, avatar_id)
 
     assert h.hub.notified == []
     assert await _snapshot(h.sessions) == before
     assert h.commits == []
 
 
-async def test_a_watch_wakes_on_each_result(h: Harness, service: GenerationService) -> None:
+async def test_a_watch_wakes_on_each_result(h: Harness, generations: Generations) -> None:
     avatar_id, _ = await _ready_avatar(h)
-    generation = await _submit(service, avatar_id)
+    generation = await _submit(generations.submissions, avatar_id)
 
     with h.hub.watch(str(generation.id)) as watch, h.hub.watch(str(uuid.uuid4())) as other:
         assert not await watch.changed(0)
-        await service.apply_result(*_result(_started(generation.id)))
+        await generations.results.apply(*_result(_started(generation.id)))
         assert await watch.changed(0)
-        await service.apply_result(*_result(_completed(generation.id)))
+        await generations.results.apply(*_result(_completed(generation.id)))
         assert await watch.changed(0)
         assert not await other.changed(0)
 
 
-async def test_a_watch_wakes_on_cancel(h: Harness, service: GenerationService) -> None:
+async def test_a_watch_wakes_on_cancel(h: Harness, generations: Generations) -> None:
     avatar_id, _ = await _ready_avatar(h)
-    generation = await _submit(service, avatar_id)
+    generation = await _submit(generations.submissions, avatar_id)
 
     with h.hub.watch(str(generation.id)) as watch:
-        await service.cancel(OWNER, generation.id)
+        await generations.owner_cancel.cancel(OWNER, generation.id)
         assert await watch.changed(0)
         with pytest.raises(ConflictError):
-            await service.cancel(OWNER, generation.id)
+            await generations.owner_cancel.cancel(OWNER, generation.id)
         assert not await watch.changed(0)
 
 
-async def test_a_watch_wakes_on_timeout(h: Harness, service: GenerationService) -> None:
+async def test_a_watch_wakes_on_timeout(h: Harness, generations: Generations) -> None:
     avatar_id, _ = await _ready_avatar(h)
-    generation = await _submit(service, avatar_id)
+    generation = await _submit(generations.submissions, avatar_id)
     h.clock.now = T0 + timedelta(seconds=DEADLINE + 1)
 
     with h.hub.watch(str(generation.id)) as watch:
-        await service.fail_overdue(grace_seconds=0)
+        await generations.chores.fail_overdue(grace_seconds=0)
         assert await watch.changed(0)
-        await service.fail_overdue(grace_seconds=0)
+        await generations.chores.fail_overdue(grace_seconds=0)
         assert not await watch.changed(0)

@@ -13,8 +13,8 @@ import pytest
 from services.common.changes import ChangeHub
 from services.common.http_errors import NotFoundError
 from services.common.metrics import ServiceMetrics
-from services.content.generations import GenerationView
 from services.content.models import Generation, GenerationStatus
+from services.content.reads import GenerationView
 from services.content.streams import (
     RESERVED_FILE_DESCRIPTORS,
     STREAM_RETRY_AFTER_SECONDS,

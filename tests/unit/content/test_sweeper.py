@@ -20,11 +20,15 @@ from contracts.object_keys import generation_image_key
 from contracts.worker import ModelInfo
 from services.common.changes import ChangeFeed, ChangeHub
 from services.common.events import new_event
-from services.content.generations import GenerationPolicy, GenerationService
+from services.content.cancel import OwnerCancel
 from services.content.models import Base, IdempotencyKey
 from services.content.projection import IdentityProjection
+from services.content.reads import GenerationReads
+from services.content.results import ResultApplier
 from services.content.schemas import GenerateRequest
-from services.content.sweeper import SWEEP_BATCH, running_sweeper, sweep_forever, sweep_once
+from services.content.submit import Submissions
+from services.content.sweeper import SWEEP_BATCH, SweeperChores, running_sweeper, sweep_forever, sweep_once
+from tests.support.content_harness import Generations
 from tests.support.content_units import LIMITS, T0, Clock
 from tests.support.identity_events import ready_avatar_events
 from tests.support.sqlite import sqlite_sessions
@@ -59,6 +63,21 @@ async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSess
         yield factory
 
 
+def _wired(sessions: async_sessionmaker[AsyncSession], images: StandInImageStore, clock: Clock) -> Generations:
+    changes = ChangeFeed(ChangeHub(), "c")
+    reads = GenerationReads(sessions, images, 3600)
+    chores = SweeperChores(
+        sessions, images, changes, idempotency_ttl_seconds=LIMITS.idempotency_ttl_seconds, clock=clock
+    )
+    return Generations(
+        submissions=Submissions(sessions, reads, LIMITS, changes, deadline_seconds=DEADLINE, clock=clock),
+        reads=reads,
+        owner_cancel=OwnerCancel(sessions, reads, changes, clock=clock),
+        results=ResultApplier(sessions, changes, chores, clock=clock),
+        chores=chores,
+    )
+
+
 async def _ready_avatar(sessions: async_sessionmaker[AsyncSession]) -> uuid.UUID:
     projection = IdentityProjection(sessions, clock=lambda: T0)
     avatar_id, lora_id = str(uuid.uuid4()), str(uuid.uuid4())
@@ -69,14 +88,12 @@ async def _ready_avatar(sessions: async_sessionmaker[AsyncSession]) -> uuid.UUID
 
 async def test_one_sweep_does_every_chore(sessions: async_sessionmaker[AsyncSession]) -> None:
     clock, images = Clock(), StandInImageStore(failing=1)
-    service = GenerationService(
-        sessions, images, GenerationPolicy(DEADLINE, 3600), LIMITS, ChangeFeed(ChangeHub(), "c"), clock=clock
-    )
+    generations = _wired(sessions, images, clock)
     avatar_id = await _ready_avatar(sessions)
     request = GenerateRequest(avatar_id=avatar_id, prompt="p")
-    stuck = (await service.submit("o1", request, "old-key")).view.generation
-    canceled = (await service.submit("o1", request)).view.generation
-    await service.cancel("o1", canceled.id)
+    stuck = (await generations.submissions.submit("o1", request, "old-key")).view.generation
+    canceled = (await generations.submissions.submit("o1", request)).view.generation
+    await generations.owner_cancel.cancel("o1", canceled.id)
     late = GenerationCompleted(
         generation_id=str(canceled.id),
         image=ImageRef(
@@ -85,16 +102,16 @@ async def test_one_sweep_does_every_chore(sessions: async_sessionmaker[AsyncSess
         generation_time_seconds=1.0,
         model_info=ModelInfo(base_model="tiny", lora_applied=True, lora_scale=1.0),
     )
-    await service.apply_result(new_event(late, source="/vixenbliss/inference-gateway", subject="s"), late)
+    await generations.results.apply(new_event(late, source="/vixenbliss/inference-gateway", subject="s"), late)
     assert images.deleted == []  # storage failed: left for the sweeper
     clock.now = T0 + timedelta(seconds=LIMITS.idempotency_ttl_seconds + 1)
 
-    await sweep_once(service, grace_seconds=60)
+    await sweep_once(generations.chores, grace_seconds=60)
 
-    failed = (await service.get("o1", stuck.id)).generation
+    failed = (await generations.reads.get("o1", stuck.id)).generation
     assert failed.status == "failed" and failed.error is not None and failed.error["error_code"] == "TIMEOUT"
     assert images.deleted == [generation_image_key(canceled.id)]
-    assert (await service.get("o1", canceled.id)).generation.image_purge_pending is False
+    assert (await generations.reads.get("o1", canceled.id)).generation.image_purge_pending is False
     async with sessions() as session:
         assert await session.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
 
@@ -103,17 +120,12 @@ async def test_a_result_arriving_after_the_sweep_does_not_reopen_the_generation(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     clock = Clock()
-    service = GenerationService(
-        sessions,
-        StandInImageStore(),
-        GenerationPolicy(DEADLINE, 3600),
-        LIMITS,
-        ChangeFeed(ChangeHub(), "c"),
-        clock=clock,
-    )
-    generation = (await service.submit("o1", GenerateRequest(avatar_id=await _ready_avatar(sessions), prompt="p"))).view
+    generations = _wired(sessions, StandInImageStore(), clock)
+    generation = (
+        await generations.submissions.submit("o1", GenerateRequest(avatar_id=await _ready_avatar(sessions), prompt="p"))
+    ).view
     clock.now = T0 + timedelta(seconds=DEADLINE + 120)
-    await sweep_once(service, grace_seconds=60)
+    await sweep_once(generations.chores, grace_seconds=60)
 
     late = GenerationCompleted(
         generation_id=str(generation.generation.id),
@@ -127,14 +139,14 @@ async def test_a_result_arriving_after_the_sweep_does_not_reopen_the_generation(
         generation_time_seconds=1.0,
         model_info=ModelInfo(base_model="tiny", lora_applied=True, lora_scale=1.0),
     )
-    await service.apply_result(new_event(late, source="/vixenbliss/inference-gateway", subject="s"), late)
+    await generations.results.apply(new_event(late, source="/vixenbliss/inference-gateway", subject="s"), late)
 
-    stored = (await service.get("o1", generation.generation.id)).generation
+    stored = (await generations.reads.get("o1", generation.generation.id)).generation
     assert stored.status == "failed" and stored.image is None
 
 
-class ScriptedGenerations:
-    """Stands in for GenerationService: each chore answers from a script and counts its calls; a sweep whose
+class ScriptedChores:
+    """Stands in for SweeperChores: each chore answers from a script and counts its calls; a sweep whose
     number is in `failing` raises; `swept` is set once `until` sweeps have started."""
 
     def __init__(
@@ -170,14 +182,14 @@ class ScriptedGenerations:
         return 0
 
 
-def _as_service(fake: ScriptedGenerations) -> GenerationService:
-    return cast(GenerationService, fake)
+def _as_chores(fake: ScriptedChores) -> SweeperChores:
+    return cast(SweeperChores, fake)
 
 
 async def test_a_full_batch_is_followed_by_another_until_one_is_not_full() -> None:
-    fake = ScriptedGenerations(overdue=[SWEEP_BATCH, SWEEP_BATCH, 3], purged=[SWEEP_BATCH, 0])
+    fake = ScriptedChores(overdue=[SWEEP_BATCH, SWEEP_BATCH, 3], purged=[SWEEP_BATCH, 0])
 
-    await sweep_once(_as_service(fake), grace_seconds=60)
+    await sweep_once(_as_chores(fake), grace_seconds=60)
 
     assert fake.calls == [
         ("fail_overdue", SWEEP_BATCH),
@@ -190,9 +202,9 @@ async def test_a_full_batch_is_followed_by_another_until_one_is_not_full() -> No
 
 
 async def test_the_sweep_loop_runs_every_interval_until_stopped() -> None:
-    fake = ScriptedGenerations(until=3)
+    fake = ScriptedChores(until=3)
     stop = asyncio.Event()
-    task = asyncio.create_task(sweep_forever(_as_service(fake), interval_seconds=0.01, grace_seconds=60, stop=stop))
+    task = asyncio.create_task(sweep_forever(_as_chores(fake), interval_seconds=0.01, grace_seconds=60, stop=stop))
 
     async with asyncio.timeout(GUARD):
         await fake.swept.wait()
@@ -203,9 +215,9 @@ async def test_the_sweep_loop_runs_every_interval_until_stopped() -> None:
 
 
 async def test_a_stop_ends_the_wait_for_the_next_sweep_at_once() -> None:
-    fake = ScriptedGenerations(until=1)
+    fake = ScriptedChores(until=1)
     stop = asyncio.Event()
-    task = asyncio.create_task(sweep_forever(_as_service(fake), interval_seconds=3600, grace_seconds=60, stop=stop))
+    task = asyncio.create_task(sweep_forever(_as_chores(fake), interval_seconds=3600, grace_seconds=60, stop=stop))
 
     async with asyncio.timeout(GUARD):  # an hour's interval: only the stop can end it in time
         await fake.swept.wait()
@@ -216,9 +228,9 @@ async def test_a_stop_ends_the_wait_for_the_next_sweep_at_once() -> None:
 
 
 async def test_a_failing_sweep_is_logged_and_the_next_one_still_runs(caplog: pytest.LogCaptureFixture) -> None:
-    fake = ScriptedGenerations(until=2, failing=frozenset({1}))
+    fake = ScriptedChores(until=2, failing=frozenset({1}))
     stop = asyncio.Event()
-    task = asyncio.create_task(sweep_forever(_as_service(fake), interval_seconds=0.01, grace_seconds=60, stop=stop))
+    task = asyncio.create_task(sweep_forever(_as_chores(fake), interval_seconds=0.01, grace_seconds=60, stop=stop))
 
     with caplog.at_level(logging.ERROR, logger="services.content.sweeper"):
         async with asyncio.timeout(GUARD):
@@ -232,10 +244,10 @@ async def test_a_failing_sweep_is_logged_and_the_next_one_still_runs(caplog: pyt
 
 
 async def test_the_running_sweeper_sweeps_in_the_background_and_stops_with_the_block() -> None:
-    fake = ScriptedGenerations(until=1)
+    fake = ScriptedChores(until=1)
 
     async with asyncio.timeout(GUARD):
-        async with running_sweeper(_as_service(fake), interval_seconds=3600, grace_seconds=60):
+        async with running_sweeper(_as_chores(fake), interval_seconds=3600, grace_seconds=60):
             await fake.swept.wait()
         sweeps = fake.sweeps
 

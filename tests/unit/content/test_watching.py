@@ -15,8 +15,8 @@ from services.common.changes import ChangeHub
 from services.common.http_errors import NotFoundError
 from services.common.shared_reads import SharedReads
 from services.content.decisions import StatusStep
-from services.content.generations import GenerationView
 from services.content.models import Generation, GenerationStatus
+from services.content.reads import GenerationView
 from services.content.watching import (
     HEARTBEAT,
     LIFETIME_SPREAD,

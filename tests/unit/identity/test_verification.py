@@ -8,8 +8,9 @@ import struct
 
 import pytest
 
+from contracts.lora_keys import LoraRejectedError
 from contracts.lora_targets import load_target_table
-from services.identity.verification import LoraVerifier, RejectedFileError, VerifiedLora
+from services.identity.verification import LoraVerifier, VerifiedLora
 from tests.support.lora_headers import (
     SDXL,
     checkpoint_file,
@@ -33,7 +34,7 @@ def verify(data: bytes, chunk: int = 65536, declared: int | None = None, max_byt
 
 
 def reason_of(data: bytes, **options: int | None) -> str:
-    with pytest.raises(RejectedFileError) as caught:
+    with pytest.raises(LoraRejectedError) as caught:
         verify(data, **options)  # type: ignore[arg-type]
     return caught.value.reason
 
@@ -107,7 +108,7 @@ def test_a_file_over_the_cap_is_refused_as_soon_as_the_cap_is_passed() -> None:
     data = lora_file()
     verifier = LoraVerifier(TABLE, max_bytes=len(data) - 1, declared_size=None)
 
-    with pytest.raises(RejectedFileError) as caught:
+    with pytest.raises(LoraRejectedError) as caught:
         verifier.feed(data)
 
     assert caught.value.reason == "too_large"
@@ -122,7 +123,7 @@ def test_a_file_of_another_size_than_declared_is_refused() -> None:
 def test_a_header_length_no_file_could_have_stops_the_read_at_the_eighth_byte() -> None:
     verifier = LoraVerifier(TABLE, max_bytes=MAX_BYTES, declared_size=None)
 
-    with pytest.raises(RejectedFileError) as caught:
+    with pytest.raises(LoraRejectedError) as caught:
         verifier.feed(struct.pack("<Q", 2**40))
 
     assert caught.value.reason == "not_safetensors"
@@ -131,7 +132,7 @@ def test_a_header_length_no_file_could_have_stops_the_read_at_the_eighth_byte() 
 def test_a_refusal_message_is_bounded() -> None:
     name = "unet." + "x" * 5000 + ".lora_A.weight"
 
-    with pytest.raises(RejectedFileError) as caught:
+    with pytest.raises(LoraRejectedError) as caught:
         verify(with_header({name: {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}}, bytes(2)))
 
     assert len(caught.value.message) <= 500

@@ -1,71 +1,35 @@
-"""Identity use cases for avatars, and the rules both avatars and LoRA versions follow (ownership, activation)."""
+"""Identity use cases for avatars: create, get, list, update (name, description, active version), delete."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.events import AvatarCreated, AvatarDeleted, AvatarUpdated, LoraRetired
-from services.common.http_errors import ConflictError, FieldError, InvalidRequestError, NotFoundError
+from contracts.events import AvatarCreated, AvatarDeleted, AvatarUpdated
+from services.common.http_errors import FieldError, InvalidRequestError
 from services.common.outbox import add_to_outbox
 from services.common.pagination import Cursor, Page, page_of
-from services.identity import repository
-from services.identity.events import avatar_event, lora_event
+from services.identity import decisions, repository
+from services.identity.clock import Clock, utc_now
+from services.identity.errors import avatar_not_found
+from services.identity.events import avatar_event
 from services.identity.models import Avatar, LoraModel, LoraStatus, outbox_table
 from services.identity.quotas import DEFAULT_QUOTAS, OwnerQuotas, check_avatar_quota
 from services.identity.schemas import AvatarCreate, AvatarUpdate
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 
-
-def utc_now() -> datetime:
-    """The current time, aware, in UTC."""
-    return datetime.now(UTC)
-
-
-def avatar_not_found() -> NotFoundError:
-    """The one answer for an avatar that does not exist, was deleted, or belongs to someone else."""
-    return NotFoundError("unknown avatar")
-
-
-def check_activatable(lora: LoraModel | None, avatar_id: uuid.UUID, field: str = "active_lora_id") -> LoraModel:
-    """The version may become the avatar's active one: it is the avatar's own, and ready."""
-    if lora is None or lora.avatar_id != avatar_id:
-        reason = "no LoRA version of this avatar has this id"
-        raise InvalidRequestError(reason, fields=[FieldError(field, reason)])
-    if lora.status != LoraStatus.READY.value:
-        reason = f"the LoRA version is {lora.status}; only a ready version can be active"
-        raise ConflictError(reason, fields=[FieldError(field, reason)])
-    return lora
-
-
-async def retire_version(session: AsyncSession, lora: LoraModel, now: datetime) -> None:
-    """Retire a pending or ready version; a ready one was announced, so its retirement is too (lora.retired)."""
-    was_ready = lora.status == LoraStatus.READY.value
-    lora.status, lora.retired_at, lora.updated_at = LoraStatus.RETIRED.value, now, now
-    if was_ready:
-        await add_to_outbox(session, outbox_table, lora_event(LoraRetired, lora))
-
-
-async def point_avatar_at(
-    session: AsyncSession, avatar: Avatar, lora_id: uuid.UUID | None, now: datetime, correlation_id: str
-) -> None:
-    """Make `lora_id` (or none) the avatar's active version and announce it (avatar.updated)."""
-    avatar.active_lora_id, avatar.updated_at = lora_id, now
-    await add_to_outbox(session, outbox_table, avatar_event(AvatarUpdated, avatar, correlation_id))
-
-
-async def retire_versions(session: AsyncSession, avatar: Avatar, now: datetime) -> list[LoraModel]:
+async def _retire_versions(session: AsyncSession, avatar: Avatar, now: datetime) -> list[LoraModel]:
     """Retire every pending or ready version of the avatar."""
     retired = await repository.loras_with_status(session, avatar.id, (LoraStatus.PENDING_UPLOAD, LoraStatus.READY))
     for lora in retired:
-        await retire_version(session, lora, now)
+        if (event := decisions.retire_version(lora, now)) is not None:
+            await add_to_outbox(session, outbox_table, event)
     return retired
 
 
@@ -144,7 +108,7 @@ class AvatarService:
                     avatar.active_lora_id = None
                 else:
                     lora = await repository.get_lora(session, request.active_lora_id)
-                    avatar.active_lora_id = check_activatable(lora, avatar.id).id
+                    avatar.active_lora_id = decisions.check_activatable(lora, avatar.id).id
             if (avatar.name, avatar.description, avatar.active_lora_id) != before:
                 avatar.updated_at = self._clock()
             # The event carries the name and the active version: a new description alone is no news to anyone.
@@ -165,6 +129,6 @@ class AvatarService:
                 raise avatar_not_found()
             avatar.deleted_at, avatar.updated_at = now, now
             await add_to_outbox(session, outbox_table, avatar_event(AvatarDeleted, avatar, str(avatar.id)))
-            retired = await retire_versions(session, avatar, now)
+            retired = await _retire_versions(session, avatar, now)
         self._on_commit()
         log.info("avatar %s deleted; %d LoRA versions retired", avatar.id, len(retired))

@@ -11,12 +11,15 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.events import LoraReady
+from contracts.lora_keys import LoraRejectedError
 from contracts.lora_targets import TargetTable, load_target_table
-from services.common.http_errors import ConflictError, DomainError, FieldError, InvalidRequestError, NotFoundError
+from services.common.http_errors import ConflictError, FieldError, InvalidRequestError
 from services.common.outbox import add_to_outbox
 from services.common.pagination import Cursor, Page, page_of
 from services.common.storage import ObjectNotFoundError
-from services.identity import repository
+from services.identity import decisions, repository
+from services.identity.clock import Clock, utc_now
+from services.identity.errors import avatar_not_found, lora_not_found, lora_rejected
 from services.identity.events import lora_event
 from services.identity.lora_files import LoraFiles, StoredLora, upload_key
 from services.identity.models import Avatar, LoraModel, LoraStatus, outbox_table
@@ -28,27 +31,9 @@ from services.identity.quotas import (
     registration_expiry,
 )
 from services.identity.schemas import LoraCreate, LoraImport
-from services.identity.service import (
-    Clock,
-    avatar_not_found,
-    check_activatable,
-    point_avatar_at,
-    retire_version,
-    utc_now,
-)
 from services.identity.settings import IdentitySettings
-from services.identity.verification import RejectedFileError
 
 log = logging.getLogger(__name__)
-
-LORA_REJECTED = "LORA_REJECTED"
-
-
-class LoraRejectedError(DomainError):
-    """The uploaded file is not a LoRA the platform will use (422, with a stable reason code)."""
-
-    status_code = 422
-    error_code = LORA_REJECTED
 
 
 @dataclass(frozen=True)
@@ -92,16 +77,6 @@ class LoraRegistration:
     upload_expires_in: int
 
 
-def lora_not_found() -> NotFoundError:
-    """The one answer for a version that does not exist or whose avatar is someone else's or deleted."""
-    return NotFoundError("unknown LoRA")
-
-
-def rejected(reason: str, message: str) -> LoraRejectedError:
-    """The 422 of a refused file: the code in details.reason_code, the sentence in the field `file`."""
-    return LoraRejectedError(f"LoRA rejected: {message}", fields=[FieldError("file", message)], reason_code=reason)
-
-
 def ready_values(stored: StoredLora, now: datetime) -> dict[str, object]:
     """The columns a verified file sets on its version."""
     verified, summary = stored.verified, stored.verified.summary
@@ -117,13 +92,6 @@ def ready_values(stored: StoredLora, now: datetime) -> dict[str, object]:
         "ready_at": now,
         "updated_at": now,
     }
-
-
-def check_declared_size(size_bytes: int, max_bytes: int) -> None:
-    """Refuse a declared size over the cap before any upload URL is handed out."""
-    if size_bytes > max_bytes:
-        reason = f"{size_bytes} bytes is over the limit of {max_bytes} bytes"
-        raise InvalidRequestError(f"LoRA file too large: {reason}", fields=[FieldError("size_bytes", reason)])
 
 
 class LoraService:
@@ -158,7 +126,7 @@ class LoraService:
         owner's lock row was taken, so concurrent registrations cannot all see room for one more. The registration
         is open until `registration_ttl_seconds` from now; then the retention loop expires it.
         """
-        check_declared_size(request.size_bytes, self._limits.max_bytes)
+        decisions.check_declared_size(request.size_bytes, self._limits.max_bytes)
         self.target_table(request.base_model)
         lora_id, now = uuid.uuid4(), self._clock()
         async with self._sessions() as session, session.begin():
@@ -220,7 +188,7 @@ class LoraService:
             if lora.status == LoraStatus.READY.value:
                 return await self._view(session, lora)
         if lora.status == LoraStatus.REJECTED.value:
-            raise rejected(lora.rejection_reason or "rejected", lora.rejection_message or "the file was rejected")
+            raise lora_rejected(lora.rejection_reason or "rejected", lora.rejection_message or "the file was rejected")
         if lora.status == LoraStatus.EXPIRED.value:
             raise registration_expired()
         if lora.status != LoraStatus.PENDING_UPLOAD.value:
@@ -233,11 +201,11 @@ class LoraService:
         except ObjectNotFoundError:
             reason = "nothing was uploaded yet: PUT the file to the upload URL first"
             raise ConflictError("object not uploaded", fields=[FieldError("file", reason)]) from None
-        except RejectedFileError as error:
+        except LoraRejectedError as error:
             if not await self._reject(lora, error):
                 # Another complete settled the version first: answer with what it decided.
                 return await self.complete(owner_id, lora_id)
-            raise rejected(error.reason, error.message) from None
+            raise lora_rejected(error.reason, error.message) from None
         view = await self._make_ready(lora, stored)
         if view is None:
             return await self.complete(owner_id, lora_id)
@@ -259,8 +227,8 @@ class LoraService:
         except ObjectNotFoundError:
             reason = "no object at this key"
             raise InvalidRequestError(reason, fields=[FieldError("object_key", reason)]) from None
-        except RejectedFileError as error:
-            raise rejected(error.reason, error.message) from None
+        except LoraRejectedError as error:
+            raise lora_rejected(error.reason, error.message) from None
         now = self._clock()
         lora = LoraModel(
             id=uuid.uuid4(),
@@ -292,10 +260,11 @@ class LoraService:
             avatar = await repository.get_owned_avatar(session, owner_id, lora.avatar_id, for_update=True)
             if avatar is None:
                 raise lora_not_found()
-            check_activatable(lora, avatar.id, field="lora_id")
+            decisions.check_activatable(lora, avatar.id, field="lora_id")
             changed = avatar.active_lora_id != lora.id
             if changed:
-                await point_avatar_at(session, avatar, lora.id, self._clock(), str(lora.id))
+                event = decisions.point_avatar_at(avatar, lora.id, self._clock(), str(lora.id))
+                await add_to_outbox(session, outbox_table, event)
         if changed:
             self._on_commit()
             log.info("LoRA %s active for avatar %s", lora.id, avatar.id)
@@ -312,10 +281,11 @@ class LoraService:
                 return await self._view(session, lora)
             if lora.status in (LoraStatus.REJECTED.value, LoraStatus.EXPIRED.value):
                 raise ConflictError(f"a {lora.status} LoRA version cannot be retired; it is never used")
-            await retire_version(session, lora, now)
+            if (retired := decisions.retire_version(lora, now)) is not None:
+                await add_to_outbox(session, outbox_table, retired)
             avatar = await repository.get_owned_avatar(session, owner_id, lora.avatar_id, for_update=True)
             if avatar is not None and avatar.active_lora_id == lora.id:
-                await point_avatar_at(session, avatar, None, now, str(lora.id))
+                await add_to_outbox(session, outbox_table, decisions.point_avatar_at(avatar, None, now, str(lora.id)))
         self._on_commit()
         log.info("LoRA %s retired", lora.id)
         return LoraView(lora, False)
@@ -340,10 +310,10 @@ class LoraService:
         await add_to_outbox(session, outbox_table, lora_event(LoraReady, ready))
         avatar = await repository.get_live_avatar(session, ready.avatar_id, for_update=True)
         if avatar is not None and ready.activate_when_ready:
-            await point_avatar_at(session, avatar, ready.id, now, str(ready.id))
+            await add_to_outbox(session, outbox_table, decisions.point_avatar_at(avatar, ready.id, now, str(ready.id)))
         return LoraView(ready, avatar is not None and avatar.active_lora_id == ready.id)
 
-    async def _reject(self, lora: LoraModel, error: RejectedFileError) -> bool:
+    async def _reject(self, lora: LoraModel, error: LoraRejectedError) -> bool:
         """Record why the file was refused and delete the upload (nothing is announced); False when another call
         settled the version first."""
         now = self._clock()
