@@ -59,7 +59,7 @@ schemas: install
 	$(BIN)/python -m contracts.export
 	$(BIN)/python -m services.identity openapi
 	$(BIN)/python -m services.content openapi
-	$(BIN)/python -m gpu.lora.targets
+	$(BIN)/python -m gpu.tools.lora_targets
 
 tiny-model: install
 	$(BIN)/python -m gpu.tiny model --out .cache/tiny-sdxl
@@ -84,7 +84,7 @@ bench-worker-modes: install
 
 # Each hop of a deployment (docs/deploy.md § Smoke test): the services' variables as deployed, plus SMOKE_*.
 smoke: install
-	$(BIN)/python -m services.smoke
+	$(BIN)/python -m services.tools.smoke
 
 clean:
 	rm -rf .run out .cache .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from contracts.lora_layouts import foreign_adapter, is_kohya_name, module_path, read_key
 from contracts.lora_targets import TargetTable
 
-# The largest rank accepted, by identity at upload and by the worker (gpu/lora/plan.py) at load.
+# The largest rank accepted, by identity at upload and by the worker (gpu/engine/lora/plan.py) at load.
 MAX_RANK = 1024
 _NAME_IN_MESSAGE = 120
 
@@ -141,7 +141,7 @@ def _layer(
     rank = down[0]
     if rank > MAX_RANK:
         raise _rejected(LoraRejectReason.RANK_TOO_LARGE, sides["down"], f"has rank {rank}, over {MAX_RANK}")
-    # As gpu/lora/plan.py `_check_shapes`: Linear weight [out, in] takes down [r, in], Conv2d [out, in, kh, kw]
+    # As gpu/engine/lora/plan.py `_check_shapes`: Linear weight [out, in] takes down [r, in], Conv2d [out, in, kh, kw]
     # takes down [r, in, kh, kw]; up is [out, r] or [out, r, 1, 1] for either.
     fits = rank > 0 and down[1:] == weight[1:] and up[:2] == (weight[0], rank) and all(d == 1 for d in up[2:])
     if not fits:

@@ -8,7 +8,7 @@ from functools import cache
 
 from contracts.lora_targets import TargetTable
 
-# The down/up suffixes the worker reads (gpu/lora/plan.py `_SUFFIX` and `_PROCESSOR`, mirrored here).
+# The down/up suffixes the worker reads (gpu/engine/lora/plan.py `_SUFFIX` and `_PROCESSOR`, mirrored here).
 _DOTTED_SUFFIX = re.compile(
     r"\.(?:(?P<down>lora\.down|lora_linear_layer\.down|lora_A|lora_down)"
     r"|(?P<up>lora\.up|lora_linear_layer\.up|lora_B|lora_up))\.weight$"

@@ -200,7 +200,7 @@ stack is up (logs: {stack.config.run_dir}/<name>.log; stop it with `python scrip
   playground {content}/playground    (a token and a ready avatar: `make playground SUB=<you>`)
 
 curl session (needs jq; run it from the project root, where .run/auth-dev-secret is):
-  AUTH="authorization: Bearer $(.venv/bin/python -m services.common.auth mint --sub demo-user)"
+  AUTH="authorization: Bearer $(.venv/bin/python -m services.tools.token mint --sub demo-user)"
   AVATAR=$(curl -s -X POST {identity}/api/v1/avatars -H "$AUTH" -H 'content-type: application/json' \\
       -d '{{"name": "demo"}}' | jq -r .id)
   .venv/bin/python -m gpu.tiny lora --out /tmp/demo-lora.safetensors --seed 1

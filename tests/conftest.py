@@ -96,7 +96,7 @@ def pickle_canary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def hostile_corpus(lora_files: dict[str, Path], pickle_canary: Path) -> "dict[str, HostileLora]":
     """The hostile LoRA corpus (tests/support/bad_loras.py), capped as identity's tests cap uploads."""
     from tests.support.bad_loras import hostile_loras
-    from tests.support.service_fixtures import TEST_LORA_MAX_BYTES
+    from tests.support.stack.service_fixtures import TEST_LORA_MAX_BYTES
 
     valid, sd15 = lora_files["a"].read_bytes(), lora_files["sd15"].read_bytes()
     return hostile_loras(valid, sd15, pickle_canary, TEST_LORA_MAX_BYTES)

@@ -9,11 +9,12 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY contracts ./contracts
+COPY logsafe ./logsafe
 COPY services ./services
 RUN /opt/venv/bin/pip install ".[services]"
 
 FROM ${PYTHON_IMAGE} AS runtime
-# broker/: where `python -m services.common.broker_definitions` writes in compose (a named volume mounted there
+# broker/: where `python -m services.tools.broker_definitions` writes in compose (a named volume mounted there
 # takes this directory's owner, so the non-root user can write it).
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/vixenbliss --create-home --shell /usr/sbin/nologin vixen \
     && install -d -o 10001 -g 10001 /var/lib/vixenbliss/broker

@@ -11,6 +11,7 @@ RUN python -m venv /opt/venv \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY contracts ./contracts
+COPY logsafe ./logsafe
 COPY services ./services
 COPY gpu ./gpu
 RUN /opt/venv/bin/pip install ".[gpu]"
@@ -24,4 +25,4 @@ USER 10001:10001
 EXPOSE 8003
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8003/healthz', timeout=2)"]
-CMD ["python", "-m", "gpu.server", "--host", "0.0.0.0", "--port", "8003"]
+CMD ["python", "-m", "gpu.serve.server", "--host", "0.0.0.0", "--port", "8003"]

@@ -14,11 +14,11 @@ import torch
 
 from contracts.worker import WorkerSuccess
 from gpu.bench.compare import swap_ms
-from gpu.compile_cache import CacheCounts, CompileCache
-from gpu.compiled import compile_unet, uncompile_unet
-from gpu.decode import decodes_in_half
-from gpu.engine import SdxlLoraEngine
-from gpu.fingerprint import fingerprint_pipeline
+from gpu.engine.compile_cache import CacheCounts, CompileCache
+from gpu.engine.compiled import compile_unet, uncompile_unet
+from gpu.engine.decode import decodes_in_half
+from gpu.engine.engine import SdxlLoraEngine
+from gpu.engine.fingerprint import fingerprint_pipeline
 
 Request = Callable[..., WorkerSuccess]
 Summary = Callable[[list[float]], dict[str, float]]

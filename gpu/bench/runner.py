@@ -14,12 +14,12 @@ import torch
 from contracts.worker import WorkerRequest, WorkerSuccess
 from gpu.bench.compare import diffusers_adapter_swap_ms, fuse_unfuse_residue, swap_ms, synchronize
 from gpu.bench.compiled_phase import compiled_phase, half_vae_phase
-from gpu.engine import SdxlLoraEngine
-from gpu.fingerprint import fingerprint_pipeline
-from gpu.lora.cache import DiskLoraCache, MemoryLoraCache
-from gpu.lora.download import DownloadPolicy, url_identity
-from gpu.lora.plan import LoraPlan
-from gpu.lora.store import LoraStore
+from gpu.engine.engine import SdxlLoraEngine
+from gpu.engine.fingerprint import fingerprint_pipeline
+from gpu.engine.lora.cache import DiskLoraCache, MemoryLoraCache
+from gpu.engine.lora.download import DownloadPolicy, url_identity
+from gpu.engine.lora.plan import LoraPlan
+from gpu.engine.lora.store import LoraStore
 
 MiB = 1024 * 1024
 
@@ -83,7 +83,7 @@ def run_benchmark(
         pipeline.set_progress_bar_config(disable=True)
         base_model = TINY_BASE_MODEL
     else:
-        from gpu.bench.sdxl_config import SDXL_BASE_NAME, build_sdxl_random
+        from gpu.tiny.sdxl_config import SDXL_BASE_NAME, build_sdxl_random
 
         pipeline = build_sdxl_random(work, device, dtype)
         base_model = SDXL_BASE_NAME

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from services.common import s3_local
-from services.common.s3_local import LOCAL_REGION, S3Credentials
+from services.tools import s3_local
+from services.tools.s3_local import LOCAL_REGION, S3Credentials
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -98,8 +98,8 @@ class StackConfig:
 
     def auth_secret(self) -> str:
         """The HS256 secret the services verify tokens with: AUTH_JWT_SECRET when the shell sets one, else the
-        development secret in the run folder (created on first use; `python -m services.common.auth mint` reads it)."""
-        from services.common.auth import ensure_dev_secret
+        development secret in the run folder (created on first use; `python -m services.tools.token mint` reads it)."""
+        from services.tools.dev_secret import ensure_dev_secret
 
         return os.environ.get("AUTH_JWT_SECRET") or ensure_dev_secret(self.run_dir)
 
@@ -179,7 +179,7 @@ def service_specs(config: StackConfig) -> dict[str, ServiceSpec]:
         "GATEWAY_MAX_ATTEMPTS": str(config.gateway_max_attempts),
         "GATEWAY_DATABASE_URL": config.database_url("gateway"),
     }
-    worker = spec("worker", "gpu.server", worker_env, "/healthz", 300.0)
+    worker = spec("worker", "gpu.serve.server", worker_env, "/healthz", 300.0)
     worker = replace(worker, argv=(*worker.argv, "--model-dir", str(config.model_dir)))
     return {
         "s3": s3_spec(config, common),

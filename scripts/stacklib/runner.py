@@ -22,7 +22,7 @@ from scripts.stacklib.processes import (
     stop_process_group,
     wait_until_ready,
 )
-from services.common import s3_local
+from services.tools import s3_local
 
 Say = Callable[[str], None]
 

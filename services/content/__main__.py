@@ -2,8 +2,8 @@
 
 import sys
 
-from services.common.commands import service_command
-from services.common.settings import load_settings
+from services.common.app.commands import service_command
+from services.common.app.settings import load_settings
 from services.content.main import build_app, main
 from services.content.migrations import MIGRATIONS
 from services.content.settings import ContentDatabaseSettings

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from contracts.budget import GenerationBudget, budget_refusal
-from services.common.http_errors import FieldError, InvalidRequestError, TooManyRequestsError
+from services.common.http.errors import FieldError, InvalidRequestError, TooManyRequestsError
 from services.content.schemas import GenerateRequest
 
 RATE_LIMITED = "SUBMIT_RATE_LIMITED"

@@ -14,14 +14,13 @@ from fastapi.security import HTTPAuthorizationCredentials
 from contracts.worker import Timings
 from services.common.auth import CurrentPrincipal, authenticate
 from services.common.auth.dependencies import bearer_scheme
-from services.common.changes import ChangeHub
-from services.common.held_stream import HeldStreamingResponse
-from services.common.http_errors import UnauthorizedError, error_responses
-from services.common.pagination import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
-from services.common.signed_links import LinkSigner
+from services.common.http.errors import UnauthorizedError, error_responses
+from services.common.http.pagination import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
 from services.content.admission import AdmissionLimits
 from services.content.cancel import OwnerCancel
+from services.content.changes import ChangeHub
 from services.content.decisions import STATUS_STEP, StatusStep, seconds_between
+from services.content.held_stream import HeldStreamingResponse
 from services.content.models import GenerationStatus
 from services.content.projection import IdentityProjection
 from services.content.reads import GenerationReads, GenerationView
@@ -40,6 +39,7 @@ from services.content.schemas import (
     LimitsOut,
     NumberRange,
 )
+from services.content.signed_links import LinkSigner
 from services.content.streams import GenerationWatching, StreamLimitError
 from services.content.submit import Submissions
 from services.content.watching import (

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.events import GenerationCanceled
-from services.common.changes import ChangeFeed
-from services.common.http_errors import NotFoundError
-from services.common.metrics import ServiceMetrics
+from services.common.http.errors import NotFoundError
+from services.common.observability.metrics import ServiceMetrics
 from services.content import decisions, events, repository
+from services.content.changes import ChangeFeed
 from services.content.clock import Clock, utc_now
 from services.content.metrics import GenerationMetrics
 from services.content.reads import GenerationReads, GenerationView

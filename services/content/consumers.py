@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.consumer import EventHandler, ForgedEventError, PermanentError, ReceivedEvent
+from services.common.messaging.consumer import EventHandler, ForgedEventError, PermanentError, ReceivedEvent
 from services.content.decisions import ForgedFieldError, UnexpectedEventError
 from services.content.projection import IdentityProjection
 from services.content.results import ResultApplier

@@ -20,7 +20,7 @@ from contracts.events import (
     LoraRef,
 )
 from contracts.object_keys import generation_image_key, image_key_problem, lora_key_problem
-from services.common.http_errors import ConflictError, FieldError, NotFoundError
+from services.common.http.errors import ConflictError, FieldError, NotFoundError
 from services.content.models import AvatarProjection, Generation, GenerationStatus, LoraProjection, LoraState
 from services.content.schemas import GenerateRequest
 

@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.events import EventPayload
 from contracts.topology import SERVICE_CONTENT, event_source
-from services.common.events import new_event
-from services.common.outbox import add_to_outbox
+from services.common.messaging.events import new_event
+from services.common.messaging.outbox import add_to_outbox
 from services.content.models import outbox_table
 
 SOURCE = event_source(SERVICE_CONTENT)

@@ -9,32 +9,32 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from contracts.topology import CONTENT_GENERATION_RESULTS, CONTENT_IDENTITY_EVENTS, SERVICE_CONTENT
-from services.common import health
-from services.common import metrics as service_metrics
+from services.common.app import health
+from services.common.app.entrypoint import serve
+from services.common.app.runtime import open_broker, open_database, running_consumers, running_relay
 from services.common.auth import TokenVerifier, install_verifier
-from services.common.changes import ChangeFeed, ChangeHub
-from services.common.consumer import Consumer
-from services.common.cors import install_cors
-from services.common.db import database_unreachable
-from services.common.edge import install_edge_limits
-from services.common.entrypoint import serve
-from services.common.http_errors import install_error_handlers
-from services.common.outbox import OutboxRelay
-from services.common.retention import Bookkeeping, running_retention
-from services.common.runtime import open_broker, open_database, running_consumers, running_relay
-from services.common.signed_links import LinkSigner
-from services.common.storage import ObjectStorage, StorageConfig
+from services.common.http.edge import install_edge_limits
+from services.common.http.errors import install_error_handlers
+from services.common.messaging.consumer import Consumer
+from services.common.messaging.outbox import OutboxRelay
+from services.common.observability import metrics as service_metrics
+from services.common.persistence.db import database_unreachable
+from services.common.persistence.retention import Bookkeeping, running_retention
+from services.common.storage.objects import ObjectStorage, StorageConfig
 from services.content import playground
 from services.content.admission import AdmissionLimits
 from services.content.api import ContentApi, router
 from services.content.cancel import OwnerCancel
+from services.content.changes import ChangeFeed, ChangeHub
 from services.content.consumers import generation_results_handler, identity_events_handler
+from services.content.cors import install_cors
 from services.content.migrations import MIGRATIONS
 from services.content.models import Base, inbox_table, outbox_table
 from services.content.projection import IdentityProjection
 from services.content.reads import GenerationReads
 from services.content.results import ResultApplier
 from services.content.settings import DEFAULT_PORT, AdmissionSettings, ContentSettings
+from services.content.signed_links import LinkSigner
 from services.content.streams import watching_from_settings
 from services.content.submit import Submissions
 from services.content.sweeper import SweeperChores, running_sweeper

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from services.common.metrics import ServiceMetrics
+from services.common.observability.metrics import ServiceMetrics
 from services.content.models import Generation, GenerationStatus
 
 SUBMITTED = "vixen_content_generations_submitted"

@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.common.db import make_metadata
-from services.common.inbox import make_inbox_table
-from services.common.outbox import make_outbox_table
-from services.common.sqltypes import UtcDateTime
+from services.common.messaging.outbox import make_outbox_table
+from services.common.persistence.db import make_metadata
+from services.common.persistence.sqltypes import UtcDateTime
+from services.content.inbox import make_inbox_table
 
 
 class Base(DeclarativeBase):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Response
 
-from services.common.http_errors import NotFoundError
+from services.common.http.errors import NotFoundError
 
 ASSETS_DIR = Path(__file__).with_name("playground")
 PAGE_PATH = "/playground"

@@ -12,12 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import EventEnvelope
 from contracts.events import AvatarEvent, EventPayload, EventType, LoraEvent
 from contracts.topology import CONTENT_IDENTITY_EVENTS
-from services.common.http_errors import NotFoundError
-from services.common.inbox import mark_processed
-from services.common.pagination import Cursor, Page, page_of
+from services.common.http.errors import NotFoundError
+from services.common.http.pagination import Cursor, Page, page_of
 from services.content import decisions, repository
 from services.content.clock import utc_now
 from services.content.decisions import UnexpectedEventError
+from services.content.inbox import mark_processed
 from services.content.models import AvatarProjection, LoraProjection, LoraState, inbox_table
 
 

@@ -8,9 +8,9 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.db import read_session
-from services.common.http_errors import NotFoundError
-from services.common.pagination import Cursor, Page, page_of
+from services.common.http.errors import NotFoundError
+from services.common.http.pagination import Cursor, Page, page_of
+from services.common.persistence.db import read_session
 from services.content import decisions, repository
 from services.content.models import Generation, GenerationStatus
 

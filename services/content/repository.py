@@ -9,8 +9,8 @@ from datetime import datetime
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.common.db import insert_unless_present
-from services.common.pagination import Cursor
+from services.common.http.pagination import Cursor
+from services.common.persistence.db import insert_unless_present
 from services.content.models import (
     AvatarProjection,
     Generation,

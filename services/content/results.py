@@ -10,12 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import EventEnvelope
 from contracts.events import EventPayload, EventType
 from contracts.topology import CONTENT_GENERATION_RESULTS
-from services.common.changes import ChangeFeed
-from services.common.inbox import mark_processed
-from services.common.metrics import ServiceMetrics
+from services.common.observability.metrics import ServiceMetrics
 from services.content import decisions, repository
+from services.content.changes import ChangeFeed
 from services.content.clock import Clock, utc_now
 from services.content.decisions import UnexpectedEventError
+from services.content.inbox import mark_processed
 from services.content.metrics import GenerationMetrics
 from services.content.models import inbox_table
 from services.content.sweeper import SweeperChores

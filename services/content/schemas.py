@@ -9,8 +9,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.worker import MAX_SEED, Sha256Hex, Timings, WorkerRequest
-from services.common.api_types import INTEGRAL_FLOAT_AS_INT, MultilineText, NonBlankMultilineText, StrictFloat
-from services.common.pagination import PageOut
+from services.common.http.api_types import INTEGRAL_FLOAT_AS_INT, MultilineText, NonBlankMultilineText, StrictFloat
+from services.common.http.pagination import PageOut
 from services.content.models import GenerationStatus
 
 # The worker contract's bounds are the schema's outer bounds (whatever is accepted can run); a deployment narrows

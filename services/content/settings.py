@@ -7,12 +7,7 @@ from typing import Annotated, Any, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from services.common.auth import AuthSettings, auth_secret_values
-from services.common.auth.settings import short_secret_reason
-from services.common.cors import parse_origins
-from services.common.edge import EdgeSettings
-from services.common.retention import RetentionSettings
-from services.common.settings import (
+from services.common.app.settings import (
     BrokerSettings,
     DatabasePoolSettings,
     GenerationBudgetSettings,
@@ -24,6 +19,11 @@ from services.common.settings import (
     database_url_field,
     migrate_on_start_field,
 )
+from services.common.auth import AuthSettings, auth_secret_values
+from services.common.auth.settings import short_secret_reason
+from services.common.http.edge import EdgeSettings
+from services.common.persistence.retention import RetentionSettings
+from services.content.cors import parse_origins
 
 DEFAULT_PORT = 8000
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.run/content.db"

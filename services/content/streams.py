@@ -11,13 +11,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from services.common.changes import ChangeHub
-from services.common.http_errors import NotFoundError, TooManyRequestsError
-from services.common.metrics import ServiceMetrics
-from services.common.shared_reads import SharedReads
+from services.common.http.errors import NotFoundError, TooManyRequestsError
+from services.common.observability.metrics import ServiceMetrics
+from services.content.changes import ChangeHub
 from services.content.decisions import StatusStep
 from services.content.reads import GenerationView
 from services.content.settings import StreamSettings
+from services.content.shared_reads import SharedReads
 from services.content.watching import EventData, ReadView
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.worker import MAX_SEED
-from services.common.changes import ChangeFeed
-from services.common.http_errors import FieldError, InvalidRequestError
-from services.common.metrics import ServiceMetrics
+from services.common.http.errors import FieldError, InvalidRequestError
+from services.common.observability.metrics import ServiceMetrics
 from services.content import admission, decisions, events, repository
 from services.content.admission import AdmissionLimits
+from services.content.changes import ChangeFeed
 from services.content.clock import Clock, utc_now
 from services.content.metrics import GenerationMetrics
 from services.content.models import Generation, GenerationStatus, IdempotencyKey, OwnerQuota

@@ -11,9 +11,9 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.changes import ChangeFeed
-from services.common.metrics import ServiceMetrics
+from services.common.observability.metrics import ServiceMetrics
 from services.content import decisions, repository
+from services.content.changes import ChangeFeed
 from services.content.clock import Clock, utc_now
 from services.content.metrics import GenerationMetrics
 from services.content.reads import ImageStore

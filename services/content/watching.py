@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Protocol
 
-from services.common.changes import Watch
+from services.content.changes import Watch
 from services.content.decisions import StatusStep, is_terminal, status_steps
 from services.content.reads import GenerationView
 

@@ -2,8 +2,8 @@
 
 import sys
 
-from services.common.commands import service_command
-from services.common.settings import load_settings
+from services.common.app.commands import service_command
+from services.common.app.settings import load_settings
 from services.identity.main import build_app, main
 from services.identity.migrations import MIGRATIONS
 from services.identity.settings import IdentityDatabaseSettings

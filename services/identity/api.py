@@ -8,8 +8,8 @@ from typing import Annotated, cast
 from fastapi import APIRouter, Depends, Request, Response
 
 from services.common.auth import AdminPrincipal, CurrentPrincipal
-from services.common.http_errors import error_responses
-from services.common.pagination import DEFAULT_PAGE_SIZE, PageCursor, PageLimit, PageOut
+from services.common.http.errors import error_responses
+from services.common.http.pagination import DEFAULT_PAGE_SIZE, PageCursor, PageLimit, PageOut
 from services.identity.avatars import AvatarService
 from services.identity.loras import LoraService, LoraView
 from services.identity.models import Avatar

@@ -10,9 +10,9 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.events import AvatarCreated, AvatarDeleted, AvatarUpdated
-from services.common.http_errors import FieldError, InvalidRequestError
-from services.common.outbox import add_to_outbox
-from services.common.pagination import Cursor, Page, page_of
+from services.common.http.errors import FieldError, InvalidRequestError
+from services.common.http.pagination import Cursor, Page, page_of
+from services.common.messaging.outbox import add_to_outbox
 from services.identity import decisions, repository
 from services.identity.clock import Clock, utc_now
 from services.identity.errors import avatar_not_found

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from contracts.envelope import EventEnvelope
 from contracts.events import AvatarUpdated, LoraRetired
-from services.common.http_errors import ConflictError, FieldError, InvalidRequestError
+from services.common.http.errors import ConflictError, FieldError, InvalidRequestError
 from services.identity.events import avatar_event, lora_event
 from services.identity.models import Avatar, LoraModel, LoraStatus
 

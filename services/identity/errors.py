@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.http_errors import DomainError, FieldError, NotFoundError
+from services.common.http.errors import DomainError, FieldError, NotFoundError
 
 LORA_REJECTED = "LORA_REJECTED"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contracts.envelope import EventEnvelope
 from contracts.events import AvatarEvent, LoraEvent
 from contracts.topology import SERVICE_IDENTITY, event_source
-from services.common.events import new_event
+from services.common.messaging.events import new_event
 from services.identity.models import Avatar, LoraModel
 
 SOURCE = event_source(SERVICE_IDENTITY)

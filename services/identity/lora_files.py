@@ -10,7 +10,7 @@ from typing import IO, Protocol
 
 from contracts.lora_targets import TargetTable
 from contracts.object_keys import lora_object_key
-from services.common.storage import ObjectInfo, ObjectTooLargeError
+from services.common.storage.objects import ObjectInfo, ObjectTooLargeError
 from services.identity.verification import LoraVerifier, VerifiedLora, too_large
 
 # Verified bytes wait in memory up to this size, then in a temporary file.
@@ -19,7 +19,7 @@ SAFETENSORS_CONTENT_TYPE = "application/octet-stream"
 
 
 class LoraObjects(Protocol):
-    """What identity needs from object storage (services.common.storage.ObjectStorage fits)."""
+    """What identity needs from object storage (services.common.storage.objects.ObjectStorage fits)."""
 
     async def presign_put(
         self, key: str, ttl_seconds: int, content_type: str | None = None, content_length: int | None = None

@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.events import LoraReady
 from contracts.lora_keys import LoraRejectedError
 from contracts.lora_targets import TargetTable, load_target_table
-from services.common.http_errors import ConflictError, FieldError, InvalidRequestError
-from services.common.outbox import add_to_outbox
-from services.common.pagination import Cursor, Page, page_of
-from services.common.storage import ObjectNotFoundError
+from services.common.http.errors import ConflictError, FieldError, InvalidRequestError
+from services.common.http.pagination import Cursor, Page, page_of
+from services.common.messaging.outbox import add_to_outbox
+from services.common.storage.objects import ObjectNotFoundError
 from services.identity import decisions, repository
 from services.identity.clock import Clock, utc_now
 from services.identity.errors import avatar_not_found, lora_not_found, lora_rejected

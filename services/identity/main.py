@@ -9,17 +9,17 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from contracts.topology import SERVICE_IDENTITY
-from services.common import health
-from services.common import metrics as service_metrics
+from services.common.app import health
+from services.common.app.entrypoint import serve
+from services.common.app.runtime import open_broker, open_database, running_relay
 from services.common.auth import TokenVerifier, install_verifier
-from services.common.db import database_unreachable
-from services.common.edge import install_edge_limits
-from services.common.entrypoint import serve
-from services.common.http_errors import install_error_handlers
-from services.common.outbox import OutboxRelay
-from services.common.retention import Bookkeeping, RetentionTask, running_retention
-from services.common.runtime import open_broker, open_database, running_relay
-from services.common.storage import ObjectStorage, StorageConfig
+from services.common.http.edge import install_edge_limits
+from services.common.http.errors import install_error_handlers
+from services.common.messaging.outbox import OutboxRelay
+from services.common.observability import metrics as service_metrics
+from services.common.persistence.db import database_unreachable
+from services.common.persistence.retention import Bookkeeping, RetentionTask, running_retention
+from services.common.storage.objects import ObjectStorage, StorageConfig
 from services.identity.api import admin_router, router
 from services.identity.avatars import AvatarService
 from services.identity.lora_files import LoraFiles

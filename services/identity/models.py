@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.common.db import make_metadata
-from services.common.outbox import make_outbox_table
-from services.common.sqltypes import UtcDateTime
+from services.common.messaging.outbox import make_outbox_table
+from services.common.persistence.db import make_metadata
+from services.common.persistence.sqltypes import UtcDateTime
 
 # Every identity table carries this prefix, so identity and content can share one database without ever
 # mixing their `avatars` or `outbox` tables.

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from services.common.http_errors import ConflictError, FieldError, TooManyRequestsError
+from services.common.http.errors import ConflictError, FieldError, TooManyRequestsError
 
 GIB = 1024 * 1024 * 1024
 

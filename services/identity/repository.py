@@ -10,9 +10,9 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import CursorResult, Select, Table, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.common.owner_locks import lock_owner_row
-from services.common.pagination import Cursor
+from services.common.http.pagination import Cursor
 from services.identity.models import Avatar, LoraModel, LoraStatus, Owner
+from services.identity.owner_locks import lock_owner_row
 from services.identity.quotas import UploadUsage
 
 Row = TypeVar("Row", Avatar, LoraModel)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.events import LoraEvent, ObjectKey
 from contracts.worker import Sha256Hex
-from services.common.api_types import (
+from services.common.http.api_types import (
     INTEGRAL_FLOAT_AS_INT,
     MultilineText,
     NonBlankSingleLineText,

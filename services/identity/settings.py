@@ -8,10 +8,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from contracts.lora_targets import KNOWN_BASE_MODELS
-from services.common.auth import AuthSettings, auth_secret_values
-from services.common.edge import EdgeSettings
-from services.common.retention import RetentionSettings
-from services.common.settings import (
+from services.common.app.settings import (
     BrokerSettings,
     DatabasePoolSettings,
     LoggingSettings,
@@ -21,6 +18,9 @@ from services.common.settings import (
     database_url_field,
     migrate_on_start_field,
 )
+from services.common.auth import AuthSettings, auth_secret_values
+from services.common.http.edge import EdgeSettings
+from services.common.persistence.retention import RetentionSettings
 from services.identity.quotas import (
     DEFAULT_MAX_AVATARS,
     DEFAULT_MAX_LORA_BYTES,

@@ -22,7 +22,8 @@ BATCH = 100
 
 
 class UploadObjects(Protocol):
-    """What the sweep needs from object storage (services.common.storage.ObjectStorage fits): an idempotent delete."""
+    """What the sweep needs from object storage (services.common.storage.objects.ObjectStorage fits): an idempotent
+    delete."""
 
     async def delete(self, key: str) -> None: ...
 

@@ -2,8 +2,8 @@
 
 import sys
 
-from services.common.migrations import migrate_command
-from services.common.settings import load_settings
+from services.common.app.settings import load_settings
+from services.common.persistence.migrations import migrate_command
 from services.inference_gateway.main import main
 from services.inference_gateway.migrations import MIGRATIONS
 from services.inference_gateway.settings import GatewayDatabaseSettings

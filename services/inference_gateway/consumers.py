@@ -9,7 +9,7 @@ import logging
 
 from contracts.events import GenerationCanceled, GenerationRequested
 from contracts.object_keys import UnderivableKeyError, canonical_generation_id, lora_key_problem
-from services.common.consumer import EventHandler, ForgedEventError, PermanentError, ReceivedEvent
+from services.common.messaging.consumer import EventHandler, ForgedEventError, PermanentError, ReceivedEvent
 from services.inference_gateway import metrics as m
 from services.inference_gateway.jobs import AcceptOutcome, JobStore
 from services.inference_gateway.runner import JobRunner

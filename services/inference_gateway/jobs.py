@@ -37,11 +37,11 @@ from contracts.events import (
     event_type_of,
 )
 from contracts.topology import SERVICE_INFERENCE_GATEWAY, event_source
-from services.common import telemetry
-from services.common.db import TRANSIENT_DB_ERRORS, insert_unless_present, read_session
-from services.common.events import new_event
-from services.common.outbox import add_to_outbox
-from services.common.retention import prune_sent_outbox
+from services.common.messaging.events import new_event
+from services.common.messaging.outbox import add_to_outbox
+from services.common.observability import telemetry
+from services.common.persistence.db import TRANSIENT_DB_ERRORS, insert_unless_present, read_session
+from services.common.persistence.retention import prune_sent_outbox
 from services.inference_gateway.models import FINAL_STATES, Job, JobState, outbox_table
 from services.inference_gateway.ports import WorkerCall
 from services.inference_gateway.retries import transient_retry_delay

@@ -18,16 +18,17 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.topology import GATEWAY_GENERATION_CANCELED, GATEWAY_GENERATION_REQUESTED, SERVICE_INFERENCE_GATEWAY
-from services.common import health, telemetry
-from services.common import metrics as service_metrics
-from services.common.consumer import Consumer
-from services.common.edge import install_edge_limits
-from services.common.entrypoint import serve
-from services.common.http_errors import install_error_handlers
-from services.common.metrics import ServiceMetrics
-from services.common.outbox import OutboxRelay
-from services.common.runtime import open_broker, open_database, running_consumers, running_relay
-from services.common.storage import ObjectStorage, StorageConfig
+from services.common.app import health
+from services.common.app.entrypoint import serve
+from services.common.app.runtime import open_broker, open_database, running_consumers, running_relay
+from services.common.http.edge import install_edge_limits
+from services.common.http.errors import install_error_handlers
+from services.common.messaging.consumer import Consumer
+from services.common.messaging.outbox import OutboxRelay
+from services.common.observability import metrics as service_metrics
+from services.common.observability import telemetry
+from services.common.observability.metrics import ServiceMetrics
+from services.common.storage.objects import ObjectStorage, StorageConfig
 from services.inference_gateway.consumers import generation_canceled_handler, generation_requested_handler
 from services.inference_gateway.jobs import JobEvents, JobStore
 from services.inference_gateway.metrics import SERVICE_NAME, Metrics

@@ -1,10 +1,11 @@
-"""The gateway's instruments by name (counters and histograms of services.common.metrics), with their help lines."""
+"""The gateway's instruments by name (counters and histograms of services.common.observability.metrics), with their
+help lines."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.metrics import ServiceMetrics
+from services.common.observability.metrics import ServiceMetrics
 
 SERVICE_NAME = "vixenbliss-inference-gateway"
 

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.common.db import make_metadata
-from services.common.outbox import make_outbox_table
-from services.common.sqltypes import UtcDateTime
+from services.common.messaging.outbox import make_outbox_table
+from services.common.persistence.db import make_metadata
+from services.common.persistence.sqltypes import UtcDateTime
 
 
 class Base(DeclarativeBase):

@@ -67,7 +67,7 @@ class Resumption:
 
 
 class ObjectStore(Protocol):
-    """The bucket (services.common.storage.ObjectStorage)."""
+    """The bucket (services.common.storage.objects.ObjectStorage)."""
 
     async def presign_get(self, key: str, ttl_seconds: int) -> str: ...
 

@@ -17,7 +17,7 @@ from contracts.errors import GatewayErrorCode
 from contracts.events import GenerationCompleted, GenerationFailed, GenerationRequested, ImageRef
 from contracts.object_keys import generation_image_key
 from contracts.worker import WorkerSuccess
-from services.common.storage import StorageRequestError
+from services.common.storage.objects import StorageRequestError
 from services.inference_gateway import metrics as m
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.images import PNG_CONTENT_TYPE, CheckedPng, InvalidImageError, decode_png

@@ -15,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 from contracts.errors import GatewayErrorCode
 from contracts.events import GenerationCompleted, GenerationFailed
-from services.common import telemetry
-from services.common.db import TRANSIENT_DB_ERRORS
-from services.common.logging import generation_context
+from logsafe.logs import generation_context
+from services.common.observability import telemetry
+from services.common.persistence.db import TRANSIENT_DB_ERRORS
 from services.inference_gateway import metrics as m
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.jobs import CancelOutcome, ClaimedJob, JobStore, LeaseLostError, retry_transient

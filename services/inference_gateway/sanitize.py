@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from services.common.logging import redact
+from logsafe.logs import redact
 
 MAX_TEXT = 500
 MAX_ITEMS = 20

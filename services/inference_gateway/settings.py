@@ -7,8 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
-from services.common.edge import EdgeSettings
-from services.common.settings import (
+from services.common.app.settings import (
     BrokerSettings,
     DatabasePoolSettings,
     GenerationBudgetSettings,
@@ -19,6 +18,7 @@ from services.common.settings import (
     database_url_field,
     migrate_on_start_field,
 )
+from services.common.http.edge import EdgeSettings
 from services.inference_gateway.worker_client.urls import (
     MODAL_GENERATE_LABEL,
     derive_async_urls,

@@ -12,8 +12,8 @@ import pytest
 
 from scripts.stacklib.config import LOCAL_REGION, StackConfig
 from scripts.stacklib.runner import LocalStack
-from services.common.db import create_test_database, drop_test_database
-from services.common.storage import ObjectStorage, StorageConfig
+from services.common.persistence.db import create_test_database, drop_test_database
+from services.common.storage.objects import ObjectStorage, StorageConfig
 from tests.integration import conftest as integration
 from tests.support.queues import delete_run_topology
 

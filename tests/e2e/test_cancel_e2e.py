@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from scripts.stacklib.runner import LocalStack
-from tests.support.fault_stack import avatar_with_lora, images_made, wait_for_run
+from tests.support.stack.fault_stack import avatar_with_lora, images_made, wait_for_run
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,7 @@
 """The seed's first risk over the real path: a LoRA URL that has expired by the time the worker fetches it.
 
-The gateway reaches SeaweedFS through a delaying proxy (tests/support/delaying_proxy.py), so the LoRA URLs it signs
+The gateway reaches SeaweedFS through a delaying proxy (tests/support/stack/delaying_proxy.py), so the LoRA URLs it
+signs
 name the proxy's host:port and the worker downloads through it; the proxy forwards every byte as it is, so the
 signatures stay valid. It holds the first GET of a LoRA until the URL has expired (X-Amz-Date + X-Amz-Expires, one
 second past, with the shortest TTL the gateway accepts: LORA_URL_TTL_SECONDS=10), then forwards it: the store answers
@@ -26,11 +27,11 @@ from contracts.object_keys import LORA_PREFIX, generation_image_key
 from scripts.stacklib import flow
 from scripts.stacklib.config import StackConfig
 from scripts.stacklib.runner import LocalStack
-from services.common.s3_local import LOCAL_REGION
-from services.common.storage import ObjectStorage, StorageConfig
+from services.common.storage.objects import ObjectStorage, StorageConfig
+from services.tools.s3_local import LOCAL_REGION
 from tests.e2e.conftest import running_stack
-from tests.support.delaying_proxy import DelayingProxy, Exchange, HoldFirstUntilExpired, presigned_expiry
 from tests.support.prometheus import metric_value
+from tests.support.stack.delaying_proxy import DelayingProxy, Exchange, HoldFirstUntilExpired, presigned_expiry
 
 pytestmark = pytest.mark.slow
 

@@ -20,10 +20,10 @@ from contracts.events import EventType, GenerationCompleted
 from contracts.topology import topology
 from scripts.stacklib import flow
 from scripts.stacklib.runner import LocalStack
-from services.common.events import from_message
-from services.common.storage import ObjectStorage
+from services.common.messaging.events import from_message
+from services.common.storage.objects import ObjectStorage
 from tests.support.bad_loras import with_nan
-from tests.support.gateway_fakes import image_size
+from tests.support.gateway.fakes import image_size
 from tests.support.queues import bound_queue
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect, sync_playwright
 
 from scripts.stacklib.runner import LocalStack
-from tests.support.fault_stack import avatar_with_lora
+from tests.support.stack.fault_stack import avatar_with_lora
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""`python -m services.smoke` against the local stack: every hop passes on a working deployment, and a broken one
+"""`python -m services.tools.smoke` against the local stack: every hop passes on a working deployment, and a broken one
 is named hop by hop (the others still checked), with no secret in the report."""
 
 from __future__ import annotations
@@ -47,7 +47,12 @@ def smoke_env(stack: LocalStack, lora_files: dict[str, Path]) -> dict[str, str]:
 
 def smoke(env: dict[str, str]) -> tuple[int, dict[str, str], str]:
     done = subprocess.run(
-        [sys.executable, "-m", "services.smoke"], env=env, capture_output=True, text=True, timeout=240, check=False
+        [sys.executable, "-m", "services.tools.smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     lines = {line.split()[1]: line for line in done.stdout.splitlines() if line.startswith(("PASS", "FAIL"))}
     return done.returncode, lines, done.stdout + done.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from _pytest.terminal import TerminalReporter
 
-from tests.support.fault_stack import Row, render_table
+from tests.support.stack.fault_stack import Row, render_table
 
 FAULT_ROWS = pytest.StashKey[list[Row]]()
 

@@ -1,6 +1,6 @@
 """The fault suite: a batch of generations on the real stack (PostgreSQL, RabbitMQ, local S3, the tiny worker)
 while one thing breaks at a time; after each, every accepted generation ended exactly once, as completed or failed
-with a documented code, with at most one image made, and the stack is whole again (tests/support/fault_stack.py
+with a documented code, with at most one image made, and the stack is whole again (tests/support/stack/fault_stack.py
 says what is checked). The table of every scenario is printed at the end of the run (tests/fault/conftest.py).
 
 The scenarios run in order on one stack (starting it takes half a minute); each leaves it as it found it.
@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.integration import conftest as integration
-from tests.support.fault_stack import (
+from tests.support.stack.fault_stack import (
     FaultStack,
     Row,
     avatar_with_lora,
@@ -32,7 +32,7 @@ from tests.support.fault_stack import (
     submit,
     wait_for_run,
 )
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.stack.tcp_proxy import TcpProxy
 
 # Over pyproject's 300 s per test: a scenario's fault and its settling must fit, so that a stuck generation fails
 # with its report and the services' logs rather than with pytest-timeout's traceback.

@@ -22,10 +22,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.topology import Topology, topology
-from services.common.broker import connect, declare_topology_on, delete_topology
-from services.common.db import create_engine, create_test_database, drop_test_database
-from services.common.s3_local import LOCAL_REGION, LocalS3Server
-from services.common.storage import ObjectStorage, StorageConfig
+from services.common.messaging.broker import connect, declare_topology_on, delete_topology
+from services.common.persistence.db import create_engine, create_test_database, drop_test_database
+from services.common.storage.objects import ObjectStorage, StorageConfig
+from services.tools.s3_local import LOCAL_REGION, LocalS3Server
 from tests.support import containers
 
 LOCAL_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"

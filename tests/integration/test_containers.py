@@ -9,9 +9,9 @@ from contextlib import ExitStack
 import pytest
 from sqlalchemy import text
 
-from services.common.broker import connect
-from services.common.db import create_engine
-from services.common.storage import ObjectStorage, StorageConfig
+from services.common.messaging.broker import connect
+from services.common.persistence.db import create_engine
+from services.common.storage.objects import ObjectStorage, StorageConfig
 from tests.support import containers
 
 needs_docker = pytest.mark.skipif(

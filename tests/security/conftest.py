@@ -4,7 +4,7 @@ real sockets), each test seen failing against the code before its defence existe
 from __future__ import annotations
 
 from tests.integration import conftest as integration
-from tests.support.service_fixtures import content, content_settings, identity, identity_pg_url, identity_settings
+from tests.support.stack.service_fixtures import content, content_settings, identity, identity_pg_url, identity_settings
 
 # The integration suite's service fixtures (found by name): real RabbitMQ, PostgreSQL and S3, names unique per test.
 _containers = integration._containers

@@ -1,6 +1,7 @@
 """Broker least privilege on the real RabbitMQ (issue 20): the production definitions imported into a vhost of the
 test's own with `rabbitmqctl import_definitions`, the topology declared over them by the deploy step
-(`python -m services.common.broker_declare`) with the operator's credential, then every broker user is tried: what
+(`python -m services.common.messaging.broker_declare`) with the operator's credential, then every broker user is tried:
+what
 it must do goes through; deleting, declaring or binding anything, publishing another service's events or reading
 another service's queue is refused, and the autoscaler reads queue depths and nothing else."""
 
@@ -35,10 +36,10 @@ from contracts.topology import (
     routing_key,
     topology,
 )
-from services.common.broker import TopologyMissingError, connect, declarations, missing_declarations
-from services.common.broker_declare import DeclareStepSettings, declare_and_check
-from services.common.broker_definitions import AUTOSCALER, AUTOSCALER_LIMITS, ROLES, SERVICES, definitions
-from services.common.runtime import open_broker
+from services.common.app.runtime import open_broker
+from services.common.messaging.broker import TopologyMissingError, connect, declarations, missing_declarations
+from services.common.messaging.broker_declare import DeclareStepSettings, declare_and_check
+from services.tools.broker_definitions import AUTOSCALER, AUTOSCALER_LIMITS, ROLES, SERVICES, definitions
 
 pytestmark = pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl beside the broker")
 
@@ -74,7 +75,7 @@ def run_declare_step(url: str) -> subprocess.CompletedProcess[str]:
         "VIXEN_TOPOLOGY_PREFIX": "",
         "BROKER_RETRY_DELAYS_SECONDS": DELAYS,
     }
-    command = [sys.executable, "-m", "services.common.broker_declare"]
+    command = [sys.executable, "-m", "services.common.messaging.broker_declare"]
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -375,7 +376,7 @@ async def test_a_service_in_check_mode_names_what_is_missing_and_creates_nothing
             pass
     line = str(refused.value)
     assert "\n" not in line
-    assert f"exchange {prefix}.vixen.events" in line and "python -m services.common.broker_declare" in line
+    assert f"exchange {prefix}.vixen.events" in line and "python -m services.common.messaging.broker_declare" in line
     absent = topology(prefix)
     assert len(await missing_declarations(users[ADMIN], absent)) == len(declarations(absent).exchanges) + len(
         declarations(absent).queues

@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from services.common.edge import EdgeLimits
+from services.common.http.edge import EdgeLimits
 from services.content.main import create_app
 from services.content.settings import ContentSettings
 from tests.support.auth import bearer, new_owner
-from tests.support.live_server import live_server
+from tests.support.stack.live_server import live_server
 
 MIB = 1024 * 1024
 GENERATE = "/api/v1/content/generate"

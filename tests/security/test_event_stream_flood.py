@@ -21,13 +21,13 @@ from sqlalchemy.engine import URL, Engine
 
 from contracts.events import GenerationFailed
 from contracts.topology import Topology
-from services.common.broker import Publisher
+from services.common.messaging.broker import Publisher
 from services.content.main import create_app
 from services.content.settings import ContentSettings
 from tests.support.auth import bearer, new_owner
-from tests.support.content_client import GATEWAY, publish, ready_avatar, started, submit
-from tests.support.live_server import live_server
+from tests.support.content.client import GATEWAY, publish, ready_avatar, started, submit
 from tests.support.sse_flood import Answer, OpenStream, all_reach, close_all, open_many, open_stream
+from tests.support.stack.live_server import live_server
 
 PER_GENERATION = 100
 PER_OWNER = 150

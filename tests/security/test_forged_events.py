@@ -22,12 +22,12 @@ from contracts.topology import (
     GATEWAY_GENERATION_REQUESTED,
     Topology,
 )
-from services.common.broker import Publisher
-from services.common.consumer import DEATH_DETAIL_HEADER, DEATH_REASON_HEADER, DeathReason
-from services.common.storage import ObjectStorage
+from services.common.messaging.broker import Publisher
+from services.common.messaging.consumer import DEATH_DETAIL_HEADER, DEATH_REASON_HEADER, DeathReason
+from services.common.storage.objects import ObjectStorage
 from tests.integration.common.amqp_reading import next_message
 from tests.support.auth import bearer, new_owner
-from tests.support.content_client import GATEWAY, SHA, completed, publish, ready_avatar, started, submit, until
+from tests.support.content.client import GATEWAY, SHA, completed, publish, ready_avatar, started, submit, until
 from tests.support.queues import drain_events
 
 IDENTITY = "identity"

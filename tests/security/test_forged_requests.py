@@ -15,11 +15,11 @@ from aio_pika.abc import AbstractRobustConnection
 from contracts.events import GenerationFailed, GenerationRequested
 from contracts.object_keys import generation_image_key, lora_object_key
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, Topology
-from services.common.consumer import DEATH_REASON_HEADER, DeathReason
-from services.common.storage import ObjectStorage
+from services.common.messaging.consumer import DEATH_REASON_HEADER, DeathReason
+from services.common.storage.objects import ObjectStorage
 from tests.integration.common.amqp_reading import next_message
-from tests.support.gateway_fakes import LORA_SHA, requested
-from tests.support.gateway_harness import gateway_running, gateway_settings, publish_request, results_until_terminal
+from tests.support.gateway.fakes import LORA_SHA, requested
+from tests.support.gateway.harness import gateway_running, gateway_settings, publish_request, results_until_terminal
 from tests.support.prometheus import metric_value
 
 

@@ -16,15 +16,15 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 
 from contracts.topology import Topology
-from services.common.db import create_engine
-from services.common.storage import ObjectStorage
+from services.common.persistence.db import create_engine
+from services.common.storage.objects import ObjectStorage
 from services.identity.main import create_app
 from services.identity.models import Avatar, LoraModel
 from services.identity.settings import IdentitySettings
 from tests.support.auth import bearer, new_owner
-from tests.support.identity_client import complete, new_avatar, put_upload, register, uploaded
+from tests.support.identity.client import complete, new_avatar, put_upload, register, uploaded
 from tests.support.lora_headers import lora_file
-from tests.support.service_fixtures import TEST_LORA_MAX_BYTES, database_url, service_env, serving
+from tests.support.stack.service_fixtures import TEST_LORA_MAX_BYTES, database_url, service_env, serving
 
 MIB = 1024 * 1024
 LORAS = "/api/v1/avatars/{}/loras"

@@ -21,7 +21,7 @@ import pytest
 from services.identity.main import create_app
 from services.identity.settings import IdentitySettings
 from tests.support.auth import TEST_JWT_SECRET
-from tests.support.live_server import live_server
+from tests.support.stack.live_server import live_server
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTE = "/api/v1/avatars"  # any route behind the bearer dependency

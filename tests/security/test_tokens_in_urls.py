@@ -14,8 +14,8 @@ from services.common.auth import mint_token
 from services.content.main import create_app
 from services.content.settings import ContentSettings
 from tests.support.auth import TEST_JWT_SECRET, bearer, new_owner
-from tests.support.live_server import live_server
 from tests.support.service_log import service_log
+from tests.support.stack.live_server import live_server
 
 PRESIGNED_QUERY = (
     "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20301201%2Fauto%2Fs3%2Faws4_request"

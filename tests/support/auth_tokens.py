@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from services.common.auth import AdminPrincipal, CurrentPrincipal, TokenVerifier, install_verifier
-from services.common.http_errors import install_error_handlers
+from services.common.http.errors import install_error_handlers
 
 HS_SECRET = "test-hs256-secret-0123456789-abcdefghijklmnop"
 

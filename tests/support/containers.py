@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from services.common.s3_local import READY_TIMEOUT_SECONDS, LocalS3Error, S3Credentials, wait_until_serving
+from services.tools.s3_local import READY_TIMEOUT_SECONDS, LocalS3Error, S3Credentials, wait_until_serving
 
 COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "compose.yaml"
 S3_SERVICE = "seaweedfs"

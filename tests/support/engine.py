@@ -7,9 +7,9 @@ from pathlib import Path
 from PIL import Image
 
 from contracts.worker import WorkerError, WorkerRequest, WorkerSuccess
-from gpu.bootstrap import build_engine
-from gpu.engine import SdxlLoraEngine
-from gpu.settings import WorkerSettings
+from gpu.engine.engine import SdxlLoraEngine
+from gpu.serve.bootstrap import build_engine
+from gpu.serve.settings import WorkerSettings
 
 
 def tiny_engine(model_dir: Path, cache_dir: Path | None = None, **overrides: object) -> SdxlLoraEngine:

@@ -9,7 +9,7 @@ from typing import Any
 
 from schemathesis import GenerationMode
 
-from services.common.pagination import Cursor
+from services.common.http.pagination import Cursor
 
 # A well-formed cursor (any time, any id): a page after it is simply empty.
 ISSUED_CURSOR = Cursor(datetime(2026, 1, 1, tzinfo=UTC), uuid.UUID(int=0)).encode()

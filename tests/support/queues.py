@@ -11,8 +11,8 @@ from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 from contracts.envelope import EventEnvelope
 from contracts.events import EventPayload
 from contracts.topology import DEFAULT_RETRY_DELAYS, topology
-from services.common.broker import connect, delete_topology
-from services.common.events import from_message
+from services.common.messaging.broker import connect, delete_topology
+from services.common.messaging.events import from_message
 
 Received = tuple[EventEnvelope, EventPayload]
 

@@ -1,4 +1,4 @@
-"""What a service's stderr would hold: the handler services.common.logging.setup_logging installs, on a fresh stream.
+"""What a service's stderr would hold: the handler logsafe.logs.setup_logging installs, on a fresh stream.
 
 Tests that say "no secret reaches the log" read this (what an operator would see) or pytest's caplog (what the
 code logged, before any redaction); never a stream that another test's leftover handler may have rewritten.
@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from services.common.logging import redacting_handler
+from logsafe.logs import redacting_handler
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.db import create_all, create_engine, create_session_factory
+from services.common.persistence.db import create_all, create_engine, create_session_factory
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from diffusers import StableDiffusionXLPipeline
 
-from gpu.engine import SdxlLoraEngine
+from gpu.engine.engine import SdxlLoraEngine
 
 WAIT = 60.0
 

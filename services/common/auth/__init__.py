@@ -7,7 +7,6 @@ from services.common.auth.dependencies import (
     install_verifier,
     require_admin,
 )
-from services.common.auth.dev_secret import ensure_dev_secret
 from services.common.auth.principal import Principal
 from services.common.auth.settings import AuthSettings, auth_secret_values
 from services.common.auth.tokens import InvalidToken, TokenVerifier, mint_token
@@ -21,7 +20,6 @@ __all__ = [
     "TokenVerifier",
     "auth_secret_values",
     "authenticate",
-    "ensure_dev_secret",
     "install_verifier",
     "mint_token",
     "require_admin",

@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.common.auth.principal import Principal
 from services.common.auth.tokens import InvalidToken, TokenVerifier
-from services.common.http_errors import ForbiddenError, UnauthorizedError
+from services.common.http.errors import ForbiddenError, UnauthorizedError
 
 # auto_error=False: a missing token gets our 401 (uniform body, WWW-Authenticate), not FastAPI's 403.
 # The scheme also puts "bearer" security on every route that depends on it in the OpenAPI document.

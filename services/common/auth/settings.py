@@ -6,9 +6,9 @@ from typing import Any, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from services.common.app.deployment import PRODUCTION, DeploymentSettings
 from services.common.auth.claims import DEFAULT_MAX_TOKEN_BYTES, DEFAULT_MAX_TOKEN_LIFETIME_SECONDS
 from services.common.auth.jwks import insecure_url_reason
-from services.common.deployment import PRODUCTION, DeploymentSettings
 
 # HS256 with a key shorter than its 32-byte digest is weaker than the algorithm (RFC 7518 §3.2).
 MIN_HS256_SECRET_BYTES = 32

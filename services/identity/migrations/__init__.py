@@ -1,6 +1,6 @@
 """Identity's Alembic migrations: the migration set the service upgrades to at start or by command."""
 
-from services.common.migrations import MigrationSet
+from services.common.persistence.migrations import MigrationSet
 from services.identity.models import Base
 
 MIGRATIONS = MigrationSet(service="identity", package=__name__, metadata=Base.metadata)

@@ -1,5 +1,5 @@
-"""Alembic environment of identity: the shared runner (services.common.migrations) does the work."""
+"""Alembic environment of identity: the shared runner (services.common.persistence.migrations) does the work."""
 
-from services.common.migrations import run_migrations_in_env
+from services.common.persistence.migrations import run_migrations_in_env
 
 run_migrations_in_env()

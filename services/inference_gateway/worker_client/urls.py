@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, urlsplit, urlunsplit
 
-# The local worker (gpu.server) serves the sync contract on /generate and async jobs on /jobs.
+# The local worker (gpu.serve.server) serves the sync contract on /generate and async jobs on /jobs.
 LOCAL_GENERATE_PATH = "/generate"
-# The Modal app's endpoint labels (gpu/modal_app.py): its URLs are https://<workspace>--<label>.modal.run.
+# The Modal app's endpoint labels (gpu/modal/app.py): its URLs are https://<workspace>--<label>.modal.run.
 MODAL_GENERATE_LABEL = "sdxl-lora-generate"
 MODAL_SUBMIT_LABEL = "sdxl-lora-submit"
 MODAL_RESULT_LABEL = "sdxl-lora-result"

@@ -29,7 +29,7 @@ import httpx
 from scripts.stacklib import flow
 from scripts.stacklib.config import StackConfig
 from scripts.stacklib.runner import LocalStack
-from services.common.db import create_test_database, drop_test_database
+from services.common.persistence.db import create_test_database, drop_test_database
 from tests.bench.docs_section import write_marked_section
 from tests.bench.platform import profile
 from tests.bench.platform.load import Call, Sample, closed_loop, content_call, open_loop, worker_call

@@ -30,14 +30,14 @@ import httpx
 
 from contracts.events import GenerationFailed
 from contracts.topology import topology
-from services.common.broker import Publisher, connect
-from services.common.db import create_test_database, drop_test_database
+from services.common.messaging.broker import Publisher, connect
+from services.common.persistence.db import create_test_database, drop_test_database
 from tests.bench.docs_section import write_marked_section
 from tests.bench.platform import profile
 from tests.bench.streams.content_process import ContentProcess, content_process
 from tests.bench.streams.other_owners import Call, OtherOwners
 from tests.support.auth import bearer
-from tests.support.content_client import GATEWAY, publish, ready_avatar, started, submit
+from tests.support.content.client import GATEWAY, publish, ready_avatar, started, submit
 from tests.support.queues import delete_run_topology
 from tests.support.sse_flood import Answer, OpenStream, all_reach, close_all, open_many
 

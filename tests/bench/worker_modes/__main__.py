@@ -1,7 +1,8 @@
-"""python -m tests.bench.worker_modes: what async mode adds over sync, on the local worker (gpu.server).
+"""python -m tests.bench.worker_modes: what async mode adds over sync, on the local worker (gpu.serve.server).
 
 For each engine (`echo`: a PNG at once; `tiny`: the tiny random-weight SDXL on this machine's CPU or GPU) a fresh
-`python -m gpu.server` is started, and the gateway's own worker client (services.inference_gateway.worker_client.http)
+`python -m gpu.serve.server` is started, and the gateway's own worker client
+(services.inference_gateway.worker_client.http)
 sends the same requests in three modes, interleaved: sync (`POST /generate`), async (submit, then polls held with
 `?wait=`, as shipped) and async against a worker that ignores `wait` (MODAL_POLL_WAIT_SECONDS=0: the client's
 backoff alone). Per mode: end-to-end p50 / p95, and what it adds over sync. Target: async adds ≤ 50 ms at p50 and
@@ -92,14 +93,17 @@ def engine_env(engine: str, run_dir: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def local_worker(engine: str, run_dir: Path) -> Iterator[str]:
-    """`python -m gpu.server` with `engine`, until the block ends; its /generate URL once /healthz answers 200."""
+    """`python -m gpu.serve.server` with `engine`, until the block ends; its /generate URL once /healthz answers 200."""
     port = free_port()
     log_path = run_dir / f"worker-{engine}.log"
     env = {**os.environ, **engine_env(engine, run_dir)}
     env.pop("WORKER_API_KEY", None)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gpu.server", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "gpu.serve.server", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             base = f"http://127.0.0.1:{port}"
@@ -254,10 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     section = [
         f"Machine: {machine}, {platform.machine()}, Python {platform.python_version()}; {time.strftime('%Y-%m-%d')}; "
         f"command: `python -m tests.bench.worker_modes --requests {args.requests} --warmup {args.warmup} "
-        f"--steps {args.steps} --engines {args.engines}`. A fresh `python -m gpu.server` per engine; the gateway's "
-        "worker client (`services/inference_gateway/worker_client/http.py`) sends each request in every mode, "
-        "interleaved, "
-        f"one at a time, 64×64 ({args.steps} steps for the tiny engine); MODAL_POLL_SECONDS {POLL_SECONDS:g}, "
+        f"--steps {args.steps} --engines {args.engines}`. A fresh `python -m gpu.serve.server` per engine; the "
+        "gateway's worker client (`services/inference_gateway/worker_client/http.py`) sends each request in every "
+        f"mode, interleaved, one at a time, 64×64 ({args.steps} steps for the tiny engine); "
+        f"MODAL_POLL_SECONDS {POLL_SECONDS:g}, "
         f"MODAL_POLL_WAIT_SECONDS {POLL_WAIT_SECONDS:g} (0 for the worker that ignores `wait`). Client and worker "
         "share the cores. Overhead: end to end minus the worker's own `generation_time_seconds`.",
         "",

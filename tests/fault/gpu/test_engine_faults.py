@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from contracts.errors import WorkerErrorCode
-from gpu.bootstrap import build_engine
-from gpu.engine import SdxlLoraEngine
-from gpu.errors import WorkerFailure
-from gpu.fingerprint import fingerprint_pipeline
-from gpu.settings import WorkerSettings
+from gpu.engine.engine import SdxlLoraEngine
+from gpu.engine.errors import WorkerFailure
+from gpu.engine.fingerprint import fingerprint_pipeline
+from gpu.serve.bootstrap import build_engine
+from gpu.serve.settings import WorkerSettings
 from tests.support.engine import error_of, png_of, request, tiny_engine
 from tests.support.file_server import FileServer
 
@@ -100,7 +100,7 @@ def test_failure_in_the_middle_of_fusing_restores_what_was_touched(
     tiny_model_dir: Path, lora_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fault injection: the 10th layer's delta cannot be applied (a corrupted cached plan)."""
-    from gpu.lora.plan import LayerDelta, LoraPlan
+    from gpu.engine.lora.plan import LayerDelta, LoraPlan
 
     engine = tiny_engine(tiny_model_dir)
     before = fingerprint_pipeline(engine.pipeline)

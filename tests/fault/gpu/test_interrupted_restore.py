@@ -17,9 +17,9 @@ from modal.exception import InputCancellation
 from safetensors.torch import load_file
 
 from contracts.errors import WorkerErrorCode
-from gpu.engine import RESTORE_STALLED_ATTEMPTS, SdxlLoraEngine
-from gpu.fingerprint import fingerprint_pipeline
-from gpu.lora.fuser import LoraFuser
+from gpu.engine.engine import RESTORE_STALLED_ATTEMPTS, SdxlLoraEngine
+from gpu.engine.fingerprint import fingerprint_pipeline
+from gpu.engine.lora.fuser import LoraFuser
 from tests.support.engine import error_of, png_of, request, tiny_engine
 from tests.support.file_server import FileServer
 

@@ -11,10 +11,10 @@ from aio_pika.abc import AbstractRobustConnection
 from contracts.events import EventPayload, GenerationFailed, GenerationStarted
 from contracts.topology import Topology
 from scripts.stacklib.processes import free_port
-from services.common.storage import ObjectStorage, StorageConfig
-from tests.support.gateway_fakes import requested
-from tests.support.gateway_harness import gateway_running, gateway_settings, publish_request, results_until_terminal
-from tests.support.stand_in_worker import StandInWorker
+from services.common.storage.objects import ObjectStorage, StorageConfig
+from tests.support.gateway.fakes import requested
+from tests.support.gateway.harness import gateway_running, gateway_settings, publish_request, results_until_terminal
+from tests.support.gateway.stand_in_worker import StandInWorker
 
 
 async def run_one(

@@ -1,5 +1,5 @@
 """Retries by cause and redirects, with the real gateway, RabbitMQ and S3 and the fault-injecting stand-in worker
-(tests/support/stand_in_worker.py): an expired LoRA URL is retried once, a sha256 mismatch never; the worker's
+(tests/support/gateway/stand_in_worker.py): an expired LoRA URL is retried once, a sha256 mismatch never; the worker's
 credentials never follow a redirect to another origin, and a request body is never re-sent to one."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import EventPayload, GenerationCompleted, GenerationFailed
 from contracts.topology import Topology
-from services.common.storage import ObjectStorage
-from tests.support.gateway_fakes import requested
-from tests.support.gateway_harness import gateway_running, gateway_settings, publish_request, results_until_terminal
-from tests.support.stand_in_worker import StandInWorker
+from services.common.storage.objects import ObjectStorage
+from tests.support.gateway.fakes import requested
+from tests.support.gateway.harness import gateway_running, gateway_settings, publish_request, results_until_terminal
+from tests.support.gateway.stand_in_worker import StandInWorker
 
 CREDENTIALS = {"modal-key", "modal-secret", "authorization"}
 MODAL_AUTH = {"MODAL_API_KEY": "wk-test-key-123", "MODAL_API_TOKEN": "ws-test-secret-456"}

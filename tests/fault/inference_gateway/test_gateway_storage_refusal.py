@@ -2,7 +2,8 @@
 signatures: a clear STORAGE_FAILED at once, with the store's status and code, never retried for the outage window
 (docs/gateway.md § Storage outages), and no secret in any log line.
 
-The generation carries no LoRA and the worker is the stand-in (tests/support/stand_in_worker.py), so the upload is
+The generation carries no LoRA and the worker is the stand-in (tests/support/gateway/stand_in_worker.py), so the upload
+is
 the only request signed with the wrong key: a LoRA URL signed with it would be refused first, at the worker's
 download (LORA_DOWNLOAD_FAILED, 403).
 """
@@ -21,10 +22,10 @@ from aio_pika.abc import AbstractRobustConnection
 from contracts.events import GenerationFailed
 from contracts.object_keys import generation_image_key
 from contracts.topology import Topology
-from services.common.storage import ObjectStorage, StorageConfig
-from tests.support.gateway_fakes import requested
-from tests.support.gateway_harness import gateway_running, gateway_settings, publish_request, results_until_terminal
-from tests.support.stand_in_worker import StandInWorker
+from services.common.storage.objects import ObjectStorage, StorageConfig
+from tests.support.gateway.fakes import requested
+from tests.support.gateway.harness import gateway_running, gateway_settings, publish_request, results_until_terminal
+from tests.support.gateway.stand_in_worker import StandInWorker
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from contracts.topology import Topology, topology
-from services.common.broker import declare_topology_on, delete_topology
+from services.common.messaging.broker import declare_topology_on, delete_topology
 
 # Growing, and short enough for a test: 1.4 s from the first failure to the DLQ.
 FAST_RETRY_DELAYS = (0.2, 0.4, 0.8)

@@ -15,8 +15,8 @@ from contracts.topology import (
     GATEWAY_GENERATION_REQUESTED,
     Topology,
 )
-from services.common.broker import Publisher, declare_topology
-from services.common.consumer import (
+from services.common.messaging.broker import Publisher, declare_topology
+from services.common.messaging.consumer import (
     DEATH_DETAIL_HEADER,
     DEATH_QUEUE_HEADER,
     DEATH_REASON_HEADER,
@@ -26,7 +26,7 @@ from services.common.consumer import (
     PermanentError,
     ReceivedEvent,
 )
-from services.common.events import from_message, new_event
+from services.common.messaging.events import from_message, new_event
 from tests.integration.common.amqp_reading import all_empty, counts, next_message, ready_count
 from tests.support.generation_events import small_request
 

@@ -28,8 +28,8 @@ from contracts.topology import (
     Topology,
     event_source,
 )
-from services.common.broker import Publisher
-from services.common.consumer import (
+from services.common.messaging.broker import Publisher
+from services.common.messaging.consumer import (
     DEATH_DETAIL_HEADER,
     DEATH_QUEUE_HEADER,
     DEATH_REASON_HEADER,
@@ -39,7 +39,7 @@ from services.common.consumer import (
     Consumer,
     ReceivedEvent,
 )
-from services.common.events import encode_event, new_event
+from services.common.messaging.events import encode_event, new_event
 from tests.integration.common.amqp_reading import all_empty, counts, next_message
 from tests.integration.common.conftest import FAST_RETRY_DELAYS
 from tests.support.generation_events import small_request

@@ -6,7 +6,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.common.db import POOL_RECYCLE_SECONDS, create_engine, create_session_factory, read_session
+from services.common.persistence.db import POOL_RECYCLE_SECONDS, create_engine, create_session_factory, read_session
 
 
 async def now_twice(session: AsyncSession) -> tuple[object, object]:

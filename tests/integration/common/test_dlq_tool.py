@@ -1,4 +1,4 @@
-"""`python -m services.common.dlq` against the real RabbitMQ: list, show without taking, replay to completion;
+"""`python -m services.tools.dlq` against the real RabbitMQ: list, show without taking, replay to completion;
 a replay that cannot publish leaves the dead letter where it was."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, SERVICE_CONTENT, Topology, event_source
-from services.common.broker import Publisher
-from services.common.consumer import DEATH_REASON_HEADER, Consumer, ReceivedEvent
-from services.common.dlq import REPLAYS_HEADER, describe, replay
-from services.common.events import EncodedEvent, encode_event, new_event
+from services.common.messaging.broker import Publisher
+from services.common.messaging.consumer import DEATH_REASON_HEADER, Consumer, ReceivedEvent
+from services.common.messaging.events import EncodedEvent, encode_event, new_event
+from services.tools.dlq import REPLAYS_HEADER, describe, replay
 from tests.integration.common.amqp_reading import all_empty, counts, dead_letter_tap, peek_messages
 from tests.integration.common.conftest import FAST_RETRY_DELAYS
 from tests.support.generation_events import small_request
@@ -58,7 +58,7 @@ async def _cli(rabbitmq_url: str, topo: Topology, *args: str) -> tuple[int, str,
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.common.dlq",
+        "services.tools.dlq",
         *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,

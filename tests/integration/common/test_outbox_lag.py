@@ -9,9 +9,9 @@ import aio_pika
 import pytest
 
 from contracts.events import GenerationStarted
-from services.common.db import create_all, create_engine, create_session_factory, make_metadata
-from services.common.events import new_event
-from services.common.outbox import OutboxRelay, add_to_outbox, make_outbox_table
+from services.common.messaging.events import new_event
+from services.common.messaging.outbox import OutboxRelay, add_to_outbox, make_outbox_table
+from services.common.persistence.db import create_all, create_engine, create_session_factory, make_metadata
 from tests.support.relay_publisher import RecordingPublisher
 
 

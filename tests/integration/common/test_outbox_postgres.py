@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from contracts.envelope import EventEnvelope
 from contracts.events import GenerationStarted
 from contracts.topology import CONTENT_GENERATION_RESULTS, Topology
-from services.common.broker import Publisher
-from services.common.db import create_all, create_engine, create_session_factory, make_metadata
-from services.common.events import from_message, new_event
-from services.common.inbox import make_inbox_table, mark_processed
-from services.common.outbox import OutboxRelay, add_to_outbox, make_outbox_table
+from services.common.messaging.broker import Publisher
+from services.common.messaging.events import from_message, new_event
+from services.common.messaging.outbox import OutboxRelay, add_to_outbox, make_outbox_table
+from services.common.persistence.db import create_all, create_engine, create_session_factory, make_metadata
+from services.content.inbox import make_inbox_table, mark_processed
 
 
 @dataclass

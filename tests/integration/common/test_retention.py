@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from services.common.db import create_all, create_session_factory, make_metadata
-from services.common.inbox import make_inbox_table
-from services.common.outbox import make_outbox_table
-from services.common.retention import BATCH, Bookkeeping, prune_bookkeeping
+from services.common.messaging.outbox import make_outbox_table
+from services.common.persistence.db import create_all, create_session_factory, make_metadata
+from services.common.persistence.retention import BATCH, Bookkeeping, prune_bookkeeping
+from services.content.inbox import make_inbox_table
 
 HORIZON = timedelta(hours=1)
 START = datetime(2030, 1, 1, tzinfo=UTC)

@@ -14,12 +14,12 @@ from opentelemetry.trace import SpanKind
 
 from contracts.events import GenerationStarted
 from contracts.topology import CONTENT_GENERATION_RESULTS, SERVICE_INFERENCE_GATEWAY, Topology, event_source
-from services.common import telemetry
-from services.common.broker import Publisher
-from services.common.consumer import Consumer, ReceivedEvent
-from services.common.db import create_all, create_engine, create_session_factory, make_metadata
-from services.common.events import new_event
-from services.common.outbox import OutboxRelay, add_to_outbox, make_outbox_table
+from services.common.messaging.broker import Publisher
+from services.common.messaging.consumer import Consumer, ReceivedEvent
+from services.common.messaging.events import new_event
+from services.common.messaging.outbox import OutboxRelay, add_to_outbox, make_outbox_table
+from services.common.observability import telemetry
+from services.common.persistence.db import create_all, create_engine, create_session_factory, make_metadata
 
 
 def by_name(spans: tuple[ReadableSpan, ...], name: str) -> ReadableSpan:

@@ -7,8 +7,8 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from contracts.topology import Topology
-from services.common.broker import Publisher
-from tests.support.service_fixtures import content, content_settings, identity, identity_pg_url, identity_settings
+from services.common.messaging.broker import Publisher
+from tests.support.stack.service_fixtures import content, content_settings, identity, identity_pg_url, identity_settings
 
 __all__ = ["content", "content_settings", "identity", "identity_pg_url", "identity_settings"]
 

@@ -14,10 +14,10 @@ from aio_pika.abc import AbstractRobustConnection
 from contracts.events import GenerationCanceled, GenerationFailed
 from contracts.object_keys import generation_image_key
 from contracts.topology import GATEWAY_GENERATION_CANCELED, Topology
-from services.common.broker import Publisher
-from services.common.storage import ObjectStorage
+from services.common.messaging.broker import Publisher
+from services.common.storage.objects import ObjectStorage
 from tests.support.auth import bearer, new_owner
-from tests.support.content_client import GATEWAY, completed, publish, ready_avatar, started, submit, until
+from tests.support.content.client import GATEWAY, completed, publish, ready_avatar, started, submit, until
 from tests.support.queues import drain_events
 
 

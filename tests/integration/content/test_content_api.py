@@ -18,19 +18,19 @@ from contracts.events import GenerationCompleted, GenerationFailed, GenerationRe
 from contracts.object_keys import generation_image_key
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, Topology
 from contracts.worker import ModelInfo, Timings
-from services.common.broker import Publisher
-from services.common.db import create_engine
-from services.common.events import new_event
-from services.common.storage import ObjectStorage
+from services.common.messaging.broker import Publisher
+from services.common.messaging.events import new_event
+from services.common.persistence.db import create_engine
+from services.common.storage.objects import ObjectStorage
 from services.content.main import create_app
 from services.content.models import inbox_table
 from services.content.settings import ContentSettings
 from tests.support.auth import bearer, new_owner
-from tests.support.content_client import GATEWAY, completed, publish, ready_avatar, started, submit, until
-from tests.support.identity_client import complete, uploaded
+from tests.support.content.client import GATEWAY, completed, publish, ready_avatar, started, submit, until
+from tests.support.identity.client import complete, uploaded
 from tests.support.lora_headers import lora_file
 from tests.support.queues import drain_events
-from tests.support.service_fixtures import serving
+from tests.support.stack.service_fixtures import serving
 
 PREFIX = "/api/v1/content"
 

@@ -14,14 +14,14 @@ import jsonschema_rs
 import pytest
 
 from contracts.budget import WORKER_MAX_SIDE, WORKER_MAX_STEPS
-from services.common.broker import Publisher
+from services.common.messaging.broker import Publisher
 from services.content.main import create_app
 from services.content.settings import ContentSettings
 from tests.support.auth import bearer, new_owner
-from tests.support.content_client import ready_avatar
-from tests.support.content_fuzz_hooks import AVATAR_ID_ENV
+from tests.support.content.client import ready_avatar
+from tests.support.content.fuzz_hooks import AVATAR_ID_ENV
 from tests.support.fuzzing import run_schemathesis
-from tests.support.live_server import live_server
+from tests.support.stack.live_server import live_server
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ async def test_content_answers_every_generated_request_as_documented(
         live_content,
         auth["Authorization"],
         tmp_path,
-        hooks="tests.support.content_fuzz_hooks",
+        hooks="tests.support.content.fuzz_hooks",
         env={AVATAR_ID_ENV: avatar_id},
     )
 

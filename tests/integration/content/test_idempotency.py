@@ -15,11 +15,11 @@ from sqlalchemy.engine import URL
 
 from contracts.events import GenerationRequested
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, Topology
-from services.common.broker import Publisher
-from services.common.db import create_engine
+from services.common.messaging.broker import Publisher
+from services.common.persistence.db import create_engine
 from services.content.models import Generation, IdempotencyKey, outbox_table
 from tests.support.auth import bearer, new_owner
-from tests.support.content_client import ready_avatar
+from tests.support.content.client import ready_avatar
 from tests.support.queues import drain_events
 
 GENERATE = "/api/v1/content/generate"

@@ -15,11 +15,11 @@ from sqlalchemy.engine import URL
 
 from contracts.topology import Topology
 from scripts.stacklib.processes import ManagedProcess, free_port, start_process, stop, wait_until_ready
-from services.common.broker import Publisher
-from services.common.storage import ObjectStorage
+from services.common.messaging.broker import Publisher
+from services.common.storage.objects import ObjectStorage
 from tests.support.auth import bearer, new_owner
-from tests.support.content_client import GATEWAY, completed, publish, ready_avatar, until
-from tests.support.service_fixtures import database_url, service_env
+from tests.support.content.client import GATEWAY, completed, publish, ready_avatar, until
+from tests.support.stack.service_fixtures import database_url, service_env
 
 REPO = Path(__file__).resolve().parents[3]
 GENERATE = "/api/v1/content/generate"

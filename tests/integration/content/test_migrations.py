@@ -14,14 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import EventEnvelope
 from contracts.events import GenerationStarted
-from services.common.db import (
+from services.common.app.runtime import open_database
+from services.common.messaging.events import new_event
+from services.common.messaging.outbox import OutboxRelay, add_to_outbox, make_outbox_table
+from services.common.persistence.db import (
     create_all,
     create_engine,
     create_session_factory,
     make_metadata,
 )
-from services.common.events import new_event
-from services.common.migrations import (
+from services.common.persistence.migrations import (
     DatabaseNotAtHeadError,
     MigrationSet,
     current_revision,
@@ -30,15 +32,13 @@ from services.common.migrations import (
     migrate_to_head,
     schema_differences,
 )
-from services.common.outbox import OutboxRelay, add_to_outbox, make_outbox_table
-from services.common.runtime import open_database
 from services.content.main import create_app
 from services.content.migrations import MIGRATIONS
 from services.content.models import Base, outbox_table
 from services.content.settings import ContentDatabaseSettings, ContentSettings
 from tests.support.relay_publisher import RecordingPublisher
-from tests.support.service_fixtures import database_url
 from tests.support.settings_env import settings_env
+from tests.support.stack.service_fixtures import database_url
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 HEAD = head_revision(MIGRATIONS)

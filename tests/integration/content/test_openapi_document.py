@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.common.openapi import document_text
+from services.common.app.openapi import document_text
 from services.content.main import build_app
 
 COMMITTED = Path(__file__).resolve().parents[3] / "docs" / "openapi" / "content.json"

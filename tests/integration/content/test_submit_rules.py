@@ -13,16 +13,16 @@ from sqlalchemy.engine import URL
 
 from contracts.events import AvatarCreated, GenerationRequested
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, Topology
-from services.common.broker import Publisher
-from services.common.db import create_engine
-from services.common.storage import ObjectStorage
+from services.common.messaging.broker import Publisher
+from services.common.persistence.db import create_engine
+from services.common.storage.objects import ObjectStorage
 from services.content.main import create_app
 from services.content.models import Generation, IdempotencyKey, outbox_table
 from services.content.settings import ContentSettings
 from tests.support.auth import bearer, new_owner
-from tests.support.content_client import publish, ready_avatar, submit, until
+from tests.support.content.client import publish, ready_avatar, submit, until
 from tests.support.queues import drain_events
-from tests.support.service_fixtures import database_url, service_env, serving
+from tests.support.stack.service_fixtures import database_url, service_env, serving
 
 GENERATE = "/api/v1/content/generate"
 

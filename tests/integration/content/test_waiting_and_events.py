@@ -19,19 +19,19 @@ from fastapi import FastAPI
 
 from contracts.events import GenerationFailed
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, Topology, topology
-from services.common.broker import Publisher, declare_topology_on, delete_topology
-from services.common.changes import ChangeHub
-from services.common.logging import REDACTED
-from services.common.signed_links import LinkSigner
+from logsafe.logs import REDACTED
+from services.common.messaging.broker import Publisher, declare_topology_on, delete_topology
 from services.content.api import EVENTS_LINK_PURPOSE, ContentApi
+from services.content.changes import ChangeHub
 from services.content.main import create_app
 from services.content.settings import ContentSettings
+from services.content.signed_links import LinkSigner
 from tests.support.auth import bearer, new_owner
-from tests.support.content_client import GATEWAY, completed, publish, ready_avatar, started, submit, until
-from tests.support.live_server import live_server
+from tests.support.content.client import GATEWAY, completed, publish, ready_avatar, started, submit, until
 from tests.support.queues import drain_events
-from tests.support.service_fixtures import serving
 from tests.support.service_log import service_log as service_log_of
+from tests.support.stack.live_server import live_server
+from tests.support.stack.service_fixtures import serving
 
 HEARTBEAT_SECONDS = 0.2
 

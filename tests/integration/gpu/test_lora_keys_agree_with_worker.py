@@ -1,6 +1,7 @@
 """Identity's header-only LoRA check (contracts/lora_keys.py) and the worker's plan accept the same files, per layer.
 
-The worker (gpu/lora/plan.py, through diffusers' converters) is the authority. Where the two differ, the case is listed
+The worker (gpu/engine/lora/plan.py, through diffusers' converters) is the authority. Where the two differ, the case is
+listed
 in KNOWN_GAPS with the reason, and the tests fail when the list stops being exactly true.
 """
 
@@ -22,11 +23,11 @@ from safetensors.torch import save as save_safetensors
 from contracts.lora_keys import MAX_RANK, LoraRejectedError, LoraRejectReason, check_lora_layers, check_lora_tensors
 from contracts.lora_targets import TargetTable, load_target_table
 from contracts.safetensors_header import HEADER_LENGTH_BYTES, header_length
-from gpu.errors import WorkerFailure
-from gpu.lora.plan import plan_lora
-from gpu.lora.targets import BUILDERS, SDXL_BASE_MODEL
+from gpu.engine.errors import WorkerFailure
+from gpu.engine.lora.plan import plan_lora
 from gpu.tiny.lora import write_lora
 from gpu.tiny.model import TINY_BASE_MODEL
+from gpu.tools.lora_targets import BUILDERS, SDXL_BASE_MODEL
 from tests.support.bad_loras import without_lora_keys
 
 Layers = list[tuple[str, str, int]]  # (component, module path without `text_model.`, rank), sorted

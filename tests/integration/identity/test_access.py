@@ -13,9 +13,9 @@ import pytest
 from services.identity.main import create_app
 from services.identity.settings import IdentitySettings
 from tests.support.auth import TEST_JWT_SECRET, bearer, new_owner
-from tests.support.identity_client import complete, new_avatar, uploaded
+from tests.support.identity.client import complete, new_avatar, uploaded
 from tests.support.lora_headers import lora_file
-from tests.support.service_fixtures import serving
+from tests.support.stack.service_fixtures import serving
 
 SAMPLE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/avatars"): {"name": "V"},

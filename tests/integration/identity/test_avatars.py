@@ -9,7 +9,7 @@ from aio_pika.abc import AbstractRobustConnection
 from contracts.events import AvatarCreated, AvatarDeleted, AvatarUpdated, LoraRetired
 from contracts.topology import CONTENT_IDENTITY_EVENTS, Topology
 from tests.support.auth import bearer, new_owner
-from tests.support.identity_client import complete, new_avatar, uploaded
+from tests.support.identity.client import complete, new_avatar, uploaded
 from tests.support.lora_headers import lora_file
 from tests.support.queues import drain_events
 

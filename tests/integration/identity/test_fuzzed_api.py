@@ -13,8 +13,8 @@ from services.identity.main import create_app
 from services.identity.settings import IdentitySettings
 from tests.support.auth import bearer, new_owner
 from tests.support.fuzzing import run_schemathesis
-from tests.support.identity_fuzz_hooks import BASE_MODEL_ENV, CONFIG, MAX_LORA_BYTES_ENV
-from tests.support.live_server import live_server
+from tests.support.identity.fuzz_hooks import BASE_MODEL_ENV, CONFIG, MAX_LORA_BYTES_ENV
+from tests.support.stack.live_server import live_server
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_identity_answers_every_generated_request_as_documented(
         live_identity,
         token,
         tmp_path,
-        hooks="tests.support.identity_fuzz_hooks",
+        hooks="tests.support.identity.fuzz_hooks",
         env={
             BASE_MODEL_ENV: identity_settings.lora_base_models[0],
             MAX_LORA_BYTES_ENV: str(identity_settings.lora_max_bytes),

@@ -13,10 +13,10 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.events import AvatarCreated
-from services.common.db import create_engine, create_session_factory
-from services.common.events import new_event
-from services.common.migrations import downgrade, head_revision, migrate_to_head, schema_differences
-from services.common.outbox import OutboxRelay, add_to_outbox
+from services.common.messaging.events import new_event
+from services.common.messaging.outbox import OutboxRelay, add_to_outbox
+from services.common.persistence.db import create_engine, create_session_factory
+from services.common.persistence.migrations import downgrade, head_revision, migrate_to_head, schema_differences
 from services.content.migrations import MIGRATIONS as CONTENT_MIGRATIONS
 from services.content.models import Base as ContentBase
 from services.content.models import outbox_table as content_outbox
@@ -24,7 +24,7 @@ from services.identity.migrations import MIGRATIONS
 from services.identity.models import Base
 from services.identity.models import outbox_table as identity_outbox
 from tests.support.relay_publisher import RecordingPublisher
-from tests.support.service_fixtures import database_url
+from tests.support.stack.service_fixtures import database_url
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 

@@ -13,12 +13,12 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import AvatarCreated, AvatarUpdated, LoraReady, LoraRetired
 from contracts.topology import CONTENT_IDENTITY_EVENTS, Topology
-from services.common.storage import ObjectStorage
+from services.common.storage.objects import ObjectStorage
 from tests.support.auth import bearer, new_owner
-from tests.support.identity_client import complete, new_avatar, put_upload, register, uploaded
+from tests.support.identity.client import complete, new_avatar, put_upload, register, uploaded
 from tests.support.lora_headers import lora_file
 from tests.support.queues import drain_events
-from tests.support.service_fixtures import TEST_LORA_MAX_BYTES
+from tests.support.stack.service_fixtures import TEST_LORA_MAX_BYTES
 
 
 @pytest.fixture

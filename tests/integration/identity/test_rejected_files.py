@@ -13,14 +13,14 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import LoraReady
 from contracts.topology import CONTENT_IDENTITY_EVENTS, Topology
-from services.common.storage import ObjectStorage
+from services.common.storage.objects import ObjectStorage
 from services.identity.lora_files import immutable_key
 from tests.support.auth import bearer, new_owner
 from tests.support.bad_loras import ACCEPTED, CORPUS_BASE_MODEL, HostileLora
-from tests.support.identity_client import complete, new_avatar, register, send_upload, uploaded, write_past_the_url
+from tests.support.identity.client import complete, new_avatar, register, send_upload, uploaded, write_past_the_url
 from tests.support.lora_headers import lora_file
 from tests.support.queues import drain_events
-from tests.support.service_fixtures import TEST_LORA_MAX_BYTES
+from tests.support.stack.service_fixtures import TEST_LORA_MAX_BYTES
 
 
 async def test_every_hostile_file_gets_its_documented_outcome_and_a_refused_one_is_deleted_and_never_announced(

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.support.auth import bearer, new_owner
-from tests.support.identity_client import new_avatar
+from tests.support.identity.client import new_avatar
 
 
 @pytest.fixture

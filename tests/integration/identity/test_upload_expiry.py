@@ -14,18 +14,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import create_engine, create_session_factory
-from services.common.migrations import downgrade, migrate_to_head
-from services.common.sqltypes import UtcDateTime
-from services.common.storage import ObjectStorage
+from services.common.persistence.db import create_engine, create_session_factory
+from services.common.persistence.migrations import downgrade, migrate_to_head
+from services.common.persistence.sqltypes import UtcDateTime
+from services.common.storage.objects import ObjectStorage
 from services.identity.main import create_app
 from services.identity.migrations import MIGRATIONS
 from services.identity.settings import IdentitySettings
 from services.identity.upload_expiry import SweepResult, UploadSweeper
 from tests.support.auth import bearer, new_owner
-from tests.support.identity_client import complete, register, upload_key_of, uploaded
+from tests.support.identity.client import complete, register, upload_key_of, uploaded
 from tests.support.lora_headers import lora_file
-from tests.support.service_fixtures import serving
+from tests.support.stack.service_fixtures import serving
 
 
 class StorageDown:

@@ -9,12 +9,12 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import GenerationCanceled
 from contracts.topology import CONTENT_GENERATION_RESULTS, Topology
-from services.common.storage import ObjectStorage
-from tests.support.gateway_fakes import requested
-from tests.support.gateway_harness import gateway_running, gateway_settings, publish_cancel, publish_request
+from services.common.storage.objects import ObjectStorage
+from tests.support.gateway.fakes import requested
+from tests.support.gateway.harness import gateway_running, gateway_settings, publish_cancel, publish_request
+from tests.support.gateway.stand_in_worker import StandInWorker
 from tests.support.prometheus import metric_value, wait_for_metric
 from tests.support.queues import drain_events
-from tests.support.stand_in_worker import StandInWorker
 
 
 async def test_a_request_canceled_before_it_started_is_not_run_while_another_still_is(

@@ -13,8 +13,8 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import GenerationCanceled, GenerationCompleted, GenerationStarted
 from contracts.topology import Topology
-from services.common.storage import ObjectStorage
-from tests.support.gateway_harness import (
+from services.common.storage.objects import ObjectStorage
+from tests.support.gateway.harness import (
     ResultLog,
     gateway_running,
     gateway_settings,

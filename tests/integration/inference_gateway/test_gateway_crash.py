@@ -19,11 +19,11 @@ from sqlalchemy.engine import URL
 from contracts.events import GenerationCompleted, GenerationFailed, GenerationStarted
 from contracts.topology import Topology
 from scripts.stacklib.processes import ManagedProcess, free_port, start_process, stop, wait_until_ready
-from services.common.db import create_engine, create_session_factory
-from services.common.storage import ObjectStorage
+from services.common.persistence.db import create_engine, create_session_factory
+from services.common.storage.objects import ObjectStorage
 from services.inference_gateway.jobs import JobStore
 from services.inference_gateway.models import Job
-from tests.support.gateway_harness import ROOT, ResultLog, gateway_env, lora_request, publish_request
+from tests.support.gateway.harness import ROOT, ResultLog, gateway_env, lora_request, publish_request
 
 LEASE_SECONDS = 2
 

@@ -10,11 +10,11 @@ from aio_pika.abc import AbstractRobustConnection
 
 from contracts.events import GenerationCompleted, GenerationStarted
 from contracts.topology import SERVICE_CONTENT, Topology, event_source
-from services.common.broker import Publisher
-from services.common.events import new_event
-from services.common.storage import ObjectStorage
+from services.common.messaging.broker import Publisher
+from services.common.messaging.events import new_event
+from services.common.storage.objects import ObjectStorage
 from tests.integration.inference_gateway.test_gateway_with_worker import request_for, upload_lora
-from tests.support.gateway_harness import ResultLog, gateway_running, gateway_settings, publish_request
+from tests.support.gateway.harness import ResultLog, gateway_running, gateway_settings, publish_request
 from tests.support.prometheus import wait_for_metric
 
 

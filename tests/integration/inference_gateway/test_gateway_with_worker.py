@@ -11,9 +11,9 @@ from aio_pika.abc import AbstractRobustConnection
 from contracts.events import GenerationCompleted, GenerationFailed, GenerationRequested, GenerationStarted
 from contracts.object_keys import lora_object_key
 from contracts.topology import Topology
-from services.common.storage import ObjectStorage
-from tests.support.gateway_fakes import image_size, requested
-from tests.support.gateway_harness import gateway_running, gateway_settings, publish_request, results_until_terminal
+from services.common.storage.objects import ObjectStorage
+from tests.support.gateway.fakes import image_size, requested
+from tests.support.gateway.harness import gateway_running, gateway_settings, publish_request, results_until_terminal
 from tests.support.prometheus import metric_value
 
 

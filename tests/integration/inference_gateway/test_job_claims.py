@@ -13,12 +13,12 @@ from sqlalchemy import update
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.db import create_engine, create_session_factory
-from services.common.migrations import migrate_to_head
+from services.common.persistence.db import create_engine, create_session_factory
+from services.common.persistence.migrations import migrate_to_head
 from services.inference_gateway.jobs import JobStore
 from services.inference_gateway.migrations import MIGRATIONS
 from services.inference_gateway.models import Job
-from tests.support.gateway_fakes import gid, requested
+from tests.support.gateway.fakes import gid, requested
 
 RUNNERS = 4
 JOBS = 40

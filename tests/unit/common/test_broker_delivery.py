@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from contracts.topology import GATEWAY_GENERATION_REQUESTED
-from services.common.broker import queue_arguments, retry_queue_arguments
-from services.common.consumer import describe_error
-from services.common.runtime import broker_topology
-from services.common.settings import BrokerDeliverySettings
+from services.common.app.runtime import broker_topology
+from services.common.app.settings import BrokerDeliverySettings
+from services.common.messaging.broker import queue_arguments, retry_queue_arguments
+from services.common.messaging.consumer import describe_error
 from tests.support.settings_env import settings_env
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from contracts.events import EventType
 from contracts.topology import EVENT_PRODUCERS, routing_key, topology
-from services.common.broker import declarations
-from services.common.broker_definitions import (
+from services.common.messaging.broker import declarations
+from services.tools.broker_definitions import (
     AUTOSCALER,
     AUTOSCALER_LIMITS,
     ROLES,

@@ -11,7 +11,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from contracts.envelope import EventEnvelope
 from contracts.events import AvatarCreated, GenerationStarted
-from services.common.events import (
+from services.common.messaging.events import (
     InvalidEventError,
     encode_event,
     new_event,

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from services.common.edge import (
+from services.common.http.edge import (
     NO_BODY_BYTES,
     EdgeLimits,
     EdgeLimitsMiddleware,
@@ -20,7 +20,7 @@ from services.common.edge import (
     body_routes,
     declared_length,
 )
-from services.common.http_errors import install_error_handlers
+from services.common.http.errors import install_error_handlers
 
 LIMITS = EdgeLimits(max_body_bytes=1024, body_timeout_seconds=0.2)
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.common import health
-from services.common.db import create_engine
+from services.common.app import health
+from services.common.persistence.db import create_engine
 
 
 async def _get(app: FastAPI, path: str) -> httpx.Response:

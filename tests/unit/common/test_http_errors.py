@@ -11,8 +11,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from services.common.db import database_unreachable
-from services.common.http_errors import (
+from services.common.http.errors import (
     ConflictError,
     FieldError,
     InvalidRequestError,
@@ -20,6 +19,7 @@ from services.common.http_errors import (
     UnauthorizedError,
     install_error_handlers,
 )
+from services.common.persistence.db import database_unreachable
 
 
 class Body(BaseModel):

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from services.common.http_errors import InvalidRequestError
-from services.common.pagination import MAX_CURSOR_LENGTH, Cursor
+from services.common.http.errors import InvalidRequestError
+from services.common.http.pagination import MAX_CURSOR_LENGTH, Cursor
 from tests.support.properties import bounded
 
 zones = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))])

@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import PoolLimits, create_engine, database_unreachable, pool_exhausted
-from services.common.http_errors import BUSY_RETRY_AFTER_SECONDS, install_error_handlers
+from services.common.http.errors import BUSY_RETRY_AFTER_SECONDS, install_error_handlers
+from services.common.persistence.db import PoolLimits, create_engine, database_unreachable, pool_exhausted
 
 
 @pytest.fixture

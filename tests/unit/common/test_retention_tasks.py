@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.retention import Bookkeeping, RetentionSettings, RetentionTask, running_retention
+from services.common.persistence.retention import Bookkeeping, RetentionSettings, RetentionTask, running_retention
 
 
 async def test_a_task_that_fails_once_runs_again_on_the_next_round(caplog: pytest.LogCaptureFixture) -> None:
@@ -27,7 +27,7 @@ async def test_a_task_that_fails_once_runs_again_on_the_next_round(caplog: pytes
     settings = RetentionSettings(RETENTION_INTERVAL_SECONDS=1)
     task = RetentionTask("flaky sweep", flaky)
 
-    with caplog.at_level(logging.WARNING, logger="services.common.retention"):
+    with caplog.at_level(logging.WARNING, logger="services.common.persistence.retention"):
         async with running_retention(sessions, Bookkeeping(), settings, tasks=[task]):
             async with asyncio.timeout(10):
                 await second_round.wait()

@@ -9,10 +9,10 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import Column, Integer, MetaData, Table, insert, select
 
-from services.common.db import prepare_sqlite_file
-from services.common.runtime import open_database
-from services.common.settings import TopologySettings
-from services.common.sqltypes import UtcDateTime
+from services.common.app.runtime import open_database
+from services.common.app.settings import TopologySettings
+from services.common.persistence.db import prepare_sqlite_file
+from services.common.persistence.sqltypes import UtcDateTime
 
 
 def test_the_topology_prefix_is_read_from_vixen_topology_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

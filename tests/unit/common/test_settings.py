@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.common.settings import (
+from services.common.app.settings import (
     BrokerSettings,
     StorageSettings,
     connection_url_secrets,

@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.common import telemetry
-from services.common.logging import JsonFormatter, Redaction, generation_context
+from logsafe.logs import JsonFormatter, Redaction, generation_context
+from services.common.observability import telemetry
 
 ENDPOINT = "http://127.0.0.1:9"
 
@@ -44,7 +44,7 @@ def test_the_exporter_is_what_the_variables_ask_for_and_none_when_unset(
 
 
 def test_an_unknown_exporter_is_named_in_a_warning_and_nothing_is_exported(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="services.common.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="services.common.observability.telemetry"):
         assert telemetry.exporter_from_environment({"OTEL_TRACES_EXPORTER": "zipkin"}) is None
     assert "OTEL_TRACES_EXPORTER=zipkin is not supported" in caplog.text
 

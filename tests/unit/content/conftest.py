@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.changes import ChangeFeed
+from services.content.changes import ChangeFeed
 from services.content.models import Base
 from services.content.projection import IdentityProjection
-from tests.support.content_harness import Generations, Harness, RecordingHub, StandInImageStore
-from tests.support.content_units import Clock
+from tests.support.content.harness import Generations, Harness, RecordingHub, StandInImageStore
+from tests.support.content.units import Clock
 from tests.support.sqlite import sqlite_sessions
 
 

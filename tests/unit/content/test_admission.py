@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from services.common.http_errors import InvalidRequestError, TooManyRequestsError
+from services.common.http.errors import InvalidRequestError, TooManyRequestsError
 from services.content.admission import (
     IN_FLIGHT_RETRY_AFTER_SECONDS,
     RATE_LIMITED,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.common.http_errors import InvalidRequestError, TooManyRequestsError
+from services.common.http.errors import InvalidRequestError, TooManyRequestsError
 from services.content.admission import (
     AdmissionLimits,
     check_in_flight,

@@ -8,9 +8,9 @@ import uuid
 import pytest
 
 from contracts.events import GenerationCanceled, GenerationFailed, GenerationRequested
-from services.common.http_errors import ConflictError, NotFoundError
+from services.common.http.errors import ConflictError, NotFoundError
 from services.content.models import outbox_table
-from tests.support.content_harness import (
+from tests.support.content.harness import (
     OTHER,
     OWNER,
     Generations,

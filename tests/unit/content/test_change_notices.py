@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.common.changes import ChangeFeed
-from services.common.http_errors import ConflictError
-from tests.support.content_harness import (
+from services.common.http.errors import ConflictError
+from services.content.changes import ChangeFeed
+from tests.support.content.harness import (
     DEADLINE,
     OWNER,
     Generations,
@@ -22,7 +22,7 @@ from tests.support.content_harness import (
     _started,
     _submit,
 )
-from tests.support.content_units import T0
+from tests.support.content.units import T0
 
 # --- change notices ---------------------------------------------------------------------------------------------
 

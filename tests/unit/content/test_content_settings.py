@@ -7,9 +7,9 @@ import pytest
 from pydantic import ValidationError
 
 from contracts.budget import DEFAULT_MAX_PIXEL_STEPS
-from services.common.signed_links import LinkSigner
 from services.content.main import admission_limits
 from services.content.settings import ContentSettings
+from services.content.signed_links import LinkSigner
 from tests.support.service_log import written
 from tests.support.settings_env import settings_env
 

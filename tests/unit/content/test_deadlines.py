@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from contracts.events import GenerationFailed
-from tests.support.content_harness import (
+from tests.support.content.harness import (
     DEADLINE,
     OWNER,
     Generations,
@@ -15,7 +15,7 @@ from tests.support.content_harness import (
     _result,
     _submit,
 )
-from tests.support.content_units import T0
+from tests.support.content.units import T0
 
 # --- deadlines --------------------------------------------------------------------------------------------------
 

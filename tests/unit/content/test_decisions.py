@@ -20,7 +20,7 @@ from contracts.events import (
 )
 from contracts.object_keys import generation_image_key, lora_object_key
 from contracts.worker import ModelInfo, Timings
-from services.common.http_errors import ConflictError, NotFoundError
+from services.common.http.errors import ConflictError, NotFoundError
 from services.content.decisions import (
     ForgedFieldError,
     StatusStep,

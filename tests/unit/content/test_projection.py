@@ -22,12 +22,12 @@ from contracts.events import (
     LoraRetired,
 )
 from contracts.object_keys import lora_object_key
-from services.common.events import new_event
-from services.common.http_errors import NotFoundError
+from services.common.http.errors import NotFoundError
+from services.common.messaging.events import new_event
 from services.content.decisions import UnexpectedEventError
 from services.content.models import Base, inbox_table
 from services.content.projection import IdentityProjection
-from tests.support.identity_events import ready_avatar_events
+from tests.support.identity.events import ready_avatar_events
 from tests.support.sqlite import sqlite_sessions
 
 SHA = "cd" * 32

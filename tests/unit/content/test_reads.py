@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from contracts.object_keys import generation_image_key
-from services.common.http_errors import InvalidRequestError, NotFoundError
+from services.common.http.errors import InvalidRequestError, NotFoundError
 from services.content.models import GenerationStatus
 from services.content.reads import GenerationReads
-from tests.support.content_harness import (
+from tests.support.content.harness import (
     OTHER,
     OWNER,
     URL_TTL,

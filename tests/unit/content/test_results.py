@@ -11,7 +11,7 @@ from contracts.object_keys import generation_image_key, lora_object_key
 from services.content.decisions import UnexpectedEventError, status_steps
 from services.content.models import inbox_table
 from services.content.sweeper import sweep_once
-from tests.support.content_harness import (
+from tests.support.content.harness import (
     OWNER,
     SHA,
     Generations,
@@ -23,7 +23,7 @@ from tests.support.content_harness import (
     _started,
     _submit,
 )
-from tests.support.content_units import T0
+from tests.support.content.units import T0
 
 
 async def test_results_move_the_generation_forward_and_record_when(h: Harness, generations: Generations) -> None:

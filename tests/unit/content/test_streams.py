@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.common.changes import ChangeHub
-from services.common.http_errors import NotFoundError
-from services.common.metrics import ServiceMetrics
+from services.common.http.errors import NotFoundError
+from services.common.observability.metrics import ServiceMetrics
+from services.content.changes import ChangeHub
 from services.content.models import Generation, GenerationStatus
 from services.content.reads import GenerationView
 from services.content.streams import (

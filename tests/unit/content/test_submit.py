@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from contracts.events import AvatarCreated, AvatarDeleted, GenerationRequested
 from contracts.object_keys import lora_object_key
-from services.common.http_errors import (
+from services.common.http.errors import (
     ConflictError,
     DomainError,
     InvalidRequestError,
@@ -24,7 +24,7 @@ from services.common.http_errors import (
 from services.content.models import Generation, IdempotencyKey
 from services.content.schemas import GenerateRequest
 from services.content.submit import Submitted
-from tests.support.content_harness import (
+from tests.support.content.harness import (
     DEADLINE,
     OTHER,
     OWNER,
@@ -42,7 +42,7 @@ from tests.support.content_harness import (
     _started,
     _submit,
 )
-from tests.support.content_units import LIMITS, T0
+from tests.support.content.units import LIMITS, T0
 
 # --- submit -----------------------------------------------------------------------------------------------------
 

@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.events import GenerationCompleted, ImageRef
 from contracts.object_keys import generation_image_key
 from contracts.worker import ModelInfo
-from services.common.changes import ChangeFeed, ChangeHub
-from services.common.events import new_event
+from services.common.messaging.events import new_event
 from services.content.cancel import OwnerCancel
+from services.content.changes import ChangeFeed, ChangeHub
 from services.content.models import Base, IdempotencyKey
 from services.content.projection import IdentityProjection
 from services.content.reads import GenerationReads
@@ -28,9 +28,9 @@ from services.content.results import ResultApplier
 from services.content.schemas import GenerateRequest
 from services.content.submit import Submissions
 from services.content.sweeper import SWEEP_BATCH, SweeperChores, running_sweeper, sweep_forever, sweep_once
-from tests.support.content_harness import Generations
-from tests.support.content_units import LIMITS, T0, Clock
-from tests.support.identity_events import ready_avatar_events
+from tests.support.content.harness import Generations
+from tests.support.content.units import LIMITS, T0, Clock
+from tests.support.identity.events import ready_avatar_events
 from tests.support.sqlite import sqlite_sessions
 
 DEADLINE = 600

@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.common.changes import ChangeHub
-from services.common.http_errors import NotFoundError
-from services.common.shared_reads import SharedReads
+from services.common.http.errors import NotFoundError
+from services.content.changes import ChangeHub
 from services.content.decisions import StatusStep
 from services.content.models import Generation, GenerationStatus
 from services.content.reads import GenerationView
+from services.content.shared_reads import SharedReads
 from services.content.watching import (
     HEARTBEAT,
     LIFETIME_SPREAD,

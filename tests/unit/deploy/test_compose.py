@@ -21,14 +21,14 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
-from gpu.server import LocalWorkerSettings
-from services.common import s3_local
-from services.common.broker_declare import DeclareStepSettings
-from services.common.broker_definitions import SERVICES, password_variable
-from services.common.settings import load_settings
+from gpu.serve.server import LocalWorkerSettings
+from services.common.app.settings import load_settings
+from services.common.messaging.broker_declare import DeclareStepSettings
 from services.content.settings import ContentSettings
 from services.identity.settings import IdentitySettings
 from services.inference_gateway.settings import GatewaySettings
+from services.tools import s3_local
+from services.tools.broker_definitions import SERVICES, password_variable
 from tests.unit.deploy.test_images import TARGETS, stages
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -238,7 +238,7 @@ def test_the_topology_is_declared_by_a_one_shot_step_with_the_operators_user_bef
     compose: dict[str, Any], env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     step = compose["services"]["broker-topology"]
-    assert step["command"] == ["python", "-m", "services.common.broker_declare"]
+    assert step["command"] == ["python", "-m", "services.common.messaging.broker_declare"]
     assert step["build"]["dockerfile"] == "deploy/docker/services.Dockerfile" and step["build"]["target"] in APPS
     assert step["depends_on"]["rabbitmq"]["condition"] == "service_healthy" and step["restart"] == "no"
     settings = settings_from(step["environment"], DeclareStepSettings, monkeypatch)

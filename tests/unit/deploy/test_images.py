@@ -29,7 +29,7 @@ TARGETS = {
     "content": (SERVICES_FILE, "services.content", CONTENT_PORT),
     "identity": (SERVICES_FILE, "services.identity", IDENTITY_PORT),
     "inference-gateway": (SERVICES_FILE, "services.inference_gateway", GATEWAY_PORT),
-    "worker-cpu": (WORKER_FILE, "gpu.server", 8003),
+    "worker-cpu": (WORKER_FILE, "gpu.serve.server", 8003),
 }
 
 

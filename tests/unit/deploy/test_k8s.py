@@ -16,7 +16,7 @@ from pydantic import AliasChoices
 
 from contracts.topology import GATEWAY_GENERATION_REQUESTED, topology
 from services.common.auth.settings import production_auth_problem
-from services.common.broker_declare import DeclareStepSettings
+from services.common.messaging.broker_declare import DeclareStepSettings
 from services.content.settings import ContentSettings
 from services.identity.settings import IdentitySettings
 from services.inference_gateway.metrics import JOBS_OPEN
@@ -161,7 +161,7 @@ def test_a_job_declares_the_broker_topology_with_the_operators_user_and_the_serv
         job
         for job in of_kind(rendered, "Job").values()
         if job["spec"]["template"]["spec"]["containers"][0]["command"]
-        == ["python", "-m", "services.common.broker_declare"]
+        == ["python", "-m", "services.common.messaging.broker_declare"]
     ]
     (container,) = job["spec"]["template"]["spec"]["containers"]
     images = {d["spec"]["template"]["spec"]["containers"][0]["image"] for d in of_kind(rendered, "Deployment").values()}

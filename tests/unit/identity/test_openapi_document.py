@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.openapi import document_text
+from services.common.app.openapi import document_text
 from services.identity.main import build_app
 
 COMMITTED = Path(__file__).resolve().parents[3] / "docs" / "openapi" / "identity.json"

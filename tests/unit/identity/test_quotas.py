@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.http_errors import ConflictError, TooManyRequestsError
+from services.common.http.errors import ConflictError, TooManyRequestsError
 from services.identity.lora_files import immutable_key
 from services.identity.quotas import (
     LORA_BYTES_QUOTA_EXCEEDED,

@@ -1,5 +1,5 @@
 """The gateway's decisions on cancel of a running generation, deadline timeouts, retries by cause and the CUDA_OOM
-fallback, with stand-ins for the worker (named as such) and the fakes of tests/support/gateway_fakes."""
+fallback, with stand-ins for the worker (named as such) and the fakes of tests/support/gateway/fakes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from services.inference_gateway.metrics import CANCELED_RUNNING, FALLBACKS, Metr
 from services.inference_gateway.ports import GatewayPorts, GenerationConfig, Timing
 from services.inference_gateway.retries import RetryLimits, RetryPolicy, retry_rule
 from services.inference_gateway.service import GenerationService
-from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, gid, requested, success
+from tests.support.gateway.fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, gid, requested, success
 
 
 class BlockingStandInWorker:

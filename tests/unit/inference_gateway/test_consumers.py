@@ -11,8 +11,8 @@ import pytest
 from contracts.events import EventPayload, GenerationCanceled, GenerationRequested
 from contracts.object_keys import generation_image_key, lora_object_key
 from contracts.topology import SERVICE_CONTENT, event_source
-from services.common.consumer import ForgedEventError, PermanentError, ReceivedEvent
-from services.common.events import new_event
+from services.common.messaging.consumer import ForgedEventError, PermanentError, ReceivedEvent
+from services.common.messaging.events import new_event
 from services.inference_gateway.consumers import (
     forged_request_field,
     generation_canceled_handler,
@@ -20,8 +20,8 @@ from services.inference_gateway.consumers import (
 )
 from services.inference_gateway.metrics import JOBS_RECORDED
 from services.inference_gateway.models import JobState
-from tests.support.gateway_fakes import LORA_KEY, FakeWorker, gid, requested, success
-from tests.support.gateway_jobs import job_sessions, runner_parts, staged_events
+from tests.support.gateway.fakes import LORA_KEY, FakeWorker, gid, requested, success
+from tests.support.gateway.jobs import job_sessions, runner_parts, staged_events
 
 
 def received(payload: EventPayload, generation_id: str) -> ReceivedEvent:

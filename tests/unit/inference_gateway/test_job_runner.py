@@ -19,8 +19,8 @@ from services.inference_gateway.jobs import AcceptOutcome, CancelOutcome, JobSto
 from services.inference_gateway.metrics import JOBS_RECOVERED
 from services.inference_gateway.models import Job, JobState
 from services.inference_gateway.ports import WorkerCall
-from tests.support.gateway_fakes import FakeWorker, gid, requested, success
-from tests.support.gateway_jobs import RunnerParts, job_sessions, runner_parts, staged_events
+from tests.support.gateway.fakes import FakeWorker, gid, requested, success
+from tests.support.gateway.jobs import RunnerParts, job_sessions, runner_parts, staged_events
 
 COMPLETED = "generation.completed"
 FAILED = "generation.failed"

@@ -17,7 +17,7 @@ from services.inference_gateway.retries import RetryLimits, RetryPolicy
 from services.inference_gateway.service import GenerationService
 from services.inference_gateway.worker_client import http as worker_http
 from services.inference_gateway.worker_client.http import ModalWorkerClient, ProviderConfig
-from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, gid, requested, success
+from tests.support.gateway.fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, gid, requested, success
 
 REQUEST = WorkerRequest(prompt="a portrait", width=64, height=64, steps=2, request_id=gid("gen-1"))
 

@@ -8,11 +8,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.common.metrics import router
+from services.common.observability.metrics import router
 from services.inference_gateway.images import InvalidImageError, decode_png
 from services.inference_gateway.metrics import COMPLETED, FAILED, REQUESTS, WORKER_SECONDS, Metrics
 from services.inference_gateway.sanitize import sanitize_details, sanitize_text
-from tests.support.gateway_fakes import png_bytes
+from tests.support.gateway.fakes import png_bytes
 from tests.support.prometheus import metric_value
 
 

@@ -25,7 +25,7 @@ from services.inference_gateway.retries import (
     poll_given_up,
     transient_retry_delay,
 )
-from tests.support.gateway_fakes import START
+from tests.support.gateway.fakes import START
 
 REFUSED = GatewayFailure(GatewayErrorCode.WORKER_UNAVAILABLE, "worker could not be reached", {"reason": "ConnectError"})
 STORAGE_DOWN = GatewayFailure(GatewayErrorCode.STORAGE_FAILED, "could not store the image", {"reason": "Error"})

@@ -19,7 +19,7 @@ from services.inference_gateway.metrics import CANCELS, COMPLETED, FAILED, REQUE
 from services.inference_gateway.ports import GatewayPorts, GenerationConfig, Timing
 from services.inference_gateway.retries import RetryLimits, RetryPolicy, backoff_delay, is_retryable
 from services.inference_gateway.service import GenerationService
-from tests.support.gateway_fakes import (
+from tests.support.gateway.fakes import (
     GENERATION_ID,
     LORA_KEY,
     FakeClock,

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from services.common.settings import describe_validation_error
+from services.common.app.settings import describe_validation_error
 from services.inference_gateway.settings import GatewaySettings
 from services.inference_gateway.worker_client.endpoints import fallback_provider_config, provider_config, worker_clients
 from services.inference_gateway.worker_client.urls import derive_async_urls, derive_cancel_url

@@ -9,9 +9,9 @@ import pytest
 
 from contracts.events import GenerationCompleted, GenerationFailed
 from contracts.object_keys import generation_image_key
-from services.common.storage import StorageRequestError
+from services.common.storage.objects import StorageRequestError
 from services.inference_gateway.retries import RetryPolicy
-from tests.support.gateway_fakes import GENERATION_ID, FakeStorage, FakeWorker, requested, service_on_fakes, success
+from tests.support.gateway.fakes import GENERATION_ID, FakeStorage, FakeWorker, requested, service_on_fakes, success
 
 
 class AnsweringStorage(FakeStorage):

@@ -7,7 +7,7 @@ from datetime import timedelta
 from contracts.events import GenerationCompleted, GenerationFailed
 from services.inference_gateway.retries import UPLOAD_BACKOFF_MAX_SECONDS, RetryPolicy
 from services.inference_gateway.service import GenerationService
-from tests.support.gateway_fakes import FakeClock, FakeStorage, FakeWorker, requested, service_on_fakes, success
+from tests.support.gateway.fakes import FakeClock, FakeStorage, FakeWorker, requested, service_on_fakes, success
 
 
 def build(storage: FakeStorage, worker: FakeWorker, upload_retry_seconds: float) -> tuple[GenerationService, FakeClock]:

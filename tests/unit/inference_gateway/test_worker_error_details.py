@@ -8,10 +8,10 @@ import hashlib
 import pytest
 
 from contracts.errors import LORA_SHA256_MISMATCH_REASON
-from gpu.errors import WorkerFailure
-from gpu.lora.cache import MemoryLoraCache
-from gpu.lora.download import DownloadPolicy, download
-from gpu.lora.store import LoraStore
+from gpu.engine.errors import WorkerFailure
+from gpu.engine.lora.cache import MemoryLoraCache
+from gpu.engine.lora.download import DownloadPolicy, download
+from gpu.engine.lora.store import LoraStore
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.retries import retry_rule
 from tests.support.file_server import FileServer, Route

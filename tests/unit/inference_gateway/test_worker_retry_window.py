@@ -11,7 +11,7 @@ from contracts.events import GenerationCompleted, GenerationFailed
 from services.inference_gateway.errors import GatewayFailure
 from services.inference_gateway.retries import UNREACHABLE_BACKOFF_MAX_SECONDS, RetryPolicy
 from services.inference_gateway.service import GenerationService
-from tests.support.gateway_fakes import FakeClock, FakeWorker, requested, service_on_fakes, success
+from tests.support.gateway.fakes import FakeClock, FakeWorker, requested, service_on_fakes, success
 
 REFUSED = GatewayFailure(GatewayErrorCode.WORKER_UNAVAILABLE, "worker could not be reached", {"reason": "ConnectError"})
 

@@ -27,7 +27,7 @@ def test_every_setting_has_its_line_and_a_comment_just_above() -> None:
 
 
 def test_required_settings_are_placeholders_the_services_refuse() -> None:
-    from services.common.settings import placeholder_reason
+    from services.common.app.settings import placeholder_reason
 
     lines = env_example.TARGET.read_text(encoding="utf-8").splitlines()
     required = [line.split("=", 1)[1] for line in lines if re.fullmatch(r"[A-Z][A-Z0-9_]+=.*", line)]

@@ -55,7 +55,7 @@ def test_service_commands_and_environment(tmp_path: Path) -> None:
     specs = service_specs(config)
     assert list(specs) == ["s3", "worker", "identity", "content", "gateway"]
     worker = specs["worker"]
-    assert worker.argv[1:3] == ("-m", "gpu.server") and worker.argv[-2:] == ("--model-dir", str(tmp_path / "m"))
+    assert worker.argv[1:3] == ("-m", "gpu.serve.server") and worker.argv[-2:] == ("--model-dir", str(tmp_path / "m"))
     assert worker.env["WORKER_MODE"] == "local" and worker.health_path == "/healthz"
     gateway = specs["gateway"]
     assert gateway.env["MODAL_ENDPOINT_URL"] == "http://127.0.0.1:8003/generate"
@@ -102,4 +102,4 @@ def test_up_names_the_playground_and_how_to_mint_its_token() -> None:
     text = usage_text(LocalStack(from_environment({})))
 
     assert "playground http://127.0.0.1:8000/playground" in text
-    assert "python -m services.common.auth mint --sub" in text
+    assert "python -m services.tools.token mint --sub" in text

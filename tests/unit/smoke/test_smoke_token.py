@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.common.auth import TokenVerifier
-from services.smoke.settings import SmokeSettings
+from services.tools.smoke.settings import SmokeSettings
 from tests.support.auth_tokens import HS_SECRET
 from tests.support.settings_env import settings_env
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from services.common.app.settings import load_settings
 from services.common.auth import AuthSettings, auth_secret_values
-from services.common.settings import load_settings
 from tests.support.auth_tokens import HS_SECRET
 from tests.support.settings_env import settings_env
 

@@ -1,0 +1,1 @@
+"""Serving the engine on any host: settings, the lifecycle, the request handler, the job queue, telemetry."""

@@ -1,0 +1,1 @@
+"""The HTTP edge every service shares: limits before reading, error bodies, pagination, API types."""

@@ -1,0 +1,1 @@
+"""RabbitMQ: the broker connection and topology, consumers, events, the transactional outbox."""

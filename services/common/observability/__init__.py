@@ -1,0 +1,1 @@
+"""Metrics and traces: Prometheus instruments and OpenTelemetry setup."""

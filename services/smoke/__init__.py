@@ -1,1 +1,0 @@
-"""`python -m services.smoke`: checks each hop of a configured deployment, one line per hop."""

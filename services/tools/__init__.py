@@ -1,0 +1,1 @@
+"""Operator and developer commands: dead letters, broker definitions, the local S3, tokens, the smoke test."""

@@ -1,0 +1,1 @@
+"""`python -m services.tools.smoke`: checks each hop of a configured deployment, one line per hop."""

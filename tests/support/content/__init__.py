@@ -1,0 +1,1 @@
+"""Helpers of content's tests: the client, the harness, fuzzing hooks, units."""

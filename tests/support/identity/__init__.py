@@ -1,0 +1,1 @@
+"""Helpers of identity's tests: the client, events, fuzzing hooks."""
