@@ -19,16 +19,17 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
+
+from tests.support.stack.proxy_base import ThreadedProxy
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
-_CONTROL_TIMEOUT = 10.0
+
 # How much of each answer's body is kept in its record (an S3 error document fits).
 BODY_KEPT_BYTES = 4096
 _T = TypeVar("_T")
@@ -180,33 +181,19 @@ async def _copy_body(
         await forward(data)
 
 
-class DelayingProxy:
+class DelayingProxy(ThreadedProxy):
     """Forwards host:port (a free port, see `port`) to target_host:target_port, holding the requests `hold` picks;
     `exchanges` records every request and its answer."""
 
     def __init__(self, target_host: str, target_port: int, *, hold: Hold, name: str, host: str = "127.0.0.1") -> None:
-        self.name = name
-        self.host = host
-        self.target_host = target_host
-        self.target_port = target_port
+        super().__init__(target_host, target_port, name=name, host=host)
         self._hold = hold
-        self._port: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self._exchanges: list[Exchange] = []
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"DelayingProxy({self.name!r}, :{self._port} -> {self.target_host}:{self.target_port})"
-
-    @property
-    def port(self) -> int:
-        """The port the proxy listens on (known once started)."""
-        if self._port is None:
-            raise RuntimeError(f"proxy {self.name} is not started")
-        return self._port
 
     @property
     def url(self) -> str:
@@ -219,58 +206,9 @@ class DelayingProxy:
         with self._lock:
             return list(self._exchanges)
 
-    def start(self) -> DelayingProxy:
-        """Listen on a free port and forward (returns once listening)."""
-        if self._thread is not None:
-            raise RuntimeError(f"proxy {self.name} is already started")
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name=f"delaying-proxy-{self.name}", daemon=True)
-        self._thread.start()
-        self._call(self._listen())
-        log.info("proxy %s listening on %s:%d -> %s:%d", self.name, self.host, self.port, *self._target)
-        return self
-
-    def stop(self) -> None:
-        """Cut every connection, stop listening and end the thread."""
-        if self._loop is None or self._thread is None:
-            return
-        self._call(self._close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=_CONTROL_TIMEOUT)
-        self._loop.close()
-        self._loop = self._thread = None
-
-    def __enter__(self) -> DelayingProxy:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def _target(self) -> tuple[str, int]:
-        return self.target_host, self.target_port
-
-    def _call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
-        if self._loop is None:
-            coroutine.close()
-            raise RuntimeError(f"proxy {self.name} is not started")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=_CONTROL_TIMEOUT)
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
-        self._port = int(self._server.sockets[0].getsockname()[1])
-
-    async def _close(self) -> None:
+    async def _cut_open_connections(self) -> None:
         for writer in list(self._open):
             writer.transport.abort()
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), _CONTROL_TIMEOUT)
-            self._server = None
 
     async def _serve(self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
         upstream: asyncio.StreamWriter | None = None

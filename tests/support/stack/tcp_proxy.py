@@ -13,17 +13,15 @@ test, a sync one).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
-from collections.abc import Coroutine
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
+
+from tests.support.stack.proxy_base import CONTROL_TIMEOUT, ThreadedProxy
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
-_CONTROL_TIMEOUT = 10.0
+
 _T = TypeVar("_T")
 
 
@@ -48,21 +46,14 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flow
         _abort(writer)
 
 
-class TcpProxy:
+class TcpProxy(ThreadedProxy):
     """Forwards host:port (a free port, see `port`) to target_host:target_port until switched down."""
 
     def __init__(self, target_host: str, target_port: int, *, name: str, host: str = "127.0.0.1") -> None:
-        self.name = name
-        self.host = host
-        self.target_host = target_host
-        self.target_port = target_port
-        self._port: int | None = None
+        super().__init__(target_host, target_port, name=name, host=host)
         self._up = True
         self._status: int | None = None
         self._flowing: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
         self._open: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         # What the outages did: connections cut by down(), connections closed on arrival while down.
         self.cut = 0
@@ -74,38 +65,9 @@ class TcpProxy:
         return f"TcpProxy({self.name!r}, :{self._port} -> {self.target_host}:{self.target_port}, {state})"
 
     @property
-    def port(self) -> int:
-        """The port the proxy listens on (known once started)."""
-        if self._port is None:
-            raise RuntimeError(f"proxy {self.name} is not started")
-        return self._port
-
-    @property
     def is_up(self) -> bool:
         """Whether connections are forwarded."""
         return self._up
-
-    def start(self) -> TcpProxy:
-        """Listen on a free port and forward (returns once listening)."""
-        if self._thread is not None:
-            raise RuntimeError(f"proxy {self.name} is already started")
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name=f"tcp-proxy-{self.name}", daemon=True)
-        self._thread.start()
-        self._call(self._listen())
-        log.info("proxy %s listening on %s:%d -> %s:%d", self.name, self.host, self.port, *self._target)
-        return self
-
-    def stop(self) -> None:
-        """Cut every connection, stop listening and end the thread."""
-        if self._loop is None or self._thread is None:
-            return
-        self._call(self._close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=_CONTROL_TIMEOUT)
-        self._loop.close()
-        self._loop = self._thread = None
 
     def down(self) -> int:
         """Start an outage: cut every open connection and close new ones on arrival. Returns how many were cut."""
@@ -137,25 +99,6 @@ class TcpProxy:
         log.warning("proxy %s answers %d: %d connection(s) cut", self.name, status, cut)
         return cut
 
-    def __enter__(self) -> TcpProxy:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def _target(self) -> tuple[str, int]:
-        return self.target_host, self.target_port
-
-    def _call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
-        """Run a coroutine on the proxy's loop and wait for its result (from any other thread)."""
-        if self._loop is None:
-            coroutine.close()
-            raise RuntimeError(f"proxy {self.name} is not started")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=_CONTROL_TIMEOUT)
-
     async def _set_flowing(self, flowing: bool) -> None:
         assert self._flowing is not None
         if flowing:
@@ -166,8 +109,7 @@ class TcpProxy:
     async def _listen(self) -> None:
         self._flowing = asyncio.Event()
         self._flowing.set()
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
-        self._port = int(self._server.sockets[0].getsockname()[1])
+        await super()._listen()
 
     async def _go_down(self) -> int:
         self._up = False
@@ -178,13 +120,8 @@ class TcpProxy:
         self.cut += len(pairs)
         return len(pairs)
 
-    async def _close(self) -> None:
+    async def _cut_open_connections(self) -> None:
         await self._go_down()
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), _CONTROL_TIMEOUT)
-            self._server = None
 
     async def _serve(self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
         if self._status is not None:
@@ -221,7 +158,7 @@ class TcpProxy:
         """Read one request head and answer it with `status`, no body, then close."""
         self.answered += 1
         try:
-            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _CONTROL_TIMEOUT)
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CONTROL_TIMEOUT)
             client.write(
                 f"HTTP/1.1 {status} Proxy Answer\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
                 "Connection: close\r\n\r\n".encode()
