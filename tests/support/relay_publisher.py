@@ -6,7 +6,7 @@ from __future__ import annotations
 import aio_pika
 
 
-class RecordingPublisher:
+class RecordingRelayPublisher:
     """Records (message id, routing key) of each publish."""
 
     def __init__(self) -> None:

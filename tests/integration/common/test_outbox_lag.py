@@ -7,15 +7,15 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+from tests.support.stack.relay_publisher import RecordingRelayPublisher
 
 from contracts.events import GenerationStarted
 from services.common.messaging.events import new_event
 from services.common.messaging.outbox import OutboxRelay, add_to_outbox, make_outbox_table
 from services.common.persistence.db import create_all, create_engine, create_session_factory, make_metadata
-from tests.support.relay_publisher import RecordingPublisher
 
 
-class BrokerDownStandIn(RecordingPublisher):
+class BrokerDownStandIn(RecordingRelayPublisher):
     """Fault injector: every publish fails, as with the broker away."""
 
     async def publish_confirmed(self, message: aio_pika.Message, routing_key: str) -> None:
@@ -39,7 +39,7 @@ async def test_the_lag_follows_what_is_left_unsent(tmp_path: Path) -> None:
             await down.run_once()
         assert down.lag_seconds() > 0
 
-        full = OutboxRelay(sessions, outbox, RecordingPublisher(), batch_size=2)
+        full = OutboxRelay(sessions, outbox, RecordingRelayPublisher(), batch_size=2)
         assert await full.run_once() == 2
         assert full.lag_seconds() > 0  # one row still waits behind the full batch
         assert await full.run_once() == 1

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+from tests.support.stack.relay_publisher import RecordingRelayPublisher
 
 from contracts.envelope import EventEnvelope
 from contracts.events import GenerationStarted
@@ -36,7 +37,6 @@ from services.content.main import create_app
 from services.content.migrations import MIGRATIONS
 from services.content.models import Base, outbox_table
 from services.content.settings import ContentDatabaseSettings, ContentSettings
-from tests.support.relay_publisher import RecordingPublisher
 from tests.support.settings_env import settings_env
 from tests.support.stack.service_fixtures import database_url
 
@@ -124,7 +124,7 @@ async def test_another_services_tables_share_the_database_without_mixing(pg_url:
             await add_to_outbox(session, outbox_table, ours)
             await add_to_outbox(session, other_outbox, theirs)
 
-        publisher = RecordingPublisher()
+        publisher = RecordingRelayPublisher()
         assert await OutboxRelay(sessions, outbox_table, publisher).run_once() == 1
 
         assert publisher.message_ids == [ours.id]

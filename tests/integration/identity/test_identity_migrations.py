@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+from tests.support.stack.relay_publisher import RecordingRelayPublisher
 
 from contracts.events import AvatarCreated
 from services.common.messaging.events import new_event
@@ -23,7 +24,6 @@ from services.content.models import outbox_table as content_outbox
 from services.identity.migrations import MIGRATIONS
 from services.identity.models import Base
 from services.identity.models import outbox_table as identity_outbox
-from tests.support.relay_publisher import RecordingPublisher
 from tests.support.stack.service_fixtures import database_url
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -61,7 +61,7 @@ async def test_identity_and_content_share_one_database_and_each_relay_publishes_
         async with sessions() as session, session.begin():
             await add_to_outbox(session, identity_outbox, event)
 
-        content_relay, identity_relay = RecordingPublisher(), RecordingPublisher()
+        content_relay, identity_relay = RecordingRelayPublisher(), RecordingRelayPublisher()
         assert await OutboxRelay(sessions, content_outbox, content_relay).run_once() == 0
         assert await OutboxRelay(sessions, identity_outbox, identity_relay).run_once() == 1
 

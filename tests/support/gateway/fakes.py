@@ -166,7 +166,7 @@ class FakeStorage:
         return None
 
 
-class RecordingPublisher:
+class RecordingResultPublisher:
     """Keeps what was published; can be told to fail (as an unconfirmed publish would)."""
 
     def __init__(self, fail: bool = False) -> None:
@@ -195,7 +195,7 @@ def service_on_fakes(
     clock = FakeClock()
     windows = {k: options.pop(k) for k in ("upload_retry_seconds", "worker_retry_seconds") if k in options}
     service = GenerationService(
-        GatewayPorts(worker, storage or FakeStorage(), RecordingPublisher()),
+        GatewayPorts(worker, storage or FakeStorage(), RecordingResultPublisher()),
         GenerationConfig(RetryLimits(policy, **windows), lora_url_ttl_seconds=300, worker_timeout_seconds=600.0),
         Metrics(),
         Timing(clock=clock, sleep=clock.sleep, rand=lambda: rand),

@@ -17,7 +17,15 @@ from services.inference_gateway.metrics import CANCELED_RUNNING, FALLBACKS, Metr
 from services.inference_gateway.ports import GatewayPorts, GenerationConfig, Timing
 from services.inference_gateway.retries import RetryLimits, RetryPolicy, retry_rule
 from services.inference_gateway.service import GenerationService
-from tests.support.gateway.fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, gid, requested, success
+from tests.support.gateway.fakes import (
+    FakeClock,
+    FakeStorage,
+    FakeWorker,
+    RecordingResultPublisher,
+    gid,
+    requested,
+    success,
+)
 
 
 class BlockingStandInWorker:
@@ -45,8 +53,8 @@ class BlockingStandInWorker:
 
 def build(
     worker: object, *, max_attempts: int = 3, worker_timeout: float = 600.0, fallback: object | None = None
-) -> tuple[GenerationService, RecordingPublisher, FakeClock, Metrics]:
-    events, clock, metrics = RecordingPublisher(), FakeClock(), Metrics()
+) -> tuple[GenerationService, RecordingResultPublisher, FakeClock, Metrics]:
+    events, clock, metrics = RecordingResultPublisher(), FakeClock(), Metrics()
     service = GenerationService(
         GatewayPorts(worker, FakeStorage(), events, fallback=fallback),  # type: ignore[arg-type]
         GenerationConfig(

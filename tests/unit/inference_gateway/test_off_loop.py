@@ -17,7 +17,15 @@ from services.inference_gateway.retries import RetryLimits, RetryPolicy
 from services.inference_gateway.service import GenerationService
 from services.inference_gateway.worker_client import http as worker_http
 from services.inference_gateway.worker_client.http import ModalWorkerClient, ProviderConfig
-from tests.support.gateway.fakes import FakeClock, FakeStorage, FakeWorker, RecordingPublisher, gid, requested, success
+from tests.support.gateway.fakes import (
+    FakeClock,
+    FakeStorage,
+    FakeWorker,
+    RecordingResultPublisher,
+    gid,
+    requested,
+    success,
+)
 
 REQUEST = WorkerRequest(prompt="a portrait", width=64, height=64, steps=2, request_id=gid("gen-1"))
 
@@ -39,7 +47,7 @@ async def test_the_png_is_decoded_and_checked_off_the_event_loop(monkeypatch: py
     threads = record_thread(monkeypatch, results, "decode_png")
     clock = FakeClock()
     gateway = GenerationService(
-        GatewayPorts(FakeWorker(success()), FakeStorage(), RecordingPublisher()),
+        GatewayPorts(FakeWorker(success()), FakeStorage(), RecordingResultPublisher()),
         GenerationConfig(
             RetryLimits(RetryPolicy(max_attempts=1, backoff_base_seconds=0.0, backoff_max_seconds=0.0)),
             lora_url_ttl_seconds=300,

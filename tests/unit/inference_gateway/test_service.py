@@ -25,7 +25,7 @@ from tests.support.gateway.fakes import (
     FakeClock,
     FakeStorage,
     FakeWorker,
-    RecordingPublisher,
+    RecordingResultPublisher,
     gid,
     png_bytes,
     requested,
@@ -39,16 +39,16 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 def build(
     worker: FakeWorker,
     storage: FakeStorage | None = None,
-    events: RecordingPublisher | None = None,
+    events: RecordingResultPublisher | None = None,
     *,
     clock: FakeClock | None = None,
     max_attempts: int = 3,
     worker_timeout: float = 600.0,
     canceled_memory: int = 10_000,
     budget: GenerationBudget = DEFAULT_BUDGET,
-) -> tuple[GenerationService, FakeStorage, RecordingPublisher, FakeClock, Metrics]:
+) -> tuple[GenerationService, FakeStorage, RecordingResultPublisher, FakeClock, Metrics]:
     storage = storage or FakeStorage()
-    events = events or RecordingPublisher()
+    events = events or RecordingResultPublisher()
     clock = clock or FakeClock()
     metrics = Metrics()
     service = GenerationService(
@@ -67,7 +67,7 @@ def build(
     return service, storage, events, clock, metrics
 
 
-def types_of(events: RecordingPublisher) -> list[str]:
+def types_of(events: RecordingResultPublisher) -> list[str]:
     return [type(e).__name__ for e in events.events]
 
 
@@ -315,7 +315,7 @@ async def test_details_are_sanitized_and_nothing_secret_is_published_or_logged(
 
 
 async def test_an_unconfirmed_result_event_raises_so_the_message_is_redelivered() -> None:
-    service, _, _, _, _ = build(FakeWorker(success()), events=RecordingPublisher(fail=True))
+    service, _, _, _, _ = build(FakeWorker(success()), events=RecordingResultPublisher(fail=True))
 
     with pytest.raises(TimeoutError):
         await service.handle(requested())

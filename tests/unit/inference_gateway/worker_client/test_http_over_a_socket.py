@@ -27,7 +27,7 @@ from services.inference_gateway.worker_client.http import (
     ProviderConfig,
     WorkerMode,
 )
-from tests.support.gateway.fakes import FakeClock, FakeStorage, RecordingPublisher, gid, requested
+from tests.support.gateway.fakes import FakeClock, FakeStorage, RecordingResultPublisher, gid, requested
 from tests.support.gateway.long_call_worker import LongCallWorker
 
 REQUEST = WorkerRequest(prompt="a portrait", width=64, height=64, steps=2, request_id=gid("gen-1"))
@@ -97,7 +97,7 @@ async def test_a_sync_call_past_the_gateways_patience_is_not_submitted_again(mon
         async with client_of(worker) as client:
             clock = FakeClock()
             service = GenerationService(
-                GatewayPorts(client, FakeStorage(), RecordingPublisher()),
+                GatewayPorts(client, FakeStorage(), RecordingResultPublisher()),
                 GenerationConfig(
                     RetryLimits(RetryPolicy(max_attempts=3, backoff_base_seconds=1.0, backoff_max_seconds=8.0)),
                     lora_url_ttl_seconds=300,
