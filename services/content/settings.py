@@ -33,7 +33,7 @@ class ContentDatabaseSettings(DatabasePoolSettings):
     """The database alone: all that `python -m services.content migrate` reads (no broker or storage needed)."""
 
     database_url: str = database_url_field("content", DEFAULT_DATABASE_URL)
-    # CONTENT_MIGRATE_ON_START (else DB_MIGRATE_ON_START): false when a separate step runs `migrate`;
+    # CONTENT_MIGRATE_ON_START: false when a separate step runs `migrate`;
     # the service then refuses a database that is not at the head revision.
     migrate_on_start: bool = migrate_on_start_field("content")
 

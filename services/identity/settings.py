@@ -39,7 +39,7 @@ class IdentityDatabaseSettings(DatabasePoolSettings):
     """The database alone: all that `python -m services.identity migrate` reads (no broker, storage or auth)."""
 
     database_url: str = database_url_field("identity", DEFAULT_DATABASE_URL)
-    # IDENTITY_MIGRATE_ON_START (else DB_MIGRATE_ON_START): false when a separate step runs `migrate`;
+    # IDENTITY_MIGRATE_ON_START: false when a separate step runs `migrate`;
     # the service then refuses a database that is not at the head revision.
     migrate_on_start: bool = migrate_on_start_field("identity")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.common.app.settings import (
     BrokerSettings,
@@ -34,7 +34,7 @@ class GatewayDatabaseSettings(DatabasePoolSettings):
 
     # GATEWAY_DATABASE_URL, else DATABASE_URL; the embedded SQLite default serves one gateway process.
     database_url: str = database_url_field("gateway", DEFAULT_DATABASE_URL)
-    # GATEWAY_MIGRATE_ON_START (else DB_MIGRATE_ON_START): false when a separate step runs `migrate`.
+    # GATEWAY_MIGRATE_ON_START: false when a separate step runs `migrate`.
     migrate_on_start: bool = migrate_on_start_field("gateway")
 
 
@@ -86,10 +86,8 @@ class GatewaySettings(
     gateway_worker_retry_seconds: float = Field(
         default=60.0, ge=0, le=3600, validation_alias="GATEWAY_WORKER_RETRY_SECONDS"
     )
-    # Jobs run at once by this process, i.e. concurrent worker calls (GATEWAY_PREFETCH: its former name).
-    gateway_concurrency: int = Field(
-        default=1, ge=1, le=100, validation_alias=AliasChoices("GATEWAY_CONCURRENCY", "GATEWAY_PREFETCH")
-    )
+    # Jobs run at once by this process, i.e. concurrent worker calls.
+    gateway_concurrency: int = Field(default=1, ge=1, le=100, validation_alias="GATEWAY_CONCURRENCY")
     # A running job's lease: renewed every third of it; a job whose runner stopped is taken over once it ends.
     gateway_job_lease_seconds: float = Field(default=30.0, ge=1, le=600, validation_alias="GATEWAY_JOB_LEASE_SECONDS")
     # How long a finished job is kept (a duplicate request within it re-announces the result, never reruns).

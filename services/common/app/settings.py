@@ -260,9 +260,8 @@ def load_settings(model: type[S], **overrides: Any) -> S:
 
 
 def migrate_on_start_field(service: str) -> Any:
-    """A `migrate_on_start` field read from `<SERVICE>_MIGRATE_ON_START`, else `DB_MIGRATE_ON_START`, else true."""
-    specific = f"{service.upper().replace('-', '_')}_MIGRATE_ON_START"
-    return Field(default=True, validation_alias=AliasChoices(specific, "DB_MIGRATE_ON_START"))
+    """A `migrate_on_start` field read from `<SERVICE>_MIGRATE_ON_START`, else true."""
+    return Field(default=True, validation_alias=f"{service.upper().replace('-', '_')}_MIGRATE_ON_START")
 
 
 class TopologySettings(SecretCheckedSettings):

@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 # Only asymmetric keys come from a JWKS: an HMAC ("oct") key published there would let anyone sign.
 JWKS_ALGORITHMS = frozenset({"RS256", "ES256"})
 
+# Fixed, not settings: no deployment has needed other values (the AUTH_JWKS_*_SECONDS variables were retired).
+JWKS_CACHE_SECONDS = 600.0  # how long fetched keys count as fresh
+JWKS_MIN_REFRESH_SECONDS = 30.0  # fewest seconds between two fetches, whatever the cause
+JWKS_TIMEOUT_SECONDS = 5.0  # the whole fetch, connect to last byte
+
 
 class KeyNotFound(Exception):
     """No usable key for a kid; `reason` (safe to show a caller) tells unknown from unavailable."""
@@ -68,9 +73,9 @@ class JwksCache:
         self,
         url: str,
         *,
-        cache_seconds: float = 600.0,
-        min_refresh_seconds: float = 30.0,
-        timeout_seconds: float = 5.0,
+        cache_seconds: float = JWKS_CACHE_SECONDS,
+        min_refresh_seconds: float = JWKS_MIN_REFRESH_SECONDS,
+        timeout_seconds: float = JWKS_TIMEOUT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         reason = insecure_url_reason(url)

@@ -45,9 +45,6 @@ class AuthSettings(DeploymentSettings):
     auth_issuer: str | None = Field(default=None, validation_alias="AUTH_ISSUER")
     auth_leeway_seconds: float = Field(default=30.0, ge=0, le=300, validation_alias="AUTH_LEEWAY_SECONDS")
     auth_roles_claim: str = Field(default=DEFAULT_ROLES_CLAIM, min_length=1, validation_alias="AUTH_ROLES_CLAIM")
-    auth_jwks_cache_seconds: float = Field(default=600.0, gt=0, validation_alias="AUTH_JWKS_CACHE_SECONDS")
-    auth_jwks_min_refresh_seconds: float = Field(default=30.0, ge=0, validation_alias="AUTH_JWKS_MIN_REFRESH_SECONDS")
-    auth_jwks_timeout_seconds: float = Field(default=5.0, gt=0, le=60, validation_alias="AUTH_JWKS_TIMEOUT_SECONDS")
     auth_max_token_bytes: int = Field(
         default=DEFAULT_MAX_TOKEN_BYTES, ge=1024, le=64 * 1024, validation_alias="AUTH_MAX_TOKEN_BYTES"
     )

@@ -15,7 +15,14 @@ from services.common.auth.claims import (
     date_claims_problem,
     token_shape_problem,
 )
-from services.common.auth.jwks import JWKS_ALGORITHMS, JwksCache, KeyNotFound
+from services.common.auth.jwks import (
+    JWKS_ALGORITHMS,
+    JWKS_CACHE_SECONDS,
+    JWKS_MIN_REFRESH_SECONDS,
+    JWKS_TIMEOUT_SECONDS,
+    JwksCache,
+    KeyNotFound,
+)
 from services.common.auth.principal import ADMIN_ROLE, Principal, holds_admin_role, subject_problem
 from services.common.auth.settings import DEFAULT_ROLES_CLAIM, AuthSettings, short_secret_reason
 
@@ -88,9 +95,9 @@ class TokenVerifier:
         if settings.auth_jwks_url is not None:
             jwks = JwksCache(
                 settings.auth_jwks_url,
-                cache_seconds=settings.auth_jwks_cache_seconds,
-                min_refresh_seconds=settings.auth_jwks_min_refresh_seconds,
-                timeout_seconds=settings.auth_jwks_timeout_seconds,
+                cache_seconds=JWKS_CACHE_SECONDS,
+                min_refresh_seconds=JWKS_MIN_REFRESH_SECONDS,
+                timeout_seconds=JWKS_TIMEOUT_SECONDS,
             )
         secret = settings.auth_jwt_secret
         return cls(

@@ -218,12 +218,12 @@ async def test_open_database_on_sqlite_upgrades_and_the_service_tables_work(tmp_
         assert await connection.run_sync(current_revision, MIGRATIONS) == HEAD
 
 
-def test_migrate_on_start_is_read_from_the_service_variable_then_the_generic_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_migrate_on_start_is_read_from_the_service_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     env = settings_env(monkeypatch, ContentDatabaseSettings, {})
     assert ContentDatabaseSettings().migrate_on_start is True
-    env.setenv("DB_MIGRATE_ON_START", "false")
+    env.setenv("DB_MIGRATE_ON_START", "false")  # the retired shared name: ignored
+    assert ContentDatabaseSettings().migrate_on_start is True
+    env.setenv("CONTENT_MIGRATE_ON_START", "false")
     assert ContentDatabaseSettings().migrate_on_start is False
     env.setenv("CONTENT_MIGRATE_ON_START", "true")
     assert ContentDatabaseSettings().migrate_on_start is True

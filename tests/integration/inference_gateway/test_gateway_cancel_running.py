@@ -47,7 +47,7 @@ async def test_canceling_a_running_generation_stops_it_on_the_worker_and_frees_t
     )
     # Two requests at once in the gateway: the short one waits for nothing but the worker.
     settings = gateway_settings(
-        rabbitmq_url, storage, topo, worker_url, MODAL_MODE=mode, MODAL_POLL_SECONDS=0.05, GATEWAY_PREFETCH=2
+        rabbitmq_url, storage, topo, worker_url, MODAL_MODE=mode, MODAL_POLL_SECONDS=0.05, GATEWAY_CONCURRENCY=2
     )
     results = ResultLog(amqp, topo)
     loop = asyncio.get_running_loop()

@@ -46,8 +46,10 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
     assert settings.gateway_job_lease_seconds == 30.0
 
 
-def test_concurrency_keeps_its_former_name_and_the_database_its_own(env: pytest.MonkeyPatch) -> None:
+def test_concurrency_is_read_from_its_own_name_only_and_the_database_from_its_own(env: pytest.MonkeyPatch) -> None:
     env.setenv("GATEWAY_PREFETCH", "4")
+    assert GatewaySettings().gateway_concurrency == 1  # its former name is retired: ignored
+    env.setenv("GATEWAY_CONCURRENCY", "4")
     env.setenv("DATABASE_URL", "sqlite+aiosqlite:///shared.db")
     env.setenv("GATEWAY_DATABASE_URL", "postgresql+asyncpg://gw:pw-7f3k@db/gateway")
     settings = GatewaySettings()

@@ -8,8 +8,9 @@ from pydantic import ValidationError
 
 from services.common.app.settings import load_settings
 from services.common.auth import AuthSettings, auth_secret_values
+from services.common.auth.jwks import JWKS_CACHE_SECONDS, JWKS_MIN_REFRESH_SECONDS, JWKS_TIMEOUT_SECONDS
 from tests.support.auth_tokens import HS_SECRET
-from tests.support.settings_env import settings_env
+from tests.support.settings_env import settings_env, variables_read_by
 
 
 def test_neither_secret_nor_jwks_stops_the_service_with_one_line_naming_both(
@@ -35,11 +36,23 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.auth_audience, settings.auth_issuer) == (None, None)
     assert settings.auth_leeway_seconds == 30
     assert settings.auth_roles_claim == "roles"
-    assert (settings.auth_jwks_cache_seconds, settings.auth_jwks_min_refresh_seconds) == (600, 30)
+    assert (JWKS_CACHE_SECONDS, JWKS_MIN_REFRESH_SECONDS, JWKS_TIMEOUT_SECONDS) == (600, 30, 5)
     assert (settings.auth_max_token_bytes, settings.auth_max_token_lifetime_seconds) == (8192, 86400)
     assert settings.vixen_environment == "development" and not settings.is_production
     assert auth_secret_values(settings) == [HS_SECRET]
     assert HS_SECRET not in repr(settings)
+
+
+def test_the_retired_jwks_timing_variables_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    retired = ("AUTH_JWKS_CACHE_SECONDS", "AUTH_JWKS_MIN_REFRESH_SECONDS", "AUTH_JWKS_TIMEOUT_SECONDS")
+    env = settings_env(monkeypatch, AuthSettings, {"AUTH_JWKS_URL": "https://idp.example/jwks.json"})
+    before = AuthSettings().model_dump()
+
+    for name in retired:
+        env.setenv(name, "1")
+
+    assert AuthSettings().model_dump() == before
+    assert not set(retired) & variables_read_by(AuthSettings)
 
 
 def test_a_secret_shorter_than_32_bytes_is_refused_without_echoing_it(
