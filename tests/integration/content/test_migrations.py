@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tests.support.stack.relay_publisher import RecordingRelayPublisher
 
 from contracts.envelope import EventEnvelope
 from contracts.events import GenerationStarted
@@ -38,6 +37,7 @@ from services.content.migrations import MIGRATIONS
 from services.content.models import Base, outbox_table
 from services.content.settings import ContentDatabaseSettings, ContentSettings
 from tests.support.settings_env import settings_env
+from tests.support.stack.relay_publisher import RecordingRelayPublisher
 from tests.support.stack.service_fixtures import database_url
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
