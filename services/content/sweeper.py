@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common.app.periodic import pause
 from services.common.observability.metrics import ServiceMetrics
 from services.content import decisions, repository
 from services.content.changes import ChangeFeed
@@ -103,8 +104,7 @@ async def sweep_forever(
             await sweep_once(chores, grace_seconds)
         except Exception:  # the database may be briefly unreachable; the next sweep tries again
             log.exception("sweep failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_seconds)
+        await pause(stop, interval_seconds)
 
 
 @contextlib.asynccontextmanager

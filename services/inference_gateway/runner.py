@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 from contracts.errors import GatewayErrorCode
 from contracts.events import GenerationCompleted, GenerationFailed
 from logsafe.logs import generation_context
+from services.common.app.periodic import pause
 from services.common.observability import telemetry
 from services.common.persistence.db import TRANSIENT_DB_ERRORS
 from services.inference_gateway import metrics as m
@@ -134,9 +135,7 @@ class JobRunner:
                 await self._sweep()
 
             wait = claim_retry_wait(failures, self._poll_seconds)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await _first_of(stop.wait(), self._wake.wait())
+            await pause(stop, wait, self._wake)
 
     async def _count_backlog(self) -> None:
         try:
@@ -146,9 +145,7 @@ class JobRunner:
 
     async def _renew_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._renew_every):
-                    await stop.wait()
+            await pause(stop, self._renew_every)
             if stop.is_set() or not self._tasks:
                 continue
             try:
@@ -246,12 +243,3 @@ class JobRunner:
             return
         if removed:
             log.info("removed %d finished job(s) older than %s", removed, self._retention)
-
-
-async def _first_of(*waits: Awaitable[object]) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import EventEnvelope
+from services.common.app.periodic import pause
 from services.common.messaging.events import EncodedEvent, encode_event
 from services.common.observability import telemetry
 
@@ -210,11 +211,11 @@ class OutboxRelay:
                 failures += 1
                 delay = min(self._max_backoff, self._poll_interval * 2**failures) * random.uniform(0.5, 1.0)
                 log.warning("outbox relay: publish failed (%s); retrying in %.1fs", error, delay)
-                await _wait_any(stop, None, delay)
+                await pause(stop, delay)
                 continue
             if sent >= self._batch_size:
                 continue  # more may be waiting
-            await _wait_any(stop, self._wake, self._poll_interval)
+            await pause(stop, self._poll_interval, self._wake)
             self._wake.clear()
 
 
@@ -231,14 +232,3 @@ def _message(row: Any) -> aio_pika.Message:
         content_type=row["content_type"],
         headers=dict(row["headers"] or {}),
     ).to_message()
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait())]
-    if wake is not None:
-        waiters.append(asyncio.ensure_future(wake.wait()))
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -19,6 +19,7 @@ from pydantic import Field
 from sqlalchemy import Table, delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common.app.periodic import pause
 from services.common.app.settings import SecretCheckedSettings
 from services.common.persistence.db import TRANSIENT_DB_ERRORS
 
@@ -120,9 +121,7 @@ async def running_retention(
                 except Exception as error:
                     # One failing round (a database restarting) must not end the loop: the task runs again next time.
                     log.warning("retention: %s failed (%s); next try in %.0fs", extra.name, type(error).__name__, wait)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(settings.retention_interval_seconds):
-                    await stop.wait()
+            await pause(stop, wait)
 
     task = asyncio.create_task(loop(), name="retention")
     try:

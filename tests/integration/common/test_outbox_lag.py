@@ -7,12 +7,12 @@ from pathlib import Path
 
 import aio_pika
 import pytest
-from tests.support.stack.relay_publisher import RecordingRelayPublisher
 
 from contracts.events import GenerationStarted
 from services.common.messaging.events import new_event
 from services.common.messaging.outbox import OutboxRelay, add_to_outbox, make_outbox_table
 from services.common.persistence.db import create_all, create_engine, create_session_factory, make_metadata
+from tests.support.stack.relay_publisher import RecordingRelayPublisher
 
 
 class BrokerDownStandIn(RecordingRelayPublisher):

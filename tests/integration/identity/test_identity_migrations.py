@@ -11,7 +11,6 @@ from pathlib import Path
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tests.support.stack.relay_publisher import RecordingRelayPublisher
 
 from contracts.events import AvatarCreated
 from services.common.messaging.events import new_event
@@ -24,6 +23,7 @@ from services.content.models import outbox_table as content_outbox
 from services.identity.migrations import MIGRATIONS
 from services.identity.models import Base
 from services.identity.models import outbox_table as identity_outbox
+from tests.support.stack.relay_publisher import RecordingRelayPublisher
 from tests.support.stack.service_fixtures import database_url
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
