@@ -139,6 +139,9 @@ async def test_one_generation_is_one_trace_from_the_post_to_the_result(
     assert run in ancestors(completed_publish, by_id), tree
     assert completed_process.parent_span_id == completed_publish.span_id, tree
     assert completed_process.attributes.get("messaging.message.id"), tree
+    # The statements of each service that keeps its state in a database, in the generation's own trace.
+    with_database = {s.service_name for s in trace if s.kind == "CLIENT" and s.attributes.get("db.system")}
+    assert {"vixenbliss-content", "vixenbliss-inference-gateway"} <= with_database, tree
 
     # Every message on the exchange carries a valid traceparent; the generation's carry its trace id.
     seen = 0
