@@ -32,6 +32,7 @@ typecheck: install
 test: install
 	scripts/ensure-services.sh
 	scripts/ensure-browser.sh
+	scripts/ensure-promtool.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider

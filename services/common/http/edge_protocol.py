@@ -15,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from services.common.http.edge import HEADERS_TOO_LARGE, REQUEST_TIMEOUT, EdgeLimits
 from services.common.http.errors import error_body
+from services.common.observability.responses import ResponseCounter
 
 # A stop waits this long for requests in progress (a long `Prefer: wait`, an event stream), then closes them.
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -137,4 +138,5 @@ def server_config(app: Any, *, host: str, port: int, limits: EdgeLimits, **optio
 
     log_config=None: uvicorn's loggers propagate to the root handler, which redacts."""
     settings: dict[str, Any] = {"log_config": None, "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS, **options}
-    return uvicorn.Config(app, host=host, port=port, http=protocol_for(limits), **settings)
+    # Every response counted by status class, the 500s of errors that escaped the app included (the alert rules).
+    return uvicorn.Config(ResponseCounter(app), host=host, port=port, http=protocol_for(limits), **settings)

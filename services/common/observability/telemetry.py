@@ -144,7 +144,7 @@ def instrument_http_client(client: httpx.AsyncClient) -> None:
         return
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=_provider, skip_dep_check=True)
+    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=_provider)
 
 
 def instrument_database(engine: AsyncEngine) -> None:
