@@ -203,3 +203,22 @@ def required_variables(settings_type: type[Any]) -> set[str]:
     if "auth_jwt_secret" in settings_type.model_fields:
         required.add("AUTH_JWT_SECRET")  # or AUTH_JWKS_URL: a service needs one of them
     return required
+
+
+def test_keda_alone_sets_the_gateways_replicas_and_every_pod_is_scraped_without_an_api_token(
+    rendered: list[dict[str, Any]],
+) -> None:
+    deployments = of_kind(rendered, "Deployment")
+    (scaled,) = of_kind(rendered, "ScaledObject").values()
+    # A count in the Deployment would reset KEDA's at every apply.
+    assert "replicas" not in deployments[scaled["spec"]["scaleTargetRef"]["name"]]["spec"]
+    for name in SERVICES:
+        pod = deployments[name]["spec"]["template"]
+        (port,) = pod["spec"]["containers"][0]["ports"]
+        annotations = pod["metadata"]["annotations"]
+        assert annotations == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port["containerPort"]),
+            "prometheus.io/path": "/metrics",
+        }
+        assert pod["spec"]["automountServiceAccountToken"] is False
