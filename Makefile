@@ -83,9 +83,10 @@ bench-streams: install
 bench-worker-modes: install
 	$(BIN)/python -m tests.bench.worker_modes --write-docs docs/benchmarks.md
 
-# Each hop of a deployment (docs/deploy.md § Smoke test): the services' variables as deployed, plus SMOKE_*.
+# Each hop (docs/deploy.md § Smoke test): of the stack `make up` started, nothing to set; of a deployment when
+# SMOKE_CONTENT_URL and the services' variables name it.
 smoke: install
-	$(BIN)/python -m services.tools.smoke
+	$(BIN)/python scripts/stack.py smoke
 
 clean:
 	rm -rf .run out .cache .pytest_cache .mypy_cache .ruff_cache

@@ -10,7 +10,9 @@ down  stop what .run/stack.json lists.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -39,12 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Subcommand and the overrides of ports, names and folders."""
     parser = argparse.ArgumentParser(prog="python scripts/stack.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("demo", "up", "playground", "down"):
+    for name in ("demo", "up", "playground", "smoke", "down"):
         sub = commands.add_parser(name)
         sub.add_argument("--run-dir", type=Path, default=None, help="logs, stack.json, SQLite files (.run)")
         if name == "playground":
             sub.add_argument("--sub", default="playground-user", help="the owner the token speaks for")
-        if name in ("down", "playground"):
+        if name in ("down", "playground", "smoke"):
             continue
         sub.add_argument("--host", default=None, help="interface every service binds (127.0.0.1)")
         for service in SERVICE_NAMES:
@@ -66,7 +68,7 @@ def config_from(args: argparse.Namespace) -> StackConfig:
     config = from_environment()
     if args.run_dir is not None:
         config = replace(config, run_dir=args.run_dir.resolve())
-    if args.command in ("down", "playground"):
+    if args.command in ("down", "playground", "smoke"):
         return config
     if args.free_ports:
         config = config.with_free_ports()
@@ -188,6 +190,23 @@ def playground(args: argparse.Namespace, config: StackConfig) -> int:
     return 0
 
 
+def smoke(config: StackConfig) -> int:
+    """The smoke test: against the deployment its SMOKE_* and services' variables name, else against the stack `up`
+    started, every variable filled in from it (docs/deploy.md § Smoke test)."""
+    env = dict(os.environ)
+    if not env.get("SMOKE_CONTENT_URL"):
+        from scripts.stacklib.smoke_env import local_smoke_env
+
+        try:
+            env = local_smoke_env(config, env)
+        except StackError as error:
+            report_failure(error)
+            return EXIT_FAILED
+        say(f"against the local stack ({env['SMOKE_CONTENT_URL']})")
+    done = subprocess.run([sys.executable, "-m", "services.tools.smoke"], env=env, check=False)
+    return done.returncode
+
+
 def usage_text(stack: LocalStack) -> str:
     """The URLs and a curl session against the running stack."""
     urls = stack.urls()
@@ -236,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         return down(config)
     if args.command == "playground":
         return playground(args, config)
+    if args.command == "smoke":
+        return smoke(config)
     # Explicit, so that Ctrl-C works even where SIGINT arrives ignored (a background job of a script).
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)

@@ -186,6 +186,7 @@ class LocalStack:
         state = {
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "topology_prefix": self.config.topology_prefix,
+            "bucket": self.config.bucket,
             "urls": self.urls(),
             "processes": [
                 {

@@ -85,3 +85,18 @@ def test_incomplete_settings_exit_2_naming_the_variable(smoke_env: dict[str, str
     env = {k: v for k, v in smoke_env.items() if k != "SMOKE_AVATAR_ID"}
     code, lines, output = smoke(env)
     assert code == 2 and "SMOKE_AVATAR_ID" in output and not lines
+
+
+def test_make_smoke_against_the_local_stack_needs_nothing_set(stack: LocalStack) -> None:
+    """`python scripts/stack.py smoke` (what `make smoke` runs) with only the broker's URL, as `make up` had it: the
+    stack's URLs, prefix, bucket, S3 key, a token and a ready avatar are read or made from its run folder."""
+    env = {"PATH": "/usr/bin:/bin", "RABBITMQ_URL": stack.config.rabbitmq_url}
+    done = subprocess.run(
+        [sys.executable, "scripts/stack.py", "smoke", "--run-dir", str(stack.config.run_dir)],
+        env=env, capture_output=True, text=True, timeout=300, check=False, cwd=stack.config.root,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    passed = [line for line in done.stdout.splitlines() if line.startswith("PASS")]
+    assert [line.split()[1] for line in passed] == list(HOPS), output
+    assert stack.config.s3_credentials().secret_access_key not in output
