@@ -52,7 +52,7 @@ from services.content.watching import (
 
 PREFIX = "/api/v1/content"
 EVENTS_LINK_PURPOSE = "generation-events"
-router = APIRouter(prefix=PREFIX, responses=error_responses(401, 422))
+router = APIRouter(prefix=PREFIX, tags=["content"], responses=error_responses(401, 422))
 
 PreferHeader = Annotated[
     str | None,
@@ -188,6 +188,7 @@ async def _waited(api: ContentApi, generation_id: uuid.UUID, owner_id: str, seco
 
 @router.post(
     "/generate",
+    operation_id="content.generate",
     status_code=202,
     responses=error_responses(
         404,
@@ -219,7 +220,7 @@ async def generate(
     return await _answer(api, generation_id, principal.subject, prefer, response, submitted.view)
 
 
-@router.get("/limits")
+@router.get("/limits", operation_id="content.limits")
 async def limits(principal: CurrentPrincipal, api: Api) -> LimitsOut:
     """This deployment's bounds on a submit (sizes, steps, the cost budget) and the per-owner limits."""
     del principal  # any authenticated caller may read them
@@ -239,7 +240,7 @@ async def limits(principal: CurrentPrincipal, api: Api) -> LimitsOut:
     )
 
 
-@router.get("")
+@router.get("", operation_id="content.list")
 async def list_generations(
     principal: CurrentPrincipal,
     api: Api,
@@ -253,7 +254,7 @@ async def list_generations(
     return GenerationPage(items=[generation_out(view) for view in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/avatars")
+@router.get("/avatars", operation_id="content.avatars.list")
 async def list_avatars(
     principal: CurrentPrincipal, api: Api, limit: PageLimit = DEFAULT_PAGE_SIZE, cursor: PageCursor = None
 ) -> AvatarPage:
@@ -273,7 +274,7 @@ async def list_avatars(
     return AvatarPage(items=items, next_cursor=page.next_cursor)
 
 
-@router.get("/avatars/{avatar_id}", responses=error_responses(404))
+@router.get("/avatars/{avatar_id}", responses=error_responses(404), operation_id="content.avatars.get")
 async def avatar_status(avatar_id: uuid.UUID, principal: CurrentPrincipal, api: Api) -> AvatarStatusOut:
     """Whether content has seen the caller's avatar (identity's events) and can generate for it."""
     status = await api.projection.avatar_status(principal.subject, avatar_id)
@@ -285,7 +286,7 @@ async def avatar_status(avatar_id: uuid.UUID, principal: CurrentPrincipal, api: 
     )
 
 
-@router.get("/{generation_id:uuid}", responses=error_responses(404))
+@router.get("/{generation_id:uuid}", responses=error_responses(404), operation_id="content.get")
 async def get_generation(
     generation_id: uuid.UUID, principal: CurrentPrincipal, api: Api, response: Response, prefer: PreferHeader = None
 ) -> GenerationOut:
@@ -296,6 +297,7 @@ async def get_generation(
 
 @router.post(
     "/{generation_id:uuid}/cancel",
+    operation_id="content.cancel",
     responses=error_responses(404, 409, described={409: "the generation has already finished"}),
 )
 async def cancel_generation(generation_id: uuid.UUID, principal: CurrentPrincipal, api: Api) -> GenerationOut:
@@ -330,6 +332,7 @@ def _event_schema() -> dict[str, Any]:
 
 @router.get(
     "/{generation_id:uuid}/events",
+    operation_id="content.events",
     response_class=StreamingResponse,
     responses={
         200: {

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from contracts.topology import CONTENT_GENERATION_RESULTS, CONTENT_IDENTITY_EVENTS, SERVICE_CONTENT
 from services.common.app import health
 from services.common.app.entrypoint import serve
+from services.common.app.openapi import DOCUMENT_META
 from services.common.app.runtime import open_broker, open_database, running_consumers, running_relay
 from services.common.auth import TokenVerifier, install_verifier
 from services.common.http.edge import install_edge_limits
@@ -170,6 +171,7 @@ def build_app(lifespan: Lifespan | None = None) -> FastAPI:
             "bearer JWT whose `sub` is the owner; someone else's avatar or generation answers 404."
         ),
         lifespan=lifespan,
+        **DOCUMENT_META,
     )
     install_error_handlers(app, unavailable=database_unreachable)
     app.include_router(router)

@@ -25,8 +25,8 @@ from services.identity.schemas import (
 )
 
 # Every route needs a token (401) and validates its input (422); each adds what else it can answer.
-router = APIRouter(prefix="/api/v1", responses=error_responses(401, 422))
-admin_router = APIRouter(prefix="/api/v1/admin", responses=error_responses(401, 403, 422))
+router = APIRouter(prefix="/api/v1", tags=["identity"], responses=error_responses(401, 422))
+admin_router = APIRouter(prefix="/api/v1/admin", tags=["identity admin"], responses=error_responses(401, 403, 422))
 NOT_FOUND = error_responses(404)
 NOT_READY = error_responses(404, 409)
 
@@ -94,6 +94,7 @@ def lora_out(view: LoraView) -> LoraOut:
 
 @router.post(
     "/avatars",
+    operation_id="identity.avatars.create",
     status_code=201,
     responses=error_responses(409, described={409: "TOO_MANY_AVATARS: the owner has as many avatars as it may"}),
 )
@@ -102,7 +103,7 @@ async def create_avatar(body: AvatarCreate, caller: CurrentPrincipal, avatars: A
     return avatar_out(await avatars.create(caller.subject, body))
 
 
-@router.get("/avatars")
+@router.get("/avatars", operation_id="identity.avatars.list")
 async def list_avatars(
     caller: CurrentPrincipal, avatars: Avatars, limit: PageLimit = DEFAULT_PAGE_SIZE, cursor: PageCursor = None
 ) -> PageOut[AvatarOut]:
@@ -111,7 +112,7 @@ async def list_avatars(
     return PageOut[AvatarOut](items=[avatar_out(a) for a in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/avatars/{avatar_id}", responses=NOT_FOUND)
+@router.get("/avatars/{avatar_id}", responses=NOT_FOUND, operation_id="identity.avatars.get")
 async def get_avatar(avatar_id: uuid.UUID, caller: CurrentPrincipal, avatars: Avatars) -> AvatarOut:
     """One of the caller's avatars."""
     return avatar_out(await avatars.get(caller.subject, avatar_id))
@@ -119,6 +120,7 @@ async def get_avatar(avatar_id: uuid.UUID, caller: CurrentPrincipal, avatars: Av
 
 @router.patch(
     "/avatars/{avatar_id}",
+    operation_id="identity.avatars.update",
     responses=error_responses(404, 409, described={409: "the LoRA version to activate is not ready"}),
 )
 async def update_avatar(
@@ -128,7 +130,7 @@ async def update_avatar(
     return avatar_out(await avatars.update(caller.subject, avatar_id, body))
 
 
-@router.delete("/avatars/{avatar_id}", status_code=204, responses=NOT_FOUND)
+@router.delete("/avatars/{avatar_id}", status_code=204, responses=NOT_FOUND, operation_id="identity.avatars.delete")
 async def delete_avatar(avatar_id: uuid.UUID, caller: CurrentPrincipal, avatars: Avatars) -> Response:
     """Delete the avatar and retire its LoRA versions (emits avatar.deleted and lora.retired)."""
     await avatars.delete(caller.subject, avatar_id)
@@ -137,6 +139,7 @@ async def delete_avatar(avatar_id: uuid.UUID, caller: CurrentPrincipal, avatars:
 
 @router.post(
     "/avatars/{avatar_id}/loras",
+    operation_id="identity.loras.register",
     status_code=201,
     responses=error_responses(
         404,
@@ -162,7 +165,7 @@ async def register_lora(avatar_id: uuid.UUID, body: LoraCreate, caller: CurrentP
     )
 
 
-@router.get("/avatars/{avatar_id}/loras", responses=NOT_FOUND)
+@router.get("/avatars/{avatar_id}/loras", responses=NOT_FOUND, operation_id="identity.loras.list")
 async def list_loras(
     avatar_id: uuid.UUID,
     caller: CurrentPrincipal,
@@ -177,6 +180,7 @@ async def list_loras(
 
 @router.post(
     "/loras/{lora_id}/complete",
+    operation_id="identity.loras.complete",
     responses=error_responses(
         404,
         409,
@@ -194,19 +198,19 @@ async def complete_lora(lora_id: uuid.UUID, caller: CurrentPrincipal, loras: Lor
     return lora_out(await loras.complete(caller.subject, lora_id))
 
 
-@router.get("/loras/{lora_id}", responses=NOT_FOUND)
+@router.get("/loras/{lora_id}", responses=NOT_FOUND, operation_id="identity.loras.get")
 async def get_lora(lora_id: uuid.UUID, caller: CurrentPrincipal, loras: Loras) -> LoraOut:
     """One LoRA version of the caller's."""
     return lora_out(await loras.get(caller.subject, lora_id))
 
 
-@router.post("/loras/{lora_id}/activate", responses=NOT_READY)
+@router.post("/loras/{lora_id}/activate", responses=NOT_READY, operation_id="identity.loras.activate")
 async def activate_lora(lora_id: uuid.UUID, caller: CurrentPrincipal, loras: Loras) -> AvatarOut:
     """Make a ready version its avatar's active one (emits avatar.updated); answers the avatar."""
     return avatar_out(await loras.activate(caller.subject, lora_id))
 
 
-@router.post("/loras/{lora_id}/retire", responses=NOT_READY)
+@router.post("/loras/{lora_id}/retire", responses=NOT_READY, operation_id="identity.loras.retire")
 async def retire_lora(lora_id: uuid.UUID, caller: CurrentPrincipal, loras: Loras) -> LoraOut:
     """Retire a version for good (emits lora.retired; an avatar whose active version it was has none)."""
     return lora_out(await loras.retire(caller.subject, lora_id))
@@ -214,6 +218,7 @@ async def retire_lora(lora_id: uuid.UUID, caller: CurrentPrincipal, loras: Loras
 
 @admin_router.post(
     "/loras/import",
+    operation_id="identity.admin.loras.import",
     status_code=201,
     responses=error_responses(
         404, 422, described={422: "invalid request, no object at object_key, or LORA_REJECTED (details.reason_code)"}

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from contracts.topology import SERVICE_IDENTITY
 from services.common.app import health
 from services.common.app.entrypoint import serve
+from services.common.app.openapi import DOCUMENT_META
 from services.common.app.runtime import open_broker, open_database, running_relay
 from services.common.auth import TokenVerifier, install_verifier
 from services.common.http.edge import install_edge_limits
@@ -95,6 +96,7 @@ def build_app(lifespan: Lifespan | None = None) -> FastAPI:
         version="0.1.0",
         description="Avatars and their LoRA versions. Every route takes a bearer JWT whose `sub` is the owner.",
         lifespan=lifespan,
+        **DOCUMENT_META,
     )
     install_error_handlers(app, unavailable=database_unreachable)
     app.include_router(router)
