@@ -190,6 +190,23 @@ def prepare(run_dir: Path, credentials: S3Credentials) -> tuple[Path, Path]:
     return data_dir, identities_file
 
 
+def prepared_command(
+    run_dir: Path, credentials: S3Credentials, host: str, port: int, buckets: Sequence[str] = ()
+) -> list[str]:
+    """`run_dir` prepared (an empty data folder, the identities file) and the `weed mini` command serving it on
+    host:port, its side ports free now."""
+    data_dir, identities_file = prepare(run_dir, credentials)
+    return weed_argv(
+        weed_binary(),
+        data_dir=data_dir,
+        identities_file=identities_file,
+        host=host,
+        port=port,
+        side_ports=free_side_ports(host, exclude=[port]),
+        buckets=buckets,
+    )
+
+
 def wait_until_serving(
     endpoint_url: str, credentials: S3Credentials, bucket: str | None = None, timeout: float = READY_TIMEOUT_SECONDS
 ) -> None:
@@ -266,19 +283,11 @@ class LocalS3Server:
 
     def start(self, timeout: float = READY_TIMEOUT_SECONDS) -> LocalS3Server:
         """Start weed and return once it answers a signed request; LocalS3Error (with its log) otherwise."""
-        weed = weed_binary()
+        weed_binary()  # a missing binary fails here, before any folder is made
         self._folder = Path(tempfile.mkdtemp(prefix="vixen-s3-"))
         if self.port == 0:
             self.port = free_side_ports(self.host, 1)[0]
-        data_dir, identities_file = prepare(self._folder, self.credentials)
-        argv = weed_argv(
-            weed,
-            data_dir=data_dir,
-            identities_file=identities_file,
-            host=self.host,
-            port=self.port,
-            side_ports=free_side_ports(self.host, exclude=[self.port]),
-        )
+        argv = prepared_command(self._folder, self.credentials, self.host, self.port)
         self._log = (self._folder / "weed.log").open("wb")
         # Its own session: a signal meant for the test run does not reach it, and stop() reaches all of it; and it
         # dies with this process (a test run killed before its finalizers would leave it serving otherwise).
@@ -339,19 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bucket", action="append", default=[], help="a bucket to create at start (repeatable)")
     args = parser.parse_args(argv)
     try:
-        weed = weed_binary()
         port = args.port or free_side_ports(args.host, 1)[0]
         credentials = ensure_credentials(args.run_dir)
-        data_dir, identities_file = prepare(args.run_dir, credentials)
-        command = weed_argv(
-            weed,
-            data_dir=data_dir,
-            identities_file=identities_file,
-            host=args.host,
-            port=port,
-            side_ports=free_side_ports(args.host, exclude=[port]),
-            buckets=args.bucket,
-        )
+        command = prepared_command(args.run_dir, credentials, args.host, port, args.bucket)
     except (LocalS3Error, OSError) as error:
         print(f"local S3 endpoint: {error}", flush=True)
         return 1
@@ -361,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{credentials.access_key_id}, secret in {args.run_dir / CREDENTIALS_FILENAME})",
         flush=True,
     )
-    os.execv(weed, command)  # noqa: S606 - our own binary, arguments we built
+    os.execv(command[0], command)  # noqa: S606 - our own binary, arguments we built
 
 
 if __name__ == "__main__":
