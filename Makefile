@@ -33,6 +33,7 @@ test: install
 	scripts/ensure-services.sh
 	scripts/ensure-browser.sh
 	scripts/ensure-promtool.sh
+	scripts/ensure-node-tools.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
