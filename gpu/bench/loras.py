@@ -6,6 +6,8 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import save as save_safetensors
 
+from gpu.engine.lora.plan import LayerDelta
+
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
@@ -21,6 +23,25 @@ def rank_for_bytes(pipeline: StableDiffusionXLPipeline, target_bytes: int, bytes
     """The rank that makes a LoRA over the attention projections about target_bytes large."""
     per_rank = sum((m.in_features + m.out_features) * bytes_per_value for _, m in _targets(pipeline))
     return max(1, math.floor(target_bytes / per_rank))
+
+
+def synthetic_deltas(pipeline: StableDiffusionXLPipeline, rank: int, seed: int, dtype: torch.dtype) -> list[LayerDelta]:
+    """The same LoRA as `synthetic_lora`, as the deltas a plan of it holds (no file, no diffusers conversion), on
+    the UNet's device."""
+    generator = torch.Generator().manual_seed(seed)
+    deltas = []
+    for name, module in _targets(pipeline):
+        device = module.weight.device
+        if device.type == "meta":
+            down = torch.empty(rank, module.in_features, dtype=dtype, device=device)
+            up = torch.empty(module.out_features, rank, dtype=dtype, device=device)
+        else:
+            down = (torch.randn(rank, module.in_features, generator=generator) / math.sqrt(module.in_features)).to(
+                dtype
+            )
+            up = (torch.randn(module.out_features, rank, generator=generator) * 0.05 / math.sqrt(rank)).to(dtype)
+        deltas.append(LayerDelta("unet", name, down, up, 1.0))
+    return deltas
 
 
 def synthetic_lora(pipeline: StableDiffusionXLPipeline, rank: int, seed: int, dtype: torch.dtype) -> bytes:

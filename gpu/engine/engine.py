@@ -77,8 +77,12 @@ class SdxlLoraEngine:
         return torch.device(self.pipeline.device)
 
     def to(self, device: torch.device | str) -> None:
-        """Move the pipeline (Modal: CPU load before the snapshot, GPU after restore)."""
+        """Move the pipeline (Modal: CPU load before the snapshot, GPU after restore). The fuser's pristine copies
+        and resolved plans are of the old tensors' place: they are dropped, and taken again on the device."""
+        if self.fuser.pending_count:
+            self._detach()
         self.pipeline.to(device)
+        self.fuser.forget()
 
     def plan_lora(self, tensors: LoraTensors) -> LoraPlan:
         """Check the LoRA against this pipeline, its layers grouped as suits the device; on a GPU host, pin it for
@@ -154,7 +158,7 @@ class SdxlLoraEngine:
         return None
 
     def _generate(self, request: WorkerRequest, budget: RequestBudget, deadline: float) -> WorkerSuccess:
-        if self.fuser.pending:
+        if self.fuser.pending_count:
             # An interruption (a BaseException at any line) escaped before the last request's restore ran to its
             # end: finish it now, before anything runs on these weights.
             self._detach()
@@ -219,14 +223,14 @@ class SdxlLoraEngine:
         stalled = 0
         altered: list[str] | None = None
         while altered is None:
-            pending = len(self.fuser.pending)
+            pending = self.fuser.pending_count
             try:
                 altered = self.fuser.restore()
             except Exception as exc:  # should never happen; if it does, this worker must not serve again
                 altered = [f"restore failed: {type(exc).__name__}"]
             except BaseException as exc:
                 interrupted = interrupted or exc
-                stalled = stalled + 1 if len(self.fuser.pending) >= pending else 0
+                stalled = stalled + 1 if self.fuser.pending_count >= pending else 0
                 if stalled >= RESTORE_STALLED_ATTEMPTS:
                     altered = [f"restore interrupted {stalled} times without progress: {type(exc).__name__}"]
         if altered:

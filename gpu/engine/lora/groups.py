@@ -31,20 +31,38 @@ LayerKey = tuple[str, str]
 @dataclass(frozen=True)
 class FuseGroup:
     """Layers whose updates have the same shape: `up[i] @ down[i]` (times `alpha_scales[i]`) is layer i's.
-    The alpha scales stay Python floats: multiplied by the request's scale in double precision and rounded once,
-    as the per-layer fuse did."""
+    The alpha scales stay Python floats: multiplied by the request's scale in double precision and rounded once to
+    fp32, as the per-layer fuse did. The scale goes into the matmul (its `alpha`, or `up`'s rows when the layers'
+    alphas differ), never in a pass over the (layers, out, in) updates."""
 
     keys: tuple[LayerKey, ...]
     down: torch.Tensor  # (layers, rank, in_features × kernel area)
     up: torch.Tensor  # (layers, out_features, rank)
     alpha_scales: tuple[float, ...]
 
-    def updates(self, scale: float, device: torch.device) -> torch.Tensor:
-        """Every layer's fp32 update, (layers, out, in × kernel area): one batched matmul and one scaling."""
+    def _factors(self, scale: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(up, down, alpha) in fp32 on `device`: up @ down times alpha is every layer's update."""
         down = self.down.to(device, torch.float32, non_blocking=True)
         up = self.up.to(device, torch.float32, non_blocking=True)
+        first = self.alpha_scales[0]
+        if all(alpha == first for alpha in self.alpha_scales):
+            return up, down, scale * first
+        # Per-layer scales on the small `up` (layers × out × rank), not on the updates (layers × out × in).
         scales = torch.tensor([scale * alpha for alpha in self.alpha_scales], dtype=torch.float32)
-        return torch.bmm(up, down).mul_(scales.to(device, non_blocking=True).view(-1, 1, 1))
+        return up * scales.to(device, non_blocking=True).view(-1, 1, 1), down, 1.0
+
+    def updates(self, scale: float, device: torch.device) -> torch.Tensor:
+        """Every layer's fp32 update, (layers, out, in × kernel area): one batched matmul, the scale inside it."""
+        up, down, alpha = self._factors(scale, device)
+        empty = torch.empty(up.shape[0], up.shape[1], down.shape[2], dtype=torch.float32, device=device)
+        # beta=0: the (uninitialised) input is ignored, not read; alpha scales the product in the matmul itself.
+        return torch.baddbmm(empty, up, down, beta=0, alpha=alpha)
+
+    def add_updates_to(self, base: torch.Tensor, scale: float) -> None:
+        """base += every layer's update, in place, base being (layers, out, in × kernel area) fp32 on the device: one
+        batched matmul that adds the product to what it reads (rounded once in fp32, as `base + updates` would)."""
+        up, down, alpha = self._factors(scale, base.device)
+        base.baddbmm_(up, down, alpha=alpha)
 
     def pinned(self) -> FuseGroup:
         """The same group in page-locked host memory, for full-speed copies to the GPU."""
