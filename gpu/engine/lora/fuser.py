@@ -34,7 +34,6 @@ from gpu.engine.lora.resolved import (
     ResolvedGroup,
     ResolvedPlan,
     resolve_plan,
-    structure_generation,
     watch_module_changes,
 )
 from gpu.engine.lora.restore_check import (
@@ -77,9 +76,8 @@ class LoraFuser:
         self.fuse_add = fuse_add
         self.check = check
         self._sample = RotatingSample(check_sample)
-        self._pristine: dict[LayerKey, torch.Tensor] = {}
-        # The structure generation the pristine copies were taken at (see `_drop_if_stale`).
-        self._pristine_generation = -1
+        # Each layer's original, with a weak reference to the weight it was copied from.
+        self._pristine: dict[LayerKey, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}
         # id(plan) -> (a weak reference to the plan, its resolution): a resolution lives as long as its plan.
         self._resolutions: dict[int, tuple[weakref.ref[LoraPlan], ResolvedPlan]] = {}
         # (weight, original) of each layer of the plan fused last: what `restore` writes to, and from.
@@ -96,16 +94,19 @@ class LoraFuser:
         return weight
 
     def _keep_pristine(self, key: LayerKey, weight: torch.Tensor) -> torch.Tensor:
-        original = self._pristine.get(key)
-        if original is None:
-            copy = weight.detach().to("cpu" if self.pristine_device == "cpu" else weight.device, copy=True)
-            pinned = copy.device.type == "cpu" and torch.cuda.is_available()
-            original = self._pristine[key] = copy.pin_memory() if pinned else copy
+        """The layer's pristine original: the copy taken before, if it was taken of this very tensor (a weight
+        replaced since, or a layer or component put in another's place, is copied again), else a new copy."""
+        kept = self._pristine.get(key)
+        if kept is not None and kept[0]() is weight:
+            return kept[1]
+        copy = weight.detach().to("cpu" if self.pristine_device == "cpu" else weight.device, copy=True)
+        original = copy.pin_memory() if copy.device.type == "cpu" and torch.cuda.is_available() else copy
+        self._pristine[key] = (weakref.ref(weight), original)
         return original
 
     @property
     def pristine_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._pristine.values())
+        return sum(t.numel() * t.element_size() for _, t in self._pristine.values())
 
     @property
     def resolved_plans(self) -> int:
@@ -120,21 +121,14 @@ class LoraFuser:
         self._resolutions.clear()
         self._pristine.clear()
         self._live = {}
-        self._pristine_generation = -1
-
-    def _drop_if_stale(self) -> None:
-        """A registration since the pristine copies were taken may have replaced a weight they copied: take them
-        again from the weights as they are now (pristine, since nothing is fused when a plan is resolved)."""
-        if self._pristine_generation != structure_generation():
-            self.forget()
-            self._pristine_generation = structure_generation()
 
     def resolve(self, plan: LoraPlan) -> ResolvedPlan:
         """The plan bound to this pipeline's weights: made once per plan, again only after the modules changed."""
         entry = self._resolutions.get(id(plan))
         if entry is not None and entry[0]() is plan and entry[1].is_current(self.pipeline, COMPONENTS):
             return entry[1]
-        self._drop_if_stale()
+        # Nothing is fused while a plan is resolved: the weights are pristine, and originals of replaced ones are
+        # taken again from them (`_keep_pristine`).
         resolved = self._resolve(plan)
         key = id(plan)
         resolutions = self._resolutions
