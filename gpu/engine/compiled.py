@@ -25,13 +25,14 @@ def should_compile(choice: CompileChoice, device: torch.device) -> bool:
     return choice == "on" or (choice == "auto" and device.type == "cuda")
 
 
-def compile_unet(pipeline: Any, *, backend: str | Callable[..., Any] = "inductor") -> None:
+def compile_unet(pipeline: Any, *, backend: str | Callable[..., Any] = "inductor", mode: str | None = None) -> None:
     """Compile the pipeline's UNet in place; the first denoising step pays the compile, later ones run its code.
-    Shapes are static (one graph per image size and batch), which is what a worker serving a few sizes wants."""
+    Shapes are static (one graph per image size and batch), which is what a worker serving a few sizes wants.
+    `mode` is torch.compile's (None: its default; the benchmark compares the others)."""
     unet = pipeline.unet
     if unet.device.type == "cuda":
         unet.to(memory_format=torch.channels_last)
-    unet.compile(backend=backend, dynamic=False)
+    unet.compile(backend=backend, dynamic=False, mode=mode)
 
 
 def is_compiled(pipeline: Any) -> bool:

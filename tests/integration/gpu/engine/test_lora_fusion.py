@@ -173,3 +173,28 @@ def test_kohya_text_encoder_layers_with_alpha_match_diffusers(tiny_model_dir: Pa
     fused = render(pipeline)
     fuser.restore()
     assert np.abs(fused - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("fuse_add", "check"), [("direct", "full"), ("staged", "sampled")], ids=["direct-full-check", "staged-sampled"]
+)
+def test_alternating_loras_and_scales_in_bf16_restore_exactly_either_way(
+    tiny_model_dir: Path, te_lora: Path, lora_files: dict[str, Path], fuse_add: str, check: str
+) -> None:
+    """The GPU's way (staged through an fp32 workspace, sampled check) and the CPU's, forced here on a CPU: after LoRAs
+    with text-encoder layers and without, at several scales, the base weights are bit-identical, and the staged and
+    direct fuses of one LoRA give the same weights."""
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    before = fingerprint_pipeline(pipeline)
+    fuser = LoraFuser(pipeline, fuse_add=fuse_add, check=check)  # type: ignore[arg-type]
+    reference = LoraFuser(pipeline, fuse_add="direct", check="full")
+    plans = [plan_lora(pipeline, load_file(te_lora)), plan_lora(pipeline, load_file(lora_files["b"]))]
+    for index, scale in enumerate((1.0, 0.3, 1.7, 0.9)):
+        plan = plans[index % 2]
+        reference.fuse(plan, scale)
+        expected = fingerprint_pipeline(pipeline)
+        assert reference.restore() == []
+        fuser.fuse(plan, scale)
+        assert fingerprint_pipeline(pipeline) == expected
+        assert fuser.restore() == []
+        assert fingerprint_pipeline(pipeline) == before
