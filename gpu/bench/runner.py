@@ -181,6 +181,7 @@ def run_benchmark(
     `on_phase` after each phase)."""
     options = options or BenchOptions()
     bench = _setup(config, device, dtype, options, on_phase or (lambda _: None))
+    bench.on_phase(bench.results)  # the build and the LoRAs are on record before the first phase
     engine, urls = bench.engine, bench.urls
     runs = config.runs
     alternating = options.alternating or (

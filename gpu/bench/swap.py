@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from gpu.bench.loras import rank_for_bytes, synthetic_deltas
+    from gpu.bench.machine import machine_name
     from gpu.bench.swap_phase import swap_phase, variants
     from gpu.engine.lora.groups import group_update_bytes
     from gpu.engine.lora.plan import grouped
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.model,
         "device": args.device,
-        "machine": torch.cuda.get_device_name() if device.type == "cuda" else _cpu_name(),
+        "machine": machine_name(device),
         "dtype": args.dtype,
         "torch": torch.__version__,
         "lora": {"rank": rank, "layers": len(plans[0].deltas), "count": args.loras, "target_mib": args.lora_mib},
@@ -75,16 +75,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "variants": results,
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {len(__import__('os').sched_getaffinity(0))} cores"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def table(results: dict[str, Any]) -> str:
