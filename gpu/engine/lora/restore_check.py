@@ -3,8 +3,9 @@
 The comparison guards against a bug (a layer the restore missed), not against rounding: `copy_` is exact. On a CPU
 every layer is compared (`torch.equal` stops at the first differing element, and nothing waits on a device). On a
 GPU a full comparison of ~560 layers dispatches ~1,120 ops (counted on the meta device, `python -m gpu.bench.swap`)
-and waits for them on every request, far more than the restore's own few; there each restore compares a different slice of `sample` layers, so a layer a broken restore
-keeps missing is caught within ceil(layers / sample) restores of that LoRA.
+and waits for them on every request, far more than the restore's own few; there each restore compares a different
+slice of `sample` layers, so a layer a broken restore keeps missing is caught within ceil(layers / sample) restores
+of that LoRA.
 """
 
 from __future__ import annotations
