@@ -25,7 +25,7 @@ from contracts.budget import (
     WORKER_MIN_SIDE,
     GenerationBudget,
 )
-from contracts.topology import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RETRY_DELAYS
+from contracts.topology import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RETRY_DELAYS, requester_name_problem
 
 # Values copied from templates and docs that must never reach a running service.
 PLACEHOLDER_VALUES = frozenset(
@@ -265,8 +265,28 @@ def migrate_on_start_field(service: str) -> Any:
 
 
 class TopologySettings(SecretCheckedSettings):
-    """The prefix of every exchange and queue name (empty in production; unique per test run)."""
+    """The prefix of every exchange and queue name (empty in production; unique per test run), and the services
+    that may request generations by event (each adds a reply queue: the deploy step, the broker definitions and
+    content must be given the same list)."""
 
     topology_prefix: str = Field(
         default="", validation_alias="VIXEN_TOPOLOGY_PREFIX", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$"
     )
+    # "scheduler,moderation": comma-separated names (NoDecode: not JSON); empty, no generation.submit is taken.
+    submit_services: Annotated[tuple[str, ...], NoDecode] = Field(default=(), validation_alias="VIXEN_SUBMIT_SERVICES")
+
+    @field_validator("submit_services", mode="before")
+    @classmethod
+    def _split_services(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+        return value
+
+    @field_validator("submit_services", mode="after")
+    @classmethod
+    def _service_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            problem = requester_name_problem(name)
+            if problem is not None:
+                raise ValueError(f"VIXEN_SUBMIT_SERVICES: {problem}")
+        return value
