@@ -49,6 +49,10 @@ def generation_submits_handler(commands: SubmitCommands, trust: CommandTrust) ->
         if not isinstance(event.payload, GenerationSubmit):
             # Only generation.submit is bound to this queue: anything else is a routing mistake.
             raise PermanentError(f"unexpected {event.envelope.type} on the generation-submits queue")
-        await commands.handle(event.envelope, event.payload, trust.requester(event.envelope))
+        try:
+            requester = trust.requester(event.envelope)
+        except ValueError as error:  # only when the consumer ran without `trust` as its source check
+            raise PermanentError(str(error)) from error
+        await commands.handle(event.envelope, event.payload, requester)
 
     return handle
