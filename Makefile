@@ -8,7 +8,7 @@ EXTRAS := services,gpu,s3local,modal,test
 FIND_LINKS := $(shell [ -d /opt/wheels ] && echo --find-links /opt/wheels)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: install test lint typecheck unit demo up down playground bench bench-tiny bench-platform bench-streams bench-worker-modes smoke tiny-model clean schemas
+.PHONY: install test lint typecheck unit demo up down playground bench bench-tiny bench-platform bench-streams bench-worker-modes smoke tiny-model clean schemas k8s-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -88,6 +88,25 @@ bench-worker-modes: install
 # SMOKE_CONTENT_URL and the services' variables name it.
 smoke: install
 	$(BIN)/python scripts/stack.py smoke
+
+# The Kubernetes manifests as a cluster gets them (docs/deploy.md § Checking the manifests): the production overlay
+# rendered, validated strictly against the Kubernetes schemas, and checked by checkov (installed on first use into
+# its own virtual environment: it is large, and not a project dependency).
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := .cache/venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+K8S_RENDERED := .run/k8s/production.yaml
+
+$(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION):
+	$(PY) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q "checkov==$(CHECKOV_VERSION)"
+	rm -f $(CHECKOV_VENV)/.checkov-* && touch $@
+
+k8s-check: install $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
+	mkdir -p $(dir $(K8S_RENDERED))
+	kubectl kustomize deploy/k8s/overlays/production > $(K8S_RENDERED)
+	$(BIN)/kubernetes-validate --strict --kubernetes-version 1.31.0 --quiet $(K8S_RENDERED)
+	$(CHECKOV) --file $(K8S_RENDERED) --framework kubernetes --compact --quiet --skip-download
 
 clean:
 	rm -rf .run out .cache .pytest_cache .mypy_cache .ruff_cache
