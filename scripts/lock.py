@@ -191,14 +191,18 @@ def check(uv: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.lock", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    write_command = commands.add_parser("write", help="uv lock, then write requirements/*.txt from the lock")
-    write_command.add_argument("lock_args", nargs=argparse.REMAINDER, help="passed to `uv lock` (e.g. --upgrade)")
+    commands.add_parser(
+        "write", help="uv lock (the arguments after `write` go to it, e.g. --upgrade), then the exports"
+    )
     commands.add_parser("check", help="exit 1 when uv.lock or an export is stale")
-    args = parser.parse_args(argv)
+    # Everything after `write` is uv's (argparse cannot hand options such as --upgrade-package through on its own).
+    args, lock_args = parser.parse_known_args(argv)
+    if lock_args and args.command != "write":
+        parser.error(f"unrecognized arguments: {' '.join(lock_args)}")
     try:
         uv = uv_binary()
         if args.command == "write":
-            write(uv, args.lock_args)
+            write(uv, lock_args)
         else:
             check(uv)
     except LockError as error:

@@ -149,3 +149,15 @@ def test_make_install_checks_the_lock_then_syncs_the_dev_export_with_hashes() ->
     assert steps[1].endswith("requirements/dev.txt")
     assert "--require-hashes --no-deps -r requirements/tools.txt" in makefile
     assert re.search(r"^lock: \| \$\(BIN\)/uv\n\t\$\(BIN\)/python -m scripts\.lock write", makefile, re.M)
+
+
+def test_write_hands_every_argument_after_it_to_uv_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make lock LOCK_ARGS="--upgrade-package fastapi"` reaches `uv lock` whole; `check` takes no arguments."""
+    seen: list[list[str]] = []
+    monkeypatch.setattr(lock, "uv_binary", lambda: "uv")
+    monkeypatch.setattr(lock, "write", lambda uv, args: seen.append(list(args)))
+    assert lock.main(["write", "--upgrade-package", "fastapi"]) == 0
+    assert lock.main(["write"]) == 0
+    assert seen == [["--upgrade-package", "fastapi"], []]
+    with pytest.raises(SystemExit):
+        lock.main(["check", "--upgrade"])
