@@ -74,7 +74,7 @@ class StandInRegistry(BaseHTTPRequestHandler):
 @pytest.fixture
 def registry() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), StandInRegistry)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     StandInRegistry.digests = {"/v2/team/app/manifests/1.0": NEW}
     try:
