@@ -214,7 +214,8 @@ def update(uses: Sequence[ImageUse], client: RegistryClient) -> list[str]:
 
 
 def set_release(overlay: str, tag: str, digests: dict[str, str]) -> str:
-    """The overlay's `images:` entries of the project's images with the released tag and the pushed digests."""
+    """The overlay's `images:` entries of the project's images with the released tag and the pushed digests, and its
+    `app.kubernetes.io/version` label set to the same tag (it names the release's Jobs: the two move together)."""
     missing = set(OWN_IMAGES) - set(digests)
     unknown = set(digests) - set(OWN_IMAGES)
     if missing or unknown:
@@ -235,7 +236,7 @@ def set_release(overlay: str, tag: str, digests: dict[str, str]) -> str:
         out.append(line)
         if current and re.match(r"^    newName:", line):
             out.append(f'    newTag: "{tag}"\n    digest: {digests[current]}\n')
-    return "".join(out)
+    return re.sub(r'(app\.kubernetes\.io/version: )"[^"\n]*"', lambda m: f'{m.group(1)}"{tag}"', "".join(out))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

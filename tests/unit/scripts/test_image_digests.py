@@ -131,6 +131,8 @@ def test_release_writes_the_tag_and_each_digest_and_refuses_a_partial_or_bad_set
     written = image_digests.set_release(overlay, "1.2.3", digests)
     assert written.count(f"    digest: {NEW}\n") == len(image_digests.OWN_IMAGES)
     assert written.count('    newTag: "1.2.3"\n') == len(image_digests.OWN_IMAGES)
+    # The release label names the release's Jobs: it moves with the tag (tests/unit/deploy/test_k8s.py).
+    assert 'app.kubernetes.io/version: "1.2.3"' in written and 'app.kubernetes.io/version: "0.1.0"' not in written
     assert image_digests.set_release(written, "1.2.3", digests) == written
     with pytest.raises(ValueError, match="missing"):
         image_digests.set_release(overlay, "1.2.3", {"vixenbliss/identity": NEW})
