@@ -266,16 +266,6 @@ class GenerationRejected(GenerationReply):
     retry_after_seconds: int | None = Field(default=None, ge=1, description="for a 429: when to try again")
 
 
-class FinishedError(BaseModel):
-    """Why a generation failed (as GET /api/v1/content/{id} shows it)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    error_code: str
-    error: str = Field(max_length=2000)
-    retryable: bool = False
-
-
 # Completed (with its image), failed (with its error; TIMEOUT when no result came before the deadline) or canceled
 # by its owner.
 class GenerationFinished(GenerationReply):
@@ -284,7 +274,10 @@ class GenerationFinished(GenerationReply):
     generation_id: Id
     status: Literal["completed", "failed", "canceled"]
     image: ImageRef | None = Field(default=None, description="when completed: the stored image (object key, sha256)")
-    error: FinishedError | None = Field(default=None, description="when failed")
+    # When failed, as generation.failed says it (TIMEOUT when content's deadline passed first).
+    error_code: str | None = Field(default=None, description="when failed: a WorkerErrorCode or GatewayErrorCode")
+    error: str | None = Field(default=None, max_length=2000, description="when failed: what went wrong")
+    retryable: bool | None = Field(default=None, description="when failed: whether the same request may succeed")
     finished_at: AwareDatetime
 
 

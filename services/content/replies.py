@@ -10,7 +10,6 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from contracts.events import (
-    FinishedError,
     GenerationAccepted,
     GenerationFinished,
     GenerationRejected,
@@ -110,9 +109,9 @@ def finished(generation: Generation, origin: CommandOrigin | None = None) -> Gen
         generation_id=str(generation.id),
         status=status.value,
         image=ImageRef.model_validate(image) if image else None,
-        error=FinishedError(error_code=error["error_code"], error=error["error"], retryable=error["retryable"])
-        if error
-        else None,
+        error_code=error["error_code"] if error else None,
+        error=error["error"] if error else None,
+        retryable=error["retryable"] if error else None,
         finished_at=_final_time(generation),
     )
 

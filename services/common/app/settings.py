@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from contracts.budget import (
     DEFAULT_MAX_PIXEL_STEPS,
@@ -26,6 +26,7 @@ from contracts.budget import (
     GenerationBudget,
 )
 from contracts.topology import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RETRY_DELAYS, requester_name_problem
+from services.common.app.secret_files import SecretsFolderError, secret_file_sources
 
 # Values copied from templates and docs that must never reach a running service.
 PLACEHOLDER_VALUES = frozenset(
@@ -52,6 +53,18 @@ class SecretCheckedSettings(BaseSettings):
     """Base: every SecretStr field must hold a real value (and so must the password of a secret URL)."""
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, env_ignore_empty=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # After the environment, the files of VIXEN_SECRETS_DIR (secret_files.py): a variable set in both wins.
+        return init_settings, env_settings, dotenv_settings, *secret_file_sources(settings_cls)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -256,6 +269,9 @@ def load_settings(model: type[S], **overrides: Any) -> S:
         return model(**overrides)
     except ValidationError as error:
         print(describe_validation_error(model, error), file=sys.stderr)
+        raise SystemExit(2) from None
+    except SecretsFolderError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

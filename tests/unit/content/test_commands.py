@@ -251,7 +251,7 @@ async def test_the_end_of_a_commands_generation_is_answered_once_and_an_api_gene
     [_, (key, finished)] = await answers(h)
     assert key == "generation.finished.scheduler" and isinstance(finished, GenerationFinished)
     assert (finished.generation_id, finished.status, finished.image) == (str(ours), "failed", None)
-    assert finished.error is not None and (finished.error.error_code, finished.error.retryable) == ("CUDA_OOM", True)
+    assert (finished.error_code, finished.error, finished.retryable) == ("CUDA_OOM", "out of memory", True)
     assert (finished.command_id, finished.correlation_id) == (sent.id, sent.id)
 
 
@@ -270,4 +270,4 @@ async def test_a_cancel_and_a_deadline_end_a_commands_generation_with_an_answer(
 
     ends = [a for _, a in await answers(h) if isinstance(a, GenerationFinished)]
     assert [(a.generation_id, a.status) for a in ends] == [(str(first), "canceled"), (str(second), "failed")]
-    assert ends[1].error is not None and ends[1].error.error_code == "TIMEOUT"
+    assert (ends[0].error_code, ends[1].error_code, ends[1].retryable) == (None, "TIMEOUT", True)
