@@ -59,8 +59,9 @@ def reference_delta(tensors: Mapping[str, torch.Tensor], weight_shape: tuple[int
     t = tensors
     if "hada_w1_a" in t:
         if "hada_t1" in t:  # LoHa CP: peft make_weight_cp / LyCORIS HadaWeightTucker
-            first = torch.einsum("i j k l, j r, i p -> p r k l", _f(t["hada_t1"]), _f(t["hada_w1_b"]), _f(t["hada_w1_a"]))
-            second = torch.einsum("i j k l, j r, i p -> p r k l", _f(t["hada_t2"]), _f(t["hada_w2_b"]), _f(t["hada_w2_a"]))
+            cp = "i j k l, j r, i p -> p r k l"
+            first = torch.einsum(cp, _f(t["hada_t1"]), _f(t["hada_w1_b"]), _f(t["hada_w1_a"]))
+            second = torch.einsum(cp, _f(t["hada_t2"]), _f(t["hada_w2_b"]), _f(t["hada_w2_a"]))
         else:  # LyCORIS HadaWeight: (w1a @ w1b) * (w2a @ w2b)
             first, second = _f(t["hada_w1_a"]) @ _f(t["hada_w1_b"]), _f(t["hada_w2_a"]) @ _f(t["hada_w2_b"])
         return (first * second).reshape(weight_shape) * _alpha_scale(t, t["hada_w1_b"].shape[0])
@@ -77,7 +78,7 @@ def reference_delta(tensors: Mapping[str, torch.Tensor], weight_shape: tuple[int
         factorized = "lokr_w1_b" if "lokr_w1_b" in t else "lokr_w2_b" if "lokr_w2_b" in t else None
         scale = _alpha_scale(t, t[factorized].shape[0]) if factorized else 1.0  # whole factors ignore alpha
         return torch.kron(w1.contiguous(), w2.contiguous()).reshape(weight_shape) * scale
-    up, down = _f(t["lora_up.weight" if "lora_up.weight" in t else "lora_B.weight"]), None
+    up = _f(t["lora_up.weight" if "lora_up.weight" in t else "lora_B.weight"])
     down = _f(t["lora_down.weight" if "lora_down.weight" in t else "lora_A.weight"])
     rank = down.shape[0]
     if "lora_mid.weight" in t:  # lycoris/modules/locon.py make_weight with tucker
@@ -105,8 +106,10 @@ def reference_weight(tensors: Mapping[str, torch.Tensor], weight: torch.Tensor, 
         trained = fused * (magnitude / (norm + LYCORIS_EPS))
     else:  # peft: magnitude / ‖W + ΔW‖ per output feature, no epsilon
         magnitude = _f(tensors["lora_magnitude_vector"]).reshape(base.shape[0], *ones)
-        trained = fused * (magnitude / fused.flatten(1).norm(dim=1).reshape(base.shape[0], *ones))
-    return base + scale * (trained - base)
+        norms: torch.Tensor = fused.flatten(1).norm(dim=1)
+        trained = fused * (magnitude / norms.reshape(base.shape[0], *ones))
+    result: torch.Tensor = base + scale * (trained - base)
+    return result
 
 
 def reduction_length(tensors: Mapping[str, torch.Tensor], weight_shape: tuple[int, ...]) -> int:
@@ -118,8 +121,9 @@ def reduction_length(tensors: Mapping[str, torch.Tensor], weight_shape: tuple[in
     return max(longest, max(weight_shape)) + 16
 
 
-def _random(generator: torch.Generator, *shape: int, std: float = 0.3, dtype: torch.dtype = torch.float16) -> torch.Tensor:
-    return (torch.randn(*shape, generator=generator) * std).to(dtype)
+def _random(generator: torch.Generator, *shape: int, std: float = 0.3) -> torch.Tensor:
+    """Seeded normal values in fp16, the dtype trainers save in."""
+    return (torch.randn(*shape, generator=generator) * std).to(torch.float16)
 
 
 def loha_file(seed: int = 1) -> FormatFile:
