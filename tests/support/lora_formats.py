@@ -37,7 +37,8 @@ class FormatFile:
     layers: list[FormatLayer] = field(default_factory=list)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {name: t.contiguous() for layer in self.layers for name, t in layer.names().items()}
+        # Cloned: layers may share one alpha tensor, and safetensors refuses to save tensors that share memory.
+        return {name: t.clone().contiguous() for layer in self.layers for name, t in layer.names().items()}
 
 
 def _f(t: torch.Tensor) -> torch.Tensor:
