@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 
 from contracts.lora_targets import TargetTable
 
@@ -118,7 +118,12 @@ def module_path(key: LoraKey, table: TargetTable) -> str | None:
     return _flat_paths(table)[key.component].get(flat) if flat else None
 
 
-@cache
+# Bounded: the worker checks each LoCon/LoHa/LoKr/DoRA file against a table it reads from its pipeline, a new table
+# object per file; an unbounded cache keyed by table would keep every one of them.
+_TABLES_CACHED = 8
+
+
+@lru_cache(maxsize=_TABLES_CACHED)
 def _flat_paths(table: TargetTable) -> dict[str, dict[str, str]]:
     """component → kohya flat name → module path; refuses a table where two paths flatten alike."""
     index: dict[str, dict[str, str]] = {}
@@ -129,7 +134,7 @@ def _flat_paths(table: TargetTable) -> dict[str, dict[str, str]]:
     return index
 
 
-@cache
+@lru_cache(maxsize=_TABLES_CACHED)
 def _layers_per_block(table: TargetTable) -> int:
     return len({path.split(".")[3] for path in table.components["unet"] if path.startswith("down_blocks.0.resnets.")})
 

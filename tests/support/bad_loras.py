@@ -244,7 +244,7 @@ def lycoris_file() -> bytes:
     return save_safetensors(loha_tensors())
 
 
-def loha_edited(edit: Callable[[dict[str, torch.Tensor]], None]) -> bytes:
+def loha_edited(edit: Callable[[dict[str, torch.Tensor]], object]) -> bytes:
     tensors = loha_tensors()
     edit(tensors)
     return save_safetensors(tensors)

@@ -391,9 +391,10 @@ def _loha_shapes(out: int, rank: int) -> dict[str, tuple[int, int]]:
 def pipeline_weight(pipeline: Any, component: str, path: str) -> torch.Tensor:
     encoder = getattr(pipeline, component)
     try:
-        return encoder.get_submodule(path).weight.detach().clone()
+        weight: torch.Tensor = encoder.get_submodule(path).weight
     except AttributeError:
-        return encoder.get_submodule(f"text_model.{path}").weight.detach().clone()
+        weight = encoder.get_submodule(f"text_model.{path}").weight
+    return weight.detach().clone()
 
 
 FORMAT_VERDICTS = {

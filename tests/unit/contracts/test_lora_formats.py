@@ -168,3 +168,13 @@ def test_the_size_bound_allows_loha_up_to_rank_512_and_lokr_ranks_up_to_the_maxi
     assert check_lora_layers(entries(named("unet", TO_Q, loha(UNET[TO_Q], 512))), SDXL)[0].rank == 512
     lokr_max = {"lokr_w1": [2, 2], "lokr_w2_a": [320, MAX_RANK], "lokr_w2_b": [MAX_RANK, 320]}
     assert check_lora_layers(entries(named("unet", TO_Q, lokr_max)), SDXL)[0].rank == MAX_RANK
+
+
+def test_checking_against_fresh_tables_keeps_a_bounded_index_cache() -> None:
+    from contracts.lora_layouts import _flat_paths
+    from contracts.lora_targets import TargetTable
+
+    shapes = named("unet", TO_Q, loha(UNET[TO_Q], 4))
+    for _ in range(20):  # the worker reads a new table from its pipeline for each file it plans
+        check_lora_layers(entries(shapes), TargetTable("fresh", SDXL.components))
+    assert _flat_paths.cache_info().currsize <= 8

@@ -15,10 +15,10 @@ from tests.support.lora_headers import (
     SDXL,
     checkpoint_file,
     flux_lora_file,
-    lora_file,
-    lora_tensors,
     ia3_file,
     loha_file,
+    lora_file,
+    lora_tensors,
     sd15_lora_file,
 )
 from tests.support.safetensors_bytes import with_header
