@@ -59,9 +59,19 @@ class LoraFuser:
             # In place with the fp32 updates: rounded once to the weight's dtype, the same bits as
             # (weight.float() + update).to(dtype) without a full fp32 copy of each weight.
             torch._foreach_add_(weights, [u.view(w.shape) for u, w in zip(updates, weights, strict=True)])
+        self._apply_steps(plan, scale)
         if not self._touched:
             raise lora_load_failed("LoRA attached to no layer of SDXL")
         return len(self._touched)
+
+    def _apply_steps(self, plan: LoraPlan, scale: float) -> None:
+        """The plan's per-layer steps (DoRA, dense LoHa/LoKr: gpu/engine/lora/formats), each on a layer no group
+        touched, kept pristine and listed as touched before it changes, as the groups' layers are."""
+        for step in plan.steps:
+            weight = self._weight(*step.key)
+            self._keep_pristine(step.key, weight)
+            self._touched.append(step.key)
+            step.apply(weight, scale)
 
     @property
     def pending(self) -> list[str]:
