@@ -16,7 +16,9 @@ from contracts.topology import (
     DEFAULT_RETRY_DELAYS,
     EVENT_PRODUCERS,
     EVENTS_EXCHANGE,
+    REPLY_QUEUE_PURPOSE,
     RETRY_EXCHANGE,
+    SERVICE_REQUESTER,
     QueueSpec,
     Topology,
     producer_source,
@@ -80,8 +82,9 @@ def services() -> list[str]:
 
 
 def broker_user(service: str) -> str:
-    """The broker user a service connects as outside the local stack (docs/deploy.md)."""
-    return f"{BROKER_USER_PREFIX}{service}"
+    """The broker user a service connects as outside the local stack (docs/deploy.md); for the role of the requesting
+    services, the pattern each one's user follows (it is named after the service, as VIXEN_SUBMIT_SERVICES names it)."""
+    return f"{BROKER_USER_PREFIX}{'<requester>' if service == SERVICE_REQUESTER else service}"
 
 
 def security_scheme_id(service: str) -> str:
@@ -216,10 +219,18 @@ def _security_schemes(topo: Topology) -> dict[str, Any]:
             if queues
             else "read no queue",
         ]
+        if service == SERVICE_REQUESTER:
+            queues = [f"<requester>.{REPLY_QUEUE_PURPOSE}"]
+            may[1] = f"read only its own {queues[0]} (content's answers to its commands)"
+        owner = (
+            "each requesting service (one named in content's VIXEN_SUBMIT_SERVICES; <requester> is its name)"
+            if service == SERVICE_REQUESTER
+            else service
+        )
         schemes[security_scheme_id(service)] = {
             "type": "userPassword",
             "description": (
-                f"The broker user {broker_user(service)} of {service} (AMQP PLAIN over the server's connection; the "
+                f"The broker user {broker_user(service)} of {owner} (AMQP PLAIN over the server's connection; the "
                 f"password is in the service's RABBITMQ_URL). It may {'; it may '.join(may)}; it configures nothing "
                 "(configure ^$: the topology is declared at deploy time)."
             ),

@@ -12,7 +12,7 @@ from contracts.envelope import DATA_CONTENT_TYPE, EventEnvelope
 from contracts.events import EVENT_PAYLOADS, EventPayload, EventType, ImageRef
 from contracts.object_keys import generation_image_key, lora_object_key
 from contracts.schema_sample import NO_SAMPLE, sample_of
-from contracts.topology import EVENT_PRODUCERS, event_source
+from contracts.topology import EVENT_PRODUCERS, SERVICE_REQUESTER, event_source
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://vixenbliss.example/docs/examples")
 
@@ -110,10 +110,12 @@ def aggregate_id(payload: EventPayload) -> str | None:
 def example_event(event_type: EventType) -> EventEnvelope:
     """The CloudEvent an example of `event_type` travels in, as its producer would send it."""
     payload = example_payload(EVENT_PAYLOADS[event_type])
+    producer = EVENT_PRODUCERS[event_type]
     subject = aggregate_id(payload)
     return EventEnvelope(
         id=_example_uuid(f"event {event_type.value}"),
-        source=event_source(EVENT_PRODUCERS[event_type]),
+        # A requesting service's command comes from that service (the samples' "scheduler"), not from its role's name.
+        source=event_source(FIELD_SAMPLES["requester"] if producer == SERVICE_REQUESTER else producer),
         type=event_type.value,
         subject=subject,
         time=EXAMPLE_TIME,

@@ -142,7 +142,13 @@ def test_broker_users_are_the_ones_the_definitions_create_with_their_grants(doc:
     schemes = doc["components"]["securitySchemes"]
     assert {schemes[security_scheme_id(s)]["x-broker-user"] for s in SERVICES} == users
     requesting = schemes[security_scheme_id(SERVICE_REQUESTER)]
-    assert (requesting["x-publishes"], requesting["x-reads"]) == (["generation.submit"], [])
+    assert (requesting["x-publishes"], requesting["x-reads"]) == (
+        ["generation.submit"],
+        ["<requester>.generation-replies"],
+    )
+    # Named by the pattern each requesting service's own user follows, not as a user that nobody creates.
+    assert requesting["x-broker-user"] == "vixenbliss-<requester>"
+    assert "<requester>.generation-replies" in requesting["description"]
     # Content's answers to a requesting service go under `<type>.<service>`: granted once one is named.
     answering = topology(requesters=("scheduler",))
 
