@@ -3,23 +3,37 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := services,gpu,s3local,modal,test
-# On CPU machines the CPU build of torch lies in /opt/wheels; pip finds it there when asked for torch==2.13.0.
-FIND_LINKS := $(shell [ -d /opt/wheels ] && echo --find-links /opt/wheels)
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Every package comes from uv.lock through requirements/dev.txt, hash-checked (docs/deploy.md § Locked dependencies);
+# the extras it holds are scripts/lock.py's DEV_EXTRAS. torch is its CPU build, pinned by hash: on this machine kind
+# the wheel lies in /opt/wheels; elsewhere PyTorch's CPU index lists it (a page this machine cannot reach).
+TORCH_WHEELS ?= $(if $(wildcard /opt/wheels/*.whl),/opt/wheels,https://download.pytorch.org/whl/cpu/torch/)
+LOCKED := pyproject.toml uv.lock requirements/tools.txt requirements/dev.txt
+STAMP := $(VENV)/.installed-$(shell cat $(LOCKED) | sha256sum | cut -c1-12)
 
-.PHONY: install test lint typecheck unit demo up down playground bench bench-tiny bench-swap bench-soak bench-platform bench-streams bench-worker-modes smoke tiny-model clean schemas
+.PHONY: install lock test lint typecheck unit demo up down playground bench bench-tiny bench-swap bench-soak bench-platform bench-streams bench-worker-modes smoke tiny-model clean schemas k8s-check api-fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q $(FIND_LINKS) "torch==2.13.0"
-	$(BIN)/pip install -q $(FIND_LINKS) -e ".[$(EXTRAS)]"
+# pip and uv at the lock's versions, by hash, with the pip the venv came with.
+$(BIN)/uv: requirements/tools.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements/tools.txt
+	touch $@
+
+# A lock that no longer matches pyproject.toml stops here, naming `make lock`. `uv pip sync` makes the venv exactly
+# the file (and removes what it does not list); the project itself goes in editable, built by the locked setuptools.
+$(STAMP): $(LOCKED) | $(BIN)/uv
+	$(BIN)/python -m scripts.lock check
+	$(BIN)/uv pip sync -q --python $(BIN)/python --require-hashes --find-links $(TORCH_WHEELS) requirements/dev.txt
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve after a change to pyproject.toml's dependencies and write uv.lock and requirements/*.txt; every pin that
+# still fits is kept. LOCK_ARGS goes to `uv lock`: --upgrade, or --upgrade-package NAME.
+lock: | $(BIN)/uv
+	$(BIN)/python -m scripts.lock write $(LOCK_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -40,6 +54,15 @@ test: install
 
 unit: install
 	$(BIN)/pytest -q tests/unit
+
+# schemathesis over content's and identity's committed OpenAPI documents, --checks all, 100 examples per operation,
+# seeds 1, 2 and 3 (about 4 min on 2 cores), each service in-process on fresh databases, queues and a bucket; fails on
+# any failure. `make test` runs the same tests with one seed and 10 examples.
+api-fuzz: install
+	scripts/ensure-services.sh
+	API_FUZZ_SEEDS=1,2,3 API_FUZZ_MAX_EXAMPLES=100 $(BIN)/pytest -q -p no:cacheprovider -s \
+		tests/integration/content/test_fuzzed_api.py::test_content_answers_every_generated_request_as_documented \
+		tests/integration/identity/test_fuzzed_api.py
 
 # One generation through the whole local stack; stops everything it started.
 demo: install
@@ -101,6 +124,25 @@ bench-worker-modes: install
 # SMOKE_CONTENT_URL and the services' variables name it.
 smoke: install
 	$(BIN)/python scripts/stack.py smoke
+
+# The Kubernetes manifests as a cluster gets them (docs/deploy.md § Checking the manifests): the production overlay
+# rendered, validated strictly against the Kubernetes schemas, and checked by checkov (installed on first use into
+# its own virtual environment: it is large, and not a project dependency).
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := .cache/venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+K8S_RENDERED := .run/k8s/production.yaml
+
+$(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION):
+	$(PY) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q "checkov==$(CHECKOV_VERSION)"
+	rm -f $(CHECKOV_VENV)/.checkov-* && touch $@
+
+k8s-check: install $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
+	mkdir -p $(dir $(K8S_RENDERED))
+	kubectl kustomize deploy/k8s/overlays/production > $(K8S_RENDERED)
+	$(BIN)/kubernetes-validate --strict --kubernetes-version 1.31.0 --quiet $(K8S_RENDERED)
+	$(CHECKOV) --file $(K8S_RENDERED) --framework kubernetes --compact --quiet --skip-download
 
 clean:
 	rm -rf .run out .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 """Event types and the payload models carried in the `data` of each CloudEvent."""
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -28,6 +28,10 @@ class EventType(StrEnum):
     GENERATION_COMPLETED = "generation.completed"
     GENERATION_FAILED = "generation.failed"
     GENERATION_CANCELED = "generation.canceled"
+    GENERATION_SUBMIT = "generation.submit"
+    GENERATION_ACCEPTED = "generation.accepted"
+    GENERATION_REJECTED = "generation.rejected"
+    GENERATION_FINISHED = "generation.finished"
 
 
 class EventPayload(BaseModel):
@@ -187,6 +191,96 @@ class GenerationCanceled(EventPayload):
     reason: str = Field(default="canceled by its owner", max_length=500)
 
 
+# A requesting service's name: its CloudEvent `source` is /vixenbliss/<name>, its reply queue <name>.generation-replies.
+ServiceName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9-]*$")]
+# The Idempotency-Key of the HTTP route, shorter: content keeps it under the requester's name.
+CommandIdempotencyKey = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+
+
+# Published by a service named in VIXEN_SUBMIT_SERVICES with its own broker user (the AMQP user_id set) and `source`
+# /vixenbliss/<service>; content takes it from `content.generation-submits` as it takes POST /api/v1/content/generate
+# and answers on generation.accepted.<service> or generation.rejected.<service>, then generation.finished.<service>
+# (docs/content.md § Generations by event). The summaries below are one line: the AsyncAPI document shows them.
+class GenerationSubmit(EventPayload):
+    """A requesting service asks for a generation as its owner would by POST /api/v1/content/generate."""
+
+    owner_id: Id = Field(description="the owner the generation is for, as the `sub` of the owner's token would say")
+    request: dict[str, Any] = Field(
+        description="the body of POST /api/v1/content/generate (GenerateRequest in docs/openapi/content.json), "
+        "validated exactly as the API validates it: unknown fields, strings for numbers and control characters are "
+        "refused"
+    )
+    idempotency_key: CommandIdempotencyKey | None = Field(
+        default=None,
+        description="a repeat with the same key and request answers the earlier generation (kept as long as an "
+        "Idempotency-Key); a redelivery of the same event id never makes a second one, key or not",
+    )
+    correlation_id: Id | None = Field(
+        default=None, description="echoed in every reply (data and correlationid); absent: the command's event id"
+    )
+
+
+class GenerationReply(EventPayload):
+    """Base of what content answers a requesting service: whose command it answers."""
+
+    requester: ServiceName = Field(description="the service the reply is for (its routing key ends with it)")
+    command_id: Id = Field(description="the id of the generation.submit event answered")
+    correlation_id: Id = Field(description="the command's correlation_id, else its event id")
+    owner_id: Id
+
+
+class GenerationAccepted(GenerationReply):
+    """Content queued the command's generation; routing key generation.accepted.<requester>."""
+
+    generation_id: Id
+    replayed: bool = Field(default=False, description="true: an earlier command with this key made the generation")
+
+
+class RefusedField(BaseModel):
+    """One refused input: its dotted path and why (as in the API's error body)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    field: str
+    reason: str
+
+
+class RefusalDetails(BaseModel):
+    """The `details` of the API's error body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    fields: list[RefusedField] = Field(default_factory=list)
+    reason_code: str | None = None
+
+
+# The refusals the API answers with a 4xx, in its error shape (`status` says which); nothing of the command was
+# recorded and no rate token was spent.
+class GenerationRejected(GenerationReply):
+    """Content refused the command as the API would (same error shape); routing key generation.rejected.<requester>."""
+
+    status: int = Field(ge=400, le=499, description="the status POST /api/v1/content/generate would answer")
+    error: str = Field(max_length=2000)
+    error_code: str = Field(description="INVALID_REQUEST, NOT_FOUND, CONFLICT or RATE_LIMITED, as the API's")
+    details: RefusalDetails = Field(default_factory=RefusalDetails)
+    retry_after_seconds: int | None = Field(default=None, ge=1, description="for a 429: when to try again")
+
+
+# Completed (with its image), failed (with its error; TIMEOUT when no result came before the deadline) or canceled
+# by its owner.
+class GenerationFinished(GenerationReply):
+    """The command's generation reached its final status; routing key generation.finished.<requester>."""
+
+    generation_id: Id
+    status: Literal["completed", "failed", "canceled"]
+    image: ImageRef | None = Field(default=None, description="when completed: the stored image (object key, sha256)")
+    # When failed, as generation.failed says it (TIMEOUT when content's deadline passed first).
+    error_code: str | None = Field(default=None, description="when failed: a WorkerErrorCode or GatewayErrorCode")
+    error: str | None = Field(default=None, max_length=2000, description="when failed: what went wrong")
+    retryable: bool | None = Field(default=None, description="when failed: whether the same request may succeed")
+    finished_at: AwareDatetime
+
+
 EVENT_PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.AVATAR_CREATED: AvatarCreated,
     EventType.AVATAR_UPDATED: AvatarUpdated,
@@ -198,6 +292,10 @@ EVENT_PAYLOADS: dict[EventType, type[EventPayload]] = {
     EventType.GENERATION_COMPLETED: GenerationCompleted,
     EventType.GENERATION_FAILED: GenerationFailed,
     EventType.GENERATION_CANCELED: GenerationCanceled,
+    EventType.GENERATION_SUBMIT: GenerationSubmit,
+    EventType.GENERATION_ACCEPTED: GenerationAccepted,
+    EventType.GENERATION_REJECTED: GenerationRejected,
+    EventType.GENERATION_FINISHED: GenerationFinished,
 }
 
 # Each payload class belongs to exactly one type, so a payload says which event it is.

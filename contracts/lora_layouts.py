@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 
 from contracts.lora_targets import TargetTable
 
@@ -21,16 +21,21 @@ _KOHYA_PREFIXES = {
     "lora_te_": "text_encoder",
     "lora_te2_": "text_encoder_2",
 }
-_KOHYA_SIDES = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
-# Weights of adapters the worker cannot fuse as up @ down (it would fail, or diffusers would drop them silently).
+# The parts of a layer's adapter (contracts.lora_formats), as LyCORIS and peft name their tensors.
+_LYCORIS_PARTS = {
+    **{name: name for name in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")},
+    **{name: name for name in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")},
+    "lora_mid.weight": "mid",
+    "dora_scale": "dora_scale",
+}
+_KOHYA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha", **_LYCORIS_PARTS}
+_DOTTED_PARTS = {**_LYCORIS_PARTS, "lora_magnitude_vector": "magnitude"}
+_DOTTED_PART = re.compile(r"\.(?P<part>" + "|".join(re.escape(name) for name in _DOTTED_PARTS) + r")$")
+# Weights of adapters the worker cannot fuse (it would fail, or diffusers would drop them silently).
 _FOREIGN_ADAPTERS = tuple(
     (re.compile(pattern), kind)
     for pattern, kind in (
-        (r"\.hada_", "LyCORIS LoHa"),
-        (r"\.lokr_", "LyCORIS LoKr"),
         (r"\.on_input$|\.ia3_l", "(IA)^3"),
-        (r"\.dora_scale$|\.lora_magnitude_vector", "DoRA"),
-        (r"\.lora_mid\.", "LoCon Tucker"),
         (r"\.b?oft_", "OFT"),
         (r"\.[ab][12]\.weight$", "GLoRA"),
         (r"\.diff(?:_b)?$", "full weight difference"),
@@ -62,11 +67,12 @@ _SGM_RESNET_PARTS = {
 
 @dataclass(frozen=True)
 class LoraKey:
-    """A LoRA tensor name read as its parts: component as written, module (dotted path or kohya flat name), side."""
+    """A LoRA tensor name read as its parts: component as written, module (dotted path or kohya flat name), and
+    which part of the layer's adapter it is."""
 
     component: str
     module: str
-    side: str  # "down" | "up" | "alpha"
+    part: str  # "down" | "up" | "alpha", or a LoCon/LoHa/LoKr/DoRA part (contracts.lora_formats.FAMILY_PARTS)
     flat: bool  # kohya: `module` is the layer's path with every "." written "_"
 
 
@@ -80,13 +86,15 @@ def is_kohya_name(name: str) -> bool:
 
 
 def read_key(name: str) -> LoraKey | None:
-    """The parts of a LoRA down/up/alpha tensor name, or None when the name is not one."""
+    """The parts of a LoRA tensor name (down/up/alpha, or a LyCORIS/DoRA part), or None when the name is not one."""
     stem, _, suffix = name.partition(".")
-    if side := _KOHYA_SIDES.get(suffix):
+    if part := _KOHYA_PARTS.get(suffix):
         # kohya's flat layout; an unknown prefix (lora_transformer_: Flux) leaves the component empty.
         prefix = next((p for p in _KOHYA_PREFIXES if stem.startswith(p)), "")
-        return LoraKey(_KOHYA_PREFIXES.get(prefix, ""), stem.removeprefix(prefix), side, flat=True)
+        return LoraKey(_KOHYA_PREFIXES.get(prefix, ""), stem.removeprefix(prefix), part, flat=True)
     component, rest = stem, suffix
+    if lycoris := _DOTTED_PART.search(rest):
+        return LoraKey(component, rest[: lycoris.start()], _DOTTED_PARTS[lycoris.group("part")], flat=False)
     side = "alpha" if rest.endswith(".alpha") else ""
     rest = rest.removesuffix(".alpha")
     if processor := _PROCESSOR.search(rest):
@@ -110,7 +118,12 @@ def module_path(key: LoraKey, table: TargetTable) -> str | None:
     return _flat_paths(table)[key.component].get(flat) if flat else None
 
 
-@cache
+# Bounded: the worker checks each LoCon/LoHa/LoKr/DoRA file against a table it reads from its pipeline, a new table
+# object per file; an unbounded cache keyed by table would keep every one of them.
+_TABLES_CACHED = 8
+
+
+@lru_cache(maxsize=_TABLES_CACHED)
 def _flat_paths(table: TargetTable) -> dict[str, dict[str, str]]:
     """component → kohya flat name → module path; refuses a table where two paths flatten alike."""
     index: dict[str, dict[str, str]] = {}
@@ -121,7 +134,7 @@ def _flat_paths(table: TargetTable) -> dict[str, dict[str, str]]:
     return index
 
 
-@cache
+@lru_cache(maxsize=_TABLES_CACHED)
 def _layers_per_block(table: TargetTable) -> int:
     return len({path.split(".")[3] for path in table.components["unet"] if path.startswith("down_blocks.0.resnets.")})
 

@@ -1,17 +1,25 @@
 # syntax=docker/dockerfile:1
 # The three services, one image each, built from one file: `docker build -f deploy/docker/services.Dockerfile
-# --target content .` (or identity, inference-gateway). Only the `services` extra is installed: no torch.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# --target content .` (or identity, inference-gateway). Only the `services` extra is installed: no torch. Every
+# package is the lock's, checked against its hash (requirements/ is exported from uv.lock: docs/deploy.md).
+# The base by tag and digest (docs/deploy.md § Images: pinned by digest; scripts/image_digests.py re-resolves it).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
 WORKDIR /src
+# The dependencies first, so that a change to the code reuses this layer.
+COPY requirements/build.txt requirements/services.txt ./requirements/
+RUN python -m venv /opt/venv /opt/build \
+    && /opt/venv/bin/pip install --require-hashes -r requirements/services.txt \
+    && /opt/build/bin/pip install --require-hashes -r requirements/build.txt
 COPY pyproject.toml README.md ./
 COPY contracts ./contracts
 COPY logsafe ./logsafe
 COPY services ./services
-RUN /opt/venv/bin/pip install ".[services]"
+# The project's own wheel, built by the locked setuptools (no build isolation, so nothing unpinned is fetched).
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation -w /tmp/dist . \
+    && /opt/venv/bin/pip install --no-deps /tmp/dist/vixenbliss-*.whl
 
 FROM ${PYTHON_IMAGE} AS runtime
 # broker/: where `python -m services.tools.broker_definitions` writes in compose (a named volume mounted there

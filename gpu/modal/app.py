@@ -8,6 +8,7 @@ FastAPI apps (gpu.modal.endpoints) that this module hands Modal's spawn and Func
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import modal
@@ -30,6 +31,8 @@ GPU = DEPLOY.gpu
 # covers A100, L40S, H100 and H200 (not B200: that needs cu130). Not reachable from the build machine: checked at
 # deploy as deploy/modal/README.md § GPU and CUDA says.
 TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu126"
+# Exported from uv.lock by `make lock`; read by `modal deploy` on the deploying machine, from this checkout.
+LOCKED_REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements"
 # Memory of the GPU container, MiB (request, limit): the pipeline is loaded on the CPU in fp16 (~7 GB) and
 # snapshotted from there, so the snapshot needs that much host memory and some room.
 WORKER_MEMORY_MIB = (16_384, 32_768)
@@ -51,24 +54,11 @@ FORWARDED_OTEL_VARIABLES = (
 
 image = (
     modal.Image.debian_slim(python_version="3.11")
+    # The CUDA build, by version: its index is not reachable from the machine that locks (docs/deploy.md § Locked
+    # dependencies), so neither it nor the nvidia-* wheels it brings are hash-checked.
     .pip_install("torch==2.13.0", index_url=TORCH_CUDA_INDEX)
-    .pip_install(
-        "diffusers==0.42.1",
-        "transformers==5.23.0",
-        "peft==0.21.2",
-        "safetensors==0.8.0",
-        "accelerate==1.15.0",
-        "pillow>=10",
-        "numpy>=1.26",
-        "httpx>=0.27,<1",
-        "pydantic>=2.10,<3",
-        "pydantic-settings>=2.6,<3",
-        "fastapi[standard]>=0.115",
-        # Tracing (gpu/serve/telemetry.py): the worker's spans, exported over OTLP/HTTP when OTEL_* asks.
-        "opentelemetry-api==1.45.2",
-        "opentelemetry-sdk==1.45.2",
-        "opentelemetry-exporter-otlp-proto-http==1.45.2",
-    )
+    # Everything else the `gpu` extra needs, at the lock's versions and hashes (torch already installed above).
+    .pip_install_from_requirements(str(LOCKED_REQUIREMENTS / "modal-worker.txt"))
     .env(
         {
             "MODEL_DIR": f"{MODELS_PATH}/sdxl-base-1.0",
@@ -100,7 +90,9 @@ image = (
 # start in a moment. They need modal (the container has it) and the contract's models.
 web_image = (
     modal.Image.debian_slim(python_version="3.11")
-    .pip_install("fastapi[standard]>=0.115", "pydantic>=2.10,<3")
+    # The `modal-web` dependency group at the lock's versions and hashes: FastAPI and pydantic (Modal's runtime needs
+    # nothing more for an asgi_app; `fastapi[standard]` only adds a CLI and servers it does not use).
+    .pip_install_from_requirements(str(LOCKED_REQUIREMENTS / "modal-web.txt"))
     .add_local_python_source("contracts", "gpu")
 )
 

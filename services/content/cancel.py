@@ -1,4 +1,5 @@
-"""The owner's cancel: an unfinished generation ends as canceled at once, and generation.canceled tells the gateway."""
+"""The owner's cancel: an unfinished generation ends as canceled at once, generation.canceled tells the gateway (and
+generation.finished the requesting service whose command made it)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ class OwnerCancel:
                 canceled_at=now,
             )
             await events.emit(session, payload, generation.id)
+            # A requesting service's command made it: the service learns it ended (generation.finished).
+            await events.emit_finished(session, generation)
             await self._changes.announce(session, str(generation.id))
         self._on_commit()
         self._metrics.changed(generation, status_before, started_before)

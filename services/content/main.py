@@ -8,7 +8,12 @@ from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 
-from contracts.topology import CONTENT_GENERATION_RESULTS, CONTENT_IDENTITY_EVENTS, SERVICE_CONTENT
+from contracts.topology import (
+    CONTENT_GENERATION_RESULTS,
+    CONTENT_GENERATION_SUBMITS,
+    CONTENT_IDENTITY_EVENTS,
+    SERVICE_CONTENT,
+)
 from services.common.app import health
 from services.common.app.entrypoint import serve
 from services.common.app.openapi import DOCUMENT_META
@@ -27,14 +32,20 @@ from services.content.admission import AdmissionLimits
 from services.content.api import ContentApi, router
 from services.content.cancel import OwnerCancel
 from services.content.changes import ChangeFeed, ChangeHub
-from services.content.consumers import generation_results_handler, identity_events_handler
+from services.content.command_trust import CommandTrust
+from services.content.commands import SubmitCommands
+from services.content.consumers import (
+    generation_results_handler,
+    generation_submits_handler,
+    identity_events_handler,
+)
 from services.content.cors import install_cors
 from services.content.migrations import MIGRATIONS
 from services.content.models import Base, inbox_table, outbox_table
 from services.content.projection import IdentityProjection
 from services.content.reads import GenerationReads
 from services.content.results import ResultApplier
-from services.content.settings import DEFAULT_PORT, AdmissionSettings, ContentSettings
+from services.content.settings import DEFAULT_PORT, AdmissionSettings, ContentSettings, SubmitCommandSettings
 from services.content.signed_links import LinkSigner
 from services.content.streams import watching_from_settings
 from services.content.submit import Submissions
@@ -60,6 +71,15 @@ def admission_limits(settings: AdmissionSettings) -> AdmissionLimits:
     )
 
 
+def command_trust(services: tuple[str, ...], settings: SubmitCommandSettings) -> CommandTrust:
+    """Who may send generation.submit, from the settings."""
+    return CommandTrust(
+        frozenset(services),
+        user_prefix=settings.submit_broker_user_prefix,
+        require_user_id=settings.submit_require_user_id,
+    )
+
+
 def create_app(settings: ContentSettings) -> FastAPI:
     """The content app; its database, broker, storage, relay, consumers, change listener and sweeper start with
     the lifespan."""
@@ -81,6 +101,7 @@ def create_app(settings: ContentSettings) -> FastAPI:
                     settings.topology_prefix,
                     service=SERVICE_CONTENT,
                     declare=settings.rabbitmq_declare,
+                    requesters=settings.submit_services,
                 ) as broker,
             ):
                 relay = OutboxRelay(database.sessions, outbox_table, broker.publisher)
@@ -104,7 +125,7 @@ def create_app(settings: ContentSettings) -> FastAPI:
                     idempotency_ttl_seconds=limits.idempotency_ttl_seconds,
                     metrics=metrics,
                 )
-                results = ResultApplier(database.sessions, changes, chores, metrics=metrics)
+                results = ResultApplier(database.sessions, changes, chores, on_commit=relay.notify, metrics=metrics)
                 projection = IdentityProjection(database.sessions)
                 consumers = [
                     # One at a time: the projection applies identity's events in the order they come.
@@ -123,6 +144,19 @@ def create_app(settings: ContentSettings) -> FastAPI:
                         metrics=metrics,
                     ),
                 ]
+                if settings.submit_services:
+                    trust = command_trust(settings.submit_services, settings)
+                    commands = SubmitCommands(database.sessions, submissions, on_commit=relay.notify, metrics=metrics)
+                    consumers.append(
+                        Consumer(
+                            broker.connection,
+                            broker.topology.queue(CONTENT_GENERATION_SUBMITS),
+                            generation_submits_handler(commands, trust),
+                            prefetch=settings.submit_prefetch,
+                            metrics=metrics,
+                            source_check=trust,
+                        )
+                    )
                 async with (
                     running_relay(relay),
                     running_retention(database.sessions, Bookkeeping(outbox_table, inbox_table), settings),

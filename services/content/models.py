@@ -110,6 +110,11 @@ class Generation(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # An image that came after a cancel and is still to be deleted from storage (the sweeper retries).
     image_purge_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set when a requesting service's generation.submit made it (null for the API's): the service, the command's
+    # event id and its correlation, which its generation.finished carries back.
+    requested_by: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    command_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    command_correlation: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class IdempotencyKey(Base):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -11,7 +12,7 @@ from contracts.envelope import EventEnvelope
 from contracts.events import EventPayload, EventType
 from contracts.topology import CONTENT_GENERATION_RESULTS
 from services.common.observability.metrics import ServiceMetrics
-from services.content import decisions, repository
+from services.content import decisions, events, replies, repository
 from services.content.changes import ChangeFeed
 from services.content.clock import Clock, utc_now
 from services.content.decisions import UnexpectedEventError
@@ -33,18 +34,22 @@ class ResultApplier:
         changes: ChangeFeed,
         chores: SweeperChores,
         *,
+        on_commit: Callable[[], None] = lambda: None,
         clock: Clock = utc_now,
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._changes = changes
+        # Called after a commit that wrote outbox rows (a requesting service's generation.finished): wakes the relay.
+        self._on_commit = on_commit
         # A late image of a canceled generation is deleted at once, with the sweeper's own chore.
         self._chores = chores
         self._clock = clock
         self._metrics = GenerationMetrics(metrics)
 
     async def apply(self, envelope: EventEnvelope, payload: EventPayload) -> None:
-        """Move a generation forward with a generation.* result event, once (inbox), in one transaction."""
+        """Move a generation forward with a generation.* result event, once (inbox), in one transaction; the
+        result that makes a command's generation final answers its requesting service (generation.finished)."""
         event_type = EventType(envelope.type)
         if event_type not in decisions.RESULT_STATUS:
             raise UnexpectedEventError(f"{envelope.type} is not a generation result")
@@ -59,6 +64,11 @@ class ResultApplier:
             changed = decisions.apply_result(generation, payload, event_type, self._clock())
             if changed:
                 await self._changes.announce(session, str(generation_id))
+            answered = replies.became_final(status_before, generation) and await events.emit_finished(
+                session, generation
+            )
+        if answered:
+            self._on_commit()
         self._metrics.changed(generation, status_before, started_before)
         log.info("generation %s: %s %s", generation_id, envelope.type, "applied" if changed else "changed nothing")
         if generation.image_purge_pending:

@@ -68,6 +68,22 @@ class StreamSettings(SecretCheckedSettings):
     stream_max_seconds: float = Field(default=300.0, gt=0, le=3600, validation_alias="CONTENT_STREAM_MAX_SECONDS")
 
 
+class SubmitCommandSettings(SecretCheckedSettings):
+    """Generations by event (generation.submit from the services of VIXEN_SUBMIT_SERVICES): whose broker user may
+    speak for which service."""
+
+    # A command from /vixenbliss/<service> must carry the AMQP user_id <prefix><service> (RabbitMQ checks a user_id
+    # against the connection's user): the user services.tools.broker_definitions makes (its --user-prefix).
+    submit_broker_user_prefix: str = Field(
+        default="vixenbliss-", max_length=64, validation_alias="CONTENT_SUBMIT_BROKER_USER_PREFIX"
+    )
+    # false only where every service shares one broker user (development): then the `source` and the topic
+    # permissions alone say who sent a command.
+    submit_require_user_id: bool = Field(default=True, validation_alias="CONTENT_SUBMIT_REQUIRE_USER_ID")
+    # Commands handled at once (each takes its owner's quota row for the length of its transaction).
+    submit_prefetch: int = Field(default=10, ge=1, le=1000, validation_alias="CONTENT_SUBMIT_PREFETCH")
+
+
 class ContentSettings(
     EdgeSettings,
     BrokerSettings,
@@ -79,6 +95,7 @@ class ContentSettings(
     ContentDatabaseSettings,
     RetentionSettings,
     StreamSettings,
+    SubmitCommandSettings,
 ):
     """Everything the content service reads from the environment."""
 

@@ -1,5 +1,5 @@
 """Submitting a generation: admission, the owner's rate and in-flight quota, Idempotency-Key replays, and the
-queued row with its generation.requested event."""
+queued row with its generation.requested event (one admission for the HTTP route and the generation.submit command)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from services.content.clock import Clock, utc_now
 from services.content.metrics import GenerationMetrics
 from services.content.models import Generation, GenerationStatus, IdempotencyKey, OwnerQuota
 from services.content.reads import GenerationReads, GenerationView
+from services.content.replies import CommandOrigin
 from services.content.schemas import GenerateRequest
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,24 @@ class Submitted:
     replayed: bool
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """What one admission gave, before its transaction commits: a new generation, or an earlier submit's."""
+
+    generation: Generation
+    replayed: bool
+
+
 def random_seed() -> int:
     """A seed for a request that gave none."""
     return random.randint(0, MAX_SEED)
 
 
 class Submissions:
-    """Submits of one owner at a time; the row, its event, its change notice and the spent token commit together."""
+    """Submits of one owner at a time; the row, its event, its change notice and the spent token commit together.
+
+    Every way in admits through `admit`: the HTTP route (`submit`) and the generation.submit command
+    (services/content/commands.py), so that both hold to the same rules."""
 
     def __init__(
         self,
@@ -73,23 +85,46 @@ class Submissions:
         The owner's quota row is locked first, so the rate limit, the in-flight cap and the Idempotency-Key hold
         across replicas and concurrent submits. A refused submit rolls back: no row, no event.
         """
+        # Also checked by admit; here first, so that a request outside the bounds takes no database connection.
+        admission.check_request_fits(request, self._limits)
+        now = self._clock()
+        async with self._sessions() as session, session.begin():
+            admitted = await self.admit(session, owner_id, request, idempotency_key, now=now)
+        # Made after the transaction: the quota row is not held while an image URL is signed.
+        self.committed(admitted)
+        return Submitted(await self._reads.view(admitted.generation), replayed=admitted.replayed)
+
+    async def admit(
+        self,
+        session: AsyncSession,
+        owner_id: str,
+        request: GenerateRequest,
+        idempotency_key: str | None,
+        *,
+        now: datetime,
+        origin: CommandOrigin | None = None,
+    ) -> Admitted:
+        """One submit's admission in the caller's transaction: the bounds and cost budget, the owner's quota row
+        (locked), an earlier submit with the key, the rate, the in-flight cap, the avatar and its LoRA; then the
+        generation, its generation.requested event, its key and the spent token. A refusal raises the API's
+        DomainError (the caller's transaction must roll back: nothing of it may commit)."""
         admission.check_request_fits(request, self._limits)
         digest = admission.request_digest(request)
-        now = self._clock()
-        earlier: Generation | None = None
-        async with self._sessions() as session, session.begin():
-            quota = await repository.lock_owner_quota(session, owner_id, full_bucket=self._limits.burst, now=now)
-            if idempotency_key is not None:
-                earlier = await self._earlier_submit(session, owner_id, idempotency_key, digest, now)
-            if earlier is None:
-                generation = await self._admit(session, quota, owner_id, request, idempotency_key, digest, now)
-        if earlier is not None:
-            # Made after the transaction: the quota row is not held while an image URL is signed.
-            return Submitted(await self._reads.view(earlier), replayed=True)
+        quota = await repository.lock_owner_quota(session, owner_id, full_bucket=self._limits.burst, now=now)
+        if idempotency_key is not None:
+            earlier = await self._earlier_submit(session, owner_id, idempotency_key, digest, now)
+            if earlier is not None:
+                return Admitted(earlier, replayed=True)
+        generation = await self._admit(session, quota, owner_id, request, idempotency_key, digest, now, origin)
+        return Admitted(generation, replayed=False)
+
+    def committed(self, admitted: Admitted) -> None:
+        """After the admission's transaction committed: wake the relay and count a new generation."""
+        if admitted.replayed:
+            return
         self._on_commit()
         self._metrics.submitted()
-        log.info("generation %s queued for avatar %s", generation.id, generation.avatar_id)
-        return Submitted(await self._reads.view(generation), replayed=False)
+        log.info("generation %s queued for avatar %s", admitted.generation.id, admitted.generation.avatar_id)
 
     async def _admit(
         self,
@@ -100,12 +135,13 @@ class Submissions:
         idempotency_key: str | None,
         digest: str,
         now: datetime,
+        origin: CommandOrigin | None,
     ) -> Generation:
         """Rate, in-flight cap, avatar and LoRA; then the generation, its event, its key and the spent token."""
         tokens = admission.refilled_tokens(quota.tokens, quota.refilled_at, now, self._limits)
         admission.check_rate(tokens, self._limits)
         admission.check_in_flight(await repository.count_in_flight(session, owner_id), self._limits)
-        generation = await self._queue(session, owner_id, request, now)
+        generation = await self._queue(session, owner_id, request, now, origin)
         quota.tokens, quota.refilled_at = tokens - 1.0, now
         if idempotency_key is not None:
             session.add(
@@ -138,7 +174,14 @@ class Submissions:
             await session.flush()
         return earlier
 
-    async def _queue(self, session: AsyncSession, owner_id: str, request: GenerateRequest, now: datetime) -> Generation:
+    async def _queue(
+        self,
+        session: AsyncSession,
+        owner_id: str,
+        request: GenerateRequest,
+        now: datetime,
+        origin: CommandOrigin | None,
+    ) -> Generation:
         found = await repository.get_avatar(session, str(request.avatar_id))
         active = found.active_lora_id if found is not None else None
         lora = await repository.get_lora(session, active) if active else None
@@ -161,6 +204,9 @@ class Submissions:
             updated_at=now,
             deadline=payload.deadline,
             image_purge_pending=False,
+            requested_by=origin.requester if origin else None,
+            command_id=origin.command_id if origin else None,
+            command_correlation=origin.correlation_id if origin else None,
         )
         session.add(generation)
         await events.emit(session, payload, generation_id)

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.app.periodic import pause
 from services.common.observability.metrics import ServiceMetrics
-from services.content import decisions, repository
+from services.content import decisions, events, repository
 from services.content.changes import ChangeFeed
 from services.content.clock import Clock, utc_now
 from services.content.metrics import GenerationMetrics
@@ -44,15 +44,17 @@ class SweeperChores:
         self._metrics = GenerationMetrics(metrics)
 
     async def fail_overdue(self, grace_seconds: float, limit: int = 100) -> int:
-        """Fail (TIMEOUT) up to `limit` open generations whose deadline passed more than grace_seconds ago."""
+        """Fail (TIMEOUT) up to `limit` open generations whose deadline passed more than grace_seconds ago (and
+        tell the requesting service of each a command made: generation.finished)."""
         now = self._clock()
         async with self._sessions() as session, session.begin():
             overdue = await repository.overdue_generations(session, now - timedelta(seconds=grace_seconds), limit)
             before = {generation.id: (generation.status, generation.started_at) for generation in overdue}
             timed_out = [generation for generation in overdue if decisions.time_out(generation, now)]
             failed = [generation.id for generation in timed_out]
-            for generation_id in failed:
-                await self._changes.announce(session, str(generation_id))
+            for generation in timed_out:
+                await self._changes.announce(session, str(generation.id))
+                await events.emit_finished(session, generation)
         for generation in timed_out:
             self._metrics.changed(generation, *before[generation.id])
         for generation_id in failed:

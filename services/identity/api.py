@@ -121,7 +121,15 @@ async def get_avatar(avatar_id: uuid.UUID, caller: CurrentPrincipal, avatars: Av
 @router.patch(
     "/avatars/{avatar_id}",
     operation_id="identity.avatars.update",
-    responses=error_responses(404, 409, described={409: "the LoRA version to activate is not ready"}),
+    responses=error_responses(
+        404,
+        409,
+        described={
+            404: "the avatar is unknown or not the caller's, or active_lora_id names no version of it "
+            "(details.fields names active_lora_id)",
+            409: "the LoRA version to activate is not ready",
+        },
+    ),
 )
 async def update_avatar(
     avatar_id: uuid.UUID, body: AvatarUpdate, caller: CurrentPrincipal, avatars: Avatars
@@ -144,9 +152,12 @@ async def delete_avatar(avatar_id: uuid.UUID, caller: CurrentPrincipal, avatars:
     responses=error_responses(
         404,
         409,
+        422,
         429,
         described={
             409: "LORA_BYTES_QUOTA_EXCEEDED: size_bytes does not fit in the owner's LoRA storage quota",
+            422: "INVALID_REQUEST: a field is refused (details.fields names it and why), among them a size_bytes over "
+            "this deployment's LORA_MAX_BYTES or a base_model its LORA_BASE_MODELS does not list",
             429: "TOO_MANY_OPEN_UPLOADS: the owner has as many open registrations as it may; Retry-After says when "
             "the first of them expires",
         },
@@ -221,7 +232,14 @@ async def retire_lora(lora_id: uuid.UUID, caller: CurrentPrincipal, loras: Loras
     operation_id="identity.admin.loras.import",
     status_code=201,
     responses=error_responses(
-        404, 422, described={422: "invalid request, no object at object_key, or LORA_REJECTED (details.reason_code)"}
+        404,
+        422,
+        described={
+            404: "no live avatar has avatar_id, or no object lies at object_key (details.fields names which)",
+            422: "INVALID_REQUEST: a field is refused (details.fields), among them a base_model this deployment's "
+            "LORA_BASE_MODELS does not list; or LORA_REJECTED: the object is not a LoRA it takes "
+            "(details.reason_code)",
+        },
     ),
 )
 async def import_lora(body: LoraImport, _admin: AdminPrincipal, loras: Loras) -> LoraOut:

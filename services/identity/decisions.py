@@ -8,16 +8,17 @@ from datetime import datetime
 
 from contracts.envelope import EventEnvelope
 from contracts.events import AvatarUpdated, LoraRetired
-from services.common.http.errors import ConflictError, FieldError, InvalidRequestError
+from services.common.http.errors import ConflictError, FieldError, InvalidRequestError, NotFoundError
 from services.identity.events import avatar_event, lora_event
 from services.identity.models import Avatar, LoraModel, LoraStatus
 
 
 def check_activatable(lora: LoraModel | None, avatar_id: uuid.UUID, field: str = "active_lora_id") -> LoraModel:
-    """The version may become the avatar's active one: it is the avatar's own, and ready."""
+    """The version may become the avatar's active one: it is the avatar's own (else 404 naming the field, as an
+    id the caller cannot see is answered everywhere), and ready (else 409)."""
     if lora is None or lora.avatar_id != avatar_id:
         reason = "no LoRA version of this avatar has this id"
-        raise InvalidRequestError(reason, fields=[FieldError(field, reason)])
+        raise NotFoundError(reason, fields=[FieldError(field, reason)])
     if lora.status != LoraStatus.READY.value:
         reason = f"the LoRA version is {lora.status}; only a ready version can be active"
         raise ConflictError(reason, fields=[FieldError(field, reason)])

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.events import LoraReady
 from contracts.lora_keys import LoraRejectedError
 from contracts.lora_targets import TargetTable, load_target_table
-from services.common.http.errors import ConflictError, FieldError, InvalidRequestError
+from services.common.http.errors import ConflictError, FieldError, InvalidRequestError, NotFoundError
 from services.common.http.pagination import Cursor, Page, page_of
 from services.common.messaging.outbox import add_to_outbox
 from services.common.storage.objects import ObjectNotFoundError
@@ -226,7 +226,7 @@ class LoraService:
             stored = await self._files.verify_and_store(request.object_key, table, declared_size=None)
         except ObjectNotFoundError:
             reason = "no object at this key"
-            raise InvalidRequestError(reason, fields=[FieldError("object_key", reason)]) from None
+            raise NotFoundError(reason, fields=[FieldError("object_key", reason)]) from None
         except LoraRejectedError as error:
             raise lora_rejected(error.reason, error.message) from None
         now = self._clock()

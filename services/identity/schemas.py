@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.events import LoraEvent, ObjectKey
+from contracts.lora_targets import KNOWN_BASE_MODELS
 from contracts.worker import Sha256Hex
 from services.common.http.api_types import (
     INTEGRAL_FLOAT_AS_INT,
@@ -20,6 +21,9 @@ from services.common.http.api_types import (
 
 _LORA = LoraEvent.model_fields
 DEFAULT_BASE_MODEL = "sdxl-base-1.0"
+# The largest file one presigned PUT can carry: R2 takes at most 5 GiB less 5 MiB in a single-part upload
+# (developers.cloudflare.com/r2/reference/limits). A deployment narrows it with LORA_MAX_BYTES.
+MAX_SINGLE_PUT_BYTES = 5 * 1024**3 - 5 * 1024**2
 
 AvatarName = Annotated[NonBlankSingleLineText, Field(min_length=1, max_length=100)]
 AvatarDescription = Annotated[MultilineText, Field(max_length=1000)]
@@ -27,7 +31,17 @@ TriggerWord = Annotated[NonBlankSingleLineText, Field(min_length=1, max_length=1
 TriggerWords = Annotated[list[TriggerWord], Field(max_length=50)]
 # The same bounds as the lora.ready event, so that whatever is accepted here can be published.
 DefaultScale = Annotated[StrictFloat, *_LORA["default_scale"].metadata]
-BaseModelName = Annotated[NonBlankSingleLineText, *_LORA["base_model"].metadata]
+# The schema names the base models the code has layer tables for, so that a client (or a fuzzer) knows which names
+# can be accepted at all; a deployment takes those LORA_BASE_MODELS lists, and refuses another with a 422.
+BaseModelName = Annotated[
+    NonBlankSingleLineText,
+    *_LORA["base_model"].metadata,
+    Field(
+        description="a base model with a layer table here; this deployment takes those its LORA_BASE_MODELS lists "
+        "(another: 422 naming base_model)",
+        json_schema_extra={"enum": list(KNOWN_BASE_MODELS)},
+    ),
+]
 
 
 class _Request(BaseModel):
@@ -77,7 +91,13 @@ class LoraCreate(_Request):
 
     size_bytes: Annotated[
         int,
-        Field(strict=True, ge=1, description="exact size of the file; the upload URL is signed for it"),
+        Field(
+            strict=True,
+            ge=1,
+            le=MAX_SINGLE_PUT_BYTES,
+            description="exact size of the file; the upload URL is signed for it. At most this deployment's "
+            "LORA_MAX_BYTES (over it: 422 naming size_bytes) and what is left of the owner's quota (409)",
+        ),
         INTEGRAL_FLOAT_AS_INT,
     ]
     default_scale: DefaultScale = 1.0

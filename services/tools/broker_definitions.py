@@ -1,7 +1,9 @@
 """RabbitMQ definitions from the code's topology: exchanges, quorum queues with the arguments the services
 declare, bindings, one broker user per service whose permissions and topic permissions let it publish only the
 events it produces and consume only its own queues (and configure nothing: the topology is declared at deploy time,
-`python -m services.common.messaging.broker_declare`), and the autoscaler's user, which may only read queue depths.
+`python -m services.common.messaging.broker_declare`), one per requesting service of VIXEN_SUBMIT_SERVICES, which
+may publish generation.submit and read its own reply queue, and the autoscaler's user, which may only read queue
+depths.
 
 `python -m services.tools.broker_definitions --out definitions.json` (passwords from the environment, see
 --help) writes a file RabbitMQ loads at boot (`load_definitions`) or `rabbitmqctl import_definitions` applies.
@@ -23,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from contracts.topology import (
-    EVENT_PRODUCERS,
     SERVICE_CONTENT,
     SERVICE_IDENTITY,
     SERVICE_INFERENCE_GATEWAY,
     QueueSpec,
     Topology,
-    routing_key,
+    requester_name_problem,
 )
 from services.common.messaging.broker import declarations
 
@@ -73,14 +74,16 @@ def retry_keys(spec: QueueSpec) -> list[str]:
 def grants(topo: Topology, role: str) -> ServiceGrants:
     """The least a role needs once the topology is declared (at deploy time, with an operator's credential).
 
-    A service publishes the events it produces (write on the events exchange, topic write on those keys), consumes
-    its own queues (read on them), and sends its own failed messages to their retry stages and DLQs (write on the
-    retry exchange, topic write on its queues' keys). It configures nothing: a passive declare, all a service does
-    with RABBITMQ_DECLARE=check, needs no permission. Nobody may publish to the DLX or the default exchange, bind a
+    A service publishes the events it produces (write on the events exchange, topic write on those keys: content's
+    answers to a requesting service under that service's own keys), consumes its own queues (read on them), and
+    sends its own failed messages to their retry stages and DLQs (write on the retry exchange, topic write on its
+    queues' keys). A requesting service (of `topo.requesters`) publishes generation.submit and nothing else, and
+    reads its reply queue. No one configures anything: a passive declare, all a service does with
+    RABBITMQ_DECLARE=check, needs no permission. Nobody may publish to the DLX or the default exchange, bind a
     queue (write on the queue, read on the exchange) or read another service's queue. The autoscaler (no queue, no
     event) gets nothing at all."""
     own = topo.queues_of(role)
-    produced = [routing_key(event) for event, producer in EVENT_PRODUCERS.items() if producer == role]
+    produced = list(topo.published_keys(role))
     own_retry_keys = [key for spec in own for key in retry_keys(spec)]
     topics: dict[str, tuple[str, str]] = {}
     if produced:
@@ -111,9 +114,9 @@ def definitions(
     admin: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The whole definitions document: the vhost, its exchanges, queues and bindings (`broker.declarations`: what
-    the deploy step declares), a user per role in `passwords` (a service or AUTOSCALER → password) with its grants,
-    and `admin` (name, password), an operator with every right (a broker that loads definitions at boot creates no
-    default user)."""
+    the deploy step declares), a user per role in `passwords` (a service, a requesting service of `topo.requesters`
+    or AUTOSCALER → password) with its grants, and `admin` (name, password), an operator with every right (a broker
+    that loads definitions at boot creates no default user)."""
     plan = declarations(topo)
     users, permissions, topic_permissions = [], [], []
     if admin is not None:
@@ -128,8 +131,9 @@ def definitions(
         )
         permissions.append({"user": name, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"})
     for role, password in passwords.items():
-        if role not in ROLES:
-            raise ValueError(f"no broker role named {role!r} (one of {', '.join(ROLES)})")
+        if role not in ROLES and role not in topo.requesters:
+            known = ", ".join((*ROLES, *topo.requesters))
+            raise ValueError(f"no broker role named {role!r} (one of {known}, or a service of VIXEN_SUBMIT_SERVICES)")
         user = f"{user_prefix}{role}"
         granted = grants(topo, role)
         entry: dict[str, Any] = {
@@ -190,23 +194,44 @@ def password_variable(role: str) -> str:
     return "RABBITMQ_PASSWORD_" + role.upper().replace("-", "_")
 
 
+def submit_services(text: str) -> tuple[str, ...]:
+    """The requesting services of a comma-separated list (VIXEN_SUBMIT_SERVICES), each name checked."""
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    for name in names:
+        problem = requester_name_problem(name)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m services.tools.broker_definitions",
-        description="Write RabbitMQ definitions (topology, per-service users, the autoscaler's user) as JSON. "
-        "Passwords are read from "
+        description="Write RabbitMQ definitions (topology, per-service users, the requesting services' users, the "
+        "autoscaler's user) as JSON. Passwords are read from "
         + ", ".join(password_variable(role) for role in ROLES)
-        + "; a role whose variable is unset gets no user.",
+        + " and RABBITMQ_PASSWORD_<SERVICE> for each requesting service; a role whose variable is unset gets no user.",
     )
     parser.add_argument("--out", type=Path, help="file to write (default: standard output)")
     parser.add_argument("--vhost", default="/")
     parser.add_argument("--prefix", default="", help="topology prefix (VIXEN_TOPOLOGY_PREFIX of the services)")
     parser.add_argument("--user-prefix", default="vixenbliss-")
     parser.add_argument(
+        "--submit-services",
+        type=submit_services,
+        default=os.environ.get("VIXEN_SUBMIT_SERVICES", ""),
+        help="services that may request generations by event, comma-separated (default: VIXEN_SUBMIT_SERVICES)",
+    )
+    parser.add_argument(
         "--admin-user", help=f"also an administrator of this name, its password from {ADMIN_PASSWORD_VARIABLE}"
     )
     args = parser.parse_args(argv)
-    passwords = {role: os.environ[password_variable(role)] for role in ROLES if os.environ.get(password_variable(role))}
+    requesters: tuple[str, ...] = args.submit_services
+    passwords = {
+        role: os.environ[password_variable(role)]
+        for role in (*ROLES, *requesters)
+        if os.environ.get(password_variable(role))
+    }
     admin = None
     if args.admin_user:
         if not os.environ.get(ADMIN_PASSWORD_VARIABLE):
@@ -215,7 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from services.common.app.runtime import broker_topology
 
     document = definitions(
-        broker_topology(args.prefix), passwords, vhost=args.vhost, user_prefix=args.user_prefix, admin=admin
+        broker_topology(args.prefix, requesters=requesters),
+        passwords,
+        vhost=args.vhost,
+        user_prefix=args.user_prefix,
+        admin=admin,
     )
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if args.out:

@@ -5,8 +5,8 @@
     python -m services.tools.dlq replay QUEUE (--id EVENT_ID | --all)
 
 QUEUE is a consumer queue or its DLQ, by base name (`inference-gateway.generation-requested`) or full name.
-Names come from VIXEN_TOPOLOGY_PREFIX, the broker from RABBITMQ_URL, the retry stages from
-BROKER_RETRY_DELAYS_SECONDS (as the services read them).
+Names come from VIXEN_TOPOLOGY_PREFIX (and VIXEN_SUBMIT_SERVICES: the command and reply queues), the broker
+from RABBITMQ_URL, the retry stages from BROKER_RETRY_DELAYS_SECONDS (as the services read them).
 
 `show` takes nothing away: it gets the messages unacknowledged and hands them back. `replay` sends each chosen
 dead letter back to the consumer queue it died in (confirmed; its retry count reset, so it gets every retry
@@ -256,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def run(args: argparse.Namespace, settings: DlqToolSettings) -> int:
     """Carry out one parsed command; the exit status."""
-    topo = broker_topology(settings.topology_prefix, settings)
+    topo = broker_topology(settings.topology_prefix, settings, settings.submit_services)
     spec: QueueSpec | None = None
     if args.command != "list":
         try:

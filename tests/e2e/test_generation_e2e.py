@@ -1,12 +1,17 @@
-"""One generation over the real path: identity → content → RabbitMQ → gateway → worker → S3 → content."""
+"""One generation over the real path: identity → content → RabbitMQ → gateway → worker → S3 → content; and the
+same path driven by content's generated client, as docs/content.md shows it."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +29,7 @@ from services.common.messaging.events import from_message
 from services.common.storage.objects import ObjectStorage
 from tests.support.bad_loras import with_nan
 from tests.support.gateway.fakes import image_size
+from tests.support.generated_client import REPO, documented_program, generate_client, mypy_strict
 from tests.support.queues import bound_queue
 
 pytestmark = pytest.mark.slow
@@ -220,6 +226,45 @@ async def test_prefer_wait_answers_the_finished_image_and_the_signed_event_strea
         ("status", "3", "completed"),
     ]
     assert events[-1][2]["generation"]["image"]["sha256"] == generation["image"]["sha256"]
+
+
+def test_the_program_the_guide_shows_type_checks_against_the_generated_client_and_runs(
+    stack: LocalStack, lora_files: dict[str, Path], tmp_path: Path
+) -> None:
+    # Content's client generated from the committed document (openapi-python-client), the guide's program checked
+    # with mypy --strict against it, then run: submit, wait, list, cancel one, the event stream, each answer parsed
+    # into the generated models (a stream documented as a JSON object made the client call from_dict on its text).
+    started = time.monotonic()
+    generate_client(REPO / "docs" / "openapi" / "content.json", tmp_path)
+    (tmp_path / "example.py").write_text(documented_program(REPO / "docs" / "content.md"), encoding="utf-8")
+    checked = mypy_strict(tmp_path, "example.py")
+    print(f"client generated and the program type-checked in {time.monotonic() - started:.1f} s")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    content = stack.urls()["content"]
+    with httpx.Client(timeout=30.0) as client:
+        avatar_id, auth = avatar_with_lora(stack, client, lora_files["a"].read_bytes())
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CONTENT_URL": content,
+        "CONTENT_TOKEN": auth["Authorization"].removeprefix("Bearer "),
+        "AVATAR_ID": avatar_id,
+    }
+    ran = subprocess.run(
+        [sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+    out = ran.stdout
+    done = re.search(r"^generated (\S+): completed, seed \d+$", out, re.M)
+    canceled = re.search(r"^canceled (\S+): canceled$", out, re.M)
+    assert done and canceled, out
+    # The owner's list then held the finished generation alone; its stream told each of its statuses, in order.
+    assert re.search(rf"^listed {done.group(1)} completed$", out, re.M), out
+    assert re.search(rf"^events of {done.group(1)}: queued, running, completed$", out, re.M), out
+    with httpx.Client(base_url=content, headers=auth, timeout=30.0) as client:
+        assert client.get(f"/api/v1/content/{done.group(1)}").json()["status"] == "completed"
+        assert client.get(f"/api/v1/content/{canceled.group(1)}").json()["status"] == "canceled"
 
 
 def _refusal_status(host: str, port: int, request: bytes) -> int:

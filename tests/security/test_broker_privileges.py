@@ -3,7 +3,9 @@ test's own with `rabbitmqctl import_definitions`, the topology declared over the
 (`python -m services.common.messaging.broker_declare`) with the operator's credential, then every broker user is tried:
 what
 it must do goes through; deleting, declaring or binding anything, publishing another service's events or reading
-another service's queue is refused, and the autoscaler reads queue depths and nothing else."""
+another service's queue is refused, and the autoscaler reads queue depths and nothing else. A requesting service
+(VIXEN_SUBMIT_SERVICES) may publish generation.submit and read its own answers, nothing more; content may answer it
+only under that service's keys."""
 
 from __future__ import annotations
 
@@ -30,9 +32,11 @@ from contracts.topology import (
     DEFAULT_RETRY_DELAYS,
     EVENT_PRODUCERS,
     GATEWAY_GENERATION_REQUESTED,
+    REPLY_EVENTS,
     SERVICE_CONTENT,
     SERVICE_IDENTITY,
     Topology,
+    reply_routing_key,
     routing_key,
     topology,
 )
@@ -45,6 +49,9 @@ pytestmark = pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="nee
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin"
+# A requesting service of the definitions (its user is tried with the platform's roles).
+REQUESTER = "scheduler"
+EVERY_ROLE = (*ROLES, REQUESTER)
 DELAYS = ",".join(f"{delay:g}" for delay in DEFAULT_RETRY_DELAYS)
 # One AMQP operation to try on a fresh channel (`attempt` says whether the broker let it through).
 Action = Callable[[AbstractChannel], Awaitable[object]]
@@ -73,6 +80,7 @@ def run_declare_step(url: str) -> subprocess.CompletedProcess[str]:
         **os.environ,
         "RABBITMQ_ADMIN_URL": url,
         "VIXEN_TOPOLOGY_PREFIX": "",
+        "VIXEN_SUBMIT_SERVICES": REQUESTER,
         "BROKER_RETRY_DELAYS_SECONDS": DELAYS,
     }
     command = [sys.executable, "-m", "services.common.messaging.broker_declare"]
@@ -101,8 +109,8 @@ def wait_until_it_takes_logins(url: str, timeout: float = 30.0) -> None:
 def broker(rabbitmq_url: str) -> Iterator[Broker]:
     tag = secrets.token_hex(4)
     vhost, user_prefix = f"vb-priv-{tag}", f"vb-priv-{tag}-"
-    topo = topology()
-    passwords = {role: secrets.token_hex(12) for role in ROLES}
+    topo = topology(requesters=(REQUESTER,))
+    passwords = {role: secrets.token_hex(12) for role in EVERY_ROLE}
     admin_password = secrets.token_hex(12)
     document = definitions(
         topo, passwords, vhost=vhost, user_prefix=user_prefix, admin=(user_prefix + ADMIN, admin_password)
@@ -128,7 +136,10 @@ def broker(rabbitmq_url: str) -> Iterator[Broker]:
         # One rabbitmqctl per name, all at once (each is an Erlang VM start).
         cleanups = [
             subprocess.Popen(["rabbitmqctl", "-q", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for args in [("delete_vhost", vhost), *[("delete_user", user_prefix + role) for role in (*ROLES, ADMIN)]]
+            for args in [
+                ("delete_vhost", vhost),
+                *[("delete_user", user_prefix + role) for role in (*EVERY_ROLE, ADMIN)],
+            ]
         ]
         for cleanup in cleanups:
             cleanup.wait(timeout=60)
@@ -218,7 +229,7 @@ async def test_no_user_may_delete_declare_or_bind_anything(
     exchanges = [name for name, _ in plan.exchanges]
     queues = [name for name, _ in plan.queues]
     allowed: list[str] = []
-    for role in ROLES:
+    for role in EVERY_ROLE:
         tries: dict[str, Action] = {
             **{f"exchange.delete {name}": delete_exchange(name) for name in exchanges},
             **{f"queue.delete {name}": delete_queue(name) for name in queues},
@@ -240,14 +251,18 @@ async def test_each_user_publishes_its_own_events_and_nothing_else(
     broker: Broker, users: dict[str, AbstractConnection]
 ) -> None:
     topo = broker.topo
+    # Every event type's key, and each answer's key for the requesting service and for one that is not there.
+    keys = [routing_key(event) for event in EventType] + [
+        reply_routing_key(event, who) for event in REPLY_EVENTS for who in (REQUESTER, "stranger")
+    ]
     wrong: list[str] = []
-    for role in ROLES:
+    for role in EVERY_ROLE:
         expected: dict[str, tuple[Action, bool]] = {
-            f"{event.value} on {topo.events_exchange}": (
-                publish(topo.events_exchange, routing_key(event)),
-                EVENT_PRODUCERS[event] == role,
+            f"{key} on {topo.events_exchange}": (
+                publish(topo.events_exchange, key),
+                key in topo.published_keys(role),
             )
-            for event in EventType
+            for key in keys
         }
         for spec in topo.queues:
             ours = spec.base_name.startswith(f"{role}.")
@@ -277,7 +292,7 @@ async def test_each_user_reads_its_own_queues_and_no_one_elses(
     topo = broker.topo
     queues = [name for name, _ in declarations(topo).queues]
     wrong: list[str] = []
-    for role in ROLES:
+    for role in EVERY_ROLE:
         for name in queues:
             refusal = await attempt(users[role], basic_get(name))
             may = name in own_queues(topo, role)
@@ -338,9 +353,12 @@ async def test_the_autoscaler_reads_the_gateways_queue_depth_and_is_limited_in_c
 
 
 async def test_only_the_operator_may_run_the_deploy_step(broker: Broker) -> None:
-    for role in ROLES:
+    for role in EVERY_ROLE:
         settings = DeclareStepSettings(
-            RABBITMQ_ADMIN_URL=broker.urls[role], VIXEN_TOPOLOGY_PREFIX="", BROKER_RETRY_DELAYS_SECONDS=DELAYS
+            RABBITMQ_ADMIN_URL=broker.urls[role],
+            VIXEN_TOPOLOGY_PREFIX="",
+            BROKER_RETRY_DELAYS_SECONDS=DELAYS,
+            VIXEN_SUBMIT_SERVICES=REQUESTER,
         )
         with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
             await declare_and_check(settings)
@@ -351,7 +369,10 @@ async def test_only_the_operator_may_run_the_deploy_step(broker: Broker) -> None
 
 async def test_each_service_starts_in_check_mode_with_its_own_user(broker: Broker) -> None:
     for service in SERVICES:
-        async with open_broker(broker.urls[service], "", service=service, declare="check") as runtime:
+        requesters = broker.topo.requesters if service == SERVICE_CONTENT else ()
+        async with open_broker(
+            broker.urls[service], "", service=service, declare="check", requesters=requesters
+        ) as runtime:
             produced = next(event for event, producer in EVENT_PRODUCERS.items() if producer == service)
             message = aio_pika.Message(b"{}", message_id=secrets.token_hex(8))
             await runtime.publisher.publish_confirmed(message, routing_key(produced))
@@ -391,7 +412,7 @@ async def test_checking_a_missing_topology_leaves_no_channel_open(broker: Broker
     connection = await connect(broker.urls[AUTOSCALER], name="perm-test-check-channels")
     try:
         for _ in range(2):
-            absent = topology(f"undeclared-{secrets.token_hex(3)}")
+            absent = topology(f"undeclared-{secrets.token_hex(3)}", requesters=broker.topo.requesters)
             assert len(await missing_declarations(connection, absent)) == len(plan.exchanges) + len(plan.queues)
         assert await missing_declarations(connection, broker.topo) == []
     finally:

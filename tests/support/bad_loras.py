@@ -222,17 +222,54 @@ def flux_lora_file() -> bytes:
     )
 
 
+LOHA_STEM = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"  # a 64×64 Linear of the tiny SDXL
+
+
+def loha_tensors(stem: str = LOHA_STEM, width: int = 64, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A LyCORIS LoHa (kohya names) over a width×width Linear layer."""
+    generator = torch.Generator().manual_seed(rank)
+    return {
+        f"{stem}.{part}": (torch.randn(*shape, generator=generator) * 0.1).to(torch.float16)
+        for part, shape in (
+            ("hada_w1_a", (width, rank)),
+            ("hada_w1_b", (rank, width)),
+            ("hada_w2_a", (width, rank)),
+            ("hada_w2_b", (rank, width)),
+        )
+    } | {f"{stem}.alpha": torch.tensor(float(rank))}
+
+
 def lycoris_file() -> bytes:
-    """A LyCORIS LoHa over a layer the tiny SDXL has: adapter weights of a kind the worker cannot fuse."""
-    stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    """A LyCORIS LoHa over a layer the tiny SDXL has: both places fuse it."""
+    return save_safetensors(loha_tensors())
+
+
+def loha_edited(edit: Callable[[dict[str, torch.Tensor]], object]) -> bytes:
+    tensors = loha_tensors()
+    edit(tensors)
+    return save_safetensors(tensors)
+
+
+def loha_oversize() -> bytes:
+    """A LoHa of rank 513 over a 32×32 text-encoder layer: more numbers than a rank-1024 LoRA of it."""
+    return save_safetensors(loha_tensors("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", width=32, rank=513))
+
+
+def lokr_wrong_shape() -> bytes:
+    """LoKr factors whose Kronecker product is 64×72, over a 64×64 layer."""
     return save_safetensors(
-        {
-            f"{stem}.hada_w1_a": torch.full((64, 4), 0.01),
-            f"{stem}.hada_w1_b": torch.full((4, 64), 0.01),
-            f"{stem}.hada_w2_a": torch.full((64, 4), 0.01),
-            f"{stem}.hada_w2_b": torch.full((4, 64), 0.01),
-        }
+        {f"{LOHA_STEM}.lokr_w1": torch.full((8, 8), 0.1), f"{LOHA_STEM}.lokr_w2": torch.full((8, 9), 0.1)}
     )
+
+
+def mixed_formats() -> bytes:
+    """LoHa factors and a LoRA down/up pair in one layer."""
+    pair = {f"{LOHA_STEM}.lora_down.weight": torch.full((4, 64), 0.1), f"{LOHA_STEM}.lora_up.weight": torch.ones(64, 4)}
+    return save_safetensors(loha_tensors() | pair)
+
+
+def dora_scale_of_another_width() -> bytes:
+    return save_safetensors(loha_tensors() | {f"{LOHA_STEM}.dora_scale": torch.ones(32, 1)})
 
 
 def random_bytes() -> bytes:
@@ -264,6 +301,12 @@ CASE_NAMES = (
     "sd15_lora",
     "flux_lora",
     "lycoris_loha",
+    "loha_missing_part",
+    "loha_nan",
+    "loha_oversize",
+    "lokr_wrong_shape",
+    "mixed_formats",
+    "dora_scale_wrong_shape",
     "no_lora_keys",
     "dora",
     "incomplete_layer",
@@ -374,9 +417,51 @@ def hostile_loras(valid: bytes, sd15: bytes, marker: Path, max_bytes: int) -> di
         HostileLora(
             "lycoris_loha",
             lycoris_file(),
+            ACCEPTED,
+            WORKER_LOADS_IT,
+            "a well-formed LyCORIS LoHa over a real layer: a format both places accept (contracts/lora_formats.py)",
+        ),
+        HostileLora(
+            "loha_missing_part",
+            loha_edited(lambda t: t.pop(f"{LOHA_STEM}.hada_w2_b")),
+            "incomplete_layer",
+            WorkerVerdict(_LOAD_FAILED, "has no hada_w2_b weight"),
+            "a LoHa layer without one of its four factors",
+        ),
+        HostileLora(
+            "loha_nan",
+            loha_edited(lambda t: t[f"{LOHA_STEM}.hada_w1_a"].view(-1)[0].fill_(float("nan"))),
+            ACCEPTED,
+            WorkerVerdict(_LOAD_FAILED, "NaN or Inf"),
+            "identity reads only the header (and alpha scalars): a NaN LoHa factor is the worker's to refuse",
+        ),
+        HostileLora(
+            "loha_oversize",
+            loha_oversize(),
+            "rank_too_large",
+            WorkerVerdict(_LOAD_FAILED, "rank-1024 LoRA"),
+            "LoHa rank 513: its factors hold more numbers than a rank-1024 LoRA of the layer",
+        ),
+        HostileLora(
+            "lokr_wrong_shape",
+            lokr_wrong_shape(),
+            "shape_mismatch",
+            WorkerVerdict(_LOAD_FAILED, "does not fit"),
+            "LoKr factors whose product is not the layer's shape",
+        ),
+        HostileLora(
+            "mixed_formats",
+            mixed_formats(),
             "unsupported_format",
-            WorkerVerdict(_LOAD_FAILED, "not one diffusers can read"),
-            "LyCORIS LoHa keys over a real layer",
+            WorkerVerdict(_LOAD_FAILED, "mixes LoRA and LoHa"),
+            "LoRA and LoHa weights in one layer",
+        ),
+        HostileLora(
+            "dora_scale_wrong_shape",
+            dora_scale_of_another_width(),
+            "shape_mismatch",
+            WorkerVerdict(_LOAD_FAILED, "dora_scale"),
+            "a DoRA magnitude for 32 outputs on a 64-wide layer",
         ),
         HostileLora(
             "no_lora_keys",
@@ -385,7 +470,13 @@ def hostile_loras(valid: bytes, sd15: bytes, marker: Path, max_bytes: int) -> di
             WorkerVerdict(_LOAD_FAILED, "targets nothing in SDXL"),
             "model weights, no adapter",
         ),
-        HostileLora("dora", with_dora_scale(valid), "unsupported_format", WorkerVerdict(_LOAD_FAILED, "DoRA"), "DoRA"),
+        HostileLora(
+            "dora",
+            with_dora_scale(valid),
+            "unsupported_format",
+            WorkerVerdict(_LOAD_FAILED, "second DoRA magnitude"),
+            "both DoRA magnitudes (peft's and LyCORIS') on one layer",
+        ),
         HostileLora(
             "incomplete_layer",
             without_up_weight(valid),

@@ -54,17 +54,25 @@ def flux_lora_file() -> bytes:
     )
 
 
-def lycoris_file() -> bytes:
-    """A LyCORIS LoHa over an SDXL layer: adapter weights of a kind the worker cannot fuse."""
+def loha_file(*, complete: bool = True) -> bytes:
+    """A LyCORIS LoHa over an SDXL layer (kohya names); without `complete`, its hada_w2_b is missing."""
     stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
-    return safetensors_bytes(
-        {
-            f"{stem}.hada_w1_a": ("F16", [640, 4]),
-            f"{stem}.hada_w1_b": ("F16", [4, 640]),
-            f"{stem}.hada_w2_a": ("F16", [640, 4]),
-            f"{stem}.hada_w2_b": ("F16", [4, 640]),
-        }
-    )
+    tensors = {
+        f"{stem}.hada_w1_a": ("F16", [640, 4]),
+        f"{stem}.hada_w1_b": ("F16", [4, 640]),
+        f"{stem}.hada_w2_a": ("F16", [640, 4]),
+        f"{stem}.hada_w2_b": ("F16", [4, 640]),
+        f"{stem}.alpha": ("F16", []),
+    }
+    if not complete:
+        del tensors[f"{stem}.hada_w2_b"]
+    return safetensors_bytes(tensors)
+
+
+def ia3_file() -> bytes:
+    """A LyCORIS (IA)^3 over an SDXL layer: an adapter kind the worker does not fuse."""
+    stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    return safetensors_bytes({f"{stem}.weight": ("F16", [640]), f"{stem}.on_input": ("F16", [])})
 
 
 def checkpoint_file() -> bytes:

@@ -4,6 +4,8 @@ import pytest
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
+from services.common.app.secret_files import SECRETS_DIR_VARIABLE
+
 
 def variables_read_by(settings_type: type[BaseSettings]) -> set[str]:
     """Every environment name the class's fields are read from (all alias choices, else the field name)."""
@@ -24,7 +26,7 @@ def settings_env(
     monkeypatch: pytest.MonkeyPatch, settings_type: type[BaseSettings], values: dict[str, str]
 ) -> pytest.MonkeyPatch:
     """Clear what `settings_type` reads (so the developer's shell cannot leak in), then set `values`."""
-    for name in variables_read_by(settings_type):
+    for name in variables_read_by(settings_type) | {SECRETS_DIR_VARIABLE}:
         monkeypatch.delenv(name, raising=False)
     for name, value in values.items():
         monkeypatch.setenv(name, value)

@@ -76,8 +76,9 @@ class LoraFuser:
         self.fuse_add = fuse_add
         self.check = check
         self._sample = RotatingSample(check_sample)
-        # Each layer's original, with a weak reference to the weight it was copied from.
-        self._pristine: dict[LayerKey, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}
+        # Each layer's original, and a weak reference to the weight it was copied from.
+        self._pristine: dict[LayerKey, torch.Tensor] = {}
+        self._pristine_source: dict[LayerKey, weakref.ref[torch.Tensor]] = {}
         # id(plan) -> (a weak reference to the plan, its resolution): a resolution lives as long as its plan.
         self._resolutions: dict[int, tuple[weakref.ref[LoraPlan], ResolvedPlan]] = {}
         # (weight, original) of each layer of the plan fused last: what `restore` writes to, and from.
@@ -96,17 +97,17 @@ class LoraFuser:
     def _keep_pristine(self, key: LayerKey, weight: torch.Tensor) -> torch.Tensor:
         """The layer's pristine original: the copy taken before, if it was taken of this very tensor (a weight
         replaced since, or a layer or component put in another's place, is copied again), else a new copy."""
-        kept = self._pristine.get(key)
-        if kept is not None and kept[0]() is weight:
-            return kept[1]
+        source = self._pristine_source.get(key)
+        if source is not None and source() is weight:
+            return self._pristine[key]
         copy = weight.detach().to("cpu" if self.pristine_device == "cpu" else weight.device, copy=True)
         original = copy.pin_memory() if copy.device.type == "cpu" and torch.cuda.is_available() else copy
-        self._pristine[key] = (weakref.ref(weight), original)
+        self._pristine[key], self._pristine_source[key] = original, weakref.ref(weight)
         return original
 
     @property
     def pristine_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for _, t in self._pristine.values())
+        return sum(t.numel() * t.element_size() for t in self._pristine.values())
 
     @property
     def resolved_plans(self) -> int:
@@ -120,6 +121,7 @@ class LoraFuser:
             raise RuntimeError("a LoRA is fused: restore before forgetting the originals")
         self._resolutions.clear()
         self._pristine.clear()
+        self._pristine_source.clear()
         self._live = {}
 
     def resolve(self, plan: LoraPlan) -> ResolvedPlan:
@@ -142,7 +144,7 @@ class LoraFuser:
         return resolved
 
     def _resolve(self, plan: LoraPlan) -> ResolvedPlan:
-        return resolve_plan(self.pipeline, plan.fuse_groups(), COMPONENTS, self._keep_pristine)
+        return resolve_plan(self.pipeline, plan.fuse_groups(), plan.steps, COMPONENTS, self._keep_pristine)
 
     @torch.no_grad()
     def fuse(self, plan: LoraPlan, scale: float) -> int:
@@ -155,6 +157,7 @@ class LoraFuser:
             # Listed before any is changed: a failure (or an interruption) from here on leaves them to restore.
             self._touched.extend(group.keys)
             self._add(group, scale)
+        self._apply_steps(resolved, scale)
         if not self._touched:
             raise lora_load_failed("LoRA attached to no layer of SDXL")
         return len(self._touched)
@@ -173,6 +176,14 @@ class LoraFuser:
             # In place with the fp32 updates: rounded once to the weight's dtype, the same bits as
             # (weight.float() + update).to(dtype) without a full fp32 copy of each weight.
             torch._foreach_add_(weights, resolved.layer_views(group.updates(scale, weights[0].device)))
+
+    def _apply_steps(self, resolved: ResolvedPlan, scale: float) -> None:
+        """The plan's per-layer steps (DoRA, dense LoHa/LoKr: gpu/engine/lora/formats), each on a layer no group
+        touched, its weight resolved and its pristine copy taken with the plan, listed as touched before it changes,
+        as the groups' layers are."""
+        for step, weight in resolved.steps:
+            self._touched.append(step.key)
+            step.apply(weight, scale)
 
     @property
     def pending(self) -> list[str]:

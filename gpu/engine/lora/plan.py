@@ -7,8 +7,11 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from torch import nn
 
-from contracts.lora_keys import MAX_RANK
+from contracts.lora_keys import MAX_RANK, LoraRejectedError, check_lora_layers, has_extended_parts
 from gpu.engine.errors import lora_load_failed
+from gpu.engine.lora.formats.build import LowRank, layer_update
+from gpu.engine.lora.formats.steps import WeightStep
+from gpu.engine.lora.formats.targets import pipeline_table
 from gpu.engine.lora.groups import MAX_GROUP_UPDATE_BYTES, FuseGroup, stack_groups
 from gpu.engine.lora.parse import LoraTensors
 
@@ -40,10 +43,12 @@ class LayerDelta:
 @dataclass(frozen=True)
 class LoraPlan:
     """Every layer delta of one LoRA, ready to fuse into this pipeline's architecture. `groups` holds the deltas
-    stacked by shape (`grouped`); `fuse_groups` stacks them for a plan made without."""
+    stacked by shape (`grouped`); `fuse_groups` stacks them for a plan made without. `steps` are the layers no
+    low-rank delta expresses (DoRA, and LoHa/LoKr updates denser than their low-rank form), applied after them."""
 
     deltas: tuple[LayerDelta, ...]
     groups: tuple[FuseGroup, ...] = ()
+    steps: tuple[WeightStep, ...] = ()
 
     def fuse_groups(self) -> tuple[FuseGroup, ...]:
         """The stacks to fuse: the plan's own, else made now from its deltas (a plan built by hand)."""
@@ -51,7 +56,8 @@ class LoraPlan:
 
     @property
     def nbytes(self) -> int:
-        return sum(d.down.numel() * d.down.element_size() + d.up.numel() * d.up.element_size() for d in self.deltas)
+        deltas = sum(d.down.numel() * d.down.element_size() + d.up.numel() * d.up.element_size() for d in self.deltas)
+        return deltas + sum(step.nbytes for step in self.steps)
 
 
 def _io_features(module: nn.Module) -> tuple[int, int] | None:
@@ -107,10 +113,10 @@ def plan_lora(
 ) -> LoraPlan:
     """Raise LORA_LOAD_FAILED unless every weight pairs up and fits a Linear/Conv2d layer of this pipeline; the
     plan's deltas stacked in groups of at most `group_bytes` of updates."""
-    dora = next((key for key in tensors if "dora_scale" in key), None)
-    if dora is not None:
-        # diffusers' converter drops DoRA magnitudes with a warning: applying the rest would not be the trained LoRA.
-        raise lora_load_failed("DoRA LoRAs are not supported", key=dora[:200])
+    if has_extended_parts(tensors):
+        # LoCon CP cores, LoHa, LoKr, DoRA: diffusers' converter refuses them or drops parts silently (a DoRA
+        # magnitude), so these files are read by the same check identity runs at upload (contracts.lora_keys).
+        return plan_formats(pipeline, tensors, group_bytes)
     converted, alphas = _convert(pipeline, tensors)
     halves: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, tensor in converted.items():
@@ -131,6 +137,29 @@ def plan_lora(
     return grouped(deltas, group_bytes)
 
 
+def plan_formats(
+    pipeline: StableDiffusionXLPipeline, tensors: LoraTensors, group_bytes: int = MAX_GROUP_UPDATE_BYTES
+) -> LoraPlan:
+    """The plan of a file in any layout and format contracts.lora_keys accepts, checked against this pipeline's own
+    layers; LORA_LOAD_FAILED with the check's reason code otherwise."""
+    entries = {name: {"shape": list(tensor.shape)} for name, tensor in tensors.items()}
+    try:
+        layers = check_lora_layers(entries, pipeline_table(pipeline))
+    except LoraRejectedError as error:
+        raise lora_load_failed(error.message, reason=error.reason) from None
+    deltas: list[LayerDelta] = []
+    steps: list[WeightStep] = []
+    for layer in layers:
+        module, resolved = _resolve(getattr(pipeline, layer.component), layer.component, layer.module_path)
+        weight: torch.Tensor = module.weight  # type: ignore[assignment]  # a Linear/Conv2d: the table lists no other
+        update = layer_update((layer.component, resolved), layer, tensors, tuple(weight.shape))
+        if isinstance(update, LowRank):
+            deltas.append(LayerDelta(layer.component, resolved, update.down, update.up, update.alpha_scale))
+        else:
+            steps.append(update)
+    return grouped(deltas, group_bytes, tuple(steps))
+
+
 def layers_of(
     deltas: tuple[LayerDelta, ...] | list[LayerDelta],
 ) -> list[tuple[tuple[str, str], torch.Tensor, torch.Tensor, float]]:
@@ -138,7 +167,9 @@ def layers_of(
     return [((d.component, d.module_path), d.down, d.up, d.alpha_scale) for d in deltas]
 
 
-def _with_groups(deltas: tuple[LayerDelta, ...] | list[LayerDelta], groups: tuple[FuseGroup, ...]) -> LoraPlan:
+def _with_groups(
+    deltas: tuple[LayerDelta, ...] | list[LayerDelta], groups: tuple[FuseGroup, ...], steps: tuple[WeightStep, ...]
+) -> LoraPlan:
     """A plan over `groups` whose deltas are views into the stacks (so nothing is held twice)."""
     rows = {key: (group.down[i], group.up[i]) for group in groups for i, key in enumerate(group.keys)}
     views = []
@@ -147,12 +178,16 @@ def _with_groups(deltas: tuple[LayerDelta, ...] | list[LayerDelta], groups: tupl
         views.append(
             LayerDelta(d.component, d.module_path, down.view(d.down.shape), up.view(d.up.shape), d.alpha_scale)
         )
-    return LoraPlan(tuple(views), groups)
+    return LoraPlan(tuple(views), groups, steps)
 
 
-def grouped(deltas: tuple[LayerDelta, ...] | list[LayerDelta], group_bytes: int = MAX_GROUP_UPDATE_BYTES) -> LoraPlan:
-    """The plan of these deltas with their stacks made (once, when the plan is made and cached)."""
-    return _with_groups(deltas, stack_groups(layers_of(deltas), group_bytes))
+def grouped(
+    deltas: tuple[LayerDelta, ...] | list[LayerDelta],
+    group_bytes: int = MAX_GROUP_UPDATE_BYTES,
+    steps: tuple[WeightStep, ...] = (),
+) -> LoraPlan:
+    """The plan of these deltas with their stacks made (once, when the plan is made and cached), and its steps."""
+    return _with_groups(deltas, stack_groups(layers_of(deltas), group_bytes), steps)
 
 
 def _resolve(encoder: nn.Module, component: str, path: str) -> tuple[nn.Module, str]:
@@ -201,4 +236,4 @@ def _check_shapes(layer: str, module: nn.Module, down: torch.Tensor, up: torch.T
 
 def pinned(plan: LoraPlan) -> LoraPlan:
     """The same plan with page-locked host tensors, so copies to the GPU run at full speed."""
-    return _with_groups(plan.deltas, tuple(group.pinned() for group in plan.fuse_groups()))
+    return _with_groups(plan.deltas, tuple(group.pinned() for group in plan.fuse_groups()), plan.steps)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as torch_module
 
+from gpu.engine.lora.formats.steps import WeightStep
 from gpu.engine.lora.groups import FuseGroup, LayerKey
 
 _generation = 0
@@ -89,6 +90,8 @@ class ResolvedPlan:
     """A plan's groups bound to one pipeline, and each layer's (weight, original), as of one structure generation."""
 
     groups: tuple[ResolvedGroup, ...]
+    # The plan's per-layer steps (gpu/engine/lora/formats), each with the weight it changes.
+    steps: tuple[tuple[WeightStep, torch.Tensor], ...]
     pairs: dict[LayerKey, tuple[torch.Tensor, torch.Tensor]]
     components: tuple[int, ...]
     generation: int
@@ -134,30 +137,35 @@ def _owner_slot(module: nn.Module, weight: torch.Tensor) -> dict[str, Any]:
 def resolve_plan(
     pipeline: Any,
     plan_groups: tuple[FuseGroup, ...],
+    plan_steps: tuple[WeightStep, ...],
     component_names: tuple[str, ...],
     original_of: Callable[[LayerKey, torch.Tensor], torch.Tensor],
 ) -> ResolvedPlan:
-    """Bind each group's layers to the pipeline's weights, taking (or reusing) each layer's pristine original."""
-    groups = []
+    """Bind each group's layers, and each step's, to the pipeline's weights, taking (or reusing) each layer's pristine
+    original."""
     pairs: dict[LayerKey, tuple[torch.Tensor, torch.Tensor]] = {}
-    slots = []
+    slots: list[tuple[dict[str, Any], torch.Tensor]] = []
+
+    def bind(key: LayerKey) -> tuple[torch.Tensor, torch.Tensor]:
+        if key in pairs:
+            # Two changes to one layer would each start from the original in a staged fuse: never built so.
+            raise ValueError(f"a LoRA plan names layer {key[0]}.{key[1]} twice")
+        chain = module_path(getattr(pipeline, key[0]), key[1])
+        weight: torch.Tensor = chain[-1].weight  # type: ignore[assignment]  # checked Linear/Conv2d by the plan
+        original = original_of(key, weight)
+        _watched.update(chain)
+        slots.append((_owner_slot(chain[-1], weight), weight))
+        pairs[key] = (weight, original)
+        return weight, original
+
+    groups = []
     for group in plan_groups:
-        weights, originals = [], []
-        for key in group.keys:
-            if key in pairs:
-                # Two deltas on one layer would each start from the original in a staged fuse: never built so.
-                raise ValueError(f"a LoRA plan names layer {key[0]}.{key[1]} twice")
-            chain = module_path(getattr(pipeline, key[0]), key[1])
-            weight: torch.Tensor = chain[-1].weight  # type: ignore[assignment]  # checked Linear/Conv2d by the plan
-            original = original_of(key, weight)
-            _watched.update(chain)
-            slots.append((_owner_slot(chain[-1], weight), weight))
-            weights.append(weight)
-            originals.append(original)
-            pairs[key] = (weight, original)
+        bound = [bind(key) for key in group.keys]
+        weights, originals = [w for w, _ in bound], [o for _, o in bound]
         shape = weights[0].shape
         uniform = all(weight.shape == shape for weight in weights)
         groups.append(ResolvedGroup(group, weights, originals, shape if uniform else None))
+    steps = tuple((step, bind(step.key)[0]) for step in plan_steps)
     return ResolvedPlan(
-        tuple(groups), pairs, component_ids(pipeline, component_names), structure_generation(), tuple(slots)
+        tuple(groups), steps, pairs, component_ids(pipeline, component_names), structure_generation(), tuple(slots)
     )

@@ -11,10 +11,11 @@ from typing import Any
 from fastapi import FastAPI
 
 # What every service's document says of where it is served and under which terms (FastAPI's keyword arguments):
-# relative to the origin the document is read from, as each service serves its own; no open-source license.
+# relative to the origin the document is read from, as each service serves its own; no open-source license, named
+# by the SPDX expression the package itself declares (pyproject.toml `license`; OpenAPI 3.1 `identifier`).
 DOCUMENT_META: dict[str, Any] = {
     "servers": [{"url": "/", "description": "the service's own origin (content :8000, identity :8001 locally)"}],
-    "license_info": {"name": "Proprietary: VixenBliss, all rights reserved"},
+    "license_info": {"name": "Proprietary: VixenBliss, all rights reserved", "identifier": "LicenseRef-Proprietary"},
 }
 
 

@@ -93,12 +93,18 @@ async def open_database(
         await engine.dispose()
 
 
-def broker_topology(prefix: str, delivery: BrokerDeliverySettings | None = None) -> Topology:
+def broker_topology(
+    prefix: str, delivery: BrokerDeliverySettings | None = None, requesters: tuple[str, ...] = ()
+) -> Topology:
     """The deployment's topology: names under `prefix`, retry stages and size limit from `delivery` (read from
-    BROKER_RETRY_DELAYS_SECONDS / BROKER_MAX_MESSAGE_BYTES when not given)."""
+    BROKER_RETRY_DELAYS_SECONDS / BROKER_MAX_MESSAGE_BYTES when not given), the queues of the requesting services
+    `requesters` (VIXEN_SUBMIT_SERVICES)."""
     rules = delivery if delivery is not None else load_settings(BrokerDeliverySettings)
     return topology(
-        prefix, retry_delays=rules.broker_retry_delays_seconds, max_message_bytes=rules.broker_max_message_bytes
+        prefix,
+        retry_delays=rules.broker_retry_delays_seconds,
+        max_message_bytes=rules.broker_max_message_bytes,
+        requesters=requesters,
     )
 
 
@@ -110,6 +116,7 @@ async def open_broker(
     service: str,
     delivery: BrokerDeliverySettings | None = None,
     declare: Literal["all", "check"] = "all",
+    requesters: tuple[str, ...] = (),
 ) -> AsyncIterator[BrokerRuntime]:
     """Connect, make sure of the topology, open a publisher.
 
@@ -118,9 +125,9 @@ async def open_broker(
     passively that the exchanges and `service`'s queues exist (TopologyMissingError, one line, when not): a
     service's own broker user has no configure right, the deploy step (`python -m
     services.common.messaging.broker_declare`)
-    declared them.
+    declared them. `requesters` (VIXEN_SUBMIT_SERVICES) add the queues of generations requested by event.
     """
-    names = broker_topology(prefix, delivery)
+    names = broker_topology(prefix, delivery, requesters)
     connection = await connect(url, name=f"vixenbliss-{service}")
     try:
         if declare == "all":

@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from contracts.budget import (
     DEFAULT_MAX_PIXEL_STEPS,
@@ -25,7 +25,8 @@ from contracts.budget import (
     WORKER_MIN_SIDE,
     GenerationBudget,
 )
-from contracts.topology import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RETRY_DELAYS
+from contracts.topology import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RETRY_DELAYS, requester_name_problem
+from services.common.app.secret_files import SecretsFolderError, secret_file_sources
 
 # Values copied from templates and docs that must never reach a running service.
 PLACEHOLDER_VALUES = frozenset(
@@ -52,6 +53,18 @@ class SecretCheckedSettings(BaseSettings):
     """Base: every SecretStr field must hold a real value (and so must the password of a secret URL)."""
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, env_ignore_empty=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # After the environment, the files of VIXEN_SECRETS_DIR (secret_files.py): a variable set in both wins.
+        return init_settings, env_settings, dotenv_settings, *secret_file_sources(settings_cls)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -257,6 +270,9 @@ def load_settings(model: type[S], **overrides: Any) -> S:
     except ValidationError as error:
         print(describe_validation_error(model, error), file=sys.stderr)
         raise SystemExit(2) from None
+    except SecretsFolderError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def migrate_on_start_field(service: str) -> Any:
@@ -265,8 +281,28 @@ def migrate_on_start_field(service: str) -> Any:
 
 
 class TopologySettings(SecretCheckedSettings):
-    """The prefix of every exchange and queue name (empty in production; unique per test run)."""
+    """The prefix of every exchange and queue name (empty in production; unique per test run), and the services
+    that may request generations by event (each adds a reply queue: the deploy step, the broker definitions and
+    content must be given the same list)."""
 
     topology_prefix: str = Field(
         default="", validation_alias="VIXEN_TOPOLOGY_PREFIX", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$"
     )
+    # "scheduler,moderation": comma-separated names (NoDecode: not JSON); empty, no generation.submit is taken.
+    submit_services: Annotated[tuple[str, ...], NoDecode] = Field(default=(), validation_alias="VIXEN_SUBMIT_SERVICES")
+
+    @field_validator("submit_services", mode="before")
+    @classmethod
+    def _split_services(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+        return value
+
+    @field_validator("submit_services", mode="after")
+    @classmethod
+    def _service_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            problem = requester_name_problem(name)
+            if problem is not None:
+                raise ValueError(f"VIXEN_SUBMIT_SERVICES: {problem}")
+        return value

@@ -4,9 +4,10 @@ broker user needs any configure right (the services run with RABBITMQ_DECLARE=ch
     RABBITMQ_ADMIN_URL=amqp://admin:…@host:5672/vhost python -m services.common.messaging.broker_declare
 
 Exchanges, quorum queues (with their retry stages and DLQs) and bindings come from the same code as the services'
-(`broker.declarations`), under VIXEN_TOPOLOGY_PREFIX with BROKER_RETRY_DELAYS_SECONDS, read as the services read
-them. Safe to repeat: run it on every release, before the services roll out (a Kubernetes Job, a compose one-shot
-service). It creates no users: they and their permissions come from `python -m services.tools.broker_definitions`.
+(`broker.declarations`), under VIXEN_TOPOLOGY_PREFIX with BROKER_RETRY_DELAYS_SECONDS and the queues of the
+requesting services of VIXEN_SUBMIT_SERVICES, read as the services read them. Safe to repeat: run it on every
+release, before the services roll out (a Kubernetes Job, a compose one-shot service). It creates no users: they
+and their permissions come from `python -m services.tools.broker_definitions`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class DeclareStepSettings(BrokerDeliverySettings, TopologySettings):
 
 async def declare_and_check(settings: DeclareStepSettings) -> str:
     """Declare the whole topology, then check it passively as the services will; a one-line summary."""
-    topo = broker_topology(settings.topology_prefix, settings)
+    topo = broker_topology(settings.topology_prefix, settings, settings.submit_services)
     connection = await connect(settings.rabbitmq_admin_url.get_secret_value(), name="vixenbliss-broker-declare")
     try:
         await declare_topology_on(connection, topo)

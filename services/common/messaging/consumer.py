@@ -21,7 +21,7 @@ from aio_pika.abc import (
 
 from contracts.envelope import STRUCTURED_CONTENT_TYPE, EventEnvelope
 from contracts.events import EventPayload
-from contracts.topology import QueueSpec
+from contracts.topology import QueueSpec, producer_source
 from logsafe.logs import generation_context, redact
 from services.common.messaging.broker import DEFAULT_PUBLISH_TIMEOUT, Publisher
 from services.common.messaging.events import InvalidEventError, from_message, traceparent_of
@@ -50,6 +50,7 @@ DEATH_REASON_HEADER = "x-vixen-death-reason"  # a DeathReason: why the consumer 
 DEATH_DETAIL_HEADER = "x-vixen-death-detail"  # the detail, sanitised
 DEATH_QUEUE_HEADER = "x-vixen-death-queue"  # the consumer queue it died in
 ROUTING_KEY_HEADER = "x-vixen-routing-key"  # the routing key it was first published under
+PUBLISHER_HEADER = "x-vixen-publisher-user-id"  # the broker-checked user_id it was first published with
 # Set by the broker on each delivery from a quorum queue; meaningless on a copy.
 _BROKER_DELIVERY_HEADERS = frozenset({"x-delivery-count"})
 MAX_ERROR_TEXT = 300
@@ -83,6 +84,20 @@ class ReceivedEvent:
 
 
 EventHandler = Callable[[ReceivedEvent], Awaitable[None]]
+# Why an event's `source` cannot be trusted, given the AMQP user_id of its message (which RabbitMQ checks against
+# the publishing connection's user, so that no one sets another's), or None when it can.
+SourceCheck = Callable[[EventEnvelope, str | None], str | None]
+
+
+def producer_check(envelope: EventEnvelope, user_id: str | None) -> str | None:
+    """The default SourceCheck: the `source` must be the producer's of the event's type (contracts.topology)."""
+    del user_id  # the broker's topic permissions already keep each producer to its own routing keys
+    expected = producer_source(envelope.type)
+    if envelope.source == expected:
+        return None
+    if expected is None:
+        return f"{_clip(envelope.type)} from {_clip(envelope.source)}; this queue trusts no source for it"
+    return f"{envelope.type} from {_clip(envelope.source)}; only {expected} publishes it"
 
 
 class Consumer:
@@ -96,7 +111,8 @@ class Consumer:
     acked; after the last stage it goes to the DLQ. Every message the consumer dead-letters carries the reason
     in x-vixen-death-reason. If a retry or dead-letter publish fails, the message is requeued (or rejected to
     the broker's own dead-lettering) rather than lost; the queue's delivery limit still bounds a consumer that
-    dies mid-message.
+    dies mid-message. `source_check` replaces the producer check for a queue whose events come from several
+    services (generation.submit).
     """
 
     def __init__(
@@ -109,8 +125,10 @@ class Consumer:
         requeue_delay: float = 0.2,
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
         metrics: ServiceMetrics | None = None,
+        source_check: SourceCheck = producer_check,
     ) -> None:
         self._connection = connection
+        self._source_check = source_check
         # Retries and dead letters are counted by queue (and reason) when the app has metrics.
         self._metrics = metrics
         self._spec = queue
@@ -196,13 +214,12 @@ class Consumer:
         except InvalidEventError as error:
             await self._dead_letter(message, DeathReason.INVALID_EVENT, str(error))
             return
-        expected = self._spec.accepted_source(envelope.type)
-        if expected is None:
+        if not self._spec.accepts(envelope.type):
             await self._dead_letter(message, DeathReason.UNEXPECTED_TYPE, f"{_clip(envelope.type)} is not bound here")
             return
-        if envelope.source != expected:
-            detail = f"{envelope.type} from {_clip(envelope.source)}; only {expected} publishes it"
-            await self._dead_letter(message, DeathReason.FORGED_SOURCE, detail)
+        untrusted = self._source_check(envelope, publisher_user_id(message))
+        if untrusted is not None:
+            await self._dead_letter(message, DeathReason.FORGED_SOURCE, untrusted)
             return
         retries = _int_header(message, RETRIES_HEADER)
         attributes = {"messaging.message.id": envelope.id, "cloudevents.event_subject": envelope.subject or ""}
@@ -269,6 +286,7 @@ class Consumer:
             LAST_ERROR_HEADER: cause,
             ROUTING_KEY_HEADER: original_routing_key(message),
         }
+        keep_publisher(headers, message)
         try:
             await self._require_publisher().publish_confirmed(copy_message(message, headers), stage.name)
         except Exception:
@@ -295,6 +313,7 @@ class Consumer:
             DEATH_QUEUE_HEADER: self._queue_name,
             ROUTING_KEY_HEADER: original_routing_key(message),
         }
+        keep_publisher(headers, message)
         try:
             await self._require_publisher().publish_confirmed(
                 copy_message(message, headers), self._spec.dead_letter_routing_key
@@ -320,6 +339,26 @@ def describe_error(error: BaseException) -> str:
 def forwarded_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
     """A message's headers less those the broker sets on each delivery."""
     return {k: v for k, v in (message.headers or {}).items() if k not in _BROKER_DELIVERY_HEADERS}
+
+
+def publisher_user_id(message: AbstractIncomingMessage) -> str | None:
+    """The broker user that published the message, as the broker vouched for it: the user_id property of a
+    delivery from an exchange (RabbitMQ refuses a user_id other than the connection's), or, for a copy that came
+    back through the default exchange (from a retry stage, or replayed by the operator: no service may publish
+    there), the header the consumer kept it in. None when it was published without one."""
+    if message.exchange:
+        return message.user_id or None
+    kept = (message.headers or {}).get(PUBLISHER_HEADER)
+    return _text(kept) if kept else None
+
+
+def keep_publisher(headers: dict[str, Any], message: AbstractIncomingMessage) -> None:
+    """Put the publisher's user in the headers of a copy (the copy is published by this consumer, under its own
+    user): only what `publisher_user_id` vouches for, never a header the publisher set itself."""
+    headers.pop(PUBLISHER_HEADER, None)
+    user = publisher_user_id(message)
+    if user is not None:
+        headers[PUBLISHER_HEADER] = user
 
 
 def original_routing_key(message: AbstractIncomingMessage) -> str:

@@ -67,8 +67,11 @@ class EncodedEvent:
         )
 
 
-def encode_event(envelope: EventEnvelope, *, traceparent: str | None = None) -> EncodedEvent:
-    """Lay out an event with the CloudEvents SDK's RabbitMQ binding, structured mode."""
+def encode_event(
+    envelope: EventEnvelope, *, traceparent: str | None = None, routing_key: str | None = None
+) -> EncodedEvent:
+    """Lay out an event with the CloudEvents SDK's RabbitMQ binding, structured mode, under `routing_key` (default:
+    its type; an answer to one requesting service goes under its own key, contracts.topology.reply_routing_key)."""
     attributes: dict[str, Any] = {
         key: value
         for key, value in envelope.model_dump(exclude={"data"}).items()
@@ -80,7 +83,7 @@ def encode_event(envelope: EventEnvelope, *, traceparent: str | None = None) -> 
         headers[TRACEPARENT_HEADER] = traceparent
     return EncodedEvent(
         event_id=envelope.id,
-        routing_key=envelope.type,
+        routing_key=routing_key or envelope.type,
         body=ce_message.body,
         content_type=ce_message.content_type or "",
         headers=headers,

@@ -71,13 +71,19 @@ def make_outbox_table(metadata: MetaData, name: str = "outbox") -> Table:
 
 
 async def add_to_outbox(
-    session: AsyncSession, table: Table, event: EventEnvelope, *, traceparent: str | None = None
+    session: AsyncSession,
+    table: Table,
+    event: EventEnvelope,
+    *,
+    traceparent: str | None = None,
+    routing_key: str | None = None,
 ) -> None:
-    """Stage an event in the caller's transaction: it is published only if that transaction commits. The trace
-    context kept with it is `traceparent`, else the current span's (with its tracestate), restored by the relay."""
+    """Stage an event in the caller's transaction: it is published only if that transaction commits, under
+    `routing_key` (default: its type). The trace context kept with it is `traceparent`, else the current span's
+    (with its tracestate), restored by the relay."""
     context = {telemetry.TRACEPARENT: traceparent} if traceparent else telemetry.current_trace_headers()
     traceparent = context.get(telemetry.TRACEPARENT)
-    encoded = encode_event(event, traceparent=traceparent)
+    encoded = encode_event(event, traceparent=traceparent, routing_key=routing_key)
     if telemetry.TRACESTATE in context:
         encoded.headers[telemetry.TRACESTATE] = context[telemetry.TRACESTATE]
     await session.execute(

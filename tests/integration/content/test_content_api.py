@@ -63,6 +63,8 @@ async def test_identity_to_content_a_ready_lora_makes_generate_emit_one_request_
     avatar = (await identity.post("/api/v1/avatars", json={"name": "Vixen"}, headers=auth)).json()
     status = await until(content, f"{PREFIX}/avatars/{avatar['id']}", lambda body: body["known"], auth)
     assert status == {"id": avatar["id"], "known": True, "active_lora_id": None, "ready": False, "deleted": False}
+    # The documented path, and the one it replaced in the document (still served for existing clients).
+    assert (await content.get(f"{PREFIX}/avatars/{avatar['id']}/status", headers=auth)).json() == status
     refused = await content.post(f"{PREFIX}/generate", json={"avatar_id": avatar["id"], "prompt": "x"}, headers=auth)
     assert (refused.status_code, refused.json()["error_code"]) == (409, "CONFLICT")
 
@@ -396,8 +398,12 @@ async def test_the_list_is_the_callers_newest_first_in_keyset_pages_with_filters
 
     first_page = (await content.get(PREFIX, params={"limit": 2}, headers=auth)).json()
     real = first_page["next_cursor"]
+    # Every string of the documented shape is a position (a changed character names another one: a page, maybe
+    # empty); any other string is a 422 naming `cursor` ("B" last: the spare bits set; the earlier JSON form).
+    elsewhere = real[:-4] + ("AAAA" if not real.endswith("AAAA") else "BBBA")
+    assert (await content.get(PREFIX, params={"cursor": elsewhere}, headers=auth)).status_code == 200
     forged = base64.urlsafe_b64encode(b'{"t":"yesterday","id":"x"}').decode().rstrip("=")
-    for tampered in (real[:-4] + ("AAAA" if not real.endswith("AAAA") else "BBBB"), forged, real + "$", "x" * 500):
+    for tampered in (real[:-1] + "B", forged, real + "$", real + "A", "x" * 500):
         response = await content.get(PREFIX, params={"cursor": tampered}, headers=auth)
         assert response.status_code == 422, (tampered, response.text)
         assert [f["field"] for f in response.json()["details"]["fields"]] == ["cursor"], tampered

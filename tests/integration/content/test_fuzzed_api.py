@@ -1,7 +1,8 @@
-"""Content fuzzed from its own OpenAPI document by schemathesis, over a real socket: never a 5xx, every answer as
-documented (status, body schema, content type, headers), every malformed request refused, every well-formed one
-accepted unless the API may rightly refuse it (404, 409, 429); schema-valid submits for the caller's ready avatar are
-accepted."""
+"""Content fuzzed from its own OpenAPI document by schemathesis, over a real socket, with no check narrowed: never a
+5xx, every answer as documented (status, body schema, content type, headers, the event stream's events), every
+malformed request refused, every well-formed one accepted unless the API may rightly refuse it (404, 409, 429);
+schema-valid submits for the caller's ready avatar are accepted. `make test` runs one seed with a few examples;
+`make api-fuzz` three seeds with 100 examples per operation."""
 
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ from services.content.settings import ContentSettings
 from tests.support.auth import bearer, new_owner
 from tests.support.content.client import ready_avatar
 from tests.support.content.fuzz_hooks import AVATAR_ID_ENV
-from tests.support.fuzzing import run_schemathesis
+from tests.support.fuzzing import RUN_TIMEOUT_SECONDS, fuzz_seeds, run_schemathesis
 from tests.support.stack.live_server import live_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_TIMEOUT_SECONDS + 60)]
 
 LIMITS_PATH = "/api/v1/content/limits"
 
@@ -55,25 +56,28 @@ def live_content(fuzz_settings: ContentSettings) -> Iterator[str]:
         yield base_url
 
 
+@pytest.mark.parametrize("seed", fuzz_seeds())
 async def test_content_answers_every_generated_request_as_documented(
-    live_content: str, publisher: Publisher, tmp_path: Path
+    live_content: str, publisher: Publisher, tmp_path: Path, seed: int
 ) -> None:
     owner = new_owner()
     auth = bearer(owner)
     async with httpx.AsyncClient(base_url=live_content, timeout=10) as client:
         avatar_id, _ = await ready_avatar(client, publisher, owner, auth)
     # The committed document, every check but ignored_auth (auth is tested route by route elsewhere); the hooks
-    # point a schema-valid submit at the ready avatar and a schema-valid cursor at one the API issues. The event
-    # stream is included: schemathesis reads its schema as one event's, and validates each event.
+    # point a schema-valid submit at the ready avatar, read the event stream as the text its schema says, and add
+    # a check of each event against the stream's description (the submit's links lead the stateful phase there).
     run = await asyncio.to_thread(
         run_schemathesis,
         "content",
         live_content,
         auth["Authorization"],
         tmp_path,
+        seed=seed,
         hooks="tests.support.content.fuzz_hooks",
         env={AVATAR_ID_ENV: avatar_id},
     )
+    print(f"content, seed {seed}:\n{run.summary()}")
 
     assert run.returncode == 0, run.output
     assert "No issues found" in run.output or " passed" in run.output, run.output
@@ -82,6 +86,9 @@ async def test_content_answers_every_generated_request_as_documented(
     assert 202 in statuses["POST /api/v1/content/generate"], statuses
     assert all(status < 500 for found in statuses.values() for status in found), statuses
     assert 200 in statuses[f"GET {LIMITS_PATH}"], statuses
+    # The submit's links led the stateful phase to real generations: streams the event check judged, and cancels.
+    assert any(path.endswith("/events") and 200 in found for path, found in statuses.items()), statuses
+    assert any(path.endswith("/cancel") and 200 in found for path, found in statuses.items()), statuses
 
 
 async def test_the_limits_answer_as_documented(live_content: str) -> None:

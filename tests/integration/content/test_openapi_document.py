@@ -46,17 +46,20 @@ def test_every_operation_needs_a_bearer_token_and_documents_its_errors_with_the_
             assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
 
 
-def test_the_event_stream_is_documented_as_server_sent_events_with_its_signed_link_parameters() -> None:
-    operation = document()["paths"][EVENTS_PATH]["get"]
-    success = operation["responses"]["200"]["content"]
-    assert list(success) == ["text/event-stream"]
-    # One event, as OpenAPI tools read an event stream's schema: its fields, `data` a JSON GenerationEvent.
-    event = success["text/event-stream"]["schema"]
-    assert event["properties"]["event"] == {"const": "status"}
-    assert event["properties"]["id"] == {"enum": ["1", "2", "3"]}
-    data = event["properties"]["data"]
-    assert (data["type"], data["contentMediaType"]) == ("string", "application/json")
-    assert data["contentSchema"]["title"] == "GenerationEventOut"
+def test_the_event_stream_is_documented_as_text_with_its_events_described_and_its_signed_link_parameters() -> None:
+    whole = document()
+    operation = whole["paths"][EVENTS_PATH]["get"]
+    success = operation["responses"]["200"]
+    assert list(success["content"]) == ["text/event-stream"]
+    # The body as OpenAPI 3.1 describes any body: text (a JSON-object schema here, one event's, made
+    # openapi-python-client 0.29.1 call `from_dict(response.text)` on the stream).
+    assert success["content"]["text/event-stream"]["schema"] == {"type": "string"}
+    # The events' form is in the description, naming models the document holds.
+    description = success["description"]
+    for words in ("`event: status`", "`id:` 1 (queued), 2 (running) or 3 (final", "`data:`", "`retry: 2000`"):
+        assert words in description, words
+    for model in ("GenerationStatus", "GenerationOut"):
+        assert model in description and model in whole["components"]["schemas"], model
     parameters = {(p["in"], p["name"]) for p in operation["parameters"]}
     assert {("query", "expires"), ("query", "signature"), ("header", "Last-Event-ID")} <= parameters
 
@@ -64,6 +67,14 @@ def test_the_event_stream_is_documented_as_server_sent_events_with_its_signed_li
 def test_the_submit_documents_its_refusals_and_preferences() -> None:
     operation = document()["paths"]["/api/v1/content/generate"]["post"]
     assert {"202", "404", "409", "429"} <= set(operation["responses"])
+    # Where the answered generation can be followed (OpenAPI links, for clients and fuzzers that chain calls).
+    links = operation["responses"]["202"]["links"]
+    assert {name: link["operationId"] for name, link in links.items()} == {
+        "get": "content.get",
+        "cancel": "content.cancel",
+        "events": "content.events",
+    }
+    assert all(link["parameters"] == {"generation_id": "$response.body#/id"} for link in links.values())
     headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
     assert {"prefer", "Idempotency-Key"} <= {h if h == "Idempotency-Key" else h.lower() for h in headers}
     assert document()["components"]["schemas"]["GenerateRequest"]["additionalProperties"] is False

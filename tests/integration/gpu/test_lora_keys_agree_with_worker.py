@@ -29,6 +29,14 @@ from gpu.tiny.lora import write_lora
 from gpu.tiny.model import TINY_BASE_MODEL
 from gpu.tools.lora_targets import BUILDERS, SDXL_BASE_MODEL
 from tests.support.bad_loras import without_lora_keys
+from tests.support.lora_formats import dora_file, locon_file, loha_file, lokr_file
+
+DORA_LAYERS = (
+    ("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"),
+    ("unet", "down_blocks.1.resnets.0.conv1"),
+    ("unet", "mid_block.attentions.0.transformer_blocks.0.attn1.to_k"),
+    ("text_encoder", "encoder.layers.0.mlp.fc2"),
+)
 
 Layers = list[tuple[str, str, int]]  # (component, module path without `text_model.`, rank), sorted
 Entries = dict[str, dict[str, object]]
@@ -54,6 +62,24 @@ def worker_verdict(pipeline: Any, state: dict[str, torch.Tensor]) -> Layers | No
     except WorkerFailure:
         return None
     return sorted((d.component, d.module_path.removeprefix("text_model."), d.down.shape[0]) for d in plan.deltas)
+
+
+def worker_layers(pipeline: Any, state: dict[str, torch.Tensor]) -> set[tuple[str, str]] | str:
+    """The layers the worker's plan changes (grouped deltas and per-layer steps), or its refusal's reason code."""
+    try:
+        plan = plan_lora(pipeline, dict(state))
+    except WorkerFailure as failure:
+        return str(failure.details.get("reason", failure.message))
+    keys = [(d.component, d.module_path) for d in plan.deltas] + [step.key for step in plan.steps]
+    return {(component, path.removeprefix("text_model.")) for component, path in keys}
+
+
+def checker_layers(data: bytes, table: TargetTable) -> set[tuple[str, str]] | str:
+    try:
+        layers = check_lora_layers(header_entries(data), table)
+    except LoraRejectedError as error:
+        return error.reason
+    return {(layer.component, layer.module_path) for layer in layers}
 
 
 def checker_verdict(entries: Entries, table: TargetTable) -> Layers | None:
@@ -200,15 +226,18 @@ def test_wrong_shapes_and_ranks_are_refused_by_both(sdxl: Sdxl) -> None:
     assert caught.value.reason is LoraRejectReason.RANK_TOO_LARGE
 
 
-def test_dora_is_refused_by_both(sdxl: Sdxl) -> None:
+def test_dora_on_a_layer_the_worker_can_read_back_is_refused_or_accepted_by_both(sdxl: Sdxl) -> None:
     pipeline, table = sdxl
     state = dict(layouts("unet", "conv_in", table.components["unet"]["conv_in"], 4, 2))["kohya"]
-    state["lora_unet_conv_in.dora_scale"] = torch.empty((1, 4, 1, 1), device="meta")
-    # diffusers would drop `dora_scale` with a warning and apply a plain LoRA the user did not train.
+    # conv_in is [320, 4, 3, 3]: a magnitude per input channel (LyCORIS wd_on_out=False) fits, one of 5 does not.
+    state["lora_unet_conv_in.dora_scale"] = torch.empty((1, 5, 1, 1), device="meta")
     assert worker_verdict(pipeline, state) is None
     with pytest.raises(LoraRejectedError) as caught:
         check_lora_layers(shape_entries(state), table)
-    assert caught.value.reason is LoraRejectReason.UNSUPPORTED_FORMAT
+    assert caught.value.reason is LoraRejectReason.SHAPE_MISMATCH
+    state["lora_unet_conv_in.dora_scale"] = torch.empty((1, 4, 1, 1), device="meta")
+    layers = check_lora_layers(shape_entries(state), table)
+    assert [(layer.module_path, layer.dora) for layer in layers] == [("conv_in", "in")]
 
 
 # --- real files for the tiny model, as the worker loads them ---
@@ -314,7 +343,7 @@ def test_kohya_text_encoder_attention_loads_in_the_worker_as_the_check_says(
     [
         ("sd15", {LoraRejectReason.WRONG_ARCHITECTURE, LoraRejectReason.SHAPE_MISMATCH}),
         ("no lora keys", {LoraRejectReason.NO_LORA_WEIGHTS}),
-        ("loha", {LoraRejectReason.UNSUPPORTED_FORMAT}),
+        ("loha", {LoraRejectReason.SHAPE_MISMATCH}),
     ],
 )
 def test_foreign_files_are_refused_by_both(
@@ -331,3 +360,61 @@ def test_foreign_files_are_refused_by_both(
     with pytest.raises(LoraRejectedError) as caught:
         check_lora_tensors(header_entries(data), TINY)
     assert caught.value.reason in reasons
+
+
+def format_cases(pipeline: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """Every LoCon/LoHa/LoKr/DoRA test file of the tiny model, and malformed variants of them."""
+    weights = {key: pipeline_weight(pipeline, *key) for key in DORA_LAYERS}
+    files = {"loha": loha_file(), "lokr": lokr_file(), "locon": locon_file(), "dora": dora_file(weights)}
+    cases = {name: lora.state() for name, lora in files.items()}
+    loha = cases["loha"]
+    first = next(name for name in sorted(loha) if name.endswith(".hada_w1_a"))
+    stem = first.removesuffix(".hada_w1_a")
+    lokr = cases["lokr"]
+    whole = next(name for name in sorted(lokr) if name.endswith(".lokr_w2"))
+    return cases | {
+        "loha missing a factor": {k: v for k, v in loha.items() if k != f"{stem}.hada_w2_b"},
+        "loha factor transposed": loha | {first: loha[first].t().contiguous()},
+        "loha rank over the size bound": loha
+        | {f"{stem}.{part}": torch.zeros(shape) for part, shape in _loha_shapes(loha[first].shape[0], 600).items()},
+        "lokr factor of another shape": lokr | {whole: torch.zeros(16, 15)},
+        "loha and lora in one layer": loha | {f"{stem}.lora_down.weight": torch.zeros(2, 64)},
+        "lokr core beside a whole factor": lokr | {whole.replace("lokr_w2", "lokr_t2"): torch.zeros(2, 2, 1, 1)},
+        "unknown lokr part": lokr | {whole.replace("lokr_w2", "lokr_t1"): torch.zeros(2, 2)},
+    }
+
+
+def _loha_shapes(out: int, rank: int) -> dict[str, tuple[int, int]]:
+    return {"hada_w1_a": (out, rank), "hada_w1_b": (rank, out), "hada_w2_a": (out, rank), "hada_w2_b": (rank, out)}
+
+
+def pipeline_weight(pipeline: Any, component: str, path: str) -> torch.Tensor:
+    encoder = getattr(pipeline, component)
+    try:
+        weight: torch.Tensor = encoder.get_submodule(path).weight
+    except AttributeError:
+        weight = encoder.get_submodule(f"text_model.{path}").weight
+    return weight.detach().clone()
+
+
+FORMAT_VERDICTS = {
+    "loha missing a factor": "incomplete_layer",
+    "loha factor transposed": "shape_mismatch",
+    "loha rank over the size bound": "rank_too_large",
+    "lokr factor of another shape": "shape_mismatch",
+    "loha and lora in one layer": "unsupported_format",
+    "lokr core beside a whole factor": "unsupported_format",
+    "unknown lokr part": "unsupported_format",
+}
+
+
+def test_format_files_get_the_same_layers_or_the_same_reason_in_both(tiny_pipeline: Any) -> None:
+    cases = format_cases(tiny_pipeline)
+    assert set(FORMAT_VERDICTS) < set(cases)
+    for name, state in cases.items():
+        worker, checker = worker_layers(tiny_pipeline, state), checker_layers(save_safetensors(state), TINY)
+        assert worker == checker, name
+        if name in FORMAT_VERDICTS:
+            assert checker == FORMAT_VERDICTS[name], name
+        else:
+            assert isinstance(checker, set) and len(checker) >= 4, name

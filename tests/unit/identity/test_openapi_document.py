@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from contracts.lora_targets import KNOWN_BASE_MODELS
 from services.common.app.openapi import document_text
 from services.identity.main import build_app
+from services.identity.schemas import MAX_SINGLE_PUT_BYTES
 
 COMMITTED = Path(__file__).resolve().parents[3] / "docs" / "openapi" / "identity.json"
 
@@ -53,3 +55,16 @@ def test_every_bound_reaches_the_schema_as_json_schema_keywords() -> None:
     text = COMMITTED.read_text(encoding="utf-8")
     for keyword in ('"ge"', '"le"', '"gt"', '"lt"'):
         assert keyword not in text
+
+
+@pytest.mark.parametrize("model", ["LoraCreate", "LoraImport"])
+def test_the_schema_names_every_base_model_a_deployment_can_accept_and_no_other(model: str) -> None:
+    # Guards: `base_model` documented as any text, which a deployment refuses with a 422 (a fuzzer's "schema-valid
+    # request rejected"). LORA_BASE_MODELS may list only these (the settings refuse a model without a layer table).
+    schemas = json.loads(COMMITTED.read_text(encoding="utf-8"))["components"]["schemas"]
+    assert schemas[model]["properties"]["base_model"]["enum"] == list(KNOWN_BASE_MODELS)
+
+
+def test_a_lora_size_is_bounded_by_the_largest_single_put() -> None:
+    size = json.loads(COMMITTED.read_text(encoding="utf-8"))["components"]["schemas"]["LoraCreate"]["properties"]
+    assert (size["size_bytes"]["minimum"], size["size_bytes"]["maximum"]) == (1, MAX_SINGLE_PUT_BYTES)

@@ -15,9 +15,10 @@ from tests.support.lora_headers import (
     SDXL,
     checkpoint_file,
     flux_lora_file,
+    ia3_file,
+    loha_file,
     lora_file,
     lora_tensors,
-    lycoris_file,
     sd15_lora_file,
 )
 from tests.support.safetensors_bytes import with_header
@@ -96,12 +97,20 @@ def test_a_nan_alpha_is_refused() -> None:
         (with_header({"t": {"dtype": "I32", "shape": [1], "data_offsets": [0, 4]}}, bytes(4)), "unsupported_dtype"),
         (sd15_lora_file(), "wrong_architecture"),
         (flux_lora_file(), "wrong_architecture"),
-        (lycoris_file(), "unsupported_format"),
+        (ia3_file(), "unsupported_format"),
+        (loha_file(complete=False), "incomplete_layer"),
         (checkpoint_file(), "no_lora_weights"),
     ],
 )
 def test_every_refusal_carries_its_reason(data: bytes, reason: str) -> None:
     assert reason_of(data) == reason
+
+
+def test_a_lycoris_loha_is_accepted_with_its_rank_and_alpha() -> None:
+    summary = verify(loha_file()).summary
+    # The pattern-filled data reads as an fp16 alpha; what matters is that the layer's alpha is read and counted.
+    assert (summary.rank, summary.layer_count, summary.alpha_layers) == (4, 1, 1)
+    assert summary.target_modules == ("to_q",)
 
 
 def test_a_file_over_the_cap_is_refused_as_soon_as_the_cap_is_passed() -> None:

@@ -1,5 +1,6 @@
-"""The committed API documents read well to a client generator: each operation a `<service>.<name>` id, unique, and
-a tag; where it is served and under which terms (docs/openapi/*.json, kept current by each service's drift test)."""
+"""The committed API documents read well to a client generator and a fuzzer: each operation a `<service>.<name>` id,
+unique, and a tag; where it is served and under which terms; a page cursor's exact shape (docs/openapi/*.json, kept
+current by each service's drift test)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
+
+from services.common.http.pagination import CURSOR_LENGTH, CURSOR_PATTERN
 
 DOCS = Path(__file__).resolve().parents[4] / "docs" / "openapi"
 
@@ -21,3 +24,20 @@ def test_every_operation_has_a_named_id_and_a_tag_and_the_document_its_server_an
     assert len(set(ids)) == len(ids)
     assert all(op.get("tags") for op in operations)
     assert document["servers"] and document["info"]["license"]["name"]
+
+
+@pytest.mark.parametrize("service", ["content", "identity"])
+def test_every_page_cursor_is_documented_by_the_exact_shape_of_the_cursors_the_api_issues(service: str) -> None:
+    # Guards: a pattern wider than the cursors (`cursor=0` matched `^[A-Za-z0-9_-]+$` and was a 422: a fuzzer's
+    # "schema-valid request rejected"); tests/unit/common/test_pagination_properties.py holds the shape to the code.
+    document = json.loads((DOCS / f"{service}.json").read_text(encoding="utf-8"))
+    cursors = [
+        param["schema"]["anyOf"][0]
+        for item in document["paths"].values()
+        for op in item.values()
+        for param in op.get("parameters", [])
+        if param["name"] == "cursor"
+    ]
+    assert cursors, "no list with a cursor"
+    expected = {"type": "string", "minLength": CURSOR_LENGTH, "maxLength": CURSOR_LENGTH, "pattern": CURSOR_PATTERN}
+    assert all(cursor == expected for cursor in cursors), cursors

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import gpu.engine.lora.resolved as resolved_module
+from gpu.engine.lora.formats.steps import DenseStep, ProductUpdate
 from gpu.engine.lora.fuser import LoraFuser
 from gpu.engine.lora.plan import LayerDelta, LoraPlan
 
@@ -128,3 +129,17 @@ def test_forgetting_is_refused_while_a_lora_is_fused() -> None:
     fuser.restore()
     fuser.forget()
     assert fuser.pristine_bytes == 0 and fuser.resolved_plans == 0
+
+
+def test_a_plans_per_layer_steps_are_resolved_with_it_and_restored(walks: CountingWalk) -> None:
+    pipeline, plan = model_and_plan()
+    step = DenseStep(("unet", "1.0"), ProductUpdate(torch.randn(8, 2), torch.randn(2, 8)), 0.5)
+    with_step = LoraPlan(plan.deltas[:1], steps=(step,))
+    fuser = LoraFuser(pipeline)
+    base = pipeline.unet[1][0].weight.detach().clone()
+    for _ in range(3):
+        fuser.fuse(with_step, 1.0)
+        assert not torch.equal(pipeline.unet[1][0].weight, base)
+        assert fuser.restore() == []
+        assert torch.equal(pipeline.unet[1][0].weight, base)
+    assert walks.calls == 2  # the delta's layer and the step's, once
