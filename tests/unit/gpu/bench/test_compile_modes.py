@@ -22,12 +22,15 @@ def test_an_unknown_mode_is_refused(text: str) -> None:
         parse_modes(text)
 
 
-def test_the_recipe_applies_inside_the_block_and_freezing_stays_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "freezing", True)
-    before = {name: getattr(config, name) for name in FAST_RECIPE}
-    with inductor_settings(recipe=True) as settings:
-        assert config.freezing is False and settings["freezing"] is False
-        assert all(getattr(config, name) == value for name, value in FAST_RECIPE.items())
-    assert {name: getattr(config, name) for name in FAST_RECIPE} == before and config.freezing is True
+def test_the_recipe_applies_inside_the_block_and_freezing_stays_off() -> None:
+    # config.patch, not monkeypatch: undoing a monkeypatch on inductor's config module deletes the entry (its
+    # settings are not module attributes), and every later compile in the process fails.
+    with config.patch(freezing=True):
+        before = {name: getattr(config, name) for name in FAST_RECIPE}
+        with inductor_settings(recipe=True) as settings:
+            assert config.freezing is False and settings["freezing"] is False
+            assert all(getattr(config, name) == value for name, value in FAST_RECIPE.items())
+        assert {name: getattr(config, name) for name in FAST_RECIPE} == before and config.freezing is True
     with inductor_settings(recipe=False) as settings:
         assert settings == {"freezing": False}
+    assert config.freezing is False
