@@ -22,11 +22,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.topology import Topology, topology
-from services.common.messaging.broker import connect, declare_topology_on, delete_topology
+from services.common.messaging.broker import connect
 from services.common.persistence.db import create_engine, create_test_database, drop_test_database
 from services.common.storage.objects import ObjectStorage, StorageConfig
 from services.tools.s3_local import LOCAL_REGION, LocalS3Server
 from tests.support import containers
+from tests.support.queues import declared_topology
 
 LOCAL_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOCAL_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -101,13 +102,8 @@ async def amqp(rabbitmq_url: str) -> AsyncIterator[AbstractRobustConnection]:
 async def topo(amqp: AbstractRobustConnection, run_prefix: str) -> AsyncIterator[Topology]:
     """The platform topology under a unique prefix, declared, and deleted afterwards."""
     names = topology(prefix=run_prefix)
-    await declare_topology_on(amqp, names)
-    try:
+    async with declared_topology(amqp, names):
         yield names
-    finally:
-        cleanup = await amqp.channel()
-        await delete_topology(cleanup, names)
-        await cleanup.close()
 
 
 @pytest.fixture

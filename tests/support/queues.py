@@ -10,8 +10,8 @@ from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
 from contracts.envelope import EventEnvelope
 from contracts.events import EventPayload
-from contracts.topology import DEFAULT_RETRY_DELAYS, topology
-from services.common.messaging.broker import connect, delete_topology
+from contracts.topology import DEFAULT_RETRY_DELAYS, Topology, topology
+from services.common.messaging.broker import connect, declare_topology_on, delete_topology
 from services.common.messaging.events import from_message
 
 Received = tuple[EventEnvelope, EventPayload]
@@ -62,3 +62,15 @@ async def delete_run_topology(url: str, prefix: str, retry_delays: tuple[float, 
         await delete_topology(await connection.channel(), topology(prefix, retry_delays=retry_delays))
     finally:
         await connection.close()
+
+
+@asynccontextmanager
+async def declared_topology(amqp: AbstractRobustConnection, names: Topology) -> AsyncIterator[Topology]:
+    """`names` declared on the broker for the block, and deleted after it (a fixture's topology of its own)."""
+    await declare_topology_on(amqp, names)
+    try:
+        yield names
+    finally:
+        cleanup = await amqp.channel()
+        await delete_topology(cleanup, names)
+        await cleanup.close()

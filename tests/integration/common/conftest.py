@@ -8,7 +8,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from contracts.topology import Topology, topology
-from services.common.messaging.broker import declare_topology_on, delete_topology
+from tests.support.queues import declared_topology
 
 # Growing, and short enough for a test: 1.4 s from the first failure to the DLQ.
 FAST_RETRY_DELAYS = (0.2, 0.4, 0.8)
@@ -18,10 +18,5 @@ FAST_RETRY_DELAYS = (0.2, 0.4, 0.8)
 async def fast_topo(amqp: AbstractRobustConnection, run_prefix: str) -> AsyncIterator[Topology]:
     """The platform topology under a unique prefix with FAST_RETRY_DELAYS, declared, and deleted afterwards."""
     names = topology(prefix=run_prefix, retry_delays=FAST_RETRY_DELAYS)
-    await declare_topology_on(amqp, names)
-    try:
+    async with declared_topology(amqp, names):
         yield names
-    finally:
-        cleanup = await amqp.channel()
-        await delete_topology(cleanup, names)
-        await cleanup.close()

@@ -14,23 +14,19 @@ from aio_pika.abc import AbstractRobustConnection
 from contracts.envelope import EventEnvelope
 from contracts.events import GenerationSubmit
 from contracts.topology import CONTENT_GENERATION_SUBMITS, Topology, event_source, topology
-from services.common.messaging.broker import Publisher, declare_topology_on, delete_topology
+from services.common.messaging.broker import Publisher
 from services.common.messaging.consumer import PUBLISHER_HEADER, Consumer, ReceivedEvent
 from services.common.messaging.events import new_event, to_message
 from tests.integration.common.conftest import FAST_RETRY_DELAYS
+from tests.support.queues import declared_topology
 
 
 @pytest.fixture
 async def submit_topo(amqp: AbstractRobustConnection, run_prefix: str) -> AsyncIterator[Topology]:
     """The topology with a requesting service (so content's queue of commands exists) and fast retry stages."""
     names = topology(prefix=run_prefix, retry_delays=FAST_RETRY_DELAYS, requesters=("scheduler",))
-    await declare_topology_on(amqp, names)
-    try:
+    async with declared_topology(amqp, names):
         yield names
-    finally:
-        cleanup = await amqp.channel()
-        await delete_topology(cleanup, names)
-        await cleanup.close()
 
 
 async def test_the_checked_user_id_survives_a_retry_and_a_forged_header_is_never_believed(

@@ -35,7 +35,7 @@ from contracts.topology import (
     reply_queue_base_name,
     topology,
 )
-from services.common.messaging.broker import Publisher, connect, declare_topology_on, delete_topology
+from services.common.messaging.broker import Publisher, connect
 from services.common.messaging.consumer import DEATH_DETAIL_HEADER, DEATH_REASON_HEADER, DeathReason
 from services.common.messaging.events import new_event, to_message
 from services.common.storage.objects import ObjectStorage
@@ -46,7 +46,7 @@ from tests.support.auth import bearer, new_owner
 from tests.support.content.client import ready_avatar
 from tests.support.gateway.harness import gateway_running, gateway_settings
 from tests.support.gateway.stand_in_worker import StandInWorker
-from tests.support.queues import drain_events
+from tests.support.queues import declared_topology, drain_events
 from tests.support.stack.service_fixtures import database_url, service_env
 
 pytestmark = pytest.mark.skipif(
@@ -103,13 +103,8 @@ async def topo(amqp: AbstractRobustConnection, run_prefix: str) -> AsyncIterator
     """This run's topology with the scheduler as a requesting service (its reply queue, content's command queue),
     declared, and deleted afterwards."""
     names = topology(prefix=run_prefix, requesters=(SCHEDULER,))
-    await declare_topology_on(amqp, names)
-    try:
+    async with declared_topology(amqp, names):
         yield names
-    finally:
-        cleanup = await amqp.channel()
-        await delete_topology(cleanup, names)
-        await cleanup.close()
 
 
 @pytest.fixture
