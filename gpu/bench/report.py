@@ -4,6 +4,8 @@ skipped, is a row saying so: the tables are written after every phase)."""
 from pathlib import Path
 from typing import Any
 
+from gpu.bench.docs_section import write_marked
+
 # Issue 25's targets on one H100.
 TARGETS = {
     "warm_cached_lora_seconds": 1.25,
@@ -179,13 +181,5 @@ def compile_table(results: dict[str, Any]) -> str:
 
 def write_docs(results: dict[str, Any], docs: Path, measured_at: str) -> None:
     """Replace the GPU section of docs/benchmarks.md with this run's tables."""
-    text = docs.read_text(encoding="utf-8")
     done = ", ".join(results.get("phase_seconds", {})) or "none yet"
-    section = f"{BEGIN}\nMeasured {measured_at} (phases done: {done}).\n\n{table(results)}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    docs.write_text(text, encoding="utf-8")
+    write_marked(docs, BEGIN, END, f"Measured {measured_at} (phases done: {done}).\n\n{table(results)}")

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gpu.bench.docs_section import write_marked
+
 MiB = 1024 * 1024
 BEGIN = "<!-- soak-bench:begin -->"
 END = "<!-- soak-bench:end -->"
@@ -145,14 +147,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def write_docs(results: dict[str, Any], docs: Path) -> None:
-    text = docs.read_text(encoding="utf-8")
-    body = f"{BEGIN}\n{table(results)}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + body + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    docs.write_text(text, encoding="utf-8")
+    write_marked(docs, BEGIN, END, table(results))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from gpu.bench.docs_section import write_marked
+
 MiB = 1024 * 1024
 
 
@@ -118,14 +120,7 @@ def write_docs(results: dict[str, Any], docs: Path) -> None:
     """Replace this model and device's section of docs/benchmarks.md (between its markers) with this run's table:
     each (model, device) pair keeps its own, so runs on several machines stand side by side."""
     begin, end = (f"<!-- swap-bench:{results['model']}-{results['device']}:{side} -->" for side in ("begin", "end"))
-    text = docs.read_text(encoding="utf-8")
-    body = f"{begin}\n{table(results)}\n{end}"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + body + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    docs.write_text(text, encoding="utf-8")
+    write_marked(docs, begin, end, table(results))
 
 
 def main(argv: list[str] | None = None) -> int:
