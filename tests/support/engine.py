@@ -4,6 +4,9 @@ import base64
 import io
 from pathlib import Path
 
+import numpy as np
+import torch
+from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
 from contracts.worker import WorkerError, WorkerRequest, WorkerSuccess
@@ -44,3 +47,17 @@ def image_size(png: bytes) -> tuple[int, int]:
 def error_of(outcome: WorkerSuccess | WorkerError) -> WorkerError:
     assert isinstance(outcome, WorkerError), "expected an error, got an image"
     return outcome
+
+
+def render_pixels(pipeline: StableDiffusionXLPipeline, steps: int) -> np.ndarray:
+    """The tiny pipeline's image for one fixed prompt and seed, as pixels: the same weights give the same array."""
+    result = pipeline(
+        prompt="a portrait of sks person",
+        width=64,
+        height=64,
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(11),
+        output_type="np",
+    )
+    return np.asarray(result.images[0])

@@ -21,6 +21,7 @@ from gpu.engine.lora.formats.dora import DoraStep
 from gpu.engine.lora.formats.steps import DenseStep
 from gpu.engine.lora.fuser import LoraFuser
 from gpu.engine.lora.plan import LoraPlan, plan_lora
+from tests.support.engine import render_pixels
 from tests.support.lora_formats import (
     FormatFile,
     dora_file,
@@ -56,19 +57,6 @@ def format_file(name: str, pipeline: StableDiffusionXLPipeline) -> FormatFile:
         return dora_file({key: weight_of(pipeline, *key).detach().clone() for key in DORA_LAYERS})
     builders: dict[str, Callable[[], FormatFile]] = {"loha": loha_file, "lokr": lokr_file, "locon": locon_file}
     return builders[name]()
-
-
-def render(pipeline: StableDiffusionXLPipeline) -> np.ndarray:
-    result = pipeline(
-        prompt="a portrait of sks person",
-        width=64,
-        height=64,
-        num_inference_steps=2,
-        guidance_scale=5.0,
-        generator=torch.Generator().manual_seed(11),
-        output_type="np",
-    )
-    return np.asarray(result.images[0])
 
 
 @pytest.fixture(scope="module")
@@ -126,16 +114,16 @@ def test_at_scale_zero_weights_and_image_are_the_base_bit_for_bit(
 ) -> None:
     lora = format_file(name, pipeline)
     plan = plan_lora(pipeline, lora.state())
-    base_image = render(pipeline)
+    base_image = render_pixels(pipeline, steps=2)
     before = fingerprint_pipeline(pipeline)
     fuser = LoraFuser(pipeline)
 
     fuser.fuse(plan, 0.0)
     at_zero = fingerprint_pipeline(pipeline)
-    image = render(pipeline)
+    image = render_pixels(pipeline, steps=2)
     assert fuser.restore() == []
     fuser.fuse(plan, 1.0)
-    changed = render(pipeline)
+    changed = render_pixels(pipeline, steps=2)
     assert fuser.restore() == []
 
     assert at_zero == before

@@ -14,19 +14,7 @@ from gpu.engine.fingerprint import fingerprint_pipeline
 from gpu.engine.lora.fuser import LoraFuser
 from gpu.engine.lora.plan import plan_lora
 from gpu.tiny.lora import write_lora
-
-
-def render(pipeline: StableDiffusionXLPipeline) -> np.ndarray:
-    result = pipeline(
-        prompt="a portrait of sks person",
-        width=64,
-        height=64,
-        num_inference_steps=3,
-        guidance_scale=5.0,
-        generator=torch.Generator().manual_seed(11),
-        output_type="np",
-    )
-    return np.asarray(result.images[0])
+from tests.support.engine import render_pixels
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +30,23 @@ def test_fused_lora_matches_diffusers_adapter(tiny_model_dir: Path, te_lora: Pat
     reference_pipe.load_lora_weights(dict(state), adapter_name="ref")
     reference_pipe.set_adapters(["ref"], adapter_weights=[scale])
     assert set(reference_pipe.get_list_adapters()) == {"unet", "text_encoder", "text_encoder_2"}
-    expected = render(reference_pipe)
+    expected = render_pixels(reference_pipe, steps=3)
 
     pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
     pipeline.set_progress_bar_config(disable=True)
-    base = render(pipeline)
+    base = render_pixels(pipeline, steps=3)
     before = fingerprint_pipeline(pipeline)
     fuser = LoraFuser(pipeline)
     plan = plan_lora(pipeline, state)
     assert {d.component for d in plan.deltas} == {"unet", "text_encoder", "text_encoder_2"}
     fuser.fuse(plan, scale)
-    fused = render(pipeline)
+    fused = render_pixels(pipeline, steps=3)
     assert fuser.restore() == []
 
     assert np.abs(fused - base).max() > 1e-2, "the LoRA changed nothing"
     assert np.abs(fused - expected).max() < 1e-4
     assert fingerprint_pipeline(pipeline) == before
-    assert np.array_equal(render(pipeline), base)
+    assert np.array_equal(render_pixels(pipeline, steps=3), base)
 
 
 def test_fusing_twice_without_restore_is_refused(tiny_model_dir: Path, te_lora: Path) -> None:
@@ -127,7 +115,7 @@ def test_kohya_layout_with_alpha_matches_diffusers(tiny_model_dir: Path) -> None
     reference_pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
     reference_pipe.set_progress_bar_config(disable=True)
     reference_pipe.load_lora_weights(dict(state), adapter_name="ref")
-    expected = render(reference_pipe)
+    expected = render_pixels(reference_pipe, steps=3)
 
     pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
     pipeline.set_progress_bar_config(disable=True)
@@ -135,7 +123,7 @@ def test_kohya_layout_with_alpha_matches_diffusers(tiny_model_dir: Path) -> None
     assert {d.alpha_scale for d in plan.deltas} == {0.5}
     fuser = LoraFuser(pipeline)
     fuser.fuse(plan, 1.0)
-    fused = render(pipeline)
+    fused = render_pixels(pipeline, steps=3)
     fuser.restore()
     assert np.abs(fused - expected).max() < 1e-4
 
@@ -156,7 +144,7 @@ def test_kohya_text_encoder_layers_with_alpha_match_diffusers(tiny_model_dir: Pa
     reference_pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
     reference_pipe.set_progress_bar_config(disable=True)
     reference_pipe.load_lora_weights(dict(kohya), adapter_name="ref")
-    expected = render(reference_pipe)
+    expected = render_pixels(reference_pipe, steps=3)
 
     pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
     pipeline.set_progress_bar_config(disable=True)
@@ -170,7 +158,7 @@ def test_kohya_text_encoder_layers_with_alpha_match_diffusers(tiny_model_dir: Pa
     }
     fuser = LoraFuser(pipeline)
     fuser.fuse(plan, 1.0)
-    fused = render(pipeline)
+    fused = render_pixels(pipeline, steps=3)
     fuser.restore()
     assert np.abs(fused - expected).max() < 1e-4
 
