@@ -61,3 +61,14 @@ def render_pixels(pipeline: StableDiffusionXLPipeline, steps: int) -> np.ndarray
         output_type="np",
     )
     return np.asarray(result.images[0])
+
+
+def weight_of(pipeline: StableDiffusionXLPipeline, component: str, path: str) -> torch.Tensor:
+    """A layer's weight by its module path; a CLIP text encoder's may sit under `text_model.` (transformers 5 drops
+    that level from `CLIPTextModel`, not from `CLIPTextModelWithProjection`)."""
+    encoder = getattr(pipeline, component)
+    try:
+        weight: torch.Tensor = encoder.get_submodule(path).weight
+    except AttributeError:
+        weight = encoder.get_submodule(f"text_model.{path}").weight
+    return weight

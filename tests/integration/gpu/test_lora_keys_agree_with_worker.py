@@ -29,6 +29,7 @@ from gpu.tiny.lora import write_lora
 from gpu.tiny.model import TINY_BASE_MODEL
 from gpu.tools.lora_targets import BUILDERS, SDXL_BASE_MODEL
 from tests.support.bad_loras import without_lora_keys
+from tests.support.engine import weight_of
 from tests.support.lora_formats import dora_file, locon_file, loha_file, lokr_file
 
 DORA_LAYERS = (
@@ -389,12 +390,7 @@ def _loha_shapes(out: int, rank: int) -> dict[str, tuple[int, int]]:
 
 
 def pipeline_weight(pipeline: Any, component: str, path: str) -> torch.Tensor:
-    encoder = getattr(pipeline, component)
-    try:
-        weight: torch.Tensor = encoder.get_submodule(path).weight
-    except AttributeError:
-        weight = encoder.get_submodule(f"text_model.{path}").weight
-    return weight.detach().clone()
+    return weight_of(pipeline, component, path).detach().clone()
 
 
 FORMAT_VERDICTS = {

@@ -21,7 +21,7 @@ from gpu.engine.lora.formats.dora import DoraStep
 from gpu.engine.lora.formats.steps import DenseStep
 from gpu.engine.lora.fuser import LoraFuser
 from gpu.engine.lora.plan import LoraPlan, plan_lora
-from tests.support.engine import render_pixels
+from tests.support.engine import render_pixels, weight_of
 from tests.support.lora_formats import (
     FormatFile,
     dora_file,
@@ -41,15 +41,6 @@ DORA_LAYERS = (
     ("unet", "mid_block.attentions.0.transformer_blocks.0.attn1.to_k"),
     ("text_encoder", "encoder.layers.0.mlp.fc2"),
 )
-
-
-def weight_of(pipeline: StableDiffusionXLPipeline, component: str, path: str) -> torch.Tensor:
-    encoder = getattr(pipeline, component)
-    try:
-        weight: torch.Tensor = encoder.get_submodule(path).weight
-    except AttributeError:
-        weight = encoder.get_submodule(f"text_model.{path}").weight
-    return weight
 
 
 def format_file(name: str, pipeline: StableDiffusionXLPipeline) -> FormatFile:
